@@ -1,0 +1,252 @@
+"""The ``tokend`` command: build what a subcommand needs from the config, run it, map the
+result to an exit code (0 ok, 1 failed, 2 usage, 78 config).
+
+Imports of ``requests`` and friends happen inside the commands that talk to the network,
+so ``tokend token`` on a cached token costs little more than starting Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokend import __version__, policy
+from tokend import log as logsetup
+from tokend.config import EX_CONFIG, Config, ConfigError, CredentialConfig, default_config_path, load
+from tokend.secrets import read_secret
+from tokend.state import TokenCache, cache_key
+
+if TYPE_CHECKING:
+    from tokend.refresher import Outcome
+
+EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
+
+log = logging.getLogger("tokend")
+
+
+class UsageError(Exception):
+    """The command line names something that is not there."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, metavar="FILE",
+                        help="config file (default: $TOKEND_CONFIG, "
+                             "$CONFIGURATION_DIRECTORY/tokend.toml, /etc/tokend/tokend.toml)")
+    parser = argparse.ArgumentParser(
+        prog="tokend",
+        description="Keep OAuth2 client-credentials access tokens fresh on disk.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokend {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fetch = sub.add_parser("fetch", parents=[common],
+                           help="make sure every sink holds a valid token, then exit",
+                           description="One shot: reuse each credential's cached token while it is "
+                                       "fresh, else ask the identity provider; write every sink.")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="credentials (default: all)")
+    fetch.add_argument("--force", action="store_true",
+                       help="ask for new tokens even if cached ones are fresh")
+
+    token = sub.add_parser("token", parents=[common], help="print a valid access token",
+                           description="Print a valid access token for NAME on stdout, from the "
+                                       "cache when it is fresh; nothing else goes to stdout.")
+    token.add_argument("name", metavar="NAME")
+
+    check = sub.add_parser("check", parents=[common], help="validate config, secrets and sink paths",
+                           description="Validate the config, read every secret, check every sink "
+                                       "directory; with --online, ask each identity provider once.")
+    check.add_argument("--online", action="store_true", help="also request one token per credential")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logsetup.setup("warning" if args.command == "token" else "info")
+    path: Path = args.config or default_config_path(os.environ)
+    try:
+        config = load(path)
+        if args.command != "token":
+            logsetup.setup(config.log_level, config.log_format)
+        if args.command == "fetch":
+            return cmd_fetch(config, args.names, force=args.force)
+        if args.command == "token":
+            return cmd_token(config, args.name)
+        if args.command == "check":
+            return cmd_check(config, online=args.online)
+    except ConfigError as exc:
+        print(f"tokend: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except UsageError as exc:
+        print(f"tokend: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def select(config: Config, names: Sequence[str]) -> list[CredentialConfig]:
+    unknown = [n for n in names if n not in config.credentials]
+    if unknown:
+        known = ", ".join(config.credentials) or "none"
+        raise UsageError(f"no credential named {', '.join(unknown)} in {config.path} (known: {known})")
+    return [config.credentials[n] for n in names] if names else list(config.credentials.values())
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
+    creds = select(config, names)
+    if not creds:
+        log.warning("%s: no credentials configured; nothing to fetch", config.path)
+        return EX_OK
+    from tokend.oauth import TokenClient
+    from tokend.refresher import Refresher
+
+    cache = TokenCache(config.state_dir)
+    client = TokenClient()
+    worst = EX_OK
+    try:
+        for cred in creds:
+            # One credential's failure never stops the others (certbot's renewal loop).
+            try:
+                outcome = Refresher(cred, cache, client).refresh(force=force)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                worst = max(worst, EX_CONFIG)
+                continue
+            if not fetch_succeeded(outcome, force=force):
+                worst = max(worst, EX_FAILED)
+    finally:
+        client.close()
+    return worst
+
+
+def fetch_succeeded(outcome: Outcome, *, force: bool) -> bool:
+    """Every sink holds a valid token; with --force, a *new* one."""
+    if outcome.token is None or outcome.sink_errors:
+        return False
+    return not (force and outcome.request_error is not None)
+
+
+# --------------------------------------------------------------------------- token
+
+
+def cmd_token(config: Config, name: str) -> int:
+    (cred,) = select(config, [name])
+    client_id = read_secret(cred, cred.client_id)
+    entry = TokenCache(config.state_dir).load(cache_key(cred, client_id))
+    if entry is not None and policy.is_fresh(
+        entry.token, time.time(), refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin
+    ):
+        sys.stdout.write(entry.token.access_token + "\n")
+        return EX_OK
+
+    from tokend.oauth import TokenClient
+    from tokend.refresher import Refresher
+
+    client = TokenClient()
+    try:
+        outcome = Refresher(cred, TokenCache(config.state_dir), client).refresh(write_sinks=False)
+    finally:
+        client.close()
+    if outcome.token is None:
+        return EX_FAILED
+    sys.stdout.write(outcome.token.access_token + "\n")
+    return EX_OK
+
+
+# --------------------------------------------------------------------------- check
+
+
+def cmd_check(config: Config, *, online: bool) -> int:
+    """Report every problem found, one line each, instead of stopping at the first."""
+    problems: list[str] = []
+    secrets: dict[str, tuple[str, str]] = {}
+    for cred in config.credentials.values():
+        try:
+            secrets[cred.name] = (read_secret(cred, cred.client_id),
+                                  read_secret(cred, cred.client_secret))
+        except ConfigError as exc:
+            problems.append(str(exc))
+        problems.extend(check_paths(cred))
+    problems.extend(check_state_dir(config))
+    for problem in problems:
+        print(f"tokend: {problem}", file=sys.stderr)
+    if problems:
+        return EX_CONFIG
+    for cred in config.credentials.values():
+        print(f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
+              f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}")
+    if not config.credentials:
+        print(f"ok: {config.path}: no credentials configured")
+    return check_online(config, secrets) if online else EX_OK
+
+
+def check_paths(cred: CredentialConfig) -> list[str]:
+    from tokend.sinks import SinkError, resolve_owner
+
+    problems = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(f"{cred.source}: {cred.where(key)}: {message}")
+
+    for i, sink in enumerate(cred.sinks):
+        directory = sink.path.parent
+        if not directory.is_dir():
+            problem(f"sink[{i}].path", f"directory {directory} does not exist")
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            problem(f"sink[{i}].path", f"directory {directory} is not writable")
+        elif sink.path.is_dir():
+            problem(f"sink[{i}].path", f"{sink.path} is a directory")
+        try:
+            resolve_owner(sink)
+        except SinkError as exc:
+            problem(f"sink[{i}].owner" if "owner" in str(exc) else f"sink[{i}].group",
+                    str(exc).split(": ", 1)[1])
+    if cred.ca_bundle is not None and not os.access(cred.ca_bundle, os.R_OK):
+        problem("ca_bundle", f"{cred.ca_bundle}: cannot read")
+    hook = cred.on_rotate
+    if hook is not None and hook.command and shutil.which(hook.command[0]) is None:
+        problem("on_rotate.command", f"{hook.command[0]!r}: no such program")
+    return problems
+
+
+def check_state_dir(config: Config) -> list[str]:
+    directory = config.state_dir
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{config.path}: tokend.state_dir: {directory} cannot be created or written"]
+    return []
+
+
+def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
+    from tokend.oauth import TokenClient, TokenRequestError
+
+    client = TokenClient()
+    worst = EX_OK
+    try:
+        for cred in config.credentials.values():
+            client_id, secret = secrets[cred.name]
+            try:
+                answer = client.obtain(cred, client_id=client_id, client_secret=secret)
+            except TokenRequestError as exc:
+                print(f"tokend: {cred.name}: {cred.token_url}: {exc}", file=sys.stderr)
+                worst = EX_FAILED
+                continue
+            token = answer.token
+            print(f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
+                  f"valid {round(token.lifetime)}s (sent as {answer.wire})")
+    finally:
+        client.close()
+    return worst

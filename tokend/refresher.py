@@ -1,0 +1,123 @@
+"""One credential's token, end to end: reuse the cached one or ask the identity provider,
+remember it, and put it in every sink.
+
+Each sink is written in its own try, so one full disk never keeps a token from the others.
+When the identity provider fails, a cached token that has not expired yet stays in the
+sinks: readers keep working until it really runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from tokend import policy
+from tokend.config import CredentialConfig
+from tokend.oauth import TokenClient, TokenRequestError
+from tokend.secrets import read_secret
+from tokend.sinks import SinkError, rfc3339, write_sink
+from tokend.state import CacheEntry, StateError, TokenCache, cache_key
+from tokend.token import Token
+
+log = logging.getLogger("tokend.refresher")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    token: Token | None  # what the sinks hold now; None: no valid token at all
+    fetched: bool = False  # a new token came from the identity provider
+    request_error: TokenRequestError | None = None
+    sink_errors: tuple[SinkError, ...] = ()
+    sinks_written: int = 0
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.token is not None and self.request_error is None and not self.sink_errors
+
+
+class Refresher:
+    def __init__(
+        self,
+        cred: CredentialConfig,
+        cache: TokenCache,
+        client: TokenClient,
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cred = cred
+        self.cache = cache
+        self.client = client
+        self.environ = environ
+        self.clock = clock
+
+    def refresh(self, *, force: bool = False, write_sinks: bool = True) -> Outcome:
+        """Make sure a fresh token is cached (and in the sinks). Raises ConfigError when a
+        secret cannot be read; every other failure is reported in the Outcome."""
+        cred = self.cred
+        client_id = read_secret(cred, cred.client_id, self.environ)
+        key = cache_key(cred, client_id)
+        entry = self.cache.load(key)
+        now = self.clock()
+        warnings: list[str] = []
+        fetched = False
+        request_error: TokenRequestError | None = None
+
+        if entry is not None and not force and policy.is_fresh(
+            entry.token, now, refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin
+        ):
+            token: Token | None = entry.token
+            log.info("%s: cached token %s is fresh until %s", cred.name, entry.token.fingerprint,
+                     rfc3339(policy.refresh_due_at(entry.token, refresh_at=cred.refresh_at,
+                                                   min_ttl_margin=cred.min_ttl_margin)))
+        else:
+            try:
+                secret = read_secret(cred, cred.client_secret, self.environ)
+                answer = self.client.obtain(
+                    cred,
+                    client_id=client_id,
+                    client_secret=secret,
+                    refresh_token=entry.token.refresh_token if entry else None,
+                    learned_wire=entry.wire if entry else None,
+                )
+            except TokenRequestError as exc:
+                request_error = exc
+                token = entry.token if entry and policy.is_valid(entry.token, now) else None
+                if token is not None:
+                    log.warning("%s: refresh failed (%s); keeping token %s, valid until %s",
+                                cred.name, exc, token.fingerprint, rfc3339(token.expires_at))
+                else:
+                    log.error("%s: no token: %s", cred.name, exc)
+            else:
+                token, fetched = answer.token, True
+                log.info("%s: new token %s, valid %ds until %s", cred.name, token.fingerprint,
+                         round(token.lifetime), rfc3339(token.expires_at))
+                try:
+                    self.cache.save(key, CacheEntry(token, answer.wire), cred=cred,
+                                    client_id=client_id)
+                except StateError as exc:
+                    warnings.append(str(exc))
+                    log.warning("%s: %s", cred.name, exc)
+
+        if token is None or not write_sinks:
+            return Outcome(cred.name, token, fetched, request_error, warnings=tuple(warnings))
+        written, errors = self.write_sinks(token)
+        return Outcome(cred.name, token, fetched, request_error, tuple(errors), written,
+                       tuple(warnings))
+
+    def write_sinks(self, token: Token) -> tuple[int, list[SinkError]]:
+        written = 0
+        errors: list[SinkError] = []
+        for sink in self.cred.sinks:
+            try:
+                if write_sink(token, sink).written:
+                    written += 1
+                    log.info("%s: wrote %s (%s)", self.cred.name, sink.path, sink.format)
+            except SinkError as exc:
+                errors.append(exc)
+                log.error("%s: sink %s", self.cred.name, exc)
+        return written, errors

@@ -1,0 +1,103 @@
+"""Read the client id and secret from wherever the config says they live.
+
+Reading is separate from config parsing so that ``tokend token`` on a cached token never
+touches a secret, and so that a rotated secret file is picked up at the next request. Every
+failure is a :class:`~tokend.config.ConfigError` naming the credential and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from tokend.config import ConfigError, CredentialConfig, SecretRef
+
+MAX_SECRET_BYTES = 64 * 1024
+
+_Fail = Callable[[str], ConfigError]
+
+
+def read_secret(
+    cred: CredentialConfig,
+    ref: SecretRef,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The value ``ref`` points at, stripped of a trailing newline."""
+    environ = os.environ if environ is None else environ
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(cred.source, message, where=cred.where(ref.key))
+
+    if ref.source == "inline":
+        return ref.value
+    if ref.source == "env":
+        value = _from_env(cred, ref.value, environ, fail)
+    elif ref.source == "file":
+        value = _from_file(Path(ref.value), fail)
+    else:
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise fail(
+                "$CREDENTIALS_DIRECTORY is not set; load the credential with systemd's "
+                "LoadCredential= or use client_secret_file"
+            )
+        value = _from_file(Path(directory) / ref.value, fail)
+    if not value:
+        raise fail("is empty")
+    return value
+
+
+def _from_env(
+    cred: CredentialConfig,
+    name: str,
+    environ: Mapping[str, str],
+    fail: _Fail,
+) -> str:
+    if cred.env_file is not None:
+        values = read_env_file(cred.env_file, lambda msg: ConfigError(
+            cred.source, msg, where=cred.where("env_file")))
+        if values.get(name):
+            return values[name] or ""
+    if name in environ:
+        return environ[name]
+    origin = f"{cred.env_file} or the environment" if cred.env_file else "the environment"
+    raise fail(f"${name} is not set in {origin}")
+
+
+def read_env_file(path: Path, fail: _Fail) -> dict[str, str | None]:
+    """A dotenv file read literally: ``${…}`` in a secret must stay ``${…}``."""
+    try:
+        with path.open(encoding="utf-8") as stream:
+            from dotenv import dotenv_values
+
+            return dotenv_values(stream=stream, interpolate=False)
+    except FileNotFoundError:
+        raise fail(f"{path}: no such file") from None
+    except OSError as exc:
+        raise fail(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise fail(f"{path}: not UTF-8 text") from None
+
+
+def _from_file(path: Path, fail: _Fail) -> str:
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_SECRET_BYTES + 1)
+    except FileNotFoundError:
+        raise fail(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise fail(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise fail(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_SECRET_BYTES:
+        raise fail(f"{path}: larger than {MAX_SECRET_BYTES} bytes; is this the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail(f"{path}: not UTF-8 text") from None
+    # `echo secret > file` leaves a newline; anything else in the file is the operator's.
+    text = text.removesuffix("\n").removesuffix("\r")
+    if "\n" in text:
+        raise fail(f"{path}: holds more than one line")
+    return text

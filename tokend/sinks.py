@@ -1,0 +1,131 @@
+"""The files other programs read: four formats, each written atomically and only on change.
+
+Rendering is pure (:func:`render`); :func:`write_sink` is the IO edge. The refresh token
+and the client secret have no way in: :func:`render` only sees what a reader needs.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tokend.config import SinkConfig
+from tokend.fsio import sweep_temps, write_atomic
+from tokend.token import Token, unsafe_reason
+
+STALE_TEMP_SECONDS = 60.0
+
+
+class SinkError(Exception):
+    """A sink that could not be written; the previous file is still in place."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+def rfc3339(unix: float) -> str:
+    return datetime.fromtimestamp(int(unix), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def authorization_scheme(token_type: str) -> str:
+    # RFC 6750 spells it "Bearer"; servers often say "bearer".
+    return "Bearer" if token_type.lower() == "bearer" else token_type
+
+
+def render(token: Token, sink: SinkConfig) -> bytes:
+    reason = unsafe_reason(token.access_token)
+    if reason:  # the client rejects these already; this guards every other way in
+        raise ValueError(f"access token {reason}")
+    value = token.access_token
+    if sink.format == "raw":
+        text = f"{value}\n"
+    elif sink.format == "header":
+        # RFC 9110 §11.6.2 / RFC 6750 §2.1: the header is "Authorization" (not "Authorisation").
+        text = f"Authorization: {authorization_scheme(token.token_type)} {value}\n"
+    elif sink.format == "env":
+        name = sink.env_name
+        assert name is not None, "config fills env_name for env sinks"
+        # Single quotes: literal for POSIX sh, systemd EnvironmentFile= and python-dotenv.
+        text = f"{name}='{value}'\n{name}_EXPIRES_AT='{int(token.expires_at)}'\n"
+    else:
+        import json
+
+        text = json.dumps(
+            {
+                "access_token": value,
+                "token_type": token.token_type,
+                "expires_at": rfc3339(token.expires_at),
+                "expires_at_unix": int(token.expires_at),
+                "obtained_at": rfc3339(token.obtained_at),
+                "scope": token.scope,
+            },
+            indent=2,
+        ) + "\n"
+    return text.encode("ascii")
+
+
+def resolve_owner(sink: SinkConfig) -> tuple[int, int]:
+    """uid and gid to give the file (-1: leave as created). Raises SinkError if unknown."""
+    uid = gid = -1
+    if sink.owner is not None:
+        try:
+            uid = sink.owner if isinstance(sink.owner, int) else pwd.getpwnam(sink.owner).pw_uid
+        except KeyError:
+            raise SinkError(sink.path, f"owner {sink.owner!r}: no such user") from None
+    if sink.group is not None:
+        try:
+            gid = sink.group if isinstance(sink.group, int) else grp.getgrnam(sink.group).gr_gid
+        except KeyError:
+            raise SinkError(sink.path, f"group {sink.group!r}: no such group") from None
+    return uid, gid
+
+
+def is_current(path: Path, data: bytes, mode: int, uid: int, gid: int) -> bool:
+    """Whether the file already holds exactly this, with this mode and ownership."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+            return False
+        if (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid):
+            return False
+        if st.st_size != len(data):
+            return False
+        with open(path, "rb") as stream:
+            return stream.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class SinkResult:
+    path: Path
+    written: bool  # False: the file already held this token
+
+
+def write_sink(token: Token, sink: SinkConfig) -> SinkResult:
+    """Put ``token`` in ``sink`` unless it is there already. Raises SinkError."""
+    data = render(token, sink)
+    uid, gid = resolve_owner(sink)
+    if is_current(sink.path, data, sink.mode, uid, gid):
+        return SinkResult(sink.path, written=False)
+    sweep_temps(sink.path, older_than=STALE_TEMP_SECONDS)
+    try:
+        write_atomic(sink.path, data, mode=sink.mode, uid=uid, gid=gid)
+    except OSError as exc:
+        raise SinkError(sink.path, _describe(exc, sink)) from None
+    return SinkResult(sink.path, written=True)
+
+
+def _describe(exc: OSError, sink: SinkConfig) -> str:
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot write: directory {sink.path.parent} does not exist"
+    if isinstance(exc, PermissionError) and (sink.owner is not None or sink.group is not None):
+        return f"cannot write or chown ({reason}); owner/group need root or CAP_CHOWN"
+    return f"cannot write: {reason}"
