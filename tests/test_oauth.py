@@ -1,0 +1,277 @@
+"""The token client, as a real token endpoint on 127.0.0.1 sees it and answers it."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import json
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug import Response
+
+from tokend.config import CredentialConfig, parse
+from tokend.oauth import TokenClient, TokenRequestError, parse_retry_after
+
+from .conftest import Seen, TokenEndpoint
+
+CLIENT_ID = "app id:ü"
+SECRET = "s3cr:t&+= %"  # every character RFC 6749 §2.3.1 makes us encode
+
+
+def cred(url: str, **changes: Any) -> CredentialConfig:
+    base = parse(f'[credentials.api]\ntoken_url = "{url}"\nclient_id = "x"\nclient_secret = "y"\n',
+                 Path("/t/tokend.toml"), environ={}).credentials["api"]
+    return dataclasses.replace(base, **changes)
+
+
+def obtain(client: TokenClient, c: CredentialConfig, **kw: Any) -> Any:
+    return client.obtain(c, client_id=CLIENT_ID, client_secret=SECRET, **kw)
+
+
+@pytest.fixture
+def client() -> Any:
+    c = TokenClient()
+    yield c
+    c.close()
+
+
+# --------------------------------------------------------------------------- what is sent
+
+
+def test_form_with_basic_auth_as_rfc_6749_says(idp: TokenEndpoint, client: TokenClient) -> None:
+    c = cred(idp.url, scope=("read", "write"), extra_params=(("audience", "https://api"),))
+    answer = obtain(client, c)
+    (seen,) = idp.seen
+    assert seen.content_type == "application/x-www-form-urlencoded"
+    assert seen.basic_auth == (CLIENT_ID, SECRET)
+    assert seen.params == {"grant_type": "client_credentials", "scope": "read write",
+                           "audience": "https://api"}
+    assert answer.token.access_token == "tok-1" and answer.wire == "form"
+
+
+def test_json_with_body_auth_as_eventbookings_wants(idp: TokenEndpoint, client: TokenClient) -> None:
+    obtain(client, cred(idp.url, request_format="json", client_auth="body"))
+    (seen,) = idp.seen
+    assert seen.content_type == "application/json"
+    assert "Authorization" not in seen.headers
+    assert json.loads(seen.raw) == {"grant_type": "client_credentials", "client_id": CLIENT_ID,
+                                    "client_secret": SECRET}
+
+
+def test_form_with_body_auth(idp: TokenEndpoint, client: TokenClient) -> None:
+    obtain(client, cred(idp.url, client_auth="body"))
+    (seen,) = idp.seen
+    assert seen.params == {"grant_type": "client_credentials", "client_id": CLIENT_ID,
+                           "client_secret": SECRET}
+    assert "Authorization" not in seen.headers
+
+
+def test_netrc_never_replaces_our_authorization(idp: TokenEndpoint, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                client: TokenClient) -> None:
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login intruder password nope\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    obtain(client, cred(idp.url, client_auth="body"))
+    obtain(client, cred(idp.url))
+    assert "Authorization" not in idp.seen[0].headers
+    assert idp.seen[1].basic_auth == (CLIENT_ID, SECRET)
+
+
+def test_auto_falls_back_once_and_remembers(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(400, {"error": "invalid_request", "error_description": "body must be JSON"})
+    c = cred(idp.url, request_format="auto")
+    first = obtain(client, c)
+    assert [s.content_type for s in idp.seen] == ["application/x-www-form-urlencoded",
+                                                  "application/json"]
+    assert first.wire == "json"
+    obtain(client, c, learned_wire=first.wire)
+    assert idp.seen[2].content_type == "application/json"
+    assert len(idp.seen) == 3
+
+
+def test_auto_reports_both_failures_when_neither_works(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(401, {"error": "invalid_client"})
+    idp.then(401, {"error": "invalid_client"})
+    with pytest.raises(TokenRequestError, match="also tried as form") as info:
+        obtain(client, cred(idp.url, request_format="auto"))
+    assert not info.value.retryable and len(idp.seen) == 2
+
+
+def test_refresh_grant_is_used_and_the_old_refresh_token_kept(idp: TokenEndpoint,
+                                                               client: TokenClient) -> None:
+    answer = obtain(client, cred(idp.url), refresh_token="rt-old")
+    (seen,) = idp.seen
+    assert seen.params == {"grant_type": "refresh_token", "refresh_token": "rt-old"}
+    assert seen.basic_auth == (CLIENT_ID, SECRET)
+    # The server issued no new refresh token: RFC 6749 §6 says keep the old one.
+    assert answer.token.refresh_token == "rt-old"
+
+
+def test_invalid_grant_falls_back_to_client_credentials_at_once(idp: TokenEndpoint,
+                                                                 client: TokenClient) -> None:
+    idp.refresh_tokens = True
+    idp.then(400, {"error": "invalid_grant", "error_description": "refresh token expired"})
+    answer = obtain(client, cred(idp.url), refresh_token="rt-old")
+    assert [s.params["grant_type"] for s in idp.seen] == ["refresh_token", "client_credentials"]
+    assert answer.token.refresh_token == "refresh-1"
+
+
+def test_refresh_token_is_not_used_when_disabled(idp: TokenEndpoint, client: TokenClient) -> None:
+    obtain(client, cred(idp.url, use_refresh_token=False), refresh_token="rt-old")
+    assert idp.seen[0].params["grant_type"] == "client_credentials"
+
+
+def test_a_retryable_refresh_failure_is_not_hidden_by_a_fallback(idp: TokenEndpoint,
+                                                                  client: TokenClient) -> None:
+    idp.then(503, None)
+    with pytest.raises(TokenRequestError) as info:
+        obtain(client, cred(idp.url), refresh_token="rt-old")
+    assert info.value.retryable and len(idp.seen) == 1
+
+
+# --------------------------------------------------------------------------- what comes back
+
+
+def test_token_fields(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(200, {"access_token": "abc.def", "token_type": "bearer", "expires_in": "120",
+                   "scope": "read"})
+    before = time.time()
+    token = obtain(client, cred(idp.url)).token
+    assert token.token_type == "Bearer" and token.scope == "read"
+    # expires_at counts from when the request was sent, so it errs early, never late.
+    assert before <= token.obtained_at <= time.time()
+    assert token.expires_at == pytest.approx(token.obtained_at + 120)
+
+
+def test_missing_expires_in_uses_the_default(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.expires_in = None
+    token = obtain(client, cred(idp.url, default_expires_in=900)).token
+    assert token.lifetime == pytest.approx(900)
+
+
+FATAL = [
+    (401, {"error": "invalid_client", "error_description": "bad secret"}, "invalid_client"),
+    (400, {"error": "unauthorized_client"}, "unauthorized_client"),
+    (400, {"error": "invalid_scope"}, "invalid_scope"),
+    (400, {"error": "unsupported_grant_type"}, "unsupported_grant_type"),
+    (403, None, "Forbidden (HTTP 403)"),
+    (404, None, "Not Found (HTTP 404)"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "fragment"), FATAL, ids=[f[2] for f in FATAL])
+def test_errors_a_retry_cannot_fix(idp: TokenEndpoint, client: TokenClient, status: int,
+                                   body: Any, fragment: str) -> None:
+    idp.then(status, body)
+    with pytest.raises(TokenRequestError, match=re.escape(fragment)) as info:
+        obtain(client, cred(idp.url))
+    assert not info.value.retryable and info.value.status == status
+    if body:
+        assert info.value.error == body["error"]
+
+
+RETRYABLE = [(500, None), (502, None), (503, None), (504, None), (429, None),
+             (400, {"error": "temporarily_unavailable"}), (408, None)]
+
+
+@pytest.mark.parametrize(("status", "body"), RETRYABLE, ids=[str(r[0]) for r in RETRYABLE])
+def test_errors_worth_retrying(idp: TokenEndpoint, client: TokenClient, status: int, body: Any) -> None:
+    idp.then(status, body)
+    with pytest.raises(TokenRequestError) as info:
+        obtain(client, cred(idp.url))
+    assert info.value.retryable and info.value.status == status
+
+
+def test_retry_after_in_seconds_and_as_a_date(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(503, None, {"Retry-After": "42"})
+    idp.then(429, None, {"Retry-After": email.utils.formatdate(time.time() + 90, usegmt=True)})
+    with pytest.raises(TokenRequestError) as first:
+        obtain(client, cred(idp.url))
+    with pytest.raises(TokenRequestError) as second:
+        obtain(client, cred(idp.url))
+    assert first.value.retry_after == 42
+    assert second.value.retry_after == pytest.approx(90, abs=2)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("0", 0.0), ("120", 120.0), ("soon", None), ("", None), (None, None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: no wait, never negative
+])
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, now=time.time()) == expected
+
+
+MALFORMED = [
+    (b"<html>Bad gateway</html>", "not JSON"),
+    (b"", "empty body"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"token_type": "bearer"}', "no access_token"),
+    (b'{"access_token": ""}', "no access_token"),
+    (b'{"access_token": "a b"}', "whitespace"),
+    (b'{"access_token": "a\\nb"}', "whitespace"),
+    (b'{"access_token": "a\'b"}', "which no sink format"),
+    (b'{"access_token": "a", "expires_in": 0}', "expires_in"),
+    (b'{"access_token": "a", "expires_in": -5}', "expires_in"),
+    (b'{"access_token": "a", "expires_in": "soon"}', "expires_in"),
+    (b'{"access_token": "a", "expires_in": 1000000000000}', "expires_in"),
+    (b'{"access_token": "a", "token_type": "two words"}', "token_type"),
+]
+
+
+@pytest.mark.parametrize(("raw", "fragment"), MALFORMED, ids=[m[1] + str(i) for i, m in enumerate(MALFORMED)])
+def test_malformed_success_bodies_are_not_retried(idp: TokenEndpoint, client: TokenClient,
+                                                  raw: bytes, fragment: str) -> None:
+    idp.then(200, raw=raw)
+    with pytest.raises(TokenRequestError, match=fragment) as info:
+        obtain(client, cred(idp.url))
+    assert not info.value.retryable
+
+
+def test_body_over_one_mebibyte_is_refused(idp: TokenEndpoint, client: TokenClient) -> None:
+    big = b'{"access_token": "a", "pad": "' + b"x" * (1024 * 1024) + b'"}'
+    idp.then(200, raw=big)
+    with pytest.raises(TokenRequestError, match="1 MiB"):
+        obtain(client, cred(idp.url))
+
+
+def test_redirects_are_not_followed_with_the_secret(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(307, None, {"Location": "https://elsewhere.example/token"})
+    with pytest.raises(TokenRequestError, match=r"redirects to https://elsewhere\.example") as info:
+        obtain(client, cred(idp.url))
+    assert not info.value.retryable and len(idp.seen) == 1
+
+
+def test_secret_echoed_by_the_server_is_redacted(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(401, {"error": "invalid_client", "error_description": f"secret {SECRET} is wrong"})
+    with pytest.raises(TokenRequestError) as info:
+        obtain(client, cred(idp.url))
+    assert SECRET not in str(info.value) and "[redacted]" in str(info.value)
+
+
+def test_timeout_is_retryable(idp: TokenEndpoint, client: TokenClient) -> None:
+    def slow(_: Seen) -> Response:
+        time.sleep(1.5)
+        return Response("{}", content_type="application/json")
+
+    idp.script.append(slow)
+    started = time.monotonic()
+    with pytest.raises(TokenRequestError, match=r"no answer within 0\.5s") as info:
+        obtain(client, cred(idp.url, timeout=0.5))
+    assert info.value.retryable
+    assert time.monotonic() - started < 1.4
+
+
+def test_connection_refused_is_retryable(client: TokenClient) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TokenRequestError, match="Connection refused") as info:
+        obtain(client, cred(f"http://127.0.0.1:{port}/token"))
+    assert info.value.retryable

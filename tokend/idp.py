@@ -1,0 +1,165 @@
+"""A small identity provider on 127.0.0.1 for ``tokend demo`` and for tests.
+
+It speaks both dialects tokend must handle, EventBookings' JSON body with the client in it
+and RFC 6749's form body with HTTP Basic, issues refresh tokens and rotates them. Stdlib
+only, so the demo runs on a machine with nothing but Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote_plus
+
+TOKEN_PATH = "/connect/token"
+
+
+@dataclass
+class IdpEvent:
+    """One answered request: what a demo prints and a test counts."""
+
+    at: float
+    client_id: str | None
+    grant_type: str | None
+    wire: str  # "json" or "form"
+    status: int
+    access_token: str | None = field(default=None, repr=False)
+
+
+class IdentityProvider:
+    def __init__(
+        self,
+        clients: Mapping[str, str],
+        *,
+        lifetime: int = 15,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_event: Callable[[IdpEvent], None] | None = None,
+    ) -> None:
+        self.clients = dict(clients)
+        self.lifetime = lifetime
+        self.on_event = on_event
+        self.events: list[IdpEvent] = []
+        self._refresh_tokens: dict[str, str] = {}  # refresh token -> client id
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}{TOKEN_PATH}"
+
+    def start(self) -> IdentityProvider:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="idp", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> IdentityProvider:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------------- the protocol
+
+    def answer(self, authorization: str, params: Mapping[str, str] | None) -> tuple[int, dict[str, Any]]:
+        """Decide the response to one token request: (status, JSON body)."""
+        if params is None:
+            return 400, {"error": "invalid_request", "error_description": "unreadable body"}
+        client_id, secret = _client_credentials(authorization, params)
+        grant = params.get("grant_type")
+        if client_id is None or not secrets.compare_digest(
+            self.clients.get(client_id, "\0no-such-client"), secret or ""
+        ):
+            return 401, {"error": "invalid_client", "error_description": "unknown client or wrong secret"}
+        if grant == "refresh_token":
+            with self._lock:
+                owner = self._refresh_tokens.pop(params.get("refresh_token", ""), None)
+            if owner != client_id:
+                return 400, {"error": "invalid_grant", "error_description": "unknown refresh token"}
+        elif grant != "client_credentials":
+            return 400, {"error": "unsupported_grant_type"}
+        refresh = "rt-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh_tokens[refresh] = client_id
+        issued = {
+            "access_token": "demo-" + secrets.token_urlsafe(24),
+            "token_type": "Bearer",
+            "expires_in": self.lifetime,
+            "refresh_token": refresh,
+            "scope": params.get("scope") or "api",
+        }
+        return 200, issued
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "tokend-demo-idp"
+
+            def do_POST(self) -> None:
+                if self.path.split("?")[0] != TOKEN_PATH:
+                    self._reply(404, {"error": "not_found"})
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(min(length, 1 << 20))
+                wire, params = _parse(self.headers.get("Content-Type", ""), body)
+                authorization = self.headers.get("Authorization", "")
+                status, payload = idp.answer(authorization, params)
+                self._reply(status, payload)
+                known = params or {}
+                event = IdpEvent(time.time(), _client_credentials(authorization, known)[0],
+                                 known.get("grant_type"), wire, status, payload.get("access_token"))
+                with idp._lock:
+                    idp.events.append(event)
+                if idp.on_event is not None:
+                    idp.on_event(event)
+
+            def _reply(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the demo prints events itself, with fingerprints only
+
+        return Handler
+
+
+def _parse(content_type: str, body: bytes) -> tuple[str, dict[str, str] | None]:
+    """The body's dialect and parameters (None when it cannot be read)."""
+    wire = "json" if content_type.split(";")[0].strip().lower() == "application/json" else "form"
+    try:
+        if wire == "json":
+            data = json.loads(body or b"{}")
+            return wire, ({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None)
+        return wire, dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    except (ValueError, UnicodeDecodeError):
+        return wire, None
+
+
+def _client_credentials(authorization: str, params: Mapping[str, str]) -> tuple[str | None, str | None]:
+    if authorization.startswith("Basic "):
+        try:
+            user, _, password = base64.b64decode(authorization[6:]).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None, None
+        return unquote_plus(user), unquote_plus(password)
+    return params.get("client_id"), params.get("client_secret")
