@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tokend.policy import is_fresh, is_valid, refresh_due_at
+from tokend.policy import (
+    backoff_delay,
+    is_fresh,
+    is_valid,
+    next_attempt,
+    refresh_due_at,
+    retry_delay,
+)
 from tokend.token import Token
 
 T0 = 1_800_000_000.0
@@ -45,3 +52,36 @@ def test_fresh_until_due_valid_until_expiry() -> None:
     assert is_fresh(t, T0 + 49, refresh_at=0.8, min_ttl_margin=60)
     assert not is_fresh(t, T0 + 50, refresh_at=0.8, min_ttl_margin=60)
     assert is_valid(t, T0 + 99.9) and not is_valid(t, T0 + 100)
+
+
+@pytest.mark.parametrize(("failures", "random", "expected"), [
+    (1, 0.999, 0.999), (2, 0.5, 1.0), (3, 1.0, 4.0), (9, 1.0, 256.0), (10, 1.0, 300.0),
+    (10_000, 1.0, 300.0), (1, 0.0, 0.1), (5, 0.25, 4.0),
+])
+def test_backoff_is_full_jitter_up_to_the_cap(failures: int, random: float, expected: float) -> None:
+    assert backoff_delay(failures, random) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("failures", "random", "retryable", "retry_after", "expected"), [
+    (1, 0.5, True, None, 0.5),
+    (1, 0.5, True, 30.0, 30.0),         # the server asked for longer: wait
+    (6, 1.0, True, 2.0, 32.0),          # the server asked for less: backoff still applies
+    (1, 0.5, False, None, 300.0),       # invalid_client and friends: at the cap
+    (1, 0.5, True, 86400.0, 3600.0),    # Retry-After is honoured up to an hour
+])
+def test_retry_delay(failures: int, random: float, retryable: bool, retry_after: float | None,
+                     expected: float) -> None:
+    assert retry_delay(failures, random, retryable=retryable, retry_after=retry_after) == expected
+
+
+@pytest.mark.parametrize(("kw", "expected"), [
+    (dict(failures=0, token_due=T0 + 100), T0 + 100),              # success: at the due time
+    (dict(failures=0, token_due=T0 - 5), T0 + 0.1),                # already due: at once
+    (dict(failures=1, token_due=None, random=0.5), T0 + 0.5),      # request failed: backoff
+    (dict(failures=3, token_due=None, retry_after=60.0), T0 + 60),  # ...or what the server asks
+    (dict(failures=1, token_due=None, retryable=False), T0 + 300),  # unfixable: at the cap
+    (dict(failures=9, token_due=T0 + 10), T0 + 10),                # sink failed: not past due
+    (dict(failures=1, token_due=T0 + 100, random=0.5), T0 + 0.5),  # sink failed: retry soon
+])
+def test_next_attempt(kw: dict[str, object], expected: float) -> None:
+    assert next_attempt(T0, **kw) == pytest.approx(expected)  # type: ignore[arg-type]

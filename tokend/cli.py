@@ -19,9 +19,19 @@ from typing import TYPE_CHECKING
 
 from tokend import __version__, policy
 from tokend import log as logsetup
-from tokend.config import EX_CONFIG, Config, ConfigError, CredentialConfig, default_config_path, load
+from tokend.config import (
+    ENV_NAME_RE,
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    CredentialConfig,
+    default_config_path,
+    default_env_name,
+    load,
+)
 from tokend.secrets import read_secret
 from tokend.state import TokenCache, cache_key
+from tokend.token import Token
 
 if TYPE_CHECKING:
     from tokend.refresher import Outcome
@@ -64,16 +74,50 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Validate the config, read every secret, check every sink "
                                        "directory; with --online, ask each identity provider once.")
     check.add_argument("--online", action="store_true", help="also request one token per credential")
+
+    sub.add_parser("run", parents=[common], help="the daemon, in the foreground (systemd Type=notify)",
+                   description="Keep every credential's token fresh until SIGTERM; SIGHUP reloads.")
+
+    status = sub.add_parser("status", parents=[common], help="each credential's health, from the daemon",
+                            description="Report each credential's token expiry, next refresh, last "
+                                        "success and last error; exit 1 when any is failing or "
+                                        "expired, or the daemon is not running.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    exec_ = sub.add_parser("exec", parents=[common], help="run a command with the token in its environment",
+                           description="Run CMD with NAME's valid access token in its environment "
+                                       "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise).")
+    exec_.add_argument("name", metavar="NAME")
+    exec_.add_argument("--env-name", metavar="VAR", help="variable to put the token in")
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    demo = sub.add_parser("demo", help="a local identity provider plus the daemon: the 1-minute tour",
+                          description="Start an identity provider on 127.0.0.1 and the daemon, "
+                                      "writing rotating tokens into ./tokend-demo/.")
+    demo.add_argument("--dir", type=Path, default=Path("tokend-demo"), help="where to write")
+    demo.add_argument("--lifetime", type=int, default=15, help="token lifetime in seconds")
+    demo.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
+                      help="stop after this long (default: until Ctrl-C)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logsetup.setup("warning" if args.command == "token" else "info")
-    path: Path = args.config or default_config_path(os.environ)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = args.command in ("token", "exec", "status")
+    logsetup.setup("warning" if quiet else "info")
     try:
+        if args.command == "demo":
+            from tokend.demo import run_demo
+
+            return run_demo(args.dir, lifetime=args.lifetime, duration=args.duration)
+        path: Path = args.config or default_config_path(os.environ)
+        if args.command == "run":
+            from tokend.daemon import run
+
+            return run(path)
         config = load(path)
-        if args.command != "token":
+        if not quiet:
             logsetup.setup(config.log_level, config.log_format)
         if args.command == "fetch":
             return cmd_fetch(config, args.names, force=args.force)
@@ -81,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(config, args.name)
         if args.command == "check":
             return cmd_check(config, online=args.online)
+        if args.command == "status":
+            return cmd_status(config, as_json=args.json)
+        if args.command == "exec":
+            command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if not command:
+                parser.error("exec needs a command after --")
+            return cmd_exec(config, args.name, command, env_name=args.env_name)
     except ConfigError as exc:
         print(f"tokend: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -118,7 +169,7 @@ def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
         for cred in creds:
             # One credential's failure never stops the others (certbot's renewal loop).
             try:
-                outcome = Refresher(cred, cache, client).refresh(force=force)
+                outcome = Refresher(cred, cache).refresh(client, force=force)
             except ConfigError as exc:
                 log.error("%s", exc)
                 worst = max(worst, EX_CONFIG)
@@ -140,28 +191,90 @@ def fetch_succeeded(outcome: Outcome, *, force: bool) -> bool:
 # --------------------------------------------------------------------------- token
 
 
-def cmd_token(config: Config, name: str) -> int:
-    (cred,) = select(config, [name])
+def valid_token(config: Config, cred: CredentialConfig) -> Token | None:
+    """A token for scripts: the cached one while fresh, else a new one (sinks untouched)."""
     client_id = read_secret(cred, cred.client_id)
     entry = TokenCache(config.state_dir).load(cache_key(cred, client_id))
     if entry is not None and policy.is_fresh(
         entry.token, time.time(), refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin
     ):
-        sys.stdout.write(entry.token.access_token + "\n")
-        return EX_OK
+        return entry.token
 
     from tokend.oauth import TokenClient
     from tokend.refresher import Refresher
 
     client = TokenClient()
     try:
-        outcome = Refresher(cred, TokenCache(config.state_dir), client).refresh(write_sinks=False)
+        return Refresher(cred, TokenCache(config.state_dir)).refresh(client, write_sinks=False).token
     finally:
         client.close()
-    if outcome.token is None:
+
+
+def cmd_token(config: Config, name: str) -> int:
+    (cred,) = select(config, [name])
+    token = valid_token(config, cred)
+    if token is None:
         return EX_FAILED
-    sys.stdout.write(outcome.token.access_token + "\n")
+    sys.stdout.write(token.access_token + "\n")
     return EX_OK
+
+
+def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | None) -> int:
+    (cred,) = select(config, [name])
+    variable = env_name or default_env_name(cred.name)
+    if not ENV_NAME_RE.match(variable):
+        raise UsageError(f"--env-name {variable!r} is not a valid variable name")
+    token = valid_token(config, cred)
+    if token is None:
+        return EX_FAILED
+    env = dict(os.environ)
+    env[variable] = token.access_token
+    env[f"{variable}_EXPIRES_AT"] = str(int(token.expires_at))
+    sys.stdout.flush()
+    try:
+        os.execvpe(command[0], command, env)  # noqa: S606 (argv by design, no shell)
+    except OSError as exc:
+        print(f"tokend: exec {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    raise AssertionError("unreachable: execvpe returned")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def cmd_status(config: Config, *, as_json: bool) -> int:
+    from tokend.status import OK, describe, pid_alive, read_status, verdict
+
+    try:
+        status = read_status(config.state_dir)
+    except FileNotFoundError:
+        print(f"tokend: no status in {config.state_dir}: has `tokend run` started with this "
+              "config?", file=sys.stderr)
+        return EX_FAILED
+    except (OSError, ValueError) as exc:
+        print(f"tokend: cannot read the status in {config.state_dir}: {exc}", file=sys.stderr)
+        return EX_FAILED
+    now = time.time()
+    running = pid_alive(status.pid)
+    verdicts = {name: verdict(cred, now) for name, cred in status.credentials.items()}
+    healthy = running and status.config_error is None and all(v == OK for v in verdicts.values())
+    if as_json:
+        import json
+
+        data = json.loads(status.to_json())
+        data["running"] = running
+        data["healthy"] = healthy
+        for name, value in verdicts.items():
+            data["credentials"][name]["verdict"] = value
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return EX_OK if healthy else EX_FAILED
+    print(f"tokend pid {status.pid}: {'running' if running else 'NOT RUNNING'}, "
+          f"config {status.config}")
+    if status.config_error:
+        print(f"config rejected (still running the last good one): {status.config_error}")
+    for cred in status.credentials.values():
+        print(describe(cred, now))
+    return EX_OK if healthy else EX_FAILED
 
 
 # --------------------------------------------------------------------------- check

@@ -45,3 +45,57 @@ def is_fresh(token: Token, now: float, *, refresh_at: float, min_ttl_margin: flo
 def is_valid(token: Token, now: float) -> bool:
     """Still accepted by the API (not yet expired)."""
     return now < token.expires_at
+
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+MIN_DELAY = 0.1
+MAX_RETRY_AFTER = 3600.0
+
+
+def backoff_delay(failures: int, random: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(n-1))].
+
+    ``random`` is a number in [0, 1) from the caller's source. Full jitter spreads a fleet
+    that failed together across the whole window instead of retrying in lockstep.
+    """
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * float(2 ** min(max(failures - 1, 0), 30)))
+    return max(MIN_DELAY, ceiling * random)
+
+
+def retry_delay(failures: int, random: float, *, retryable: bool,
+                retry_after: float | None = None) -> float:
+    """How long to wait after the ``failures``-th failure in a row.
+
+    An error no retry can fix (bad client, bad scope) is retried at the cap, so a fix at
+    the identity provider is picked up without hammering it. ``Retry-After`` is honoured
+    (up to an hour, so a hostile header cannot park a credential for good).
+    """
+    delay = backoff_delay(failures, random) if retryable else BACKOFF_CAP
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def next_attempt(
+    now: float,
+    *,
+    failures: int,
+    token_due: float | None,
+    retryable: bool = True,
+    retry_after: float | None = None,
+    random: float = 1.0,
+) -> float:
+    """When to run a credential again.
+
+    ``token_due`` is the due time of the token in the sinks, or None when a new token is
+    needed now (the request failed). After a success that is simply the due time. After a
+    failure it is the backoff, except that a failed sink with a good token never waits past
+    the token's own due time.
+    """
+    if failures == 0:
+        return max(now + MIN_DELAY, token_due if token_due is not None else now)
+    retry_at = now + retry_delay(failures, random, retryable=retryable, retry_after=retry_after)
+    if token_due is not None:
+        return min(retry_at, max(token_due, now + MIN_DELAY))
+    return retry_at

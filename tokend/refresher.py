@@ -44,20 +44,29 @@ class Refresher:
         self,
         cred: CredentialConfig,
         cache: TokenCache,
-        client: TokenClient,
         *,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cred = cred
         self.cache = cache
-        self.client = client
         self.environ = environ
         self.clock = clock
 
-    def refresh(self, *, force: bool = False, write_sinks: bool = True) -> Outcome:
+    def refresh(
+        self,
+        client: TokenClient,
+        *,
+        force: bool = False,
+        fresh_until: float | None = None,
+        write_sinks: bool = True,
+    ) -> Outcome:
         """Make sure a fresh token is cached (and in the sinks). Raises ConfigError when a
-        secret cannot be read; every other failure is reported in the Outcome."""
+        secret cannot be read; every other failure is reported in the Outcome.
+
+        The cached token counts as fresh until ``fresh_until`` (the daemon's jittered due
+        time) or, without it, until the policy's unjittered due time.
+        """
         cred = self.cred
         client_id = read_secret(cred, cred.client_id, self.environ)
         key = cache_key(cred, client_id)
@@ -67,9 +76,7 @@ class Refresher:
         fetched = False
         request_error: TokenRequestError | None = None
 
-        if entry is not None and not force and policy.is_fresh(
-            entry.token, now, refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin
-        ):
+        if entry is not None and not force and self.is_fresh(entry.token, now, fresh_until):
             token: Token | None = entry.token
             log.info("%s: cached token %s is fresh until %s", cred.name, entry.token.fingerprint,
                      rfc3339(policy.refresh_due_at(entry.token, refresh_at=cred.refresh_at,
@@ -77,7 +84,7 @@ class Refresher:
         else:
             try:
                 secret = read_secret(cred, cred.client_secret, self.environ)
-                answer = self.client.obtain(
+                answer = client.obtain(
                     cred,
                     client_id=client_id,
                     client_secret=secret,
@@ -108,6 +115,12 @@ class Refresher:
         written, errors = self.write_sinks(token)
         return Outcome(cred.name, token, fetched, request_error, tuple(errors), written,
                        tuple(warnings))
+
+    def is_fresh(self, token: Token, now: float, fresh_until: float | None) -> bool:
+        if fresh_until is not None:
+            return now < fresh_until and policy.is_valid(token, now)
+        return policy.is_fresh(token, now, refresh_at=self.cred.refresh_at,
+                               min_ttl_margin=self.cred.min_ttl_margin)
 
     def write_sinks(self, token: Token) -> tuple[int, list[SinkError]]:
         written = 0

@@ -1,0 +1,441 @@
+"""``tokend run``: keep every credential's token fresh until told to stop.
+
+The shape follows gunicorn's arbiter: signal handlers only queue the signal; the main loop
+takes events off one queue (signals, finished refreshes) and dispatches ``handle_hup``,
+``handle_term``; between events it beats a heartbeat that wakes the scheduler (whose sleep
+does not count suspended time), pings the systemd watchdog and writes the status file.
+
+Each credential is one APScheduler ``date`` job, re-armed at the end of every run for the
+moment the policy picks. Runs happen on a bounded pool, each credential in its own try, so
+a thousand credentials need no thousand threads and one failure never delays another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from tokend import log as logsetup
+from tokend import policy
+from tokend.config import Config, ConfigError, CredentialConfig, load
+from tokend.hooks import HookRunner
+from tokend.oauth import TokenClient
+from tokend.refresher import Outcome, Refresher
+from tokend.reload import plan_reload
+from tokend.state import TokenCache
+from tokend.status import (
+    EXPIRED,
+    FAILING,
+    CredentialStatus,
+    DaemonStatus,
+    verdict,
+    write_status,
+)
+from tokend.systemd import Notifier
+
+log = logging.getLogger("tokend.daemon")
+
+HEARTBEAT = 30.0  # the design's upper bound on noticing a clock jump or a missed wakeup
+CLOCK_JUMP = 2.0  # wall-vs-monotonic drift that counts as a jump
+STATUS_INTERVAL = 1.0  # coalesce status-file writes to at most one a second
+STOP_GRACE = 3.0  # how long a stop waits for in-flight refreshes before leaving them
+WORKERS = 16
+
+
+@dataclass
+class Slot:
+    """One credential at run time. Replaced, never edited, when a reload changes it."""
+
+    cred: CredentialConfig
+    refresher: Refresher
+    generation: int
+    status: CredentialStatus
+    due_at: float | None = None  # jittered refresh moment of the token in the sinks
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, and what that means for the next one."""
+
+    message: str
+    retryable: bool = True
+    retry_after: float | None = None
+    needs_token: bool = True  # False: the token is fine, only a sink failed
+
+
+def record(status: CredentialStatus, *, now: float, when: float, failures: int,
+           outcome: Outcome | None, failure: Failure | None) -> CredentialStatus:
+    """The status after one attempt."""
+    status = status.updated(
+        last_attempt=now, next_refresh=when, failures=failures,
+        last_error=failure.message if failure else None,
+        last_error_retryable=failure.retryable if failure else None,
+    )
+    token = outcome.token if outcome is not None else None
+    if token is None:
+        return status
+    status = status.updated(token_fingerprint=token.fingerprint, expires_at=token.expires_at,
+                            obtained_at=token.obtained_at)
+    if outcome is not None and outcome.fetched:
+        status = status.updated(last_success=now)
+    elif status.last_success is None:
+        status = status.updated(last_success=token.obtained_at)  # a cached token: when it came
+    return status
+
+
+@dataclass(frozen=True)
+class Ran:
+    name: str
+    first: bool
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        heartbeat: float = HEARTBEAT,
+        rng: random.Random | None = None,
+        on_outcome: Callable[[str, Outcome], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.environ = os.environ if environ is None else environ
+        self.heartbeat = heartbeat
+        self.rng = rng or random.Random()
+        self.on_outcome = on_outcome
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.notifier = Notifier(self.environ)
+        self.hooks = HookRunner()
+        self.cache = TokenCache(config.state_dir)
+        self.slots: dict[str, Slot] = {}
+        self.generation = 0
+        self.config_error: str | None = None
+        self.starting: set[str] = set()
+        self.ready = False
+        self.stopping = False
+        self.status_dirty = True
+        self.last_status_write = 0.0
+        self._local = threading.local()
+        self._inflight = 0
+        self._inflight_done = threading.Condition()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=WORKERS)},
+            job_defaults={
+                "misfire_grace_time": None,  # the default (1 s) silently drops a late run
+                "coalesce": True,
+                "max_instances": 2,  # the run that re-arms its own id is still counted
+            },
+            timezone=UTC,
+        )
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    def run(self, *, stop_after: float | None = None) -> int:
+        """Run until SIGTERM or SIGINT (or ``stop_after`` seconds). Returns the exit code."""
+        self.install_signal_handlers()
+        self.scheduler.start()
+        self.starting = set(self.config.credentials)
+        for cred in self.config.credentials.values():
+            self.add_slot(cred, force=False)
+        if not self.starting:
+            self.mark_ready()
+        log.info("tokend running with %d credential(s) from %s", len(self.slots), self.config.path)
+        deadline = None if stop_after is None else time.monotonic() + stop_after
+        wall_offset = time.time() - time.monotonic()
+        next_beat = time.monotonic() + self.heartbeat
+        next_watchdog = time.monotonic()
+        while not self.stopping:
+            now_mono = time.monotonic()
+            if deadline is not None and now_mono >= deadline:
+                self.handle_term(signal.SIGTERM)
+                break
+            if now_mono >= next_beat:
+                wall_offset = self.beat(wall_offset)
+                next_beat = now_mono + self.heartbeat
+            if self.notifier.watchdog_interval is not None and now_mono >= next_watchdog:
+                self.notifier.notify("WATCHDOG=1")
+                next_watchdog = now_mono + self.notifier.watchdog_interval
+            if self.status_dirty and now_mono - self.last_status_write >= STATUS_INTERVAL:
+                self.flush_status()
+            wake = [next_beat, deadline or next_beat]
+            if self.notifier.watchdog_interval is not None:
+                wake.append(next_watchdog)
+            if self.status_dirty:
+                wake.append(self.last_status_write + STATUS_INTERVAL)
+            try:
+                event = self.events.get(timeout=max(0.01, min(wake) - time.monotonic()))
+            except queue.Empty:
+                continue
+            self.dispatch(event)
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, _frame: object) -> None:
+        self.events.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
+
+    def dispatch(self, event: object) -> None:
+        if isinstance(event, Ran):
+            self.handle_ran(event)
+        elif event == signal.SIGHUP:
+            self.handle_hup()
+        elif isinstance(event, int) and event in (signal.SIGTERM, signal.SIGINT):
+            self.handle_term(signal.Signals(event))
+
+    def handle_ran(self, event: Ran) -> None:
+        self.status_dirty = True
+        if event.first and event.name in self.starting:
+            self.starting.discard(event.name)
+            if not self.starting and not self.ready:
+                self.mark_ready()
+        elif self.ready:
+            self.notifier.notify(f"STATUS={self.summary()}")
+
+    def mark_ready(self) -> None:
+        self.ready = True
+        self.notifier.notify("READY=1", f"STATUS={self.summary()}")
+        log.info("ready: %s", self.summary())
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.config.path)
+        self.reload()
+
+    def handle_term(self, signum: signal.Signals) -> None:
+        log.info("%s: stopping", signum.name)
+        self.stopping = True
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        self.scheduler.shutdown(wait=False)
+        self.hooks.shutdown()
+        with self._inflight_done:
+            self._inflight_done.wait_for(lambda: self._inflight == 0, timeout=STOP_GRACE)
+            leftover = self._inflight
+        if leftover:
+            log.warning("%d refresh(es) still in flight; leaving them (sinks are unharmed)", leftover)
+        self.flush_status()
+        log.info("stopped")
+
+    def beat(self, wall_offset: float) -> float:
+        """Wake the scheduler: its sleep does not count time the machine was suspended."""
+        offset = time.time() - time.monotonic()
+        if abs(offset - wall_offset) > CLOCK_JUMP:
+            log.info("wall clock moved %+.0fs against the monotonic clock; checking what is due",
+                     offset - wall_offset)
+        self.scheduler.wakeup()
+        return offset
+
+    # ----------------------------------------------------------------------- scheduling
+
+    def add_slot(self, cred: CredentialConfig, *, force: bool,
+                 previous: Slot | None = None) -> None:
+        self.generation += 1
+        slot = Slot(
+            cred=cred,
+            refresher=Refresher(cred, self.cache, environ=self.environ),
+            generation=self.generation,
+            status=previous.status if previous else CredentialStatus(cred.name),
+            due_at=None if force or previous is None else previous.due_at,
+        )
+        self.slots[cred.name] = slot
+        self.arm(slot, time.time(), force=force, first=previous is None)
+
+    def arm(self, slot: Slot, when: float, *, force: bool = False, first: bool = False) -> None:
+        self.scheduler.add_job(
+            self.run_slot,
+            trigger="date",
+            run_date=datetime.fromtimestamp(when, UTC),
+            args=(slot.cred.name, slot.generation, force, first),
+            id=slot.cred.name,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    def client(self) -> TokenClient:
+        """One requests session per worker thread: sessions are not thread-safe."""
+        client: TokenClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = TokenClient()
+        return client
+
+    def run_slot(self, name: str, generation: int, force: bool, first: bool) -> None:
+        slot = self.slots.get(name)
+        if slot is None or slot.generation != generation or self.stopping:
+            return  # removed or replaced by a reload since this run was armed
+        if not slot.lock.acquire(blocking=False):
+            return  # the run that holds it will re-arm
+        with self._inflight_done:
+            self._inflight += 1
+        try:
+            self.refresh_slot(slot, force=force)
+        finally:
+            slot.lock.release()
+            with self._inflight_done:
+                self._inflight -= 1
+                self._inflight_done.notify_all()
+            self.events.put(Ran(name, first))
+
+    def refresh_slot(self, slot: Slot, *, force: bool) -> None:
+        """One attempt for one credential; whatever happens, the next one is armed."""
+        now = time.time()
+        cred = slot.cred
+        outcome, failure = self.attempt(slot, force=force)
+        token = outcome.token if outcome is not None else None
+        fetched = outcome is not None and outcome.fetched
+        if token is not None and (fetched or slot.due_at is None):
+            slot.due_at = policy.refresh_due_at(token, refresh_at=cred.refresh_at,
+                                                min_ttl_margin=cred.min_ttl_margin,
+                                                jitter=self.rng.uniform(-1, 1))
+        failures = slot.status.failures + 1 if failure else 0
+        when = policy.next_attempt(
+            now,
+            failures=failures,
+            token_due=slot.due_at if failure is None or not failure.needs_token else None,
+            retryable=failure.retryable if failure else True,
+            retry_after=failure.retry_after if failure else None,
+            random=self.rng.random(),
+        )
+        slot.status = record(slot.status, now=now, when=when, failures=failures,
+                             outcome=outcome, failure=failure)
+        if outcome is not None and token is not None and cred.on_rotate is not None and (
+            outcome.sinks_written or (fetched and not cred.sinks)
+        ):
+            self.hooks.submit(cred.name, token, cred.on_rotate)
+        if outcome is not None and self.on_outcome is not None:
+            self.on_outcome(cred.name, outcome)
+        if not self.stopping and self.slots.get(cred.name) is slot:
+            with contextlib.suppress(Exception):  # the scheduler may be shutting down
+                self.arm(slot, when)
+
+    def attempt(self, slot: Slot, *, force: bool) -> tuple[Outcome | None, Failure | None]:
+        cred = slot.cred
+        try:
+            outcome = slot.refresher.refresh(self.client(), force=force, fresh_until=slot.due_at)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return None, Failure(str(exc), retryable=False)
+        except Exception as exc:  # a bug must cost one attempt, never the credential's job
+            log.exception("%s: refresh failed unexpectedly", cred.name)
+            return None, Failure(f"internal error: {type(exc).__name__}")
+        error = outcome.request_error
+        if error is not None:
+            if not error.retryable:
+                log.error("%s: a retry cannot fix %s; trying again every %ds and at once on "
+                          "reload", cred.name, error.error or "this", policy.BACKOFF_CAP)
+            return outcome, Failure(str(error), retryable=error.retryable,
+                                    retry_after=error.retry_after)
+        if outcome.sink_errors:
+            message = "; ".join(str(e) for e in outcome.sink_errors)
+            return outcome, Failure(message, needs_token=False)
+        return outcome, None
+
+    # ----------------------------------------------------------------------- reload
+
+    def reload(self) -> bool:
+        """Load the config again and apply it as a diff; a bad one changes nothing."""
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = load(self.config.path, self.environ)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("reload rejected, still running the last good config: %s", exc)
+            self.status_dirty = True
+            self.notifier.notify("READY=1", f"STATUS=config rejected: {exc}")
+            return False
+        self.apply(new)
+        self.notifier.notify("READY=1", f"STATUS={self.summary()}")
+        return True
+
+    def apply(self, new: Config) -> None:
+        plan = plan_reload(self.config.credentials, new.credentials)
+        self.config_error = None
+        logsetup.setup(new.log_level, new.log_format, environ=self.environ)
+        if new.state_dir != self.config.state_dir:
+            self.cache = TokenCache(new.state_dir)
+        old = self.config
+        self.config = new
+        for name in plan.removed:
+            slot = self.slots.pop(name)
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(name)
+            remove_sink_files(slot.cred, keep=())
+            log.info("%s: removed from the config; stopped", name)
+        for name in plan.added:
+            self.starting.discard(name)
+            self.add_slot(new.credentials[name], force=False)
+        for name in plan.refetch:
+            log.info("%s: settings changed; asking for a new token (the old one stays meanwhile)",
+                     name)
+            self.add_slot(new.credentials[name], force=True, previous=self.slots[name])
+        for name in plan.resink:
+            remove_sink_files(old.credentials[name], keep=new.credentials[name].sinks)
+            self.add_slot(new.credentials[name], force=False, previous=self.slots[name])
+        for name in plan.unchanged:
+            slot = self.slots[name]
+            if slot.status.failures and slot.status.last_error_retryable is False:
+                self.arm(slot, time.time())  # a reload is the moment to retry a fatal error
+        log.info("reload applied: %s", plan.summary())
+        self.status_dirty = True
+
+    # ----------------------------------------------------------------------- status
+
+    def snapshot(self) -> DaemonStatus:
+        return DaemonStatus(
+            pid=os.getpid(),
+            updated_at=time.time(),
+            config=str(self.config.path),
+            config_error=self.config_error,
+            credentials={name: slot.status for name, slot in self.slots.items()},
+        )
+
+    def flush_status(self) -> None:
+        self.status_dirty = False
+        self.last_status_write = time.monotonic()
+        try:
+            write_status(self.config.state_dir, self.snapshot())
+        except OSError as exc:
+            log.warning("cannot write status in %s: %s", self.config.state_dir, exc.strerror)
+
+    def summary(self) -> str:
+        if self.config_error:
+            return f"config rejected: {self.config_error}"
+        now = time.time()
+        verdicts = [verdict(slot.status, now) for slot in self.slots.values()]
+        failing = [n for n, s in self.slots.items() if verdict(s.status, now) != "ok"]
+        text = (f"{len(verdicts)} credential(s): {verdicts.count('ok')} ok, "
+                f"{verdicts.count(FAILING)} failing, {verdicts.count(EXPIRED)} without a valid token")
+        return text + (f" ({', '.join(sorted(failing)[:5])})" if failing else "")
+
+
+def remove_sink_files(cred: CredentialConfig, keep: tuple[Any, ...]) -> None:
+    """Delete the sinks marked ``remove_on_stop`` that are not in ``keep``."""
+    kept = {sink.path for sink in keep}
+    for sink in cred.sinks:
+        if sink.remove_on_stop and sink.path not in kept:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sink.path)
+                log.info("%s: removed %s (remove_on_stop)", cred.name, sink.path)
+
+
+def run(config_path: Path, *, environ: Mapping[str, str] | None = None,
+        stop_after: float | None = None) -> int:
+    config = load(config_path, environ)
+    logsetup.setup(config.log_level, config.log_format, environ=environ)
+    return Daemon(config, environ=environ).run(stop_after=stop_after)

@@ -1,0 +1,60 @@
+"""What a config change means for the running daemon, decided without touching anything.
+
+A reload is applied as a diff so that an edit to one credential never costs another one a
+request, and an edit that only moves sinks costs the identity provider nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from tokend.config import CredentialConfig
+
+# Changing any of these may change which token the identity provider gives, or whether it
+# gives one at all: the credential is fetched again at once.
+TOKEN_FIELDS = frozenset({
+    "token_url", "client_id", "client_secret", "env_file", "scope", "extra_params",
+    "request_format", "client_auth", "use_refresh_token", "default_expires_in", "timeout",
+    "ca_bundle", "allow_insecure_http",
+})
+# The rest (sinks, on_rotate, refresh_at, min_ttl_margin, provider, source) change where the
+# token goes or when the next one is asked for, not the token itself.
+assert {f.name for f in fields(CredentialConfig)} >= TOKEN_FIELDS
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    refetch: tuple[str, ...] = ()  # a different token is needed: ask now, keep the old meanwhile
+    resink: tuple[str, ...] = ()  # same token, other sinks/hooks/timing: no request
+    unchanged: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        counts = [(len(self.added), "added"), (len(self.removed), "removed"),
+                  (len(self.refetch), "to refetch"), (len(self.resink), "with new sinks or timing"),
+                  (len(self.unchanged), "unchanged")]
+        return ", ".join(f"{n} {label}" for n, label in counts if n) or "no credentials"
+
+
+def token_changed(old: CredentialConfig, new: CredentialConfig) -> bool:
+    return any(getattr(old, name) != getattr(new, name) for name in TOKEN_FIELDS)
+
+
+def plan_reload(old: Mapping[str, CredentialConfig], new: Mapping[str, CredentialConfig]) -> ReloadPlan:
+    added, removed, refetch, resink, unchanged = [], [], [], [], []
+    for name in old:
+        if name not in new:
+            removed.append(name)
+    for name, cred in new.items():
+        before = old.get(name)
+        if before is None:
+            added.append(name)
+        elif token_changed(before, cred):
+            refetch.append(name)
+        elif before != cred:
+            resink.append(name)
+        else:
+            unchanged.append(name)
+    return ReloadPlan(tuple(added), tuple(removed), tuple(refetch), tuple(resink), tuple(unchanged))

@@ -1,0 +1,128 @@
+"""What the daemon tells the outside world about each credential, and how healthy that is.
+
+The daemon writes ``status.json`` in its state directory (atomically, coalesced to at
+most one write a second); ``tokend status`` reads it without talking to the daemon.
+The health verdict is a pure function of the record and the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tokend.fsio import write_atomic
+
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True)
+class CredentialStatus:
+    name: str
+    token_fingerprint: str | None = None
+    expires_at: float | None = None
+    obtained_at: float | None = None
+    next_refresh: float | None = None
+    last_success: float | None = None
+    last_attempt: float | None = None
+    last_error: str | None = None
+    last_error_retryable: bool | None = None
+    failures: int = 0  # consecutive failed attempts (token request or sink write)
+
+    def updated(self, **changes: Any) -> CredentialStatus:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    pid: int
+    updated_at: float
+    config: str
+    config_error: str | None = None
+    credentials: dict[str, CredentialStatus] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["credentials"] = {name: asdict(c) for name, c in self.credentials.items()}
+        return json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> DaemonStatus:
+        data = json.loads(raw)
+        creds = {name: CredentialStatus(**value) for name, value in data.pop("credentials").items()}
+        return cls(credentials=creds, **data)
+
+
+def status_path(state_dir: Path) -> Path:
+    return state_dir / STATUS_FILE
+
+
+def write_status(state_dir: Path, status: DaemonStatus) -> None:
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # 0644: status holds no secret (fingerprints only), and monitoring may run as another user.
+    write_atomic(status_path(state_dir), status.to_json(), mode=0o644)
+
+
+def read_status(state_dir: Path) -> DaemonStatus:
+    """Raises OSError or ValueError when there is no readable status."""
+    try:
+        return DaemonStatus.from_json(status_path(state_dir).read_bytes())
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"unrecognised status file: {exc}") from None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, just not ours
+    return True
+
+
+# --------------------------------------------------------------------------- health (pure)
+
+OK, FAILING, EXPIRED = "ok", "failing", "expired"
+
+
+def verdict(cred: CredentialStatus, now: float) -> str:
+    """``expired`` (no valid token: readers are broken), ``failing`` (still a valid token,
+    but the last attempt failed) or ``ok``."""
+    if cred.expires_at is None or cred.expires_at <= now:
+        return EXPIRED
+    if cred.failures > 0:
+        return FAILING
+    return OK
+
+
+def human_duration(seconds: float) -> str:
+    whole = round(seconds)
+    sign = "-" if whole < 0 else ""
+    n = abs(whole)
+    if n < 120:
+        return f"{sign}{n}s"
+    if n < 7200:
+        return f"{sign}{n // 60}m{n % 60:02d}s"
+    return f"{sign}{n // 3600}h{(n % 3600) // 60:02d}m"
+
+
+def describe(cred: CredentialStatus, now: float) -> str:
+    """One line for a terminal: verdict, expiry, next refresh, last success, last error."""
+    parts = [f"{cred.name}: {verdict(cred, now)}"]
+    if cred.expires_at is not None:
+        remaining = cred.expires_at - now
+        parts.append(f"expires in {human_duration(remaining)}" if remaining > 0
+                     else f"expired {human_duration(-remaining)} ago")
+        parts.append(f"token {cred.token_fingerprint}")
+    else:
+        parts.append("no token")
+    if cred.next_refresh is not None:
+        parts.append(f"next refresh in {human_duration(max(0.0, cred.next_refresh - now))}")
+    if cred.last_success is not None:
+        parts.append(f"last success {human_duration(now - cred.last_success)} ago")
+    if cred.last_error:
+        parts.append(f"last error ({cred.failures}x): {cred.last_error}")
+    return ", ".join(parts)
