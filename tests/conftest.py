@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class Seen:
     content_type: str
     raw: bytes
     params: dict[str, str]
+    at: float = 0.0  # when it arrived (time.time())
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -54,6 +56,14 @@ class TokenEndpoint:
     script: list[Callable[[Seen], Response]] = field(default_factory=list)
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    issued_at: dict[str, float] = field(default_factory=dict)  # token -> when it was issued
+    outage: tuple[int, dict[str, str]] | None = None  # (status, headers) for every request
+    outage_body: dict[str, str] | None = None
+
+    def expires_at(self, token: str) -> float:
+        """When ``token`` runs out, by the IdP's own clock and lifetime."""
+        assert self.expires_in is not None
+        return self.issued_at[token] + self.expires_in
 
     @property
     def url(self) -> str:
@@ -84,11 +94,17 @@ class TokenEndpoint:
                 params = {}
         else:
             params = dict(parse_qsl(raw.decode("latin-1")))
-        seen = Seen(request.path, dict(request.headers), ctype, raw, params)
+        seen = Seen(request.path, dict(request.headers), ctype, raw, params, time.time())
         with self.lock:
             self.seen.append(seen)
-            scripted = self.script.pop(0) if self.script else None
-            n = next(self.counter) if scripted is None else 0
+            outage = self.outage
+            scripted = self.script.pop(0) if self.script and outage is None else None
+            n = next(self.counter) if scripted is None and outage is None else 0
+            if n:
+                self.issued_at[self.issued(n)] = seen.at
+        if outage is not None:
+            return Response(json.dumps(self.outage_body or {}), status=outage[0],
+                            headers=outage[1], content_type="application/json")
         if scripted is not None:
             return scripted(seen)
         body: dict[str, Any] = {"access_token": self.issued(n), "token_type": "bearer"}
@@ -173,3 +189,57 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll until ``predicate`` holds: waits for an observable event, never a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class DaemonProcess:
+    """A real ``tokend run`` in a subprocess, its stderr kept in a file."""
+
+    def __init__(self, config: Path, tmp: Path, env: Mapping[str, str] | None = None) -> None:
+        self.log_path = tmp / f"tokend-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tokend", "run", "-c", str(config)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp,
+            env=dict(env) if env is not None else clean_env(tmp),
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, tmp: Path, env: Mapping[str, str] | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(config, tmp, env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

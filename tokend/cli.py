@@ -28,6 +28,7 @@ from tokend.config import (
     default_config_path,
     default_env_name,
     load,
+    locate_state_dir,
 )
 from tokend.secrets import read_secret
 from tokend.state import TokenCache, cache_key
@@ -85,11 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     exec_ = sub.add_parser("exec", parents=[common], help="run a command with the token in its environment",
+                           usage="tokend exec [-c FILE] [--env-name VAR] NAME -- CMD [ARG ...]",
                            description="Run CMD with NAME's valid access token in its environment "
                                        "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise).")
     exec_.add_argument("name", metavar="NAME")
     exec_.add_argument("--env-name", metavar="VAR", help="variable to put the token in")
-    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
     demo = sub.add_parser("demo", help="a local identity provider plus the daemon: the 1-minute tour",
                           description="Start an identity provider on 127.0.0.1 and the daemon, "
@@ -103,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is exec's command, options and all.
+    command = words[words.index("--") + 1:] if "--" in words else []
+    args = parser.parse_args(words[:words.index("--")] if "--" in words else words)
+    if command and args.command != "exec":
+        parser.error(f"{args.command} takes no command after --")
     quiet = args.command in ("token", "exec", "status")
     logsetup.setup("warning" if quiet else "info")
     try:
@@ -116,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tokend.daemon import run
 
             return run(path)
+        if args.command == "status":
+            return cmd_status(path, as_json=args.json)
         config = load(path)
         if not quiet:
             logsetup.setup(config.log_level, config.log_format)
@@ -125,10 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(config, args.name)
         if args.command == "check":
             return cmd_check(config, online=args.online)
-        if args.command == "status":
-            return cmd_status(config, as_json=args.json)
         if args.command == "exec":
-            command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
             if not command:
                 parser.error("exec needs a command after --")
             return cmd_exec(config, args.name, command, env_name=args.env_name)
@@ -242,17 +247,23 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
 # --------------------------------------------------------------------------- status
 
 
-def cmd_status(config: Config, *, as_json: bool) -> int:
+def cmd_status(path: Path, *, as_json: bool) -> int:
     from tokend.status import OK, describe, pid_alive, read_status, verdict
 
     try:
-        status = read_status(config.state_dir)
+        state_dir = load(path).state_dir
+    except ConfigError as exc:
+        # The daemon keeps running the last good config; its report is what matters now.
+        print(f"tokend: {exc}", file=sys.stderr)
+        state_dir = locate_state_dir(path)
+    try:
+        status = read_status(state_dir)
     except FileNotFoundError:
-        print(f"tokend: no status in {config.state_dir}: has `tokend run` started with this "
+        print(f"tokend: no status in {state_dir}: has `tokend run` started with this "
               "config?", file=sys.stderr)
         return EX_FAILED
     except (OSError, ValueError) as exc:
-        print(f"tokend: cannot read the status in {config.state_dir}: {exc}", file=sys.stderr)
+        print(f"tokend: cannot read the status in {state_dir}: {exc}", file=sys.stderr)
         return EX_FAILED
     now = time.time()
     running = pid_alive(status.pid)

@@ -589,6 +589,21 @@ def parse(text: str, file: Path, environ: Mapping[str, str] | None = None) -> Co
     return _Parser(file, os.environ if environ is None else environ).config(data)
 
 
+def locate_state_dir(file: Path | str, environ: Mapping[str, str] | None = None) -> Path:
+    """The state directory a config names, even when the rest of it is invalid: ``tokend
+    status`` must still find the daemon's report when a bad edit was just rejected."""
+    environ = os.environ if environ is None else environ
+    path = Path(file).absolute()
+    try:
+        value = tomllib.loads(path.read_text(encoding="utf-8")).get("tokend", {}).get("state_dir")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        value = None
+    if isinstance(value, str) and value.strip():
+        state_dir = Path(value).expanduser()
+        return state_dir if state_dir.is_absolute() else path.parent / state_dir
+    return default_state_dir(environ)
+
+
 def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises :class:`ConfigError` and nothing else."""
     path = Path(file).absolute()

@@ -18,6 +18,7 @@ import os
 import queue
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -135,6 +136,7 @@ class Daemon:
         self._local = threading.local()
         self._inflight = 0
         self._inflight_done = threading.Condition()
+        self.abandoned = 0  # refreshes still in flight when we stopped
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=WORKERS)},
             job_defaults={
@@ -227,9 +229,10 @@ class Daemon:
         self.hooks.shutdown()
         with self._inflight_done:
             self._inflight_done.wait_for(lambda: self._inflight == 0, timeout=STOP_GRACE)
-            leftover = self._inflight
-        if leftover:
-            log.warning("%d refresh(es) still in flight; leaving them (sinks are unharmed)", leftover)
+            self.abandoned = self._inflight
+        if self.abandoned:
+            log.warning("%d refresh(es) still in flight; leaving them (every write is atomic)",
+                        self.abandoned)
         self.flush_status()
         log.info("stopped")
 
@@ -294,9 +297,9 @@ class Daemon:
 
     def refresh_slot(self, slot: Slot, *, force: bool) -> None:
         """One attempt for one credential; whatever happens, the next one is armed."""
-        now = time.time()
         cred = slot.cred
         outcome, failure = self.attempt(slot, force=force)
+        now = time.time()  # after the attempt: Retry-After and backoff count from the answer
         token = outcome.token if outcome is not None else None
         fetched = outcome is not None and outcome.fetched
         if token is not None and (fetched or slot.due_at is None):
@@ -355,11 +358,12 @@ class Daemon:
             new = load(self.config.path, self.environ)
         except ConfigError as exc:
             self.config_error = str(exc)
+            self.flush_status()  # rare and important: not worth coalescing
             log.error("reload rejected, still running the last good config: %s", exc)
-            self.status_dirty = True
             self.notifier.notify("READY=1", f"STATUS=config rejected: {exc}")
             return False
         self.apply(new)
+        self.flush_status()
         self.notifier.notify("READY=1", f"STATUS={self.summary()}")
         return True
 
@@ -434,8 +438,23 @@ def remove_sink_files(cred: CredentialConfig, keep: tuple[Any, ...]) -> None:
                 log.info("%s: removed %s (remove_on_stop)", cred.name, sink.path)
 
 
+def leave(daemon: Daemon, code: int) -> int:
+    """Return ``code``, or exit with it at once if refreshes were abandoned at stop.
+
+    concurrent.futures joins its worker threads at interpreter exit, so a request hanging
+    until its timeout would hold a stop past systemd's patience. Those workers can only
+    leave a temp file behind (swept later), never a damaged sink or cache.
+    """
+    if daemon.abandoned:
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
 def run(config_path: Path, *, environ: Mapping[str, str] | None = None,
         stop_after: float | None = None) -> int:
     config = load(config_path, environ)
     logsetup.setup(config.log_level, config.log_format, environ=environ)
-    return Daemon(config, environ=environ).run(stop_after=stop_after)
+    daemon = Daemon(config, environ=environ)
+    return leave(daemon, daemon.run(stop_after=stop_after))

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from tokend import log as logsetup
 from tokend.config import load
-from tokend.daemon import Daemon
+from tokend.daemon import Daemon, leave
 from tokend.idp import IdentityProvider, IdpEvent
 from tokend.refresher import Outcome
 from tokend.sinks import rfc3339
@@ -108,4 +108,5 @@ def run_demo(directory: Path, *, lifetime: int = 15, duration: float | None = No
         out.flush()
         config = load(config_path)
         logsetup.setup("warning")  # the tour prints its own lines; problems still show
-        return Daemon(config, on_outcome=on_outcome).run(stop_after=duration)
+        daemon = Daemon(config, on_outcome=on_outcome)
+        return leave(daemon, daemon.run(stop_after=duration))
