@@ -36,7 +36,9 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, uid: int = -1, g
     try:
         try:
             os.fchmod(fd, mode)  # the umask may have taken bits the operator asked for
-            if uid != -1 or gid != -1:
+            if needs_chown(os.fstat(fd), uid, gid):
+                # Only when it changes something: the hardened unit's seccomp filter refuses
+                # every chown call, but a file created in the right group needs none.
                 os.fchown(fd, uid, gid)
             view = memoryview(data)
             while view:
@@ -51,6 +53,10 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, uid: int = -1, g
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def needs_chown(st: os.stat_result, uid: int, gid: int) -> bool:
+    return (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -305,8 +305,11 @@ class TokenClient:
             except TokenRequestError as exc:
                 if exc.retryable:
                     raise
-                log.info("%s: refresh token refused (%s); asking with client credentials",
-                         cred.name, exc)
+                # invalid_grant is the normal end of a refresh token's life; anything else
+                # (a bad client, say) will likely fail the fallback too, and is worth a look.
+                level = logging.INFO if exc.error == "invalid_grant" else logging.WARNING
+                log.log(level, "%s: refresh token refused (%s); asking with client credentials",
+                        cred.name, exc)
             else:
                 if answer.token.refresh_token is None:
                     # RFC 6749 §6: no new refresh token means keep using the old one.
