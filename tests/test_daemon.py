@@ -353,3 +353,24 @@ def test_demo_rotates_files(tmp_path: Path) -> None:
     secret = (tmp_path / "demo" / "eventbookings.secret").read_text().strip()
     assert secret not in result.stdout + result.stderr
     assert os.stat(tmp_path / "demo" / "eventbookings.secret").st_mode & 0o777 == 0o600
+
+
+def test_hook_signals_the_pid_in_pid_file(idp: TokenEndpoint, tmp_path: Path, daemons: Start) -> None:
+    marker = tmp_path / "got-hup"
+    consumer = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGHUP, lambda *a: open({str(marker)!r}, 'a').write('hup\\n'))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert consumer.stdout is not None and consumer.stdout.readline() == "ready\n"
+        (tmp_path / "consumer.pid").write_text(f"{consumer.pid}\n")
+        hook = (f'[credentials.api.on_rotate]\npid_file = "{tmp_path}/consumer.pid"\n'
+                'signal = "HUP"\n')
+        config = write_config(tmp_path, credential_toml(idp.url, tmp_path) + hook)
+        daemon = daemons(config, tmp_path)
+        wait_for(marker.exists, 10, "the consumer's SIGHUP")
+        assert "sent SIGHUP to pid" in daemon.log
+    finally:
+        consumer.kill()
+        consumer.wait()

@@ -105,6 +105,13 @@ path = "/run/tokend/api.header"
 format = "header"
 mode = "0640"
 group = "tokend"
+
+# The README's recipe for a consuming service's group: a setgid directory from tmpfiles.d.
+[[credentials.api.sink]]
+path = "/run/tokend-consumers/api.env"
+format = "env"
+mode = "0640"
+group = "consumers"
 {extra}"""
 
 
@@ -122,7 +129,11 @@ def box(tmp_path_factory: pytest.TempPathFactory, idp: IdentityProvider) -> Iter
                    check=True, capture_output=True, timeout=600)
     container = Container(ROOT, tmp / "console.log", {wheels: "/wheels", REPO / "systemd": "/src/systemd"})
     try:
-        container.run("useradd --system --no-create-home --shell /usr/sbin/nologin tokend")
+        container.run("useradd --system --no-create-home --shell /usr/sbin/nologin tokend && "
+                      "groupadd --system consumers")
+        container.path("/etc/tmpfiles.d/tokend-consumers.conf").write_text(
+            "d /run/tokend-consumers 2750 tokend consumers -\n")
+        container.run("systemd-tmpfiles --create /etc/tmpfiles.d/tokend-consumers.conf")
         container.run("python3 -m venv /opt/tokend && "
                       "/opt/tokend/bin/pip install -q --no-index --find-links /wheels tokend",
                       timeout=300)
@@ -134,7 +145,8 @@ def box(tmp_path_factory: pytest.TempPathFactory, idp: IdentityProvider) -> Iter
         container.run("cp /src/systemd/tokend.service /etc/systemd/system/ && "
                       "mkdir -p /etc/systemd/system/tokend.service.d")
         container.path("/etc/systemd/system/tokend.service.d/paths.conf").write_text(
-            "[Service]\nExecStart=\nExecStart=/opt/tokend/bin/tokend run\n")
+            "[Service]\nExecStart=\nExecStart=/opt/tokend/bin/tokend run\n"
+            "ReadWritePaths=/run/tokend-consumers\n")
         container.run("systemctl daemon-reload")
         yield container
     finally:
@@ -172,6 +184,11 @@ def test_tokens_rotate_under_the_full_hardening(box: Container, idp: IdentityPro
     # The unit's seccomp filter refuses every chown call: a sink whose group is already
     # right must not make one (it would fail with EPERM and the credential report failing).
     assert box.run("stat -c %G /run/tokend/api.header").stdout.strip() == "tokend"
+    # In the setgid directory the file is born in the consumers' group: readable by them,
+    # with no chown call and so no exception to the unit's seccomp filter.
+    assert box.run("stat -c %G:%a /run/tokend-consumers/api.env").stdout.strip() == "consumers:640"
+    assert box.run("setpriv --reuid=nobody --regid=consumers --clear-groups "
+                   "cat /run/tokend-consumers/api.env").stdout.startswith("API_ACCESS_TOKEN='demo-")
     assert header.read_text().startswith("Authorization: Bearer demo-")
     assert box.run("stat -c %a /run/tokend").stdout.strip() == "755"
 
