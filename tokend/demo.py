@@ -73,6 +73,14 @@ def write_demo_files(directory: Path, url: str, clients: dict[str, str]) -> Path
     return config
 
 
+def invocation() -> str:
+    """How the user called us, so the hints can be pasted as they are (.venv/bin/tokend…)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name == "tokend":
+        return argv0 if os.sep in argv0 else "tokend"
+    return f"{os.path.relpath(sys.executable)} -m tokend"
+
+
 def run_demo(directory: Path, *, lifetime: int = 15, duration: float | None = None,
              out: TextIO = sys.stdout) -> int:
     directory = directory.absolute()
@@ -95,6 +103,7 @@ def run_demo(directory: Path, *, lifetime: int = 15, duration: float | None = No
     with IdentityProvider(clients, lifetime=lifetime, on_event=on_event) as idp:
         config_path = write_demo_files(directory, idp.url, clients)
         rel = os.path.relpath(directory)
+        prog = invocation()
         out.write(
             f"tokend demo: an identity provider at {idp.url} issues {lifetime}-second tokens;\n"
             f"tokend keeps them fresh in {rel}/run/. In another terminal, try:\n\n"
@@ -102,11 +111,14 @@ def run_demo(directory: Path, *, lifetime: int = 15, duration: float | None = No
             f"  cat {rel}/run/eventbookings.header    # for curl -H @{rel}/run/eventbookings.header\n"
             f"  . {rel}/run/eventbookings.env && echo $EVENTBOOKINGS_ACCESS_TOKEN_EXPIRES_AT\n"
             f"  cat {rel}/run/rfc6749.json\n"
-            f"  tokend status -c {rel}/tokend.toml\n\n"
+            f"  {prog} status -c {rel}/tokend.toml\n\n"
             "Ctrl-C stops.\n\n"
         )
         out.flush()
         config = load(config_path)
         logsetup.setup("warning")  # the tour prints its own lines; problems still show
         daemon = Daemon(config, on_outcome=on_outcome)
-        return leave(daemon, daemon.run(stop_after=duration))
+        code = daemon.run(stop_after=duration)
+        out.write(f"\ntokend demo stopped; {rel}/ keeps the config, the last tokens and the cache.\n")
+        out.flush()
+        return leave(daemon, code)
