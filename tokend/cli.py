@@ -334,8 +334,8 @@ def check_paths(cred: CredentialConfig) -> list[str]:
         try:
             resolve_owner(sink)
         except SinkError as exc:
-            problem(f"sink[{i}].owner" if "owner" in str(exc) else f"sink[{i}].group",
-                    str(exc).split(": ", 1)[1])
+            key = "owner" if exc.reason.startswith("owner") else "group"
+            problem(f"sink[{i}].{key}", exc.reason)
     if cred.ca_bundle is not None and not os.access(cred.ca_bundle, os.R_OK):
         problem("ca_bundle", f"{cred.ca_bundle}: cannot read")
     hook = cred.on_rotate

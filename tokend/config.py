@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import re
+import signal
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -543,9 +544,7 @@ class _Parser:
         if signame is not None:
             signame = signame.upper()
             signame = signame if signame.startswith("SIG") else f"SIG{signame}"
-            import signal as _signal
-
-            if not SIGNAL_RE.match(signame) or not hasattr(_signal, signame):
+            if not SIGNAL_RE.match(signame) or signame not in signal.Signals.__members__:
                 raise self.fail(f"{where}.signal", f"{signame!r} is not a signal name")
         if (signame is None) != (pid_file is None):
             missing = "pid_file" if pid_file is None else "signal"

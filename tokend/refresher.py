@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tokend import policy
 from tokend.config import CredentialConfig
@@ -32,11 +32,6 @@ class Outcome:
     request_error: TokenRequestError | None = None
     sink_errors: tuple[SinkError, ...] = ()
     sinks_written: int = 0
-    warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def ok(self) -> bool:
-        return self.token is not None and self.request_error is None and not self.sink_errors
 
 
 class Refresher:
@@ -72,7 +67,6 @@ class Refresher:
         key = cache_key(cred, client_id)
         entry = self.cache.load(key)
         now = self.clock()
-        warnings: list[str] = []
         fetched = False
         request_error: TokenRequestError | None = None
 
@@ -106,15 +100,13 @@ class Refresher:
                 try:
                     self.cache.save(key, CacheEntry(token, answer.wire), cred=cred,
                                     client_id=client_id)
-                except StateError as exc:
-                    warnings.append(str(exc))
+                except StateError as exc:  # the token is good; it just will not be remembered
                     log.warning("%s: %s", cred.name, exc)
 
         if token is None or not write_sinks:
-            return Outcome(cred.name, token, fetched, request_error, warnings=tuple(warnings))
+            return Outcome(cred.name, token, fetched, request_error)
         written, errors = self.write_sinks(token)
-        return Outcome(cred.name, token, fetched, request_error, tuple(errors), written,
-                       tuple(warnings))
+        return Outcome(cred.name, token, fetched, request_error, tuple(errors), written)
 
     def is_fresh(self, token: Token, now: float, fresh_until: float | None) -> bool:
         if fresh_until is not None:

@@ -24,9 +24,10 @@ STALE_TEMP_SECONDS = 60.0
 class SinkError(Exception):
     """A sink that could not be written; the previous file is still in place."""
 
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
         self.path = path
+        self.reason = reason
 
 
 def rfc3339(unix: float) -> str:
