@@ -153,6 +153,14 @@ class CredentialConfig:
     def where(self, key: str) -> str:
         return f"credentials.{self.name}.{key}"
 
+    def files(self) -> set[Path]:
+        """Files whose content this credential's token depends on (watched for changes)."""
+        found = {Path(ref.value) for ref in (self.client_id, self.client_secret)
+                 if ref.source == "file"}
+        if self.env_file is not None:
+            found.add(self.env_file)
+        return found
+
 
 @dataclass(frozen=True)
 class Config:

@@ -48,6 +48,7 @@ from tokend.status import (
     write_status,
 )
 from tokend.systemd import Notifier
+from tokend.watch import Debouncer, FileState, Watcher, changed, read_states, watched_files
 
 log = logging.getLogger("tokend.daemon")
 
@@ -106,6 +107,11 @@ class Ran:
     first: bool
 
 
+@dataclass(frozen=True)
+class FilesTouched:
+    """The watcher saw an event on a watched file; the debouncer decides when to look."""
+
+
 class Daemon:
     def __init__(
         self,
@@ -125,6 +131,9 @@ class Daemon:
         self.notifier = Notifier(self.environ)
         self.hooks = HookRunner()
         self.cache = TokenCache(config.state_dir)
+        self.watcher = Watcher(lambda: self.events.put(FilesTouched()))
+        self.debounce = Debouncer()
+        self.file_states: dict[Path, FileState] = {}
         self.slots: dict[str, Slot] = {}
         self.generation = 0
         self.config_error: str | None = None
@@ -153,6 +162,7 @@ class Daemon:
         """Run until SIGTERM or SIGINT (or ``stop_after`` seconds). Returns the exit code."""
         self.install_signal_handlers()
         self.scheduler.start()
+        self.watch_files()
         self.starting = set(self.config.credentials)
         for cred in self.config.credentials.values():
             self.add_slot(cred, force=False)
@@ -174,9 +184,12 @@ class Daemon:
             if self.notifier.watchdog_interval is not None and now_mono >= next_watchdog:
                 self.notifier.notify("WATCHDOG=1")
                 next_watchdog = now_mono + self.notifier.watchdog_interval
+            if self.debounce.due(now_mono):
+                self.debounce.reset()
+                self.check_files("a watched file changed")
             if self.status_dirty and now_mono - self.last_status_write >= STATUS_INTERVAL:
                 self.flush_status()
-            wake = [next_beat, deadline or next_beat]
+            wake = [next_beat, deadline or next_beat, self.debounce.deadline() or next_beat]
             if self.notifier.watchdog_interval is not None:
                 wake.append(next_watchdog)
             if self.status_dirty:
@@ -198,6 +211,8 @@ class Daemon:
     def dispatch(self, event: object) -> None:
         if isinstance(event, Ran):
             self.handle_ran(event)
+        elif isinstance(event, FilesTouched):
+            self.debounce.touch(time.monotonic())
         elif event == signal.SIGHUP:
             self.handle_hup()
         elif isinstance(event, int) and event in (signal.SIGTERM, signal.SIGINT):
@@ -218,14 +233,14 @@ class Daemon:
         log.info("ready: %s", self.summary())
 
     def handle_hup(self) -> None:
-        log.info("SIGHUP: reloading %s", self.config.path)
-        self.reload()
+        self.check_files("SIGHUP", force=True)
 
     def handle_term(self, signum: signal.Signals) -> None:
         log.info("%s: stopping", signum.name)
         self.stopping = True
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self.scheduler.shutdown(wait=False)
+        self.watcher.stop()
         self.hooks.shutdown()
         with self._inflight_done:
             self._inflight_done.wait_for(lambda: self._inflight == 0, timeout=STOP_GRACE)
@@ -243,6 +258,10 @@ class Daemon:
             log.info("wall clock moved %+.0fs against the monotonic clock; checking what is due",
                      offset - wall_offset)
         self.scheduler.wakeup()
+        if self.watcher.ensure_alive():
+            self.check_files("the file watcher was restarted")
+        else:
+            self.check_files("the periodic file check found a change")  # overflows, no inotify
         return offset
 
     # ----------------------------------------------------------------------- scheduling
@@ -351,7 +370,24 @@ class Daemon:
 
     # ----------------------------------------------------------------------- reload
 
-    def reload(self) -> bool:
+    def watch_files(self) -> None:
+        """(Re)start watching what the running config depends on."""
+        files = watched_files(self.config)
+        self.file_states = read_states(files, self.file_states)
+        self.watcher.update(files)
+
+    def check_files(self, reason: str, *, force: bool = False) -> None:
+        """Reload when a watched file's content changed (or always, when forced)."""
+        states = read_states(watched_files(self.config), self.file_states)
+        differ = changed(self.file_states, states)
+        self.file_states = states
+        if not differ and not force:
+            return
+        log.info("%s: %s", reason, ", ".join(sorted(map(str, differ))) or "reloading")
+        self.reload(differ - {self.config.path})
+        self.watch_files()  # the new config may name other files
+
+    def reload(self, changed_files: frozenset[Path] | set[Path] = frozenset()) -> bool:
         """Load the config again and apply it as a diff; a bad one changes nothing."""
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
@@ -362,13 +398,13 @@ class Daemon:
             log.error("reload rejected, still running the last good config: %s", exc)
             self.notifier.notify("READY=1", f"STATUS=config rejected: {exc}")
             return False
-        self.apply(new)
+        self.apply(new, changed_files)
         self.flush_status()
         self.notifier.notify("READY=1", f"STATUS={self.summary()}")
         return True
 
-    def apply(self, new: Config) -> None:
-        plan = plan_reload(self.config.credentials, new.credentials)
+    def apply(self, new: Config, changed_files: frozenset[Path] | set[Path] = frozenset()) -> None:
+        plan = plan_reload(self.config.credentials, new.credentials, changed_files)
         self.config_error = None
         logsetup.setup(new.log_level, new.log_format, environ=self.environ)
         if new.state_dir != self.config.state_dir:
@@ -385,8 +421,8 @@ class Daemon:
             self.starting.discard(name)
             self.add_slot(new.credentials[name], force=False)
         for name in plan.refetch:
-            log.info("%s: settings changed; asking for a new token (the old one stays meanwhile)",
-                     name)
+            log.info("%s: settings or secret changed; asking for a new token (the old one "
+                     "stays meanwhile)", name)
             self.add_slot(new.credentials[name], force=True, previous=self.slots[name])
         for name in plan.resink:
             remove_sink_files(old.credentials[name], keep=new.credentials[name].sinks)

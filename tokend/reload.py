@@ -6,8 +6,9 @@ request, and an edit that only moves sinks costs the identity provider nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from tokend.config import CredentialConfig
 
@@ -42,7 +43,12 @@ def token_changed(old: CredentialConfig, new: CredentialConfig) -> bool:
     return any(getattr(old, name) != getattr(new, name) for name in TOKEN_FIELDS)
 
 
-def plan_reload(old: Mapping[str, CredentialConfig], new: Mapping[str, CredentialConfig]) -> ReloadPlan:
+def plan_reload(
+    old: Mapping[str, CredentialConfig],
+    new: Mapping[str, CredentialConfig],
+    changed_files: Set[Path] = frozenset(),
+) -> ReloadPlan:
+    """``changed_files``: secret and env files whose content changed (a rotated secret)."""
     added, removed, refetch, resink, unchanged = [], [], [], [], []
     for name in old:
         if name not in new:
@@ -51,7 +57,7 @@ def plan_reload(old: Mapping[str, CredentialConfig], new: Mapping[str, Credentia
         before = old.get(name)
         if before is None:
             added.append(name)
-        elif token_changed(before, cred):
+        elif token_changed(before, cred) or not cred.files().isdisjoint(changed_files):
             refetch.append(name)
         elif before != cred:
             resink.append(name)
