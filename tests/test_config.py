@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -174,20 +173,17 @@ def test_http_to_loopback_is_allowed_and_insecure_http_can_be_asked_for() -> Non
     cfg(BASE.replace("https://idp.example.com", "http://idp.internal") + "allow_insecure_http = true\n")
 
 
-def test_inline_secret_in_a_readable_file_is_warned_about(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_inline_secret_in_a_readable_file_is_warned_about(tmp_path: Path) -> None:
     path = tmp_path / "tokend.toml"
     path.write_text(BASE.replace('client_secret_file = "/etc/tokend/api.secret"', 'client_secret = "x"'))
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="tokend.config"):
-        load(path, environ={})
-    assert "inline secret" in caplog.text and "others" in caplog.text
-    caplog.clear()
+    (warning,) = load(path, environ={}).warnings
+    assert "credentials.api.client_secret" in warning and "others can read" in warning
     path.chmod(0o600)
-    with caplog.at_level(logging.WARNING, logger="tokend.config"):
-        load(path, environ={})
-    assert caplog.text == ""
+    assert load(path, environ={}).warnings == ()
+    path.chmod(0o644)
+    result = run_tokend("check", "-c", path, tmp=tmp_path)  # and the CLI says so
+    assert result.returncode == 0 and "inline secret" in result.stderr and '"x"' not in result.stderr
 
 
 def test_the_cli_exits_78_with_one_line_and_no_traceback(tmp_path: Path) -> None:

@@ -1,52 +1,91 @@
-"""The ``tokend`` command: build what a subcommand needs from the config, run it, map the
-result to an exit code (0 ok, 1 failed, 2 usage, 78 config).
+"""The ``tokend`` command line: parse it, load the config, hand over to the command.
 
-Imports of ``requests`` and friends happen inside the commands that talk to the network,
-so ``tokend token`` on a cached token costs little more than starting Python.
+Only the standard library is imported here, and only the subcommand being run is built:
+``tokend token`` on a cached token should cost little more than starting Python. The
+commands themselves live in :mod:`tokend.commands`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
-from tokend import __version__, policy
-from tokend import log as logsetup
-from tokend.config import (
-    ENV_NAME_RE,
-    EX_CONFIG,
-    Config,
-    ConfigError,
-    CredentialConfig,
-    default_config_path,
-    default_env_name,
-    load,
-    locate_state_dir,
-)
-from tokend.secrets import read_secret
-from tokend.state import TokenCache, cache_key
-from tokend.token import Token
-
-if TYPE_CHECKING:
-    from tokend.refresher import Outcome
+from tokend import __version__
+from tokend.config import EX_CONFIG, ConfigError, default_config_path, load
+from tokend.lookup import UsageError, cached_token, select
 
 EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
 
-log = logging.getLogger("tokend")
+if TYPE_CHECKING:
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-class UsageError(Exception):
-    """The command line names something that is not there."""
+def _fetch(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    fetch = sub.add_parser("fetch", parents=[common],
+                           help="make sure every sink holds a valid token, then exit",
+                           description="One shot: reuse each credential's cached token while it is "
+                                       "fresh, else ask the identity provider; write every sink.")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="credentials (default: all)")
+    fetch.add_argument("--force", action="store_true",
+                       help="ask for new tokens even if cached ones are fresh")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _token(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    token = sub.add_parser("token", parents=[common], help="print a valid access token",
+                           description="Print a valid access token for NAME on stdout, from the "
+                                       "cache when it is fresh; nothing else goes to stdout.")
+    token.add_argument("name", metavar="NAME")
+
+
+def _check(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    check = sub.add_parser("check", parents=[common], help="validate config, secrets and sink paths",
+                           description="Validate the config, read every secret, check every sink "
+                                       "directory; with --online, ask each identity provider once.")
+    check.add_argument("--online", action="store_true", help="also request one token per credential")
+
+
+def _run(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    sub.add_parser("run", parents=[common], help="the daemon, in the foreground (systemd Type=notify)",
+                   description="Keep every credential's token fresh until SIGTERM; SIGHUP reloads.")
+
+
+def _status(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    status = sub.add_parser("status", parents=[common], help="each credential's health, from the daemon",
+                            description="Report each credential's token expiry, next refresh, last "
+                                        "success and last error; exit 1 when any is failing or "
+                                        "expired, or the daemon is not running.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _exec(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    exec_ = sub.add_parser("exec", parents=[common], help="run a command with the token in its environment",
+                           usage="tokend exec [-c FILE] [--env-name VAR] NAME -- CMD [ARG ...]",
+                           description="Run CMD with NAME's valid access token in its environment "
+                                       "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise).")
+    exec_.add_argument("name", metavar="NAME")
+    exec_.add_argument("--env-name", metavar="VAR", help="variable to put the token in")
+
+
+def _demo(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    demo = sub.add_parser("demo", help="a local identity provider plus the daemon: the 1-minute tour",
+                          description="Start an identity provider on 127.0.0.1 and the daemon, "
+                                      "writing rotating tokens into ./tokend-demo/.")
+    demo.add_argument("--dir", type=Path, default=Path("tokend-demo"), help="where to write")
+    demo.add_argument("--lifetime", type=int, default=15, help="token lifetime in seconds")
+    demo.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
+                      help="stop after this long (default: until Ctrl-C)")
+
+
+SUBCOMMANDS = {"run": _run, "fetch": _fetch, "token": _token, "exec": _exec, "status": _status,
+               "check": _check, "demo": _demo}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand (the rest cost time, not meaning)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", type=Path, metavar="FILE",
                         help="config file (default: $TOKEND_CONFIG, "
@@ -57,86 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tokend {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    fetch = sub.add_parser("fetch", parents=[common],
-                           help="make sure every sink holds a valid token, then exit",
-                           description="One shot: reuse each credential's cached token while it is "
-                                       "fresh, else ask the identity provider; write every sink.")
-    fetch.add_argument("names", nargs="*", metavar="NAME", help="credentials (default: all)")
-    fetch.add_argument("--force", action="store_true",
-                       help="ask for new tokens even if cached ones are fresh")
-
-    token = sub.add_parser("token", parents=[common], help="print a valid access token",
-                           description="Print a valid access token for NAME on stdout, from the "
-                                       "cache when it is fresh; nothing else goes to stdout.")
-    token.add_argument("name", metavar="NAME")
-
-    check = sub.add_parser("check", parents=[common], help="validate config, secrets and sink paths",
-                           description="Validate the config, read every secret, check every sink "
-                                       "directory; with --online, ask each identity provider once.")
-    check.add_argument("--online", action="store_true", help="also request one token per credential")
-
-    sub.add_parser("run", parents=[common], help="the daemon, in the foreground (systemd Type=notify)",
-                   description="Keep every credential's token fresh until SIGTERM; SIGHUP reloads.")
-
-    status = sub.add_parser("status", parents=[common], help="each credential's health, from the daemon",
-                            description="Report each credential's token expiry, next refresh, last "
-                                        "success and last error; exit 1 when any is failing or "
-                                        "expired, or the daemon is not running.")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-
-    exec_ = sub.add_parser("exec", parents=[common], help="run a command with the token in its environment",
-                           usage="tokend exec [-c FILE] [--env-name VAR] NAME -- CMD [ARG ...]",
-                           description="Run CMD with NAME's valid access token in its environment "
-                                       "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise).")
-    exec_.add_argument("name", metavar="NAME")
-    exec_.add_argument("--env-name", metavar="VAR", help="variable to put the token in")
-
-    demo = sub.add_parser("demo", help="a local identity provider plus the daemon: the 1-minute tour",
-                          description="Start an identity provider on 127.0.0.1 and the daemon, "
-                                      "writing rotating tokens into ./tokend-demo/.")
-    demo.add_argument("--dir", type=Path, default=Path("tokend-demo"), help="where to write")
-    demo.add_argument("--lifetime", type=int, default=15, help="token lifetime in seconds")
-    demo.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
-                      help="stop after this long (default: until Ctrl-C)")
+    for name, add in SUBCOMMANDS.items():
+        if only is None or name == only:
+            add(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first "--" is exec's command, options and all.
     command = words[words.index("--") + 1:] if "--" in words else []
-    args = parser.parse_args(words[:words.index("--")] if "--" in words else words)
+    words = words[:words.index("--")] if "--" in words else words
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(first if first in SUBCOMMANDS else None)
+    args = parser.parse_args(words)
     if command and args.command != "exec":
         parser.error(f"{args.command} takes no command after --")
-    quiet = args.command in ("token", "exec", "status")
-    logsetup.setup("warning" if quiet else "info")
+    if args.command == "exec" and not command:
+        parser.error("exec needs a command after --")
     try:
-        if args.command == "demo":
-            from tokend.demo import run_demo
-
-            return run_demo(args.dir, lifetime=args.lifetime, duration=args.duration)
-        path: Path = args.config or default_config_path(os.environ)
-        if args.command == "run":
-            from tokend.daemon import run
-
-            return run(path)
-        if args.command == "status":
-            return cmd_status(path, as_json=args.json)
-        config = load(path)
-        if not quiet:
-            logsetup.setup(config.log_level, config.log_format)
-        if args.command == "fetch":
-            return cmd_fetch(config, args.names, force=args.force)
-        if args.command == "token":
-            return cmd_token(config, args.name)
-        if args.command == "check":
-            return cmd_check(config, online=args.online)
-        if args.command == "exec":
-            if not command:
-                parser.error("exec needs a command after --")
-            return cmd_exec(config, args.name, command, env_name=args.env_name)
+        return dispatch(args, command)
     except ConfigError as exc:
         print(f"tokend: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -145,232 +124,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def dispatch(args: argparse.Namespace, command: list[str]) -> int:
+    if args.command == "demo":
+        from tokend.demo import run_demo
+
+        return run_demo(args.dir, lifetime=args.lifetime, duration=args.duration)
+    path: Path = args.config or default_config_path(os.environ)
+    if args.command == "run":
+        from tokend.daemon import run
+
+        return run(path)
+    if args.command == "token":
+        config = load(path)
+        (cred,) = select(config, [args.name])
+        token = cached_token(config, cred)  # the fast path: stdlib only
+        if token is not None:
+            sys.stdout.write(token.access_token + "\n")
+            return EX_OK
+
+    from tokend import commands
+
+    if args.command == "status":
+        commands.setup_logging(None)
+        return commands.cmd_status(path, as_json=args.json)
+    config = load(path)
+    commands.setup_logging(config, quiet=args.command in ("token", "exec"))
+    if args.command == "fetch":
+        return commands.cmd_fetch(config, args.names, force=args.force)
+    if args.command == "token":
+        return commands.cmd_token(config, args.name)
+    if args.command == "check":
+        return commands.cmd_check(config, online=args.online)
+    if args.command == "exec":
+        return commands.cmd_exec(config, args.name, command, env_name=args.env_name)
     raise AssertionError(f"unhandled command {args.command}")
-
-
-def select(config: Config, names: Sequence[str]) -> list[CredentialConfig]:
-    unknown = [n for n in names if n not in config.credentials]
-    if unknown:
-        known = ", ".join(config.credentials) or "none"
-        raise UsageError(f"no credential named {', '.join(unknown)} in {config.path} (known: {known})")
-    return [config.credentials[n] for n in names] if names else list(config.credentials.values())
-
-
-# --------------------------------------------------------------------------- fetch
-
-
-def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
-    creds = select(config, names)
-    if not creds:
-        log.warning("%s: no credentials configured; nothing to fetch", config.path)
-        return EX_OK
-    from tokend.oauth import TokenClient
-    from tokend.refresher import Refresher
-
-    cache = TokenCache(config.state_dir)
-    client = TokenClient()
-    worst = EX_OK
-    try:
-        for cred in creds:
-            # One credential's failure never stops the others (certbot's renewal loop).
-            try:
-                outcome = Refresher(cred, cache).refresh(client, force=force)
-            except ConfigError as exc:
-                log.error("%s", exc)
-                worst = max(worst, EX_CONFIG)
-                continue
-            if not fetch_succeeded(outcome, force=force):
-                worst = max(worst, EX_FAILED)
-    finally:
-        client.close()
-    return worst
-
-
-def fetch_succeeded(outcome: Outcome, *, force: bool) -> bool:
-    """Every sink holds a valid token; with --force, a *new* one."""
-    if outcome.token is None or outcome.sink_errors:
-        return False
-    return not (force and outcome.request_error is not None)
-
-
-# --------------------------------------------------------------------------- token
-
-
-def valid_token(config: Config, cred: CredentialConfig) -> Token | None:
-    """A token for scripts: the cached one while fresh, else a new one (sinks untouched)."""
-    client_id = read_secret(cred, cred.client_id)
-    entry = TokenCache(config.state_dir).load(cache_key(cred, client_id))
-    if entry is not None and policy.is_fresh(
-        entry.token, time.time(), refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin
-    ):
-        return entry.token
-
-    from tokend.oauth import TokenClient
-    from tokend.refresher import Refresher
-
-    client = TokenClient()
-    try:
-        return Refresher(cred, TokenCache(config.state_dir)).refresh(client, write_sinks=False).token
-    finally:
-        client.close()
-
-
-def cmd_token(config: Config, name: str) -> int:
-    (cred,) = select(config, [name])
-    token = valid_token(config, cred)
-    if token is None:
-        return EX_FAILED
-    sys.stdout.write(token.access_token + "\n")
-    return EX_OK
-
-
-def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | None) -> int:
-    (cred,) = select(config, [name])
-    variable = env_name or default_env_name(cred.name)
-    if not ENV_NAME_RE.match(variable):
-        raise UsageError(f"--env-name {variable!r} is not a valid variable name")
-    token = valid_token(config, cred)
-    if token is None:
-        return EX_FAILED
-    env = dict(os.environ)
-    env[variable] = token.access_token
-    env[f"{variable}_EXPIRES_AT"] = str(int(token.expires_at))
-    sys.stdout.flush()
-    try:
-        os.execvpe(command[0], command, env)  # noqa: S606 (argv by design, no shell)
-    except OSError as exc:
-        print(f"tokend: exec {command[0]}: {exc.strerror}", file=sys.stderr)
-        return 127 if isinstance(exc, FileNotFoundError) else 126
-    raise AssertionError("unreachable: execvpe returned")
-
-
-# --------------------------------------------------------------------------- status
-
-
-def cmd_status(path: Path, *, as_json: bool) -> int:
-    from tokend.status import OK, describe, pid_alive, read_status, verdict
-
-    try:
-        state_dir = load(path).state_dir
-    except ConfigError as exc:
-        # The daemon keeps running the last good config; its report is what matters now.
-        print(f"tokend: {exc}", file=sys.stderr)
-        state_dir = locate_state_dir(path)
-    try:
-        status = read_status(state_dir)
-    except FileNotFoundError:
-        print(f"tokend: no status in {state_dir}: has `tokend run` started with this "
-              "config?", file=sys.stderr)
-        return EX_FAILED
-    except (OSError, ValueError) as exc:
-        print(f"tokend: cannot read the status in {state_dir}: {exc}", file=sys.stderr)
-        return EX_FAILED
-    now = time.time()
-    running = pid_alive(status.pid)
-    verdicts = {name: verdict(cred, now) for name, cred in status.credentials.items()}
-    healthy = running and status.config_error is None and all(v == OK for v in verdicts.values())
-    if as_json:
-        import json
-
-        data = json.loads(status.to_json())
-        data["running"] = running
-        data["healthy"] = healthy
-        for name, value in verdicts.items():
-            data["credentials"][name]["verdict"] = value
-        print(json.dumps(data, indent=2, sort_keys=True))
-        return EX_OK if healthy else EX_FAILED
-    print(f"tokend pid {status.pid}: {'running' if running else 'NOT RUNNING'}, "
-          f"config {status.config}")
-    if status.config_error:
-        print(f"config rejected (still running the last good one): {status.config_error}")
-    for cred in status.credentials.values():
-        print(describe(cred, now))
-    return EX_OK if healthy else EX_FAILED
-
-
-# --------------------------------------------------------------------------- check
-
-
-def cmd_check(config: Config, *, online: bool) -> int:
-    """Report every problem found, one line each, instead of stopping at the first."""
-    problems: list[str] = []
-    secrets: dict[str, tuple[str, str]] = {}
-    for cred in config.credentials.values():
-        try:
-            secrets[cred.name] = (read_secret(cred, cred.client_id),
-                                  read_secret(cred, cred.client_secret))
-        except ConfigError as exc:
-            problems.append(str(exc))
-        problems.extend(check_paths(cred))
-    problems.extend(check_state_dir(config))
-    for problem in problems:
-        print(f"tokend: {problem}", file=sys.stderr)
-    if problems:
-        return EX_CONFIG
-    for cred in config.credentials.values():
-        print(f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
-              f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}")
-    if not config.credentials:
-        print(f"ok: {config.path}: no credentials configured")
-    return check_online(config, secrets) if online else EX_OK
-
-
-def check_paths(cred: CredentialConfig) -> list[str]:
-    from tokend.sinks import SinkError, resolve_owner
-
-    problems = []
-
-    def problem(key: str, message: str) -> None:
-        problems.append(f"{cred.source}: {cred.where(key)}: {message}")
-
-    for i, sink in enumerate(cred.sinks):
-        directory = sink.path.parent
-        if not directory.is_dir():
-            problem(f"sink[{i}].path", f"directory {directory} does not exist")
-        elif not os.access(directory, os.W_OK | os.X_OK):
-            problem(f"sink[{i}].path", f"directory {directory} is not writable")
-        elif sink.path.is_dir():
-            problem(f"sink[{i}].path", f"{sink.path} is a directory")
-        try:
-            resolve_owner(sink)
-        except SinkError as exc:
-            key = "owner" if exc.reason.startswith("owner") else "group"
-            problem(f"sink[{i}].{key}", exc.reason)
-    if cred.ca_bundle is not None and not os.access(cred.ca_bundle, os.R_OK):
-        problem("ca_bundle", f"{cred.ca_bundle}: cannot read")
-    hook = cred.on_rotate
-    if hook is not None and hook.command and shutil.which(hook.command[0]) is None:
-        problem("on_rotate.command", f"{hook.command[0]!r}: no such program")
-    return problems
-
-
-def check_state_dir(config: Config) -> list[str]:
-    directory = config.state_dir
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return [f"{config.path}: tokend.state_dir: {directory} cannot be created or written"]
-    return []
-
-
-def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
-    from tokend.oauth import TokenClient, TokenRequestError
-
-    client = TokenClient()
-    worst = EX_OK
-    try:
-        for cred in config.credentials.values():
-            client_id, secret = secrets[cred.name]
-            try:
-                answer = client.obtain(cred, client_id=client_id, client_secret=secret)
-            except TokenRequestError as exc:
-                print(f"tokend: {cred.name}: {cred.token_url}: {exc}", file=sys.stderr)
-                worst = EX_FAILED
-                continue
-            token = answer.token
-            print(f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
-                  f"valid {round(token.lifetime)}s (sent as {answer.wire})")
-    finally:
-        client.close()
-    return worst

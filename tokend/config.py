@@ -9,9 +9,6 @@ config costs no more than parsing it.
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import logging
 import os
 import re
 import signal
@@ -22,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-log = logging.getLogger("tokend.config")
 _T = TypeVar("_T")
 
 EX_CONFIG = 78
@@ -171,6 +167,7 @@ class Config:
     metrics_listen: tuple[str, int] | None = None
     metrics_textfile: Path | None = None
     credentials: Mapping[str, CredentialConfig] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # worth a log line, not a refusal (loading does not log)
 
 
 # --------------------------------------------------------------------------- pure parsers
@@ -209,6 +206,8 @@ def parse_mode(value: object) -> int:
 
 
 def is_loopback_host(host: str) -> bool:
+    import ipaddress  # only http:// URLs get here
+
     if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
         ".localhost"
     ):
@@ -264,6 +263,7 @@ class _Parser:
         self.file = file
         self.base = file.parent
         self.environ = environ
+        self.warnings: list[str] = []
 
     def fail(self, where: str, message: str) -> ConfigError:
         return ConfigError(self.file, message, where=where)
@@ -274,6 +274,8 @@ class _Parser:
         known = tuple(known)
         for key in value:
             if key not in known:
+                import difflib  # only on the way to an error
+
                 near = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 prefix = f"{where}." if where else ""
@@ -364,6 +366,7 @@ class _Parser:
             metrics_listen=metrics_listen,
             metrics_textfile=metrics_textfile,
             credentials=credentials,
+            warnings=tuple(self.warnings),
         )
 
     def listen_address(self, glob: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -471,13 +474,9 @@ class _Parser:
         except OSError:
             return
         if mode & 0o044:
-            log.warning(
-                "%s: %s: an inline secret sits in a file that %s can read; "
-                "chmod 600 it or use client_secret_file",
-                self.file,
-                where,
-                "others" if mode & 0o004 else "its group",
-            )
+            readers = "others" if mode & 0o004 else "its group"
+            self.warnings.append(f"{self.file}: {where}: an inline secret sits in a file that "
+                                 f"{readers} can read; chmod 600 it or use client_secret_file")
 
     def scope(self, tbl: Mapping[str, Any], where: str) -> tuple[str, ...]:
         value = tbl.get("scope")

@@ -169,6 +169,8 @@ class Daemon:
         if not self.starting:
             self.mark_ready()
         log.info("tokend running with %d credential(s) from %s", len(self.slots), self.config.path)
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
         deadline = None if stop_after is None else time.monotonic() + stop_after
         wall_offset = time.time() - time.monotonic()
         next_beat = time.monotonic() + self.heartbeat
@@ -399,6 +401,8 @@ class Daemon:
             self.notifier.notify("READY=1", f"STATUS=config rejected: {exc}")
             return False
         self.apply(new, changed_files)
+        for warning in new.warnings:
+            log.warning("%s", warning)
         self.flush_status()
         self.notifier.notify("READY=1", f"STATUS={self.summary()}")
         return True

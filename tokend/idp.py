@@ -42,9 +42,12 @@ class IdentityProvider:
         host: str = "127.0.0.1",
         port: int = 0,
         on_event: Callable[[IdpEvent], None] | None = None,
+        stamp_expiry: bool = False,
     ) -> None:
         self.clients = dict(clients)
         self.lifetime = lifetime
+        # Tokens that carry their own expiry (ms): a reader can judge one without asking us.
+        self.stamp_expiry = stamp_expiry
         self.on_event = on_event
         self.events: list[IdpEvent] = []
         self._refresh_tokens: dict[str, str] = {}  # refresh token -> client id
@@ -95,8 +98,9 @@ class IdentityProvider:
         refresh = "rt-" + secrets.token_urlsafe(24)
         with self._lock:
             self._refresh_tokens[refresh] = client_id
+        prefix = f"demo-{int((time.time() + self.lifetime) * 1000)}-" if self.stamp_expiry else "demo-"
         issued = {
-            "access_token": "demo-" + secrets.token_urlsafe(24),
+            "access_token": prefix + secrets.token_urlsafe(24),
             "token_type": "Bearer",
             "expires_in": self.lifetime,
             "refresh_token": refresh,

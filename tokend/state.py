@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from typing import Any
 from tokend.config import CredentialConfig, WireFormat
 from tokend.fsio import write_atomic
 from tokend.token import Token
-
-log = logging.getLogger("tokend.state")
 
 
 def cache_key(cred: CredentialConfig, client_id: str) -> str:
@@ -55,7 +52,10 @@ class TokenCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable token cache %s: %s", path, exc)
+            import logging  # rare, and off `tokend token`'s fast path otherwise
+
+            logging.getLogger("tokend.state").warning("ignoring unreadable token cache %s: %s",
+                                                      path, exc)
             return None
         wire = data.get("request_format")
         return CacheEntry(token, wire if wire in ("form", "json") else None)

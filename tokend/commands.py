@@ -1,0 +1,268 @@
+"""The commands that do more than read a cache: fetch, token (when it must ask), exec,
+status and check. Each maps its result to an exit code (0 ok, 1 failed, 2 usage, 78 config).
+
+Imports of ``requests`` and friends happen inside the commands that talk to the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokend import log as logsetup
+from tokend.config import (
+    ENV_NAME_RE,
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    CredentialConfig,
+    default_env_name,
+    load,
+    locate_state_dir,
+)
+from tokend.lookup import UsageError, cached_token, select
+from tokend.secrets import read_secret
+from tokend.state import TokenCache
+from tokend.token import Token
+
+if TYPE_CHECKING:
+    from tokend.refresher import Outcome
+
+EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
+
+log = logging.getLogger("tokend")
+
+
+def setup_logging(config: Config | None, *, quiet: bool = False) -> None:
+    """Log to stderr as the config asks, and say what the config warned about."""
+    if config is None or quiet:
+        logsetup.setup("warning")
+    else:
+        logsetup.setup(config.log_level, config.log_format)
+    for warning in config.warnings if config is not None else ():
+        log.warning("%s", warning)
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
+    creds = select(config, names)
+    if not creds:
+        log.warning("%s: no credentials configured; nothing to fetch", config.path)
+        return EX_OK
+    from tokend.oauth import TokenClient
+    from tokend.refresher import Refresher
+
+    cache = TokenCache(config.state_dir)
+    client = TokenClient()
+    worst = EX_OK
+    try:
+        for cred in creds:
+            # One credential's failure never stops the others (certbot's renewal loop).
+            try:
+                outcome = Refresher(cred, cache).refresh(client, force=force)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                worst = max(worst, EX_CONFIG)
+                continue
+            if not fetch_succeeded(outcome, force=force):
+                worst = max(worst, EX_FAILED)
+    finally:
+        client.close()
+    return worst
+
+
+def fetch_succeeded(outcome: Outcome, *, force: bool) -> bool:
+    """Every sink holds a valid token; with --force, a *new* one."""
+    if outcome.token is None or outcome.sink_errors:
+        return False
+    return not (force and outcome.request_error is not None)
+
+
+# --------------------------------------------------------------------------- token
+
+
+def valid_token(config: Config, cred: CredentialConfig) -> Token | None:
+    """A token for scripts: the cached one while fresh, else a new one (sinks untouched)."""
+    token = cached_token(config, cred)
+    if token is not None:
+        return token
+    setup_logging(config, quiet=True)
+
+    from tokend.oauth import TokenClient
+    from tokend.refresher import Refresher
+
+    client = TokenClient()
+    try:
+        return Refresher(cred, TokenCache(config.state_dir)).refresh(client, write_sinks=False).token
+    finally:
+        client.close()
+
+
+def cmd_token(config: Config, name: str) -> int:
+    (cred,) = select(config, [name])
+    token = valid_token(config, cred)
+    if token is None:
+        return EX_FAILED
+    sys.stdout.write(token.access_token + "\n")
+    return EX_OK
+
+
+def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | None) -> int:
+    (cred,) = select(config, [name])
+    variable = env_name or default_env_name(cred.name)
+    if not ENV_NAME_RE.match(variable):
+        raise UsageError(f"--env-name {variable!r} is not a valid variable name")
+    token = valid_token(config, cred)
+    if token is None:
+        return EX_FAILED
+    env = dict(os.environ)
+    env[variable] = token.access_token
+    env[f"{variable}_EXPIRES_AT"] = str(int(token.expires_at))
+    sys.stdout.flush()
+    try:
+        os.execvpe(command[0], command, env)  # noqa: S606 (argv by design, no shell)
+    except OSError as exc:
+        print(f"tokend: exec {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    raise AssertionError("unreachable: execvpe returned")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def cmd_status(path: Path, *, as_json: bool) -> int:
+    from tokend.status import OK, describe, pid_alive, read_status, verdict
+
+    try:
+        state_dir = load(path).state_dir
+    except ConfigError as exc:
+        # The daemon keeps running the last good config; its report is what matters now.
+        print(f"tokend: {exc}", file=sys.stderr)
+        state_dir = locate_state_dir(path)
+    try:
+        status = read_status(state_dir)
+    except FileNotFoundError:
+        print(f"tokend: no status in {state_dir}: has `tokend run` started with this "
+              "config?", file=sys.stderr)
+        return EX_FAILED
+    except (OSError, ValueError) as exc:
+        print(f"tokend: cannot read the status in {state_dir}: {exc}", file=sys.stderr)
+        return EX_FAILED
+    now = time.time()
+    running = pid_alive(status.pid)
+    verdicts = {name: verdict(cred, now) for name, cred in status.credentials.items()}
+    healthy = running and status.config_error is None and all(v == OK for v in verdicts.values())
+    if as_json:
+        import json
+
+        data = json.loads(status.to_json())
+        data["running"] = running
+        data["healthy"] = healthy
+        for name, value in verdicts.items():
+            data["credentials"][name]["verdict"] = value
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return EX_OK if healthy else EX_FAILED
+    print(f"tokend pid {status.pid}: {'running' if running else 'NOT RUNNING'}, "
+          f"config {status.config}")
+    if status.config_error:
+        print(f"config rejected (still running the last good one): {status.config_error}")
+    for cred in status.credentials.values():
+        print(describe(cred, now))
+    return EX_OK if healthy else EX_FAILED
+
+
+# --------------------------------------------------------------------------- check
+
+
+def cmd_check(config: Config, *, online: bool) -> int:
+    """Report every problem found, one line each, instead of stopping at the first."""
+    problems: list[str] = []
+    secrets: dict[str, tuple[str, str]] = {}
+    for cred in config.credentials.values():
+        try:
+            secrets[cred.name] = (read_secret(cred, cred.client_id),
+                                  read_secret(cred, cred.client_secret))
+        except ConfigError as exc:
+            problems.append(str(exc))
+        problems.extend(check_paths(cred))
+    problems.extend(check_state_dir(config))
+    for problem in problems:
+        print(f"tokend: {problem}", file=sys.stderr)
+    if problems:
+        return EX_CONFIG
+    for cred in config.credentials.values():
+        print(f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
+              f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}")
+    if not config.credentials:
+        print(f"ok: {config.path}: no credentials configured")
+    return check_online(config, secrets) if online else EX_OK
+
+
+def check_paths(cred: CredentialConfig) -> list[str]:
+    import shutil
+
+    from tokend.sinks import SinkError, resolve_owner
+
+    problems = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(f"{cred.source}: {cred.where(key)}: {message}")
+
+    for i, sink in enumerate(cred.sinks):
+        directory = sink.path.parent
+        if not directory.is_dir():
+            problem(f"sink[{i}].path", f"directory {directory} does not exist")
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            problem(f"sink[{i}].path", f"directory {directory} is not writable")
+        elif sink.path.is_dir():
+            problem(f"sink[{i}].path", f"{sink.path} is a directory")
+        try:
+            resolve_owner(sink)
+        except SinkError as exc:
+            key = "owner" if exc.reason.startswith("owner") else "group"
+            problem(f"sink[{i}].{key}", exc.reason)
+    if cred.ca_bundle is not None and not os.access(cred.ca_bundle, os.R_OK):
+        problem("ca_bundle", f"{cred.ca_bundle}: cannot read")
+    hook = cred.on_rotate
+    if hook is not None and hook.command and shutil.which(hook.command[0]) is None:
+        problem("on_rotate.command", f"{hook.command[0]!r}: no such program")
+    return problems
+
+
+def check_state_dir(config: Config) -> list[str]:
+    directory = config.state_dir
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{config.path}: tokend.state_dir: {directory} cannot be created or written"]
+    return []
+
+
+def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
+    from tokend.oauth import TokenClient, TokenRequestError
+
+    client = TokenClient()
+    worst = EX_OK
+    try:
+        for cred in config.credentials.values():
+            client_id, secret = secrets[cred.name]
+            try:
+                answer = client.obtain(cred, client_id=client_id, client_secret=secret)
+            except TokenRequestError as exc:
+                print(f"tokend: {cred.name}: {cred.token_url}: {exc}", file=sys.stderr)
+                worst = EX_FAILED
+                continue
+            token = answer.token
+            print(f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
+                  f"valid {round(token.lifetime)}s (sent as {answer.wire})")
+    finally:
+        client.close()
+    return worst
