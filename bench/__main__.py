@@ -24,6 +24,7 @@ from .harness import (
     PYTHON,
     Daemon,
     bench_env,
+    cleanup,
     cpu_seconds,
     credentials_config,
     machine,
@@ -96,11 +97,11 @@ def fetch_cold(idp: IdentityProvider, runs: int) -> dict[str, Any]:
         config = write_config(run_dir, credentials_config(run_dir, idp.url, 1))
         ours.append(timed([*tokend_command(), "fetch", "-c", str(config)], env=env))
         assert (run_dir / "out" / "c0.token").exists()
-        script.append(timed([PYTHON, "-c", BASELINE_FETCH, idp.url, str(run_dir / "script.token")],
-                            env=env))
+        script.append(timed([PYTHON, "-c", BASELINE_FETCH, idp.url,
+                             str(run_dir / "out" / "script.token")], env=env))
         curl.append(timed(["curl", "-sS", "--fail", "-u", "bench:bench-secret", "-d",
-                           "grant_type=client_credentials", "-o", str(run_dir / "curl.token"), idp.url],
-                          env=env))
+                           "grant_type=client_credentials", "-o", str(run_dir / "out" / "curl.token"),
+                           idp.url], env=env))
     ratio = summary(ours)["median"] / summary(script)["median"]
     return figure("tokend fetch, cold, 1 credential", "s", ours, baseline=script,
                   baseline_name="python script: import requests, POST, write", target="<= 1.3x",
@@ -194,11 +195,12 @@ def fan_out(idp: IdentityProvider, runs: int, n: int = 1000) -> dict[str, Any]:
         daemon = Daemon(config, tmp)
         try:
             ours.append(daemon.wait_ready())
-            assert len(list((tmp / "out").iterdir())) == n
+            assert len(list((tmp / "out").glob("c*.token"))) == n
         finally:
             daemon.stop()
-        (tmp / "base").mkdir()
-        base.append(timed([PYTHON, "-c", BASELINE_FANOUT, idp.url, str(tmp / "base"), str(n)],
+        base_dir = tmp / "out" / "base"  # beside tokend's sinks, on the same filesystem
+        base_dir.mkdir()
+        base.append(timed([PYTHON, "-c", BASELINE_FANOUT, idp.url, str(base_dir), str(n)],
                           env=bench_env(tmp)))
     ratio = summary(ours)["median"] / summary(base)["median"]
     return figure(f"fan-out: {n} credentials due at once, to all sinks written", "s", ours,
@@ -328,13 +330,16 @@ def main() -> int:
     ]
     results: list[dict[str, Any]] = []
     started = time.monotonic()
-    with IdentityProvider(CLIENTS, lifetime=3600) as idp:
-        for name, step in steps:
-            if args.only and args.only not in name:
-                continue
-            print(f"… {name}", file=sys.stderr, flush=True)
-            out = step(idp)
-            results.extend(out if isinstance(out, list) else [out])
+    try:
+        with IdentityProvider(CLIENTS, lifetime=3600) as idp:
+            for name, step in steps:
+                if args.only and args.only not in name:
+                    continue
+                print(f"... {name}", file=sys.stderr, flush=True)
+                out = step(idp)
+                results.extend(out if isinstance(out, list) else [out])
+    finally:
+        cleanup()
     report = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine(),
               "seconds": round(time.monotonic() - started, 1), "quick": args.quick,
               "figures": results}

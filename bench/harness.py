@@ -69,13 +69,26 @@ def bench_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def sink_dir(tmp: Path) -> Path:
+    """Where sinks go: tmpfs when there is one, as /run/tokend is in production (the state
+    directory stays on disk, like /var/lib/tokend)."""
+    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp below makes a private directory)
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        out = Path(tempfile.mkdtemp(prefix="tokend-bench-", dir=shm))
+        (tmp / "out").symlink_to(out)
+        return out
+    (tmp / "out").mkdir()
+    return tmp / "out"
+
+
 def credentials_config(tmp: Path, url: str, n: int, *, extra: str = "", sink: bool = True,
                        first: int = 0) -> str:
     """n credentials of one client, told apart by scope (so each has its own cache entry)."""
     secret = tmp / "bench.secret"
     if not secret.exists():
         secret.write_text("bench-secret\n")
-    (tmp / "out").mkdir(exist_ok=True)
+    if not (tmp / "out").exists():
+        sink_dir(tmp)
     blocks = []
     for i in range(first, first + n):
         block = (f'[credentials.c{i}]\ntoken_url = "{url}"\nclient_id = "bench"\n'
@@ -125,7 +138,23 @@ class Daemon:
 
 
 def workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="tokend-bench-"))
+    path = Path(tempfile.mkdtemp(prefix="tokend-bench-"))
+    _workdirs.append(path)
+    return path
+
+
+_workdirs: list[Path] = []
+
+
+def cleanup() -> None:
+    """Remove the run's directories, the tmpfs ones behind the out/ links first."""
+    import shutil
+
+    for path in _workdirs:
+        out = path / "out"
+        if out.is_symlink():
+            shutil.rmtree(out.resolve(), ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:

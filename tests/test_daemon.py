@@ -307,9 +307,15 @@ def test_status_reports_health_and_exit_codes(idp: TokenEndpoint, tmp_path: Path
     idp.then(400, {"error": "invalid_scope", "error_description": "nope is not a scope"})
     daemon = daemons(config, tmp_path)
     wait_for(lambda: len(idp.seen) >= 2, 10, "both first attempts")
-    wait_for(lambda: (tmp_path / "state" / "status.json").exists()
-             and "last_attempt\": null" not in (tmp_path / "state" / "status.json").read_text(),
-             10, "the status file")
+    status_file = tmp_path / "state" / "status.json"
+
+    def attempted_both() -> bool:
+        if not status_file.exists():
+            return False
+        creds = json.loads(status_file.read_text())["credentials"].values()
+        return len(creds) == 2 and all(c["last_attempt"] for c in creds)
+
+    wait_for(attempted_both, 10, "the status file after both first attempts")
     text = run_tokend("status", "-c", config, tmp=tmp_path)
     assert text.returncode == 1
     assert "running" in text.stdout.splitlines()[0]

@@ -139,16 +139,22 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         write_sink(token(), sink(tmp_path / "gone" / "t"))
 
 
-def test_stale_temp_files_from_a_crash_are_swept(tmp_path: Path) -> None:
-    stale = tmp_path / ".t.tokend-deadbeef0000.tmp"
-    stale.write_text("half a tok")
-    old = time.time() - 3600
-    os.utime(stale, (old, old))
-    young = tmp_path / ".t.tokend-0123456789ab.tmp"
-    young.write_text("another writer's")
+def test_temp_files_of_dead_writers_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    dead_pid = subprocess.Popen(["true"])  # a pid that has certainly exited
+    dead_pid.wait()
+    crashed = tmp_path / f".t.tokend-{dead_pid.pid}-deadbeef0000.tmp"
+    crashed.write_text("half a tok")  # young, but its writer is gone: a crash's leftover
+    alive = tmp_path / f".t.tokend-{os.getppid()}-0123456789ab.tmp"
+    alive.write_text("another writer's")  # its writer lives: may be work in progress
+    old_alive = tmp_path / f".u.tokend-{os.getppid()}-0123456789ab.tmp"
+    old_alive.write_text("stale")
+    an_hour_ago = time.time() - 3600
+    os.utime(old_alive, (an_hour_ago, an_hour_ago))
+    unrelated = tmp_path / ".t.swp"
+    unrelated.write_text("an editor's")
     write_sink(token(), sink(tmp_path / "t"))
-    assert not stale.exists()
-    assert young.exists()  # may belong to a writer still at work
+    assert not crashed.exists() and not old_alive.exists()
+    assert alive.exists() and unrelated.exists()
 
 
 @pytest.fixture
@@ -192,3 +198,22 @@ def test_a_full_disk_keeps_the_old_file_and_leaves_no_temp(full_tmpfs: Path) -> 
     filler.unlink()
     assert write_sink(token("new-token"), s).written
     assert json.loads((full_tmpfs / "api.json").read_text())["access_token"] == "new-token"
+
+
+def test_concurrent_writes_to_one_directory_all_land(tmp_path: Path) -> None:
+    """Directory fsyncs are shared between writers (group commit); every write still lands."""
+    import threading
+
+    from tokend.fsio import write_atomic
+
+    def write(i: int) -> None:
+        for round_ in range(5):
+            write_atomic(tmp_path / f"f{i}", f"{i}-{round_}".encode())
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {p.read_text() for p in tmp_path.glob("f*")} == {f"{i}-4" for i in range(16)}
+    assert temp_files(tmp_path) == []

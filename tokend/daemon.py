@@ -189,12 +189,13 @@ class Daemon:
             if self.debounce.due(now_mono):
                 self.debounce.reset()
                 self.check_files("a watched file changed")
-            if self.status_dirty and now_mono - self.last_status_write >= STATUS_INTERVAL:
-                self.flush_status()
+            if (self.status_dirty and self.ready
+                    and now_mono - self.last_status_write >= STATUS_INTERVAL):
+                self.flush_status()  # not while starting: READY writes the first one
             wake = [next_beat, deadline or next_beat, self.debounce.deadline() or next_beat]
             if self.notifier.watchdog_interval is not None:
                 wake.append(next_watchdog)
-            if self.status_dirty:
+            if self.status_dirty and self.ready:
                 wake.append(self.last_status_write + STATUS_INTERVAL)
             try:
                 event = self.events.get(timeout=max(0.01, min(wake) - time.monotonic()))
@@ -221,16 +222,17 @@ class Daemon:
             self.handle_term(signal.Signals(event))
 
     def handle_ran(self, event: Ran) -> None:
+        # STATUS= goes out with the coalesced status write: its summary walks every
+        # credential, and a thousand refreshes at once must not cost a million steps.
         self.status_dirty = True
         if event.first and event.name in self.starting:
             self.starting.discard(event.name)
             if not self.starting and not self.ready:
                 self.mark_ready()
-        elif self.ready:
-            self.notifier.notify(f"STATUS={self.summary()}")
 
     def mark_ready(self) -> None:
         self.ready = True
+        self.flush_status()
         self.notifier.notify("READY=1", f"STATUS={self.summary()}")
         log.info("ready: %s", self.summary())
 
@@ -452,6 +454,8 @@ class Daemon:
     def flush_status(self) -> None:
         self.status_dirty = False
         self.last_status_write = time.monotonic()
+        if self.ready and not self.stopping:
+            self.notifier.notify(f"STATUS={self.summary()}")
         try:
             write_status(self.config.state_dir, self.snapshot())
         except OSError as exc:
@@ -461,8 +465,9 @@ class Daemon:
         if self.config_error:
             return f"config rejected: {self.config_error}"
         now = time.time()
-        verdicts = [verdict(slot.status, now) for slot in self.slots.values()]
-        failing = [n for n, s in self.slots.items() if verdict(s.status, now) != "ok"]
+        by_name = {name: verdict(slot.status, now) for name, slot in self.slots.items()}
+        verdicts = list(by_name.values())
+        failing = [name for name, v in by_name.items() if v != "ok"]
         text = (f"{len(verdicts)} credential(s): {verdicts.count('ok')} ok, "
                 f"{verdicts.count(FAILING)} failing, {verdicts.count(EXPIRED)} without a valid token")
         return text + (f" ({', '.join(sorted(failing)[:5])})" if failing else "")

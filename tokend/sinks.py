@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import stat
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,13 +110,28 @@ class SinkResult:
     written: bool  # False: the file already held this token
 
 
+_swept: set[Path] = set()
+_swept_lock = threading.Lock()
+
+
+def sweep_once(directory: Path) -> None:
+    """Sweep a sink directory at its first write in this process, not at every write: a
+    directory of a thousand sinks would otherwise be scanned a thousand times per round.
+    (Temps this process leaves on a failed write it removes itself.)"""
+    with _swept_lock:
+        if directory in _swept:
+            return
+        _swept.add(directory)
+    sweep_temps(directory, older_than=STALE_TEMP_SECONDS)
+
+
 def write_sink(token: Token, sink: SinkConfig) -> SinkResult:
     """Put ``token`` in ``sink`` unless it is there already. Raises SinkError."""
     data = render(token, sink)
     uid, gid = resolve_owner(sink)
     if is_current(sink.path, data, sink.mode, uid, gid):
         return SinkResult(sink.path, written=False)
-    sweep_temps(sink.path, older_than=STALE_TEMP_SECONDS)
+    sweep_once(sink.path.parent)
     try:
         write_atomic(sink.path, data, mode=sink.mode, uid=uid, gid=gid)
     except OSError as exc:

@@ -71,7 +71,9 @@ class TokenCache:
         }
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(self.path(key), json.dumps(record, indent=1).encode("utf-8"), mode=0o600)
+            # Atomic, not fsynced: after a power loss the worst case is one more request.
+            write_atomic(self.path(key), json.dumps(record, indent=1).encode("utf-8"), mode=0o600,
+                         durable=False)
         except OSError as exc:
             raise StateError(f"cannot write token cache in {self.directory}: "
                              f"{exc.strerror or exc}") from None

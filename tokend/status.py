@@ -46,7 +46,7 @@ class DaemonStatus:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["credentials"] = {name: asdict(c) for name, c in self.credentials.items()}
-        return json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_json(cls, raw: bytes) -> DaemonStatus:
@@ -62,7 +62,7 @@ def status_path(state_dir: Path) -> Path:
 def write_status(state_dir: Path, status: DaemonStatus) -> None:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # 0644: status holds no secret (fingerprints only), and monitoring may run as another user.
-    write_atomic(status_path(state_dir), status.to_json(), mode=0o644)
+    write_atomic(status_path(state_dir), status.to_json(), mode=0o644, durable=False)
 
 
 def read_status(state_dir: Path) -> DaemonStatus:
