@@ -90,7 +90,7 @@ class ConfigError(Exception):
         return f"{self.file}: {place}{self.message}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SecretRef:
     """Where a client id or secret lives; the value itself is read by ``tokend.secrets``."""
 
@@ -99,7 +99,7 @@ class SecretRef:
     value: str = field(repr=False)  # inline value, variable name, path or credential name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SinkConfig:
     path: Path
     format: SinkFormat = "raw"
@@ -110,7 +110,7 @@ class SinkConfig:
     remove_on_stop: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HookConfig:
     command: tuple[str, ...] = ()
     timeout: float = 30.0
@@ -119,7 +119,7 @@ class HookConfig:
     pass_token: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CredentialConfig:
     name: str
     source: Path  # the config file it came from, for error messages

@@ -59,7 +59,7 @@ STOP_GRACE = 3.0  # how long a stop waits for in-flight refreshes before leaving
 WORKERS = 16
 
 
-@dataclass
+@dataclass(slots=True)
 class Slot:
     """One credential at run time. Replaced, never edited, when a reload changes it."""
 

@@ -35,6 +35,8 @@ class Outcome:
 
 
 class Refresher:
+    __slots__ = ("cache", "clock", "cred", "environ")
+
     def __init__(
         self,
         cred: CredentialConfig,

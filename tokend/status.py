@@ -18,7 +18,7 @@ from tokend.fsio import write_atomic
 STATUS_FILE = "status.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CredentialStatus:
     name: str
     token_fingerprint: str | None = None

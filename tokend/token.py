@@ -40,7 +40,7 @@ def valid_token_type(token_type: str) -> bool:
     return bool(_TOKEN_TYPE.match(token_type))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Token:
     access_token: str = field(repr=False)
     expires_at: float  # unix seconds: request sent + expires_in

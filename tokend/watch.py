@@ -77,7 +77,7 @@ def watch_points(path: Path, *, limit: int = 40) -> set[Path]:
 # --------------------------------------------------------------------------- did it change
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileState:
     signature: tuple[int, ...] | None  # stat of the content (through symlinks); None: missing
     digest: str | None  # sha256 of the content; None: missing or unreadable
