@@ -48,7 +48,15 @@ from tokend.status import (
     write_status,
 )
 from tokend.systemd import Notifier
-from tokend.watch import Debouncer, FileState, Watcher, changed, read_states, watched_files
+from tokend.watch import (
+    Debouncer,
+    FileState,
+    Watcher,
+    changed,
+    read_state,
+    read_states,
+    watched_files,
+)
 
 log = logging.getLogger("tokend.daemon")
 
@@ -375,9 +383,14 @@ class Daemon:
     # ----------------------------------------------------------------------- reload
 
     def watch_files(self) -> None:
-        """(Re)start watching what the running config depends on."""
+        """(Re)start watching what the running config depends on.
+
+        Only files new to the watch get a baseline read here. A file already watched keeps
+        the state it was last *compared* at: an edit that lands while a reload is being
+        applied must still count as a change at the next check, not become the baseline.
+        """
         files = watched_files(self.config)
-        self.file_states = read_states(files, self.file_states)
+        self.file_states = {path: self.file_states.get(path) or read_state(path) for path in files}
         self.watcher.update(files)
 
     def check_files(self, reason: str, *, force: bool = False) -> None:
