@@ -380,3 +380,25 @@ def test_hook_signals_the_pid_in_pid_file(idp: TokenEndpoint, tmp_path: Path, da
     finally:
         consumer.kill()
         consumer.wait()
+
+
+def test_a_notify_socket_nobody_reads_never_freezes_the_daemon(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    """Regression (found by the benchmark): a blocking sd_notify hung the main loop once
+    the supervisor's queue was full, and config edits stopped being applied."""
+    path = str(tmp_path / "deaf.sock")
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(path)  # bound, never read: its queue fills after a few messages
+    try:
+        config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+        daemon = daemons(config, tmp_path, clean_env(tmp_path, NOTIFY_SOCKET=path))
+        wait_for(lambda: (tmp_path / "out" / "api.token").exists(), 10, "the first token")
+        for i in range(1, 41):  # far more RELOADING/READY/STATUS messages than the queue holds
+            daemon.signal(signal.SIGHUP)
+            wait_for(lambda: daemon.log.count("reload applied") >= i, 10, f"reload {i}")  # noqa: B023
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc.wait(10) == 0 and time.monotonic() - started < 5
+    finally:
+        deaf.close()

@@ -399,6 +399,7 @@ class Daemon:
         differ = changed(self.file_states, states)
         self.file_states = states
         if not differ and not force:
+            log.debug("%s: checked %d watched file(s), no content changed", reason, len(states))
             return
         log.info("%s: %s", reason, ", ".join(sorted(map(str, differ))) or "reloading")
         self.reload(differ - {self.config.path})

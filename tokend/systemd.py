@@ -30,7 +30,9 @@ class Notifier:
         message = "\n".join(line.replace("\n", " ") for line in lines).encode("utf-8", "replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self.address)
+                # Never wait: a supervisor that stops reading would otherwise freeze the
+                # main loop once its queue is full. A dropped STATUS= is replaced by the next.
+                sock.sendto(message, socket.MSG_DONTWAIT, self.address)
         except OSError:
             return False
         return True

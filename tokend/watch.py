@@ -217,6 +217,7 @@ class _Handler(FileSystemEventHandler):
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
             if self.watcher.relevant(event):
+                log.debug("%s %s %s", event.event_type, _text(event.src_path), _text(event.dest_path))
                 self.watcher.notify()
         except Exception:
             log.exception("file watch handler failed; the event is dropped, the watch goes on")
