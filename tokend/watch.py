@@ -20,7 +20,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -31,7 +42,13 @@ log = logging.getLogger("tokend.watch")
 QUIET = 0.3  # a burst of events becomes one reload after this much quiet...
 MAX_WAIT = 2.0  # ...and never waits longer than this after its first event
 RELEVANT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
-# "opened" and "closed_no_write" are left out: our own reads would trigger them.
+# Subscribed to at the kernel (it becomes the inotify mask): without it every read of a
+# secret, a thousand at a fan-out, comes back as open/access/close events for watchdog to
+# build and discard under the GIL, which cost a third of a 1,000-credential fan-out.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+]
 
 
 # --------------------------------------------------------------------------- what to watch
@@ -181,7 +198,7 @@ class Watcher:
         handler = _Handler(self)
         for directory in sorted(self.directories):
             try:
-                observer.schedule(handler, directory, recursive=False)
+                observer.schedule(handler, directory, recursive=False, event_filter=EVENT_FILTER)
             except OSError as exc:
                 log.warning("cannot watch %s (%s); relying on the 30 s poll", directory, exc.strerror)
         observer.daemon = True
