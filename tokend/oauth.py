@@ -9,7 +9,6 @@ the thin IO edge around them (one ``requests.Session`` per worker). Every failur
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import logging
 import time
@@ -123,6 +122,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # only for the HTTP-date form; off every ordinary request's path
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
