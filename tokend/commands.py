@@ -138,7 +138,8 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
 
 
 def cmd_status(path: Path, *, as_json: bool) -> int:
-    from tokend.status import OK, describe, pid_alive, read_status, verdict
+    from tokend.fsio import pid_alive
+    from tokend.status import OK, describe, read_status, verdict
 
     try:
         state_dir = load(path).state_dir

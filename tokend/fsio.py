@@ -138,17 +138,17 @@ def sweep_temps(directory: Path, *, older_than: float, now: float | None = None)
         if pid is None or pid == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            if not _alive(pid) or now - entry.stat(follow_symlinks=False).st_mtime >= older_than:
+            if not pid_alive(pid) or now - entry.stat(follow_symlinks=False).st_mtime >= older_than:
                 os.unlink(entry.path)
                 removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # alive, just not ours
     return True

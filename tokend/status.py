@@ -8,7 +8,6 @@ The health verdict is a pure function of the record and the clock.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,16 +70,6 @@ def read_status(state_dir: Path) -> DaemonStatus:
         return DaemonStatus.from_json(status_path(state_dir).read_bytes())
     except (KeyError, TypeError) as exc:
         raise ValueError(f"unrecognised status file: {exc}") from None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, just not ours
-    return True
 
 
 # --------------------------------------------------------------------------- health (pure)
