@@ -222,7 +222,7 @@ def test_the_journal_carries_priorities_and_no_secrets(box: Container) -> None:
     wait_for(lambda: any("wrong: no token" in e.get("MESSAGE", "") for e in journal(box)), 20,
              "the wrong secret's error in the journal")
     entries = [e for e in journal(box) if e.get("SYSLOG_IDENTIFIER") != "systemd"]
-    new_token = next(e for e in entries if "new token" in e["MESSAGE"])
+    new_token = next(e for e in entries if "refresh success" in e["MESSAGE"])
     assert new_token["PRIORITY"] == "6"
     assert not new_token["MESSAGE"].startswith(("<", "20"))  # no prefix, no timestamp left
     no_token = next(e for e in entries if e["MESSAGE"].startswith("wrong: no token: invalid_client"))

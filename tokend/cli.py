@@ -59,6 +59,10 @@ def _status(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                                         "success and last error; exit 1 when any is failing or "
                                         "expired, or the daemon is not running.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--check", action="store_true",
+                        help="one line and a Nagios exit code: 0 OK, 1 WARNING (a refresh is "
+                             "failing, or the daemon is down), 2 CRITICAL (a token expired or "
+                             "missing), 3 UNKNOWN")
 
 
 def _exec(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -148,7 +152,7 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
 
     if args.command == "status":
         commands.setup_logging(None)
-        return commands.cmd_status(path, as_json=args.json)
+        return commands.cmd_status(path, as_json=args.json, check=args.check)
     config = load(path)
     commands.setup_logging(config, quiet=args.command in ("token", "exec"))
     if args.command == "fetch":

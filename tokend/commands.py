@@ -27,6 +27,7 @@ from tokend.config import (
 )
 from tokend.lookup import UsageError, cached_token, select
 from tokend.secrets import read_secret
+from tokend.sinks import rfc3339
 from tokend.state import TokenCache
 from tokend.token import Token
 
@@ -71,11 +72,23 @@ def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
                 log.error("%s", exc)
                 worst = max(worst, EX_CONFIG)
                 continue
-            if not fetch_succeeded(outcome, force=force):
+            if fetch_succeeded(outcome, force=force):
+                log_fetch(outcome)
+            else:  # the refresher has said why, in one line
                 worst = max(worst, EX_FAILED)
     finally:
         client.close()
     return worst
+
+
+def log_fetch(outcome: Outcome) -> None:
+    token = outcome.token
+    assert token is not None
+    how = "new token" if outcome.fetched else "cached token"
+    log.info("%s: fetch ok: %s %s, valid until %s, %d sink(s) written", outcome.name, how,
+             token.fingerprint, rfc3339(token.expires_at), outcome.sinks_written,
+             extra={"event": "fetch", "credential": outcome.name, "outcome": "success",
+                    "token": token.fingerprint})
 
 
 def fetch_succeeded(outcome: Outcome, *, force: bool) -> bool:
@@ -137,9 +150,9 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
 # --------------------------------------------------------------------------- status
 
 
-def cmd_status(path: Path, *, as_json: bool) -> int:
+def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
     from tokend.fsio import pid_alive
-    from tokend.status import OK, describe, read_status, verdict
+    from tokend.status import NAGIOS_UNKNOWN, OK, describe, health_check, read_status, verdict
 
     try:
         state_dir = load(path).state_dir
@@ -147,17 +160,27 @@ def cmd_status(path: Path, *, as_json: bool) -> int:
         # The daemon keeps running the last good config; its report is what matters now.
         print(f"tokend: {exc}", file=sys.stderr)
         state_dir = locate_state_dir(path)
+    problem: str | None
     try:
         status = read_status(state_dir)
     except FileNotFoundError:
-        print(f"tokend: no status in {state_dir}: has `tokend run` started with this "
-              "config?", file=sys.stderr)
-        return EX_FAILED
+        problem = f"no status in {state_dir}: has `tokend run` started with this config?"
     except (OSError, ValueError) as exc:
-        print(f"tokend: cannot read the status in {state_dir}: {exc}", file=sys.stderr)
+        problem = f"cannot read the status in {state_dir}: {exc}"
+    else:
+        problem = None
+    if problem is not None:
+        if check:
+            print(f"TOKEND UNKNOWN - {problem}")
+            return NAGIOS_UNKNOWN
+        print(f"tokend: {problem}", file=sys.stderr)
         return EX_FAILED
     now = time.time()
     running = pid_alive(status.pid)
+    if check:
+        code, line = health_check(status, running=running, now=now)
+        print(line)
+        return code
     verdicts = {name: verdict(cred, now) for name, cred in status.credentials.items()}
     healthy = running and status.config_error is None and all(v == OK for v in verdicts.values())
     if as_json:

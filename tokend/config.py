@@ -51,7 +51,8 @@ MODE_RE = re.compile(r"^0?[0-7]{3}$")
 DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 SIGNAL_RE = re.compile(r"^(SIG)?[A-Z0-9]+$")
 
-GLOBAL_KEYS = ("state_dir", "log_level", "log_format", "metrics_listen", "metrics_textfile")
+GLOBAL_KEYS = ("state_dir", "log_level", "log_format", "metrics_listen", "metrics_allow_remote",
+               "metrics_textfile")
 SECRET_KEYS = ("client_id", "client_secret")
 CREDENTIAL_KEYS = (
     "provider",
@@ -371,12 +372,18 @@ class _Parser:
 
     def listen_address(self, glob: Mapping[str, Any]) -> tuple[str, int] | None:
         value = self.string(glob, "metrics_listen", "tokend")
+        allow_remote = bool(self.boolean(glob, "metrics_allow_remote", "tokend"))
         if value is None:
             return None
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise self.fail("tokend.metrics_listen", f"must be HOST:PORT, not {value!r}")
-        return (host.strip("[]") or "127.0.0.1", int(port))
+        host = host.strip("[]") or "127.0.0.1"
+        if not allow_remote and not is_loopback_host(host):
+            raise self.fail("tokend.metrics_listen",
+                            f"{host} is not a loopback address; metrics say which credentials "
+                            "exist and when they fail: set metrics_allow_remote = true to mean it")
+        return (host, int(port))
 
     def credential(self, name: str, body: object) -> CredentialConfig:
         where = f"credentials.{name}"

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
@@ -38,6 +38,7 @@ from tokend.hooks import HookRunner
 from tokend.oauth import TokenClient
 from tokend.refresher import Outcome, Refresher
 from tokend.reload import plan_reload
+from tokend.sinks import rfc3339
 from tokend.state import TokenCache
 from tokend.status import (
     EXPIRED,
@@ -48,6 +49,9 @@ from tokend.status import (
     write_status,
 )
 from tokend.systemd import Notifier
+
+if TYPE_CHECKING:
+    from tokend.metrics import Metrics
 from tokend.watch import (
     Debouncer,
     FileState,
@@ -139,6 +143,7 @@ class Daemon:
         self.notifier = Notifier(self.environ)
         self.hooks = HookRunner()
         self.cache = TokenCache(config.state_dir)
+        self.metrics = make_metrics(config)
         self.watcher = Watcher(lambda: self.events.put(FilesTouched()))
         self.debounce = Debouncer()
         self.file_states: dict[Path, FileState] = {}
@@ -169,6 +174,7 @@ class Daemon:
     def run(self, *, stop_after: float | None = None) -> int:
         """Run until SIGTERM or SIGINT (or ``stop_after`` seconds). Returns the exit code."""
         self.install_signal_handlers()
+        self.serve_metrics()
         self.scheduler.start()
         self.watch_files()
         self.starting = set(self.config.credentials)
@@ -263,6 +269,15 @@ class Daemon:
         self.flush_status()
         log.info("stopped")
 
+    def serve_metrics(self) -> None:
+        if self.metrics is None or self.config.metrics_listen is None:
+            return
+        host, port = self.config.metrics_listen
+        try:
+            self.metrics.serve(host, port)
+        except OSError as exc:  # tokens matter more than their metrics: carry on
+            log.error("cannot serve metrics on %s:%d: %s", host, port, exc.strerror)
+
     def beat(self, wall_offset: float) -> float:
         """Wake the scheduler: its sleep does not count time the machine was suspended."""
         offset = time.time() - time.monotonic()
@@ -289,6 +304,8 @@ class Daemon:
             due_at=None if force or previous is None else previous.due_at,
         )
         self.slots[cred.name] = slot
+        if self.metrics is not None and previous is None:
+            self.metrics.credential_added(cred.name)
         self.arm(slot, time.time(), force=force, first=previous is None)
 
     def arm(self, slot: Slot, when: float, *, force: bool = False, first: bool = False) -> None:
@@ -329,7 +346,9 @@ class Daemon:
     def refresh_slot(self, slot: Slot, *, force: bool) -> None:
         """One attempt for one credential; whatever happens, the next one is armed."""
         cred = slot.cred
+        started = time.monotonic()
         outcome, failure = self.attempt(slot, force=force)
+        duration = time.monotonic() - started
         now = time.time()  # after the attempt: Retry-After and backoff count from the answer
         token = outcome.token if outcome is not None else None
         fetched = outcome is not None and outcome.fetched
@@ -348,6 +367,17 @@ class Daemon:
         )
         slot.status = record(slot.status, now=now, when=when, failures=failures,
                              outcome=outcome, failure=failure)
+        result = ("success" if failure is None
+                  else "retryable_error" if failure.retryable else "fatal_error")
+        if self.metrics is not None:
+            self.metrics.attempt(cred.name, result=result, duration=duration, failures=failures,
+                                 expires_at=slot.status.expires_at,
+                                 success_at=slot.status.last_success)
+        log.info("%s: refresh %s in %dms, token %s, next refresh %s", cred.name, result,
+                 duration * 1000, slot.status.token_fingerprint or "none", rfc3339(when),
+                 extra={"event": "refresh", "credential": cred.name, "outcome": result,
+                        "duration_ms": round(duration * 1000), "next_refresh": rfc3339(when),
+                        "token": slot.status.token_fingerprint})
         if outcome is not None and token is not None and cred.on_rotate is not None and (
             outcome.sinks_written or (fetched and not cred.sinks)
         ):
@@ -412,11 +442,15 @@ class Daemon:
             new = load(self.config.path, self.environ)
         except ConfigError as exc:
             self.config_error = str(exc)
+            if self.metrics is not None:
+                self.metrics.reloaded(ok=False, at=time.time())
             self.flush_status()  # rare and important: not worth coalescing
             log.error("reload rejected, still running the last good config: %s", exc)
             self.notifier.notify("READY=1", f"STATUS=config rejected: {exc}")
             return False
         self.apply(new, changed_files)
+        if self.metrics is not None:
+            self.metrics.reloaded(ok=True, at=time.time())
         for warning in new.warnings:
             log.warning("%s", warning)
         self.flush_status()
@@ -436,6 +470,8 @@ class Daemon:
             with contextlib.suppress(JobLookupError):
                 self.scheduler.remove_job(name)
             remove_sink_files(slot.cred, keep=())
+            if self.metrics is not None:
+                self.metrics.credential_removed(name)
             log.info("%s: removed from the config; stopped", name)
         for name in plan.added:
             self.starting.discard(name)
@@ -474,6 +510,8 @@ class Daemon:
             write_status(self.config.state_dir, self.snapshot())
         except OSError as exc:
             log.warning("cannot write status in %s: %s", self.config.state_dir, exc.strerror)
+        if self.metrics is not None:
+            self.metrics.flush()
 
     def summary(self) -> str:
         if self.config_error:
@@ -485,6 +523,14 @@ class Daemon:
         text = (f"{len(verdicts)} credential(s): {verdicts.count('ok')} ok, "
                 f"{verdicts.count(FAILING)} failing, {verdicts.count(EXPIRED)} without a valid token")
         return text + (f" ({', '.join(sorted(failing)[:5])})" if failing else "")
+
+
+def make_metrics(config: Config) -> Metrics | None:
+    if config.metrics_listen is None and config.metrics_textfile is None:
+        return None  # and prometheus_client is never imported
+    from tokend.metrics import Metrics
+
+    return Metrics(config.metrics_textfile)
 
 
 def remove_sink_files(cred: CredentialConfig, keep: tuple[Any, ...]) -> None:

@@ -38,15 +38,23 @@ class JournalFormatter(logging.Formatter):
         return f"<{priority}>{super().format(record)}"
 
 
+EVENT_KEYS = ("event", "credential", "outcome", "duration_ms", "next_refresh", "token")
+"""Fields an event line may carry (``extra=``), as JSON keys: documented in the README."""
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key in EVENT_KEYS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
         return json.dumps(entry)
 
 

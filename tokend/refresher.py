@@ -74,7 +74,7 @@ class Refresher:
 
         if entry is not None and not force and self.is_fresh(entry.token, now, fresh_until):
             token: Token | None = entry.token
-            log.info("%s: cached token %s is fresh until %s", cred.name, entry.token.fingerprint,
+            log.debug("%s: cached token %s is fresh until %s", cred.name, entry.token.fingerprint,
                      rfc3339(policy.refresh_due_at(entry.token, refresh_at=cred.refresh_at,
                                                    min_ttl_margin=cred.min_ttl_margin)))
         else:
@@ -94,10 +94,13 @@ class Refresher:
                     log.warning("%s: refresh failed (%s); keeping token %s, valid until %s",
                                 cred.name, exc, token.fingerprint, rfc3339(token.expires_at))
                 else:
-                    log.error("%s: no token: %s", cred.name, exc)
+                    log.error("%s: no token: %s", cred.name, exc,
+                              extra={"event": "refresh", "credential": cred.name,
+                                     "outcome": "retryable_error" if exc.retryable
+                                     else "fatal_error"})
             else:
                 token, fetched = answer.token, True
-                log.info("%s: new token %s, valid %ds until %s", cred.name, token.fingerprint,
+                log.debug("%s: new token %s, valid %ds until %s", cred.name, token.fingerprint,
                          round(token.lifetime), rfc3339(token.expires_at))
                 try:
                     self.cache.save(key, CacheEntry(token, answer.wire), cred=cred,

@@ -115,3 +115,39 @@ def describe(cred: CredentialStatus, now: float) -> str:
     if cred.last_error:
         parts.append(f"last error ({cred.failures}x): {cred.last_error}")
     return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- --check (pure)
+
+NAGIOS_OK, NAGIOS_WARNING, NAGIOS_CRITICAL, NAGIOS_UNKNOWN = 0, 1, 2, 3
+_NAGIOS_LABEL = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[int, str]:
+    """A Nagios-style verdict and its one-line summary.
+
+    CRITICAL: a credential has no valid token (readers are failing now). WARNING: a token is
+    still valid but its refresh is failing, the daemon is not running, or a config edit was
+    rejected (something will break if nobody acts). OK otherwise.
+    """
+    creds = list(status.credentials.values())
+    expired = [c for c in creds if verdict(c, now) == EXPIRED]
+    failing = [c for c in creds if verdict(c, now) == FAILING]
+    if expired:
+        code, detail = NAGIOS_CRITICAL, "; ".join(
+            f"{c.name}: no valid token" + (f" ({c.last_error})" if c.last_error else "")
+            for c in expired[:3])
+    elif failing:
+        code, detail = NAGIOS_WARNING, "; ".join(
+            f"{c.name}: refresh failing {c.failures}x ({c.last_error}), token valid "
+            f"{human_duration((c.expires_at or now) - now)} more" for c in failing[:3])
+    elif not running:
+        code, detail = NAGIOS_WARNING, f"tokend (pid {status.pid}) is not running"
+    elif status.config_error:
+        code, detail = NAGIOS_WARNING, f"config rejected: {status.config_error}"
+    else:
+        soonest = min((c.expires_at for c in creds if c.expires_at), default=None)
+        detail = f"{len(creds)} credential(s) fresh" + (
+            f", next expiry in {human_duration(soonest - now)}" if soonest else "")
+        code = NAGIOS_OK
+    return code, f"TOKEND {_NAGIOS_LABEL[code]} - {detail}"

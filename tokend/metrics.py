@@ -1,0 +1,101 @@
+"""Prometheus metrics: per credential and daemon-wide, served over HTTP and/or written as a
+node_exporter textfile.
+
+Imported only when ``metrics_listen`` or ``metrics_textfile`` is set: prometheus_client
+costs memory a daemon without metrics should not pay. Labels carry credential names and
+results, never a token or a secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import threading
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server, write_to_textfile
+
+from tokend import __version__
+
+log = logging.getLogger("tokend.metrics")
+
+RESULTS = ("success", "retryable_error", "fatal_error")
+
+
+class Metrics:
+    def __init__(self, textfile: Path | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.textfile = textfile
+        self.dirty = threading.Event()
+        r = self.registry
+        self.expiry = Gauge("tokend_token_expiry_timestamp_seconds",
+                            "When the token in the sinks expires (unix time).", ["credential"],
+                            registry=r)
+        self.last_success = Gauge("tokend_last_success_timestamp_seconds",
+                                  "When the last refresh succeeded (unix time).", ["credential"],
+                                  registry=r)
+        self.refreshes = Counter("tokend_refreshes", "Refresh attempts by result.",
+                                 ["credential", "result"], registry=r)
+        self.duration = Histogram("tokend_refresh_duration_seconds",
+                                  "How long a refresh attempt took.", ["credential"], registry=r,
+                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.failures = Gauge("tokend_consecutive_failures",
+                              "Failed attempts in a row (0 when the last one succeeded).",
+                              ["credential"], registry=r)
+        self.reloads = Counter("tokend_config_reloads", "Config reloads by result.", ["result"],
+                               registry=r)
+        self.last_reload = Gauge("tokend_config_last_reload_success_timestamp_seconds",
+                                 "When a config was last loaded and applied (unix time).",
+                                 registry=r)
+        Info("tokend_build", "tokend's version.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
+        for result in ("success", "failure"):
+            self.reloads.labels(result)  # both series exist from the start, at 0
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+    def attempt(self, name: str, *, result: str, duration: float, failures: int,
+                expires_at: float | None, success_at: float | None) -> None:
+        self.refreshes.labels(name, result).inc()
+        self.duration.labels(name).observe(duration)
+        self.failures.labels(name).set(failures)
+        if expires_at is not None:
+            self.expiry.labels(name).set(expires_at)
+        if success_at is not None:
+            self.last_success.labels(name).set(success_at)
+        self.dirty.set()
+
+    def credential_added(self, name: str) -> None:
+        for result in RESULTS:
+            self.refreshes.labels(name, result)
+        self.failures.labels(name).set(0)
+
+    def credential_removed(self, name: str) -> None:
+        for metric in (self.expiry, self.last_success, self.failures, self.duration):
+            with contextlib.suppress(KeyError):
+                metric.remove(name)
+        for result in RESULTS:
+            with contextlib.suppress(KeyError):
+                self.refreshes.remove(name, result)
+        self.dirty.set()
+
+    def reloaded(self, *, ok: bool, at: float) -> None:
+        self.reloads.labels("success" if ok else "failure").inc()
+        if ok:
+            self.last_reload.set(at)
+        self.dirty.set()
+
+    def flush(self) -> None:
+        """Write the textfile if anything changed (node_exporter reads it at any moment:
+        prometheus_client writes a temp file and renames it)."""
+        if self.textfile is None or not self.dirty.is_set():
+            return
+        self.dirty.clear()
+        try:
+            write_to_textfile(str(self.textfile), self.registry)
+        except OSError as exc:
+            log.warning("cannot write metrics textfile %s: %s", self.textfile, exc.strerror)
