@@ -402,3 +402,32 @@ def test_a_notify_socket_nobody_reads_never_freezes_the_daemon(
         assert daemon.proc.wait(10) == 0 and time.monotonic() - started < 5
     finally:
         deaf.close()
+
+
+def test_a_reload_removing_a_credential_still_starting_lets_the_start_finish(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start, notify_socket: tuple[str, list[str]]
+) -> None:
+    """Once a reload removes the only credential still on its first attempt, the daemon
+    is ready: READY=1 goes out once, and the status file follows the refreshes again."""
+    path, messages = notify_socket
+    status_file = tmp_path / "state" / "status.json"
+
+    def quick_in_status() -> bool:
+        creds = json.loads(status_file.read_text())["credentials"] if status_file.exists() else {}
+        return bool(creds.get("quick", {}).get("last_success"))
+
+    with socket.socket() as black_hole:  # accepts connections, never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        slow_url = f"http://127.0.0.1:{black_hole.getsockname()[1]}/token"
+        config = write_config(tmp_path, credential_toml(slow_url, tmp_path, "slow",
+                                                        extra='timeout = "30s"'))
+        daemon = daemons(config, tmp_path, clean_env(tmp_path, NOTIFY_SOCKET=path))
+        wait_for(lambda: "tokend running" in daemon.log, 10, "the start")
+        time.sleep(0.3)  # the slow credential's first attempt now waits on the hole
+        assert not any("READY=1" in m for m in messages)
+        write_config(tmp_path, credential_toml(idp.url, tmp_path, "quick"))
+        daemon.signal(signal.SIGHUP)
+        wait_for(quick_in_status, 5, "the status file to show the new credential's token")
+    assert sum("READY=1" in m for m in messages) == 1
+    assert "RELOADING=1" in messages[0] and "READY=1" not in messages[0]

@@ -437,6 +437,9 @@ class Daemon:
 
     def reload(self, changed_files: frozenset[Path] | set[Path] = frozenset()) -> bool:
         """Load the config again and apply it as a diff; a bad one changes nothing."""
+        # READY=1 ends a reload; during the start it would claim a start not yet finished
+        # (mark_ready sends it, from apply, when the last first attempt is in).
+        ready = ("READY=1",) if self.ready else ()
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = load(self.config.path, self.environ)
@@ -446,7 +449,7 @@ class Daemon:
                 self.metrics.reloaded(ok=False, at=time.time())
             self.flush_status()  # rare and important: not worth coalescing
             log.error("reload rejected, still running the last good config: %s", exc)
-            self.notifier.notify("READY=1", f"STATUS=config rejected: {exc}")
+            self.notifier.notify(*ready, f"STATUS=config rejected: {exc}")
             return False
         self.apply(new, changed_files)
         if self.metrics is not None:
@@ -454,7 +457,7 @@ class Daemon:
         for warning in new.warnings:
             log.warning("%s", warning)
         self.flush_status()
-        self.notifier.notify("READY=1", f"STATUS={self.summary()}")
+        self.notifier.notify(*ready, f"STATUS={self.summary()}")
         return True
 
     def apply(self, new: Config, changed_files: frozenset[Path] | set[Path] = frozenset()) -> None:
@@ -472,6 +475,7 @@ class Daemon:
             remove_sink_files(slot.cred, keep=())
             if self.metrics is not None:
                 self.metrics.credential_removed(name)
+            self.starting.discard(name)  # READY must not wait for a credential that is gone
             log.info("%s: removed from the config; stopped", name)
         for name in plan.added:
             self.starting.discard(name)
@@ -489,6 +493,8 @@ class Daemon:
                 self.arm(slot, time.time())  # a reload is the moment to retry a fatal error
         log.info("reload applied: %s", plan.summary())
         self.status_dirty = True
+        if not self.ready and not self.starting:
+            self.mark_ready()
 
     # ----------------------------------------------------------------------- status
 
