@@ -1,0 +1,195 @@
+"""Breaking things on purpose: kill -9 mid-rotation, readers racing the writer, TLS that
+does not verify. Each test states the promise it checks.
+
+The storm tests run a short version by default; ``TOKEND_LONG_STORMS=1`` runs them in full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tokend.idp import IdentityProvider
+
+from .conftest import REPO, DaemonProcess, clean_env, run_tokend, wait_for
+
+LONG = os.environ.get("TOKEND_LONG_STORMS") == "1"
+FORMATS = ("raw", "json", "env", "header")
+Start = Callable[..., DaemonProcess]
+
+
+def config_for(tmp: Path, url: str, *, extra: str = "", secret: str = "fault-secret") -> Path:
+    (tmp / "out").mkdir(exist_ok=True)
+    (tmp / "api.secret").write_text(secret + "\n")
+    sinks = "".join(f'[[credentials.api.sink]]\npath = "{tmp}/out/api.{fmt}"\nformat = "{fmt}"\n'
+                    for fmt in FORMATS)
+    path = tmp / "tokend.toml"
+    path.write_text(f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.api]\n'
+                    f'token_url = "{url}"\nclient_id = "fault"\n'
+                    f'client_secret_file = "{tmp}/api.secret"\n{extra}\n{sinks}')
+    return path
+
+
+@pytest.fixture
+def stamped_idp() -> Iterator[IdentityProvider]:
+    """1-second tokens that carry their expiry: ``demo-<expiry ms>-<random>``."""
+    with IdentityProvider({"fault": "fault-secret"}, lifetime=1, stamp_expiry=True) as idp:
+        yield idp
+
+
+def expiry_ms(token: str) -> int:
+    return int(token.split("-")[1])
+
+
+def sink_token(path: Path) -> str:
+    """Parse a sink the way its readers do; raises on anything partial."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        return str(json.loads(text)["access_token"])
+    assert text.endswith("\n"), f"{path.name}: no final newline: {text!r}"
+    if path.suffix == ".env":
+        return text.splitlines()[0].split("=", 1)[1].strip("'")
+    if path.suffix == ".header":
+        return text.removeprefix("Authorization: Bearer ").strip()
+    return text.strip()
+
+
+# --------------------------------------------------------------------------- kill -9
+
+
+def test_kill_9_mid_rotation_never_leaves_a_partial_sink(stamped_idp: IdentityProvider,
+                                                         tmp_path: Path) -> None:
+    """Killed at any moment, tokend leaves every sink complete and holding a token the IdP
+    issued, at most one temp file per directory (the one in flight), and none once a new
+    tokend has written there."""
+    config = config_for(tmp_path, stamped_idp.url)
+    issued = set()
+    rng = random.Random(7)
+    kills = 40 if LONG else 8
+    for _ in range(kills):
+        proc = subprocess.Popen([sys.executable, "-m", "tokend", "run", "-c", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=clean_env(tmp_path), cwd=tmp_path)
+        wait_for(lambda: (tmp_path / "out" / "api.header").exists(), 10, "a first token")
+        time.sleep(rng.uniform(0.05, 1.5))  # somewhere in a rotation storm of 1 s tokens
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        issued |= {e.access_token for e in stamped_idp.events if e.access_token}
+        for fmt in FORMATS:
+            token = sink_token(tmp_path / "out" / f"api.{fmt}")  # complete, parseable
+            assert token in issued
+        temps = [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+        assert len(temps) <= 1, temps
+    # A new tokend sweeps what the dead ones left, at its first write.
+    proc = subprocess.Popen([sys.executable, "-m", "tokend", "run", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=clean_env(tmp_path), cwd=tmp_path)
+    try:
+        before = len(stamped_idp.events)
+        wait_for(lambda: len(stamped_idp.events) > before + 1, 10, "a rotation by the new tokend")
+        assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_after_kill_9_a_restart_reuses_the_cached_token(tmp_path: Path, daemons: Start) -> None:
+    with IdentityProvider({"fault": "fault-secret"}, lifetime=3600) as idp:
+        config = config_for(tmp_path, idp.url)
+        first = daemons(config, tmp_path)
+        wait_for(lambda: (tmp_path / "out" / "api.raw").exists(), 10, "the first token")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+        (tmp_path / "out" / "api.raw").unlink()
+        second = daemons(config, tmp_path)
+        wait_for(lambda: (tmp_path / "out" / "api.raw").exists(), 10, "the sink restored")
+        assert len(idp.events) == 1  # from the cache, not from the IdP
+        assert second.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- reader storm
+
+
+def test_reader_storm_sees_no_partial_and_no_expired_token(stamped_idp: IdentityProvider,
+                                                           tmp_path: Path, daemons: Start) -> None:
+    """Readers in other processes, reading every format in a tight loop while 1-second
+    tokens rotate, never get a partial file or a token that has expired."""
+    config = config_for(tmp_path, stamped_idp.url)
+    daemons(config, tmp_path)
+    paths = [str(tmp_path / "out" / f"api.{fmt}") for fmt in FORMATS]
+    wait_for(lambda: all(Path(p).exists() for p in paths), 10, "every sink")
+    seconds = 60 if LONG else 6
+    readers = [subprocess.Popen([sys.executable, "-m", "bench.reader", str(seconds), *paths],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+    counts = [json.loads(r.communicate(timeout=seconds + 60)[0]) for r in readers]
+    total = {key: sum(c[key] for c in counts) for key in counts[0]}
+    rotations = sum(1 for e in stamped_idp.events if e.status == 200)
+    print(f"reader storm: {total}, {rotations} rotations in {seconds}s")
+    assert total["reads"] > 10_000 and rotations >= seconds
+    assert (total["partial"], total["expired"], total["missing"]) == (0, 0, 0), total
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture
+def tls_idp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTPS token endpoint on 127.0.0.1 with a self-signed certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = tmp_path / "idp.pem", tmp_path / "idp.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"access_token": "tls-token", "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/token", cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_self_signed_idp_is_refused_unless_ca_bundle_names_it(
+    tls_idp: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, cert = tls_idp
+    config = config_for(tmp_path, url)
+    refused = run_tokend("fetch", "-c", config, tmp=tmp_path)
+    assert refused.returncode == 1
+    assert "TLS verification failed" in refused.stderr and "ca_bundle" in refused.stderr
+    assert not (tmp_path / "out" / "api.raw").exists()
+
+    config = config_for(tmp_path, url, extra=f'ca_bundle = "{cert}"')
+    trusted = run_tokend("fetch", "-c", config, tmp=tmp_path)
+    assert trusted.returncode == 0, trusted.stderr
+    assert (tmp_path / "out" / "api.raw").read_text() == "tls-token\n"
