@@ -193,3 +193,69 @@ def test_a_self_signed_idp_is_refused_unless_ca_bundle_names_it(
     trusted = run_tokend("fetch", "-c", config, tmp=tmp_path)
     assert trusted.returncode == 0, trusted.stderr
     assert (tmp_path / "out" / "api.raw").read_text() == "tls-token\n"
+
+
+# --------------------------------------------------------------------------- disk faults
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: ENOSPC from the real kernel."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tokend-faults", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_and_a_vanished_directory_cost_one_sink_not_the_others(
+    stamped_idp: IdentityProvider, tmp_path: Path, small_tmpfs: Path, daemons: Start
+) -> None:
+    """The faulty sink keeps its last complete token and no temp files; the healthy sink
+    keeps rotating; once the fault is cleared, the faulty sink catches up."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (tmp_path / "api.secret").write_text("fault-secret\n")
+    path = tmp_path / "tokend.toml"
+    path.write_text(
+        f'[tokend]\nstate_dir = "{tmp_path}/state"\n\n[credentials.api]\n'
+        f'token_url = "{stamped_idp.url}"\nclient_id = "fault"\n'
+        f'client_secret_file = "{tmp_path}/api.secret"\n'
+        f'[[credentials.api.sink]]\npath = "{small_tmpfs}/api.json"\nformat = "json"\n'
+        f'[[credentials.api.sink]]\npath = "{gone}/api.raw"\n'
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n')
+    daemon = daemons(path, tmp_path)
+    full, healthy = small_tmpfs / "api.json", tmp_path / "healthy.raw"
+    wait_for(lambda: full.exists() and (gone / "api.raw").exists(), 10, "every sink written")
+    filler = fill(small_tmpfs)
+    shutil.rmtree(gone)
+    stuck = sink_token(full)
+    before = sink_token(healthy)
+    wait_for(lambda: sink_token(healthy) != before and "No space left" in daemon.log
+             and "does not exist" in daemon.log, 10, "rotation going on beside both faults")
+    assert sink_token(full) == stuck  # still the complete old file...
+    assert not [p for p in small_tmpfs.iterdir() if p.name.endswith(".tmp")]  # ...and no debris
+    filler.unlink()
+    gone.mkdir()
+    wait_for(lambda: sink_token(full) != stuck and (gone / "api.raw").exists(), 10,
+             "both sinks catching up once the faults are cleared")
+    assert daemon.proc.poll() is None
