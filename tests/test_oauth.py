@@ -262,7 +262,7 @@ def test_timeout_is_retryable(idp: TokenEndpoint, client: TokenClient) -> None:
 
     idp.script.append(slow)
     started = time.monotonic()
-    with pytest.raises(TokenRequestError, match=r"no answer within 0\.5s") as info:
+    with pytest.raises(TokenRequestError, match=r"no (complete )?answer within 0\.5s") as info:
         obtain(client, cred(idp.url, timeout=0.5))
     assert info.value.retryable
     assert time.monotonic() - started < 1.4
@@ -275,3 +275,84 @@ def test_connection_refused_is_retryable(client: TokenClient) -> None:
     with pytest.raises(TokenRequestError, match="Connection refused") as info:
         obtain(client, cred(f"http://127.0.0.1:{port}/token"))
     assert info.value.retryable
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that does exactly what ``behave`` does with each client."""
+
+    def __init__(self, behave: Any) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.behave = behave
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/token"
+
+    def serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    conn.recv(65536)
+                    self.behave(conn, self.stop)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def trickle(head: bytes, drip: bytes) -> Any:
+    def behave(conn: socket.socket, stop: Any) -> None:
+        conn.sendall(head)
+        while not stop.wait(0.2):  # a byte every 0.2 s: each recv() is well within timeout
+            conn.sendall(drip)
+    return behave
+
+
+@pytest.mark.parametrize(("head", "fragment"), [
+    (b"HTTP/1.1 200 OK\r\n", "no complete answer within 1s"),                 # headers trickle
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+     "not complete within 1s"),                                                 # body trickles
+], ids=["headers", "body"])
+def test_a_trickling_server_is_cut_off_at_the_timeout(client: TokenClient, head: bytes,
+                                                      fragment: str, idp: TokenEndpoint) -> None:
+    server = RawServer(trickle(head, b"X-Slow: y\r\n" if head.endswith(b"OK\r\n") else b" "))
+    try:
+        started = time.monotonic()
+        with pytest.raises(TokenRequestError, match=fragment) as info:
+            obtain(client, cred(server.url, timeout=1.0))
+        assert info.value.retryable
+        assert time.monotonic() - started < 2.5  # bounded by timeout, not by the server
+    finally:
+        server.close()
+    # The same client, with its pools, still works for a well-behaved server.
+    assert obtain(client, cred(idp.url)).token.access_token == "tok-1"
+
+
+def test_a_connection_reset_is_retryable(client: TokenClient) -> None:
+    import struct
+
+    def reset(conn: socket.socket, _: Any) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = RawServer(reset)  # closing with linger 0 sends RST
+    try:
+        with pytest.raises(TokenRequestError) as info:
+            obtain(client, cred(server.url))
+        assert info.value.retryable
+    finally:
+        server.close()

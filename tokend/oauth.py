@@ -9,15 +9,19 @@ the thin IO edge around them (one ``requests.Session`` per worker). Every failur
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote_plus, urlencode
 
 import requests
+import urllib3
 
 from tokend import __version__
 from tokend.config import CredentialConfig, RequestFormat, WireFormat
@@ -266,6 +270,71 @@ def _expires_in(value: object, default: float) -> float | None:
 # --------------------------------------------------------------------------- IO: the client
 
 
+# --------------------------------------------------------------------------- IO: deadlines
+
+# requests' read timeout applies to each recv(), so a server that trickles its answer a
+# byte at a time can hold a worker for ever. Each request therefore gets a deadline: when
+# it passes, a timer shuts the connection's socket down and the blocked read returns.
+_deadline = threading.local()
+
+
+class _Cutoff:
+    """Shuts a socket down when called, and remembers that it did: a response cut off
+    mid-headers looks like a complete, empty one to http.client, and must not be judged
+    as the server's answer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _arm(sock: socket.socket | None) -> None:
+    at: float | None = getattr(_deadline, "at", None)
+    if at is None or sock is None:
+        return
+    cutoff = _Cutoff(sock)
+    timer = threading.Timer(max(0.0, at - time.monotonic()), cutoff)
+    timer.daemon = True
+    timer.start()
+    _deadline.timer, _deadline.cutoff = timer, cutoff
+
+
+def _cut_off() -> bool:
+    cutoff: _Cutoff | None = getattr(_deadline, "cutoff", None)
+    return cutoff is not None and cutoff.fired
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        _arm(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        _arm(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class _NoNetrc(requests.auth.AuthBase):
     """Stops requests from replacing our Authorization header with ~/.netrc credentials."""
 
@@ -284,6 +353,9 @@ class TokenClient:
 
     def __init__(self, session: requests.Session | None = None) -> None:
         self.session = session or requests.Session()
+        adapter = _DeadlineAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def close(self) -> None:
         self.session.close()
@@ -352,6 +424,17 @@ class TokenClient:
     def _send(self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...]) -> Token:
         sent_at = time.time()
         deadline = time.monotonic() + cred.timeout
+        _deadline.at, _deadline.timer, _deadline.cutoff = deadline, None, None
+        try:
+            return self._exchange(cred, request, secrets, sent_at, deadline)
+        finally:
+            timer = _deadline.timer
+            if timer is not None:
+                timer.cancel()
+            _deadline.at = _deadline.timer = _deadline.cutoff = None
+
+    def _exchange(self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...],
+                  sent_at: float, deadline: float) -> Token:
         verify: bool | str = str(cred.ca_bundle) if cred.ca_bundle else True
         try:
             response = self.session.post(
@@ -371,6 +454,9 @@ class TokenClient:
         except requests.exceptions.Timeout:
             raise TokenRequestError(f"no answer within {cred.timeout:g}s", retryable=True) from None
         except requests.exceptions.ConnectionError as exc:
+            if _cut_off():  # our deadline shut the socket
+                raise TokenRequestError(f"no complete answer within {cred.timeout:g}s",
+                                        retryable=True) from None
             raise TokenRequestError(f"cannot connect: {_connection_reason(exc)}",
                                     retryable=True) from None
         except (requests.exceptions.RequestException, OSError) as exc:
@@ -378,6 +464,9 @@ class TokenClient:
                                     retryable=False) from None
         with response:
             body = _read_capped(response, deadline, cred.timeout)
+        if _cut_off():  # what arrived is the part before our deadline, not an answer
+            raise TokenRequestError(f"no complete answer within {cred.timeout:g}s",
+                                    retryable=True)
         if 200 <= response.status_code < 300:
             return parse_token_response(body, sent_at=sent_at, status=response.status_code,
                                         default_expires_in=cred.default_expires_in)
@@ -413,6 +502,9 @@ def _read_capped(response: requests.Response, deadline: float, timeout: float) -
                                         retryable=True, status=response.status_code)
             chunks.append(chunk)
     except requests.exceptions.RequestException as exc:
+        if _cut_off():  # our deadline shut the socket mid-body
+            raise TokenRequestError(f"response not complete within {timeout:g}s",
+                                    retryable=True, status=response.status_code) from None
         raise TokenRequestError(f"response cut short: {type(exc).__name__}",
                                 retryable=True, status=response.status_code) from None
     return b"".join(chunks)
