@@ -203,11 +203,12 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
 class DaemonProcess:
     """A real ``tokend run`` in a subprocess, its stderr kept in a file."""
 
-    def __init__(self, config: Path, tmp: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Path, tmp: Path, env: Mapping[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.log_path = tmp / f"tokend-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tokend", "run", "-c", str(config)],
+            [*(prefix or []), sys.executable, "-m", "tokend", "run", "-c", str(config)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp,
             env=dict(env) if env is not None else clean_env(tmp),
         )
@@ -235,8 +236,9 @@ class DaemonProcess:
 def daemons() -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(config: Path, tmp: Path, env: Mapping[str, str] | None = None) -> DaemonProcess:
-        daemon = DaemonProcess(config, tmp, env)
+    def start(config: Path, tmp: Path, env: Mapping[str, str] | None = None,
+              prefix: list[str] | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(config, tmp, env, prefix)
         started.append(daemon)
         return daemon
 

@@ -259,3 +259,36 @@ def test_a_full_disk_and_a_vanished_directory_cost_one_sink_not_the_others(
     wait_for(lambda: sink_token(full) != stuck and (gone / "api.raw").exists(), 10,
              "both sinks catching up once the faults are cleared")
     assert daemon.proc.poll() is None
+
+
+def test_a_read_only_sink_directory_keeps_its_file_and_recovers(
+    stamped_idp: IdentityProvider, tmp_path: Path, daemons: Start
+) -> None:
+    """Permissions refuse the write (root is made to obey them): the old file stays, the
+    other sinks rotate, and once the directory is writable again the sink catches up."""
+    from .conftest import as_plain_user
+
+    prefix = as_plain_user()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "api.secret").write_text("fault-secret\n")
+    path = tmp_path / "tokend.toml"
+    path.write_text(
+        f'[tokend]\nstate_dir = "{tmp_path}/state"\n\n[credentials.api]\n'
+        f'token_url = "{stamped_idp.url}"\nclient_id = "fault"\n'
+        f'client_secret_file = "{tmp_path}/api.secret"\n'
+        f'[[credentials.api.sink]]\npath = "{locked}/api.raw"\n'
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n')
+    daemon = daemons(path, tmp_path, prefix=prefix)
+    wait_for(lambda: (locked / "api.raw").exists(), 10, "the first token")
+    locked.chmod(0o555)
+    try:
+        stuck = sink_token(locked / "api.raw")
+        before = sink_token(tmp_path / "healthy.raw")
+        wait_for(lambda: sink_token(tmp_path / "healthy.raw") != before
+                 and "Permission denied" in daemon.log, 10, "rotation beside the locked sink")
+        assert sink_token(locked / "api.raw") == stuck
+        assert not [p for p in locked.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        locked.chmod(0o755)
+    wait_for(lambda: sink_token(locked / "api.raw") != stuck, 10, "the sink catching up")
