@@ -24,6 +24,39 @@ from werkzeug import Request, Response
 REPO = Path(__file__).resolve().parent.parent
 
 
+class Secrets:
+    """What must never leave its own place, and what tokend printed, for one test."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self.outputs: list[tuple[str, str]] = []
+
+    def add(self, *values: object) -> None:
+        self.values.update(v for v in values if isinstance(v, str) and len(v) >= 5)
+
+    def output(self, where: str, text: str) -> None:
+        self.outputs.append((where, text))
+
+    def leaks(self) -> list[tuple[str, str]]:
+        return [(where, value) for where, text in self.outputs for value in self.values
+                if value in text]
+
+
+SECRETS = Secrets()
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_any_output() -> Iterator[None]:
+    """Every test is a hygiene check: no client secret the IdP received and no token it
+    issued may appear in anything tokend logged, or printed outside `token` and `exec`."""
+    SECRETS.values.clear()
+    SECRETS.outputs.clear()
+    SECRETS.add("s3cret-value")  # credential_toml's secret
+    yield
+    leaks = SECRETS.leaks()
+    assert not leaks, f"secrets or tokens in tokend's output: {leaks[:5]}"
+
+
 @dataclass
 class Seen:
     """One request as the identity provider received it."""
@@ -76,6 +109,8 @@ class TokenEndpoint:
              raw: bytes | None = None) -> None:
         """Queue one canned answer for the next request."""
         payload = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+        if isinstance(body, dict):
+            SECRETS.add(body.get("access_token"), body.get("refresh_token"))
 
         def answer(_: Seen) -> Response:
             return Response(payload, status=status, headers=dict(headers or {}),
@@ -95,6 +130,8 @@ class TokenEndpoint:
         else:
             params = dict(parse_qsl(raw.decode("latin-1")))
         seen = Seen(request.path, dict(request.headers), ctype, raw, params, time.time())
+        SECRETS.add(params.get("client_secret"), params.get("refresh_token"),
+                    (seen.basic_auth or ("", ""))[1])
         with self.lock:
             self.seen.append(seen)
             outage = self.outage
@@ -112,6 +149,7 @@ class TokenEndpoint:
             body["expires_in"] = self.expires_in
         if self.refresh_tokens:
             body["refresh_token"] = f"refresh-{n}"
+        SECRETS.add(body["access_token"], body.get("refresh_token"))
         return Response(json.dumps(body), content_type="application/json")
 
 
@@ -176,11 +214,16 @@ def as_plain_user() -> list[str]:
 def run_tokend(*args: str | Path, tmp: Path, env: Mapping[str, str] | None = None,
                timeout: float = 60, prefix: list[str] | None = None,
                ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [*(prefix or []), sys.executable, "-m", "tokend", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, cwd=tmp,
         env=dict(env) if env is not None else clean_env(tmp),
     )
+    command = str(args[0]) if args else ""
+    SECRETS.output(f"tokend {command} stderr", result.stderr)
+    if command not in ("token", "exec"):  # the two whose stdout is the token's own place
+        SECRETS.output(f"tokend {command} stdout", result.stdout)
+    return result
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -230,6 +273,7 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
             self._log.close()
+            SECRETS.output("tokend run log", self.log)
 
 
 @pytest.fixture
