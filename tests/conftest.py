@@ -92,6 +92,7 @@ class TokenEndpoint:
     issued_at: dict[str, float] = field(default_factory=dict)  # token -> when it was issued
     outage: tuple[int, dict[str, str]] | None = None  # (status, headers) for every request
     outage_body: dict[str, str] | None = None
+    fault: Callable[[Seen], Response] | None = None  # answers every request while set
 
     def expires_at(self, token: str) -> float:
         """When ``token`` runs out, by the IdP's own clock and lifetime."""
@@ -135,13 +136,17 @@ class TokenEndpoint:
         with self.lock:
             self.seen.append(seen)
             outage = self.outage
-            scripted = self.script.pop(0) if self.script and outage is None else None
-            n = next(self.counter) if scripted is None and outage is None else 0
+            broken = outage is not None or self.fault is not None
+            scripted = self.script.pop(0) if self.script and not broken else None
+            n = next(self.counter) if scripted is None and not broken else 0
             if n:
                 self.issued_at[self.issued(n)] = seen.at
         if outage is not None:
             return Response(json.dumps(self.outage_body or {}), status=outage[0],
                             headers=outage[1], content_type="application/json")
+        fault = self.fault
+        if fault is not None:
+            return fault(seen)
         if scripted is not None:
             return scripted(seen)
         body: dict[str, Any] = {"access_token": self.issued(n), "token_type": "bearer"}
@@ -248,6 +253,7 @@ class DaemonProcess:
 
     def __init__(self, config: Path, tmp: Path, env: Mapping[str, str] | None = None,
                  prefix: list[str] | None = None) -> None:
+        self.tmp = tmp
         self.log_path = tmp / f"tokend-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
@@ -274,6 +280,8 @@ class DaemonProcess:
                 self.proc.wait()
             self._log.close()
             SECRETS.output("tokend run log", self.log)
+            for status in self.tmp.glob("**/status.json"):  # what `tokend status` shows
+                SECRETS.output(str(status), status.read_text())
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -292,3 +293,78 @@ def test_a_read_only_sink_directory_keeps_its_file_and_recovers(
     finally:
         locked.chmod(0o755)
     wait_for(lambda: sink_token(locked / "api.raw") != stuck, 10, "the sink catching up")
+
+
+# --------------------------------------------------------------------------- every IdP fault
+
+from werkzeug import Response  # noqa: E402
+
+from .conftest import Seen, TokenEndpoint  # noqa: E402
+
+
+def answer(status: int, body: bytes | str, headers: dict[str, str] | None = None,
+           ctype: str = "application/json") -> Callable[[Seen], Response]:
+    return lambda _: Response(body, status=status, headers=headers or {}, content_type=ctype)
+
+
+def hang(_: Seen) -> Response:
+    time.sleep(1.5)  # past the credential's 1 s timeout
+    return Response("{}", content_type="application/json")
+
+
+RETRYABLE = {
+    "500": answer(500, ""), "502": answer(502, "<html>bad gateway</html>", ctype="text/html"),
+    "503": answer(503, ""), "503 Retry-After": answer(503, "", {"Retry-After": "1"}),
+    "429": answer(429, "", {"Retry-After": "1"}),
+    "temporarily_unavailable": answer(400, '{"error": "temporarily_unavailable"}'),
+    "hang past timeout": hang,
+}
+FATAL = {
+    **{code: answer(401 if code == "invalid_client" else 400, json.dumps({"error": code}))
+       for code in ("invalid_client", "unauthorized_client", "invalid_scope",
+                    "unsupported_grant_type", "invalid_request", "invalid_grant")},
+    "invalid JSON": answer(200, "{not json"), "HTML": answer(200, "<html/>", ctype="text/html"),
+    "empty body": answer(200, ""), "JSON array": answer(200, "[1, 2]"),
+    "5 MiB body": answer(200, '{"access_token": "x", "pad": "' + "x" * (5 << 20) + '"}'),
+    "no access_token": answer(200, '{"token_type": "bearer"}'),
+    "empty access_token": answer(200, '{"access_token": ""}'),
+    "newline in token": answer(200, '{"access_token": "a\\nb"}'),
+    "quote in token": answer(200, '{"access_token": "a\\"b"}'),
+    "space in token": answer(200, '{"access_token": "a b"}'),
+    **{f"expires_in {v}": answer(200, f'{{"access_token": "abc", "expires_in": {v}}}')
+       for v in ("0", "-5", '"soon"', "1000000000000")},
+}
+
+
+def status_of(tmp: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((tmp / "state" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    result: dict[str, Any] = data["credentials"].get("api", {})
+    return result
+
+
+@pytest.mark.parametrize("fault", [*RETRYABLE, *FATAL])
+def test_every_idp_fault_keeps_the_last_good_token_and_the_daemon(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start, fault: str
+) -> None:
+    idp.expires_in = 3
+    config = config_for(tmp_path, idp.url,
+                        extra='refresh_at = 0.5\nmin_ttl_margin = "0s"\ntimeout = "1s"')
+    daemon = daemons(config, tmp_path)
+    sinks = [tmp_path / "out" / f"api.{fmt}" for fmt in FORMATS]
+    wait_for(lambda: all(p.exists() for p in sinks), 10, "the first token everywhere")
+    idp.fault = RETRYABLE.get(fault) or FATAL[fault]
+    wait_for(lambda: (status_of(tmp_path).get("failures") or 0) >= 1, 10, "a failed refresh")
+    assert daemon.proc.poll() is None
+    assert {sink_token(p) for p in sinks} == {"tok-1"}  # every reader still has a valid token
+    warning = [line for line in daemon.log.splitlines() if "refresh failed" in line]
+    assert warning and "keeping token" in warning[0] and "\n" not in warning[0]
+    if fault in RETRYABLE:
+        idp.fault = None
+        wait_for(lambda: {sink_token(p) for p in sinks} == {"tok-2"}, 10, "recovery")
+    else:  # a retry cannot fix it: the next try is at the 5-minute cap, not in a loop
+        status = status_of(tmp_path)
+        wait = float(status["next_refresh"]) - float(status["last_attempt"])
+        assert 295 <= wait <= 305 and status["last_error_retryable"] is False
