@@ -35,10 +35,6 @@ def timed(command: Sequence[str], *, env: dict[str, str] | None = None, cwd: Pat
     return elapsed
 
 
-def repeat(n: int, run: Callable[[], float]) -> list[float]:
-    return [run() for _ in range(n)]
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

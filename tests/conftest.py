@@ -90,8 +90,6 @@ class TokenEndpoint:
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     lock: threading.Lock = field(default_factory=threading.Lock)
     issued_at: dict[str, float] = field(default_factory=dict)  # token -> when it was issued
-    outage: tuple[int, dict[str, str]] | None = None  # (status, headers) for every request
-    outage_body: dict[str, str] | None = None
     fault: Callable[[Seen], Response] | None = None  # answers every request while set
 
     def expires_at(self, token: str) -> float:
@@ -135,16 +133,11 @@ class TokenEndpoint:
                     (seen.basic_auth or ("", ""))[1])
         with self.lock:
             self.seen.append(seen)
-            outage = self.outage
-            broken = outage is not None or self.fault is not None
-            scripted = self.script.pop(0) if self.script and not broken else None
-            n = next(self.counter) if scripted is None and not broken else 0
+            fault = self.fault
+            scripted = self.script.pop(0) if self.script and fault is None else None
+            n = next(self.counter) if scripted is None and fault is None else 0
             if n:
                 self.issued_at[self.issued(n)] = seen.at
-        if outage is not None:
-            return Response(json.dumps(self.outage_body or {}), status=outage[0],
-                            headers=outage[1], content_type="application/json")
-        fault = self.fault
         if fault is not None:
             return fault(seen)
         if scripted is not None:
@@ -156,6 +149,13 @@ class TokenEndpoint:
             body["refresh_token"] = f"refresh-{n}"
         SECRETS.add(body["access_token"], body.get("refresh_token"))
         return Response(json.dumps(body), content_type="application/json")
+
+
+def answer(status: int, body: bytes | str = "", headers: Mapping[str, str] | None = None,
+           ctype: str = "application/json") -> Callable[[Seen], Response]:
+    """A fixed answer, for ``TokenEndpoint.fault``: ``idp.fault = answer(503)``."""
+    return lambda _: Response(body, status=status, headers=dict(headers or {}),
+                              content_type=ctype)
 
 
 @pytest.fixture
@@ -297,3 +297,34 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, so ENOSPC is a real kernel answer and not a mock."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tokend-test",
+                             str(mnt)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill a filesystem to the last block; unlink the returned file to free it."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler

@@ -18,6 +18,7 @@ import pytest
 from .conftest import (
     DaemonProcess,
     TokenEndpoint,
+    answer,
     clean_env,
     credential_toml,
     run_tokend,
@@ -130,18 +131,17 @@ def test_old_token_kept_through_an_outage_then_replaced(
     daemon = daemons(config, tmp_path)
     sink = tmp_path / "out" / "api.token"
     wait_for(lambda: token_in(sink) == "tok-1", 10, "the first token")
-    idp.outage = (503, {})
+    idp.fault = answer(503)
     wait_for(lambda: len(idp.seen) >= 3, 10, "refreshes failing during the outage")
     assert token_in(sink) == "tok-1"  # still valid: readers keep working
-    idp.outage = None
+    idp.fault = None
     wait_for(lambda: token_in(sink) == "tok-2", 10, "a new token once the IdP is back")
     assert "refresh failed" in daemon.log and "keeping token" in daemon.log
 
 
 def test_unfixable_errors_are_logged_at_error_level(idp: TokenEndpoint, tmp_path: Path,
                                                     daemons: Start) -> None:
-    idp.outage = (401, {})
-    idp.outage_body = {"error": "invalid_client"}
+    idp.fault = answer(401, '{"error": "invalid_client"}')
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     daemon = daemons(config, tmp_path)
     wait_for(lambda: "a retry cannot fix" in daemon.log, 10, "the error line")
@@ -253,7 +253,7 @@ def test_sd_notify_on_a_real_socket(idp: TokenEndpoint, tmp_path: Path, daemons:
 def test_ready_waits_for_a_first_failure_too(idp: TokenEndpoint, tmp_path: Path, daemons: Start,
                                             notify_socket: tuple[str, list[str]]) -> None:
     path, messages = notify_socket
-    idp.outage = (401, {})
+    idp.fault = answer(401)
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     daemons(config, tmp_path, clean_env(tmp_path, NOTIFY_SOCKET=path))
     wait_for(lambda: any("READY=1" in m for m in messages), 10, "READY=1")

@@ -22,21 +22,36 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug import Response
 
 from tokend.idp import IdentityProvider
 
-from .conftest import REPO, DaemonProcess, clean_env, run_tokend, wait_for
+from .conftest import (
+    REPO,
+    DaemonProcess,
+    Seen,
+    TokenEndpoint,
+    answer,
+    as_plain_user,
+    clean_env,
+    fill,
+    run_tokend,
+    wait_for,
+)
 
 LONG = os.environ.get("TOKEND_LONG_STORMS") == "1"
 FORMATS = ("raw", "json", "env", "header")
 Start = Callable[..., DaemonProcess]
 
 
-def config_for(tmp: Path, url: str, *, extra: str = "", secret: str = "fault-secret") -> Path:
+def config_for(tmp: Path, url: str, *, extra: str = "", secret: str = "fault-secret",
+               sinks: str | None = None) -> Path:
+    """One credential; by default a sink of every format in ``tmp/out``."""
     (tmp / "out").mkdir(exist_ok=True)
     (tmp / "api.secret").write_text(secret + "\n")
-    sinks = "".join(f'[[credentials.api.sink]]\npath = "{tmp}/out/api.{fmt}"\nformat = "{fmt}"\n'
-                    for fmt in FORMATS)
+    if sinks is None:
+        sinks = "".join(f'[[credentials.api.sink]]\npath = "{tmp}/out/api.{fmt}"\n'
+                        f'format = "{fmt}"\n' for fmt in FORMATS)
     path = tmp / "tokend.toml"
     path.write_text(f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.api]\n'
                     f'token_url = "{url}"\nclient_id = "fault"\n'
@@ -199,35 +214,6 @@ def test_a_self_signed_idp_is_refused_unless_ca_bundle_names_it(
 # --------------------------------------------------------------------------- disk faults
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs: ENOSPC from the real kernel."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tokend-faults", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_a_full_disk_and_a_vanished_directory_cost_one_sink_not_the_others(
     stamped_idp: IdentityProvider, tmp_path: Path, small_tmpfs: Path, daemons: Start
 ) -> None:
@@ -235,15 +221,10 @@ def test_a_full_disk_and_a_vanished_directory_cost_one_sink_not_the_others(
     keeps rotating; once the fault is cleared, the faulty sink catches up."""
     gone = tmp_path / "gone"
     gone.mkdir()
-    (tmp_path / "api.secret").write_text("fault-secret\n")
-    path = tmp_path / "tokend.toml"
-    path.write_text(
-        f'[tokend]\nstate_dir = "{tmp_path}/state"\n\n[credentials.api]\n'
-        f'token_url = "{stamped_idp.url}"\nclient_id = "fault"\n'
-        f'client_secret_file = "{tmp_path}/api.secret"\n'
+    path = config_for(tmp_path, stamped_idp.url, sinks=(
         f'[[credentials.api.sink]]\npath = "{small_tmpfs}/api.json"\nformat = "json"\n'
         f'[[credentials.api.sink]]\npath = "{gone}/api.raw"\n'
-        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n')
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n'))
     daemon = daemons(path, tmp_path)
     full, healthy = small_tmpfs / "api.json", tmp_path / "healthy.raw"
     wait_for(lambda: full.exists() and (gone / "api.raw").exists(), 10, "every sink written")
@@ -267,19 +248,12 @@ def test_a_read_only_sink_directory_keeps_its_file_and_recovers(
 ) -> None:
     """Permissions refuse the write (root is made to obey them): the old file stays, the
     other sinks rotate, and once the directory is writable again the sink catches up."""
-    from .conftest import as_plain_user
-
     prefix = as_plain_user()
     locked = tmp_path / "locked"
     locked.mkdir()
-    (tmp_path / "api.secret").write_text("fault-secret\n")
-    path = tmp_path / "tokend.toml"
-    path.write_text(
-        f'[tokend]\nstate_dir = "{tmp_path}/state"\n\n[credentials.api]\n'
-        f'token_url = "{stamped_idp.url}"\nclient_id = "fault"\n'
-        f'client_secret_file = "{tmp_path}/api.secret"\n'
+    path = config_for(tmp_path, stamped_idp.url, sinks=(
         f'[[credentials.api.sink]]\npath = "{locked}/api.raw"\n'
-        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n')
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n'))
     daemon = daemons(path, tmp_path, prefix=prefix)
     wait_for(lambda: (locked / "api.raw").exists(), 10, "the first token")
     locked.chmod(0o555)
@@ -297,14 +271,6 @@ def test_a_read_only_sink_directory_keeps_its_file_and_recovers(
 
 # --------------------------------------------------------------------------- every IdP fault
 
-from werkzeug import Response  # noqa: E402
-
-from .conftest import Seen, TokenEndpoint  # noqa: E402
-
-
-def answer(status: int, body: bytes | str, headers: dict[str, str] | None = None,
-           ctype: str = "application/json") -> Callable[[Seen], Response]:
-    return lambda _: Response(body, status=status, headers=headers or {}, content_type=ctype)
 
 
 def hang(_: Seen) -> Response:
@@ -313,8 +279,8 @@ def hang(_: Seen) -> Response:
 
 
 RETRYABLE = {
-    "500": answer(500, ""), "502": answer(502, "<html>bad gateway</html>", ctype="text/html"),
-    "503": answer(503, ""), "503 Retry-After": answer(503, "", {"Retry-After": "1"}),
+    "500": answer(500), "502": answer(502, "<html>bad gateway</html>", ctype="text/html"),
+    "503": answer(503), "503 Retry-After": answer(503, "", {"Retry-After": "1"}),
     "429": answer(429, "", {"Retry-After": "1"}),
     "temporarily_unavailable": answer(400, '{"error": "temporarily_unavailable"}'),
     "hang past timeout": hang,

@@ -20,6 +20,7 @@ from tokend.config import ConfigError, parse
 from .conftest import (
     DaemonProcess,
     TokenEndpoint,
+    answer,
     credential_toml,
     run_tokend,
     wait_for,
@@ -138,7 +139,7 @@ def test_status_check_walks_ok_warning_critical_and_unknown(idp: TokenEndpoint, 
     wait_for(lambda: check(config, tmp_path)[0] == 0, 10, "OK")
     assert check(config, tmp_path)[1].startswith("TOKEND OK - 1 credential(s) fresh")
 
-    idp.outage = (503, {})  # refreshes fail while the token is still valid
+    idp.fault = answer(503)  # refreshes fail while the token is still valid
     wait_for(lambda: check(config, tmp_path)[0] == 1, 10, "WARNING")
     code, line = check(config, tmp_path)
     assert line.startswith("TOKEND WARNING - api: refresh failing") and "token valid" in line
@@ -146,7 +147,7 @@ def test_status_check_walks_ok_warning_critical_and_unknown(idp: TokenEndpoint, 
     wait_for(lambda: check(config, tmp_path)[0] == 2, 10, "CRITICAL once the token expired")
     assert check(config, tmp_path)[1].startswith("TOKEND CRITICAL - api: no valid token")
 
-    idp.outage = None
+    idp.fault = None
     wait_for(lambda: check(config, tmp_path)[0] == 0, 15, "OK again after recovery")
     assert daemon.stop() == 0
     code, line = check(config, tmp_path)

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,8 @@ from pytest_httpserver import HTTPServer
 from tokend.config import SinkConfig, SinkFormat
 from tokend.sinks import SinkError, write_sink
 from tokend.token import Token
+
+from .conftest import fill
 
 # Every character a real bearer token (RFC 6750 b64token, JWT) may carry.
 ACCESS = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.sig-_~+/ab=="
@@ -157,37 +158,8 @@ def test_temp_files_of_dead_writers_are_swept_and_live_ones_kept(tmp_path: Path)
     assert alive.exists() and unrelated.exists()
 
 
-@pytest.fixture
-def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, so ENOSPC is a real kernel answer and not a mock."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tokend-test", mnt],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", mnt], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
-
-
-def test_a_full_disk_keeps_the_old_file_and_leaves_no_temp(full_tmpfs: Path) -> None:
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_temp(small_tmpfs: Path) -> None:
+    full_tmpfs = small_tmpfs
     s = sink(full_tmpfs / "api.json", "json")
     write_sink(token("old-token"), s)
     filler = fill(full_tmpfs)

@@ -19,10 +19,6 @@ class Notifier:
         self.address = address if address.startswith(("/", "\0")) else None
         self.watchdog_interval = watchdog_interval(environ)
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def notify(self, *lines: str) -> bool:
         """Send ``READY=1``, ``STATUS=…`` and the like; False if it could not be sent."""
         if self.address is None:
