@@ -130,7 +130,7 @@ BAD_CONFIGS = [
      '[credentials.b]\ntoken_url = "https://i/t"\nclient_id = "i"\nclient_secret = "s"\n'
      '[[credentials.b.sink]]\npath = "/run/a"\n', "credentials.b.sink[0].path", "already written"),
     ("refresh_at out of range", BASE + "refresh_at = 0.99\n", "credentials.api.refresh_at", "0.95"),
-    ("bad name", BASE.replace("credentials.api", "credentials.'a b'"), "credentials.a b",
+    ("bad name", BASE.replace("credentials.api", "credentials.'a b'"), "credentials.'a b'",
      "letters, digits"),
     ("unknown provider", BASE + 'provider = "okta"\n', "credentials.api.provider", "unknown provider"),
     ("bad format", BASE + '[[credentials.api.sink]]\npath = "/run/a"\nformat = "yaml"\n',

@@ -227,7 +227,8 @@ def test_a_full_disk_and_a_vanished_directory_cost_one_sink_not_the_others(
         f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n'))
     daemon = daemons(path, tmp_path)
     full, healthy = small_tmpfs / "api.json", tmp_path / "healthy.raw"
-    wait_for(lambda: full.exists() and (gone / "api.raw").exists(), 10, "every sink written")
+    wait_for(lambda: full.exists() and (gone / "api.raw").exists() and healthy.exists(), 10,
+             "every sink written")
     filler = fill(small_tmpfs)
     shutil.rmtree(gone)
     stuck = sink_token(full)

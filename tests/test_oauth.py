@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import email.utils
 import json
@@ -10,12 +11,13 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus
 
 import pytest
 from werkzeug import Response
 
 from tokend.config import CredentialConfig, parse
-from tokend.oauth import TokenClient, TokenRequestError, parse_retry_after
+from tokend.oauth import Style, TokenClient, TokenRequestError, parse_retry_after
 
 from .conftest import Seen, TokenEndpoint
 
@@ -51,7 +53,7 @@ def test_form_with_basic_auth_as_rfc_6749_says(idp: TokenEndpoint, client: Token
     assert seen.basic_auth == (CLIENT_ID, SECRET)
     assert seen.params == {"grant_type": "client_credentials", "scope": "read write",
                            "audience": "https://api"}
-    assert answer.token.access_token == "tok-1" and answer.wire == "form"
+    assert answer.token.access_token == "tok-1" and answer.style == Style("basic", "form")
 
 
 def test_json_with_body_auth_as_eventbookings_wants(idp: TokenEndpoint, client: TokenClient) -> None:
@@ -90,18 +92,104 @@ def test_auto_falls_back_once_and_remembers(idp: TokenEndpoint, client: TokenCli
     first = obtain(client, c)
     assert [s.content_type for s in idp.seen] == ["application/x-www-form-urlencoded",
                                                   "application/json"]
-    assert first.wire == "json"
-    obtain(client, c, learned_wire=first.wire)
+    assert first.style.wire == "json"
+    obtain(client, c, learned=first.style)
     assert idp.seen[2].content_type == "application/json"
     assert len(idp.seen) == 3
 
 
-def test_auto_reports_both_failures_when_neither_works(idp: TokenEndpoint, client: TokenClient) -> None:
+def test_auto_format_does_not_fall_back_after_an_authentication_failure(
+        idp: TokenEndpoint, client: TokenClient) -> None:
+    """A wrong secret stays wrong in JSON: one request, and invalid_client is the headline."""
     idp.then(401, {"error": "invalid_client"})
-    idp.then(401, {"error": "invalid_client"})
-    with pytest.raises(TokenRequestError, match="also tried as form") as info:
+    idp.then(400, {"error": "unsupported_grant_type"})  # what a JSON attempt would have got
+    with pytest.raises(TokenRequestError) as info:
+        obtain(client, cred(idp.url, request_format="auto", client_auth="body"))
+    assert str(info.value).startswith("invalid_client (HTTP 401)")
+    assert not info.value.retryable and len(idp.seen) == 1
+
+
+def test_when_both_formats_fail_the_auth_failure_is_the_headline(
+        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(400, {"error": "invalid_request", "error_description": "only JSON"})
+    idp.then(400, {"error": "invalid_client"})
+    with pytest.raises(TokenRequestError) as info:
+        obtain(client, cred(idp.url, request_format="auto", client_auth="body"))
+    message = str(info.value)
+    assert message.startswith("invalid_client (HTTP 400)"), message
+    assert "invalid_request (HTTP 400): only JSON" in message  # the other attempt, after it
+    assert info.value.error == "invalid_client" and not info.value.retryable
+
+
+def test_a_5xx_on_the_fallback_keeps_the_first_error_and_is_retryable(
+        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(400, {"error": "invalid_request", "error_description": "only JSON"})
+    idp.then(503, {"error": "temporarily_unavailable"})
+    with pytest.raises(TokenRequestError) as info:
         obtain(client, cred(idp.url, request_format="auto"))
-    assert not info.value.retryable and len(idp.seen) == 2
+    assert info.value.retryable and info.value.status == 503
+    assert "only JSON" in str(info.value)
+
+
+def test_basic_percent_encodes_a_space_as_20_not_plus(idp: TokenEndpoint, client: TokenClient) -> None:
+    """%20 reads back as a space whether the server form-decodes or URL-decodes (Authlib)."""
+    obtain(client, cred(idp.url))
+    value = idp.seen[0].headers["Authorization"].removeprefix("Basic ")
+    user, _, password = base64.b64decode(value).decode().partition(":")
+    assert password == "s3cr%3At%26%2B%3D%20%25" and user == "app%20id%3A%C3%BC"
+    assert unquote(password) == unquote_plus(password) == SECRET
+
+
+def test_client_auth_auto_falls_back_to_the_body_and_remembers(
+        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(401, {"error": "invalid_client"})
+    c = cred(idp.url, client_auth="auto")
+    first = obtain(client, c)
+    assert idp.seen[0].basic_auth == (CLIENT_ID, SECRET) and "client_secret" not in idp.seen[0].params
+    assert "Authorization" not in idp.seen[1].headers
+    assert idp.seen[1].params["client_secret"] == SECRET
+    assert first.style == Style("body", "form")
+    obtain(client, c, learned=first.style)  # steady state: one request, in the body
+    assert len(idp.seen) == 3 and "Authorization" not in idp.seen[2].headers
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_client_auth_auto_takes_a_bare_401_or_403_as_an_auth_failure(
+        idp: TokenEndpoint, client: TokenClient, status: int) -> None:
+    idp.then(status, raw=b"Forbidden")
+    answer = obtain(client, cred(idp.url, client_auth="auto"))
+    assert answer.style.auth == "body" and len(idp.seen) == 2
+
+
+def test_client_auth_auto_does_not_retry_other_errors(idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(400, {"error": "invalid_scope"})
+    with pytest.raises(TokenRequestError, match="invalid_scope"):
+        obtain(client, cred(idp.url, client_auth="auto"))
+    assert len(idp.seen) == 1
+
+
+def test_plain_basic_failing_says_when_the_encoding_changed_the_secret(
+        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp.then(401, {"error": "invalid_client"})
+    with pytest.raises(TokenRequestError) as info:
+        obtain(client, cred(idp.url))
+    assert 'client_auth = "body" or "auto"' in str(info.value)
+    idp.then(401, {"error": "invalid_client"})
+    with pytest.raises(TokenRequestError) as plain:  # nothing to encode: no such hint
+        client.obtain(cred(idp.url), client_id="plain", client_secret="plainsecret")
+    assert "client_auth" not in str(plain.value)
+
+
+def test_a_list_in_extra_params_is_sent_repeated_in_a_form_and_as_an_array_in_json(
+        idp: TokenEndpoint, client: TokenClient) -> None:
+    params = (("audience", "api"), ("resource", "https://a"), ("resource", "https://b"))
+    obtain(client, cred(idp.url, extra_params=params))
+    assert parse_qsl(idp.seen[0].raw.decode()).count(("resource", "https://b")) == 1
+    assert [v for k, v in parse_qsl(idp.seen[0].raw.decode()) if k == "resource"] == [
+        "https://a", "https://b"]
+    obtain(client, cred(idp.url, extra_params=params, request_format="json"))
+    body = json.loads(idp.seen[1].raw)
+    assert body["resource"] == ["https://a", "https://b"] and body["audience"] == "api"
 
 
 def test_refresh_grant_is_used_and_the_old_refresh_token_kept(idp: TokenEndpoint,
@@ -356,3 +444,59 @@ def test_a_connection_reset_is_retryable(client: TokenClient) -> None:
         assert info.value.retryable
     finally:
         server.close()
+
+
+def secret_forms_of(secret: str, basic: str) -> list[str]:
+    return [secret, quote(secret, safe=""), quote_plus(secret, safe=""),
+            json.dumps(secret)[1:-1], base64.b64encode(secret.encode()).decode().rstrip("="),
+            basic.removeprefix("Basic ").rstrip("=")]
+
+
+def echo(style: str) -> Any:
+    """An IdP in debug mode: its error text repeats what it was sent."""
+    def answer(seen: Seen) -> Response:
+        text = {"headers": f"bad client; headers were {seen.headers}",
+                "body": f"bad request body: {seen.raw.decode()}",
+                "json": json.dumps({"error": "invalid_client",
+                                    "error_description": f"got {seen.raw.decode()}"}),
+                # a long prefix pushes the secret right over the cut at the length limit
+                "cut": "x" * 100 + seen.raw.decode() + "y" * 400}[style]
+        return Response(text, status=401, content_type="text/plain")
+    return answer
+
+
+@pytest.mark.parametrize("auth", ["basic", "body"])
+@pytest.mark.parametrize("style", ["headers", "body", "json", "cut"])
+def test_no_form_of_the_secret_survives_an_echoing_server(
+        idp: TokenEndpoint, client: TokenClient, auth: str, style: str) -> None:
+    secret = "p@ss w0rd+/ü\"x"
+    idp.script.append(echo(style))
+    with pytest.raises(TokenRequestError) as info:
+        client.obtain(cred(idp.url, client_auth=auth, request_format="json" if style == "json"
+                           else "form"), client_id="app", client_secret=secret)
+    message = str(info.value)
+    basic = idp.seen[0].headers.get("Authorization", "")
+    for form in secret_forms_of(secret, basic):
+        for size in range(4, len(form) + 1):  # no piece of it either, at the cut or elsewhere
+            assert form[:size] not in message, (form[:size], message)
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "1e400", "-5"])
+def test_a_unicode_digit_in_retry_after_is_ignored_not_a_crash(value: str) -> None:
+    assert parse_retry_after(value, now=time.time()) is None
+
+
+@pytest.mark.parametrize("value", ["²", "٣", " 12 3", True, float("nan"), 10**30])
+def test_an_expires_in_that_is_not_a_number_of_seconds_is_malformed(
+        idp: TokenEndpoint, client: TokenClient, value: object) -> None:
+    idp.then(200, raw=json.dumps({"access_token": "tok-x", "expires_in": value}).encode())
+    with pytest.raises(TokenRequestError, match="expires_in") as info:
+        obtain(client, cred(idp.url))
+    assert not info.value.retryable
+
+
+def test_a_trailing_newline_in_the_access_token_is_refused(idp: TokenEndpoint,
+                                                           client: TokenClient) -> None:
+    idp.then(200, {"access_token": "abc\n", "expires_in": 60})
+    with pytest.raises(TokenRequestError, match="access_token contains whitespace"):
+        obtain(client, cred(idp.url))

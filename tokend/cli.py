@@ -128,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `tokend status --json | head -1`: the reader left; no traceback, and none from
+        # the interpreter's own flush of stdout at exit either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EX_FAILED
 
 
 def dispatch(args: argparse.Namespace, command: list[str]) -> int:

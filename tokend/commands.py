@@ -54,9 +54,6 @@ def setup_logging(config: Config | None, *, quiet: bool = False) -> None:
 
 def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
     creds = select(config, names)
-    if not creds:
-        log.warning("%s: no credentials configured; nothing to fetch", config.path)
-        return EX_OK
     from tokend.oauth import TokenClient
     from tokend.refresher import Refresher
 
@@ -130,12 +127,14 @@ def cmd_token(config: Config, name: str) -> int:
 def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | None) -> int:
     (cred,) = select(config, [name])
     variable = env_name or default_env_name(cred.name)
-    if not ENV_NAME_RE.match(variable):
+    if not ENV_NAME_RE.fullmatch(variable):
         raise UsageError(f"--env-name {variable!r} is not a valid variable name")
     token = valid_token(config, cred)
     if token is None:
         return EX_FAILED
-    env = dict(os.environ)
+    from tokend.hooks import child_environment
+
+    env = child_environment(os.environ, config.secret_variables())
     env[variable] = token.access_token
     env[f"{variable}_EXPIRES_AT"] = str(int(token.expires_at))
     sys.stdout.flush()
@@ -197,6 +196,8 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
           f"config {status.config}")
     if status.config_error:
         print(f"config rejected (still running the last good one): {status.config_error}")
+    for warning in status.warnings:
+        print(f"warning: {warning}")
     for cred in status.credentials.values():
         print(describe(cred, now))
     return EX_OK if healthy else EX_FAILED
@@ -207,6 +208,7 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
 
 def cmd_check(config: Config, *, online: bool) -> int:
     """Report every problem found, one line each, instead of stopping at the first."""
+    select(config, ())  # none at all: exit 78, it is almost surely the wrong file
     problems: list[str] = []
     secrets: dict[str, tuple[str, str]] = {}
     for cred in config.credentials.values():
@@ -224,15 +226,14 @@ def cmd_check(config: Config, *, online: bool) -> int:
     for cred in config.credentials.values():
         print(f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
               f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}")
-    if not config.credentials:
-        print(f"ok: {config.path}: no credentials configured")
     return check_online(config, secrets) if online else EX_OK
 
 
 def check_paths(cred: CredentialConfig) -> list[str]:
     import shutil
 
-    from tokend.sinks import SinkError, resolve_owner
+    from tokend.hooks import read_pid_file
+    from tokend.sinks import SinkError, resolve_owner, unsafe_path
 
     problems = []
 
@@ -245,8 +246,9 @@ def check_paths(cred: CredentialConfig) -> list[str]:
             problem(f"sink[{i}].path", f"directory {directory} does not exist")
         elif not os.access(directory, os.W_OK | os.X_OK):
             problem(f"sink[{i}].path", f"directory {directory} is not writable")
-        elif sink.path.is_dir():
-            problem(f"sink[{i}].path", f"{sink.path} is a directory")
+        elif (reason := unsafe_path(sink)) is not None:
+            problem(f"sink[{i}].path", f"{sink.path} {reason}" if reason.startswith("is ")
+                    else f"{sink.path}: {reason}")
         try:
             resolve_owner(sink)
         except SinkError as exc:
@@ -257,6 +259,11 @@ def check_paths(cred: CredentialConfig) -> list[str]:
     hook = cred.on_rotate
     if hook is not None and hook.command and shutil.which(hook.command[0]) is None:
         problem("on_rotate.command", f"{hook.command[0]!r}: no such program")
+    if hook is not None and hook.pid_file is not None and hook.pid_file.exists():
+        try:
+            read_pid_file(hook.pid_file)
+        except ValueError as exc:
+            problem("on_rotate.pid_file", f"{hook.pid_file}: {exc}")
     return problems
 
 
@@ -286,7 +293,7 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
                 continue
             token = answer.token
             print(f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
-                  f"valid {round(token.lifetime)}s (sent as {answer.wire})")
+                  f"valid {round(token.lifetime)}s ({answer.style})")
     finally:
         client.close()
     return worst

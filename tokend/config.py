@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from tokend.fsio import read_regular
+
 _T = TypeVar("_T")
 
 EX_CONFIG = 78
@@ -27,12 +29,13 @@ EX_CONFIG = 78
 SinkFormat = Literal["raw", "json", "env", "header"]
 RequestFormat = Literal["form", "json", "auto"]
 WireFormat = Literal["form", "json"]
-ClientAuth = Literal["basic", "body"]
+ClientAuth = Literal["basic", "body", "auto"]
+AuthStyle = Literal["basic", "body"]
 SecretSource = Literal["inline", "env", "file", "credential"]
 
 SINK_FORMATS: tuple[SinkFormat, ...] = ("raw", "json", "env", "header")
 REQUEST_FORMATS: tuple[RequestFormat, ...] = ("form", "json", "auto")
-CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body")
+CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -45,11 +48,25 @@ PRESETS: Mapping[str, Mapping[str, str]] = {
     },
 }
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MODE_RE = re.compile(r"^0?[0-7]{3}$")
-DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-SIGNAL_RE = re.compile(r"^(SIG)?[A-Z0-9]+$")
+# Every pattern is used with fullmatch: `$` also matches before a final "\n", which let
+# "api\n" or "FOO\n" through. ASCII digits only: "²".isdigit() is true, int("²") fails.
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+CONVENTIONAL_ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+MODE_RE = re.compile(r"0?[0-7]{3}")
+DURATION_RE = re.compile(
+    r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m(?!s))?(?:([0-9]{1,9})s)?(?:([0-9]{1,9})ms)?")
+DIGITS_RE = re.compile(r"[0-9]{1,10}")
+SIGNAL_RE = re.compile(r"(SIG)?[A-Z0-9]{1,16}")
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_STRING = 8192  # no config value needs more; a megabyte of "scope" is a mistake
+MAX_ID = 2**32 - 2  # uid_t/gid_t; 2**32 - 1 is -1, "leave unchanged", to chown
+MAX_EXPIRES_IN = 366 * 86400
+# Upper bounds of durations: beyond them a value is a typo, not a wish.
+MAX_REQUEST_TIMEOUT = 600.0
+MAX_TTL_MARGIN = 86400.0
+MAX_HOOK_TIMEOUT = 3600.0
 
 GLOBAL_KEYS = ("state_dir", "log_level", "log_format", "metrics_listen", "metrics_allow_remote",
                "metrics_textfile")
@@ -59,6 +76,8 @@ CREDENTIAL_KEYS = (
     *(f"{base}{suffix}" for base in SECRET_KEYS for suffix in ("", "_env", "_file", "_credential")),
     "env_file",
     "scope",
+    "audience",
+    "resource",
     "extra_params",
     "token_url",
     "request_format",
@@ -73,7 +92,8 @@ CREDENTIAL_KEYS = (
     "sink",
     "on_rotate",
 )
-SINK_KEYS = ("path", "format", "mode", "owner", "group", "env_name", "remove_on_stop")
+SINK_KEYS = ("path", "format", "mode", "owner", "group", "env_name", "remove_on_stop",
+             "allow_shared_dir")
 HOOK_KEYS = ("command", "timeout", "pid_file", "signal", "pass_token")
 
 
@@ -109,6 +129,7 @@ class SinkConfig:
     group: str | int | None = None
     env_name: str | None = None
     remove_on_stop: bool = False
+    allow_shared_dir: bool = False  # accept a directory chain others can write (StrictModes off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +151,8 @@ class CredentialConfig:
     provider: str | None = None
     env_file: Path | None = None
     scope: tuple[str, ...] = ()
+    # Sorted (name, value) pairs; a name may repeat (RFC 8707: several `resource`). Holds
+    # `audience` and `resource` too, whichever key they were given with.
     extra_params: tuple[tuple[str, str], ...] = ()
     request_format: RequestFormat = "form"
     client_auth: ClientAuth = "basic"
@@ -158,6 +181,10 @@ class CredentialConfig:
             found.add(self.env_file)
         return found
 
+    def secret_variables(self) -> set[str]:
+        """Environment variables this credential reads a secret from: never for a child."""
+        return {ref.value for ref in (self.client_id, self.client_secret) if ref.source == "env"}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -170,6 +197,11 @@ class Config:
     credentials: Mapping[str, CredentialConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # worth a log line, not a refusal (loading does not log)
 
+    def secret_variables(self) -> frozenset[str]:
+        """Every environment variable any credential reads a secret from: no child of
+        tokend's (hook or exec) may inherit one."""
+        return frozenset(v for cred in self.credentials.values() for v in cred.secret_variables())
+
 
 # --------------------------------------------------------------------------- pure parsers
 
@@ -181,13 +213,16 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"must not be negative, got {value}")
+        if value > MAX_EXPIRES_IN:
+            raise ValueError(f"{value} seconds is over a year; is that a typo?")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"must be a duration such as \"30s\" or \"1h30m\", not {value!r}")
+        raise ValueError(f"must be a duration such as \"30s\" or \"1h30m\", not {_kind(value)}")
     text = value.strip().lower()
-    match = DURATION_RE.match(text)
+    match = DURATION_RE.fullmatch(text)
     if not text or match is None:
-        raise ValueError(f"{value!r} is not a duration; use forms like \"30s\", \"5m\", \"1h30m\"")
+        raise ValueError(f"{_shown(value)} is not a duration; use forms like \"30s\", \"5m\", "
+                         "\"1h30m\"")
     days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
     return days * 86400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
 
@@ -196,8 +231,8 @@ def parse_mode(value: object) -> int:
     """File mode from an octal *string*; an integer is refused because TOML reads 0640 as 640."""
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f"must be an octal string such as \"0640\", not the number {value}")
-    if not isinstance(value, str) or not MODE_RE.match(value):
-        raise ValueError(f"must be an octal string such as \"0640\", not {value!r}")
+    if not isinstance(value, str) or not MODE_RE.fullmatch(value):
+        raise ValueError(f"must be an octal string such as \"0640\", not {_shown(value)}")
     mode = int(value, 8)
     if mode & 0o022:
         raise ValueError(f"{value!r} lets group or others write the token; use e.g. \"0640\"")
@@ -221,14 +256,22 @@ def is_loopback_host(host: str) -> bool:
 
 def check_token_url(url: str, *, allow_insecure_http: bool) -> None:
     """Refuse anything but https, except http to this machine (or when asked explicitly)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials in the URL; use client_id / client_secret")
-    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(parts.hostname):
+    if "@" in url.split("?", 1)[0].split("#", 1)[0]:
+        # Before anything that would echo the URL: "ftp://user:pass@host" must not be shown.
+        raise ValueError("must not carry credentials (user:password@) in the URL; use "
+                         "client_id / client_secret")
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port  # .port raises on a port out of range
+    except ValueError as exc:
+        raise ValueError(f"{_shown(url)} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not hostname:
+        raise ValueError(f"{_shown(url)} is not an http(s) URL")
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(hostname):
         raise ValueError(
-            f"{url!r} would send the client secret unencrypted; use https "
+            f"{_shown(url)} would send the client secret unencrypted; use https "
             "(http is only allowed to loopback hosts, or with allow_insecure_http = true)"
         )
 
@@ -280,7 +323,7 @@ class _Parser:
                 near = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 prefix = f"{where}." if where else ""
-                raise self.fail(f"{prefix}{key}", f"unknown key{hint}")
+                raise self.fail(f"{prefix}{_key(key)}", f"unknown key{hint}")
         return value
 
     def string(self, tbl: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -291,13 +334,18 @@ class _Parser:
             raise self.fail(f"{where}.{key}", f"must be a string, not {_kind(value)}")
         if not value.strip():
             raise self.fail(f"{where}.{key}", "must not be empty")
+        if len(value) > MAX_STRING:
+            raise self.fail(f"{where}.{key}", f"is longer than {MAX_STRING} characters")
+        if "\0" in value:
+            raise self.fail(f"{where}.{key}", "must not contain a NUL byte")
         return value
 
     def choice(self, tbl: Mapping[str, Any], key: str, where: str, choices: Iterable[str]) -> str | None:
         value = self.string(tbl, key, where)
         choices = tuple(choices)
         if value is not None and value not in choices:
-            raise self.fail(f"{where}.{key}", f"must be one of {', '.join(choices)}; got {value!r}")
+            raise self.fail(f"{where}.{key}",
+                            f"must be one of {', '.join(choices)}; got {_shown(value)}")
         return value
 
     def boolean(self, tbl: Mapping[str, Any], key: str, where: str) -> bool | None:
@@ -307,7 +355,8 @@ class _Parser:
         return value
 
     def duration(
-        self, tbl: Mapping[str, Any], key: str, where: str, *, positive: bool = True
+        self, tbl: Mapping[str, Any], key: str, where: str, *, positive: bool = True,
+        bound: float = MAX_EXPIRES_IN,
     ) -> float | None:
         if key not in tbl:
             return None
@@ -317,15 +366,20 @@ class _Parser:
             raise self.fail(f"{where}.{key}", str(exc)) from None
         if positive and seconds <= 0:
             raise self.fail(f"{where}.{key}", "must be longer than zero")
+        if seconds > bound:
+            raise self.fail(f"{where}.{key}", f"must be at most {_human(bound)}, got {_human(seconds)}")
         return seconds
 
     def path(self, tbl: Mapping[str, Any], key: str, where: str) -> Path | None:
         value = self.string(tbl, key, where)
         if value is None:
             return None
-        if "\0" in value:
-            raise self.fail(f"{where}.{key}", "must not contain a NUL byte")
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # "~nosuchuser/x", or "~" with neither a passwd entry nor $HOME
+            user = value[1:].split("/", 1)[0]
+            who = f"user {user!r}" if user else "this user (no passwd entry, no $HOME)"
+            raise self.fail(f"{where}.{key}", f"cannot expand ~: no home directory for {who}") from None
         # Relative paths are relative to the config file, not to whatever cwd we started in.
         return path if path.is_absolute() else self.base / path
 
@@ -333,12 +387,16 @@ class _Parser:
         value = tbl.get(key)
         if value is None:
             return None
+        if isinstance(value, str) and DIGITS_RE.fullmatch(value):
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
-            if value < 0:
-                raise self.fail(f"{where}.{key}", "must not be negative")
+            if not 0 <= value <= MAX_ID:
+                raise self.fail(f"{where}.{key}", f"must be an id from 0 to {MAX_ID}, not {value}")
             return value
-        if isinstance(value, str) and value.strip():
-            return int(value) if value.isdigit() else value
+        if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}\$?", value):
+            return value
+        if isinstance(value, str):
+            raise self.fail(f"{where}.{key}", f"{_shown(value)} is not a user or group name")
         raise self.fail(f"{where}.{key}", f"must be a name or a numeric id, not {_kind(value)}")
 
     # ---------------------------------------------------------------- sections
@@ -358,7 +416,7 @@ class _Parser:
         credentials: dict[str, CredentialConfig] = {}
         for name, body in creds_table.items():
             credentials[name] = self.credential(name, body)
-        self.check_sink_paths_unique(credentials.values())
+        self.check_sink_paths(credentials.values(), state_dir)
         return Config(
             path=self.file,
             state_dir=state_dir,
@@ -376,8 +434,8 @@ class _Parser:
         if value is None:
             return None
         host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise self.fail("tokend.metrics_listen", f"must be HOST:PORT, not {value!r}")
+        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+            raise self.fail("tokend.metrics_listen", f"must be HOST:PORT, not {_shown(value)}")
         host = host.strip("[]") or "127.0.0.1"
         if not allow_remote and not is_loopback_host(host):
             raise self.fail("tokend.metrics_listen",
@@ -387,8 +445,10 @@ class _Parser:
 
     def credential(self, name: str, body: object) -> CredentialConfig:
         where = f"credentials.{name}"
-        if not NAME_RE.match(name):
-            raise self.fail(where, "credential names may only use letters, digits, '_' and '-'")
+        if not NAME_RE.fullmatch(name):
+            where = f"credentials.{_shown(name)}"
+            raise self.fail(where, "credential names may only use letters, digits, '_' and '-' "
+                                   "(at most 64)")
         tbl = self.table(body, where, CREDENTIAL_KEYS)
 
         provider = self.string(tbl, "provider", where)
@@ -436,9 +496,10 @@ class _Parser:
             client_auth=cast(ClientAuth, client_auth or preset.get("client_auth", "basic")),
             use_refresh_token=_default(self.boolean(tbl, "use_refresh_token", where), True),
             refresh_at=float(refresh_at),
-            min_ttl_margin=_default(self.duration(tbl, "min_ttl_margin", where, positive=False), 60.0),
+            min_ttl_margin=_default(self.duration(tbl, "min_ttl_margin", where, positive=False,
+                                                   bound=MAX_TTL_MARGIN), 60.0),
             default_expires_in=_default(self.duration(tbl, "default_expires_in", where), 3600.0),
-            timeout=_default(self.duration(tbl, "timeout", where), 10.0),
+            timeout=_default(self.duration(tbl, "timeout", where, bound=MAX_REQUEST_TIMEOUT), 10.0),
             ca_bundle=self.path(tbl, "ca_bundle", where),
             allow_insecure_http=allow_http,
             sinks=tuple(
@@ -464,14 +525,16 @@ class _Parser:
                 self.warn_inline_secret(f"{where}.{key}")
             return SecretRef(key, "inline", value)
         if key.endswith("_env"):
-            if not ENV_NAME_RE.match(value):
-                raise self.fail(f"{where}.{key}", f"{value!r} is not an environment variable name")
+            if not ENV_NAME_RE.fullmatch(value):
+                # Not echoed: what sits here by mistake is most often the secret itself.
+                raise self.fail(f"{where}.{key}", "is not an environment variable name (the value "
+                                "is not shown: it may be a secret pasted here by mistake)")
             return SecretRef(key, "env", value)
         if key.endswith("_file"):
             path = self.path(tbl, key, where)
             assert path is not None
             return SecretRef(key, "file", str(path))
-        if "/" in value or value in (".", ".."):
+        if "/" in value or value in (".", "..") or not value.isprintable():
             raise self.fail(f"{where}.{key}", "must be a systemd credential name, not a path")
         return SecretRef(key, "credential", value)
 
@@ -497,25 +560,64 @@ class _Parser:
             raise self.fail(f"{where}.scope", "must be a string or a list of strings")
         if not parts:
             raise self.fail(f"{where}.scope", "must not be empty; leave it out instead")
+        if sum(map(len, parts)) > MAX_STRING or not all(p.isprintable() for p in parts):
+            raise self.fail(f"{where}.scope", f"must be printable and at most {MAX_STRING} characters")
         return tuple(parts)
 
     def extra_params(self, tbl: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
-        value = tbl.get("extra_params")
-        if value is None:
-            return ()
+        """Every extra body parameter as sorted (name, value) pairs, names repeating for a
+        list (RFC 8707 allows several ``resource``). ``audience`` and ``resource`` have keys
+        of their own; inside extra_params they are still accepted, as before."""
+        value = tbl.get("extra_params", {})
         if not isinstance(value, dict):
-            raise self.fail(f"{where}.extra_params", "must be a table such as { audience = \"…\" }")
-        reserved = {"grant_type", "client_id", "client_secret", "refresh_token", "scope"}
+            raise self.fail(f"{where}.extra_params", "must be a table such as { prompt = \"none\" }")
+        reserved = {"grant_type", "client_id", "client_secret", "refresh_token", "scope",
+                    "client_assertion", "client_assertion_type"}
         params: list[tuple[str, str]] = []
         for key, item in value.items():
             if key in reserved:
-                raise self.fail(f"{where}.extra_params.{key}",
+                raise self.fail(f"{where}.extra_params.{_key(key)}",
                                 "is set by tokend; use the credential's own key")
-            if isinstance(item, bool) or not isinstance(item, str | int | float):
-                raise self.fail(f"{where}.extra_params.{key}",
-                                f"must be a string or number, not {_kind(item)}")
-            params.append((key, str(item)))
+            if key in tbl and key in ("audience", "resource"):
+                raise self.fail(f"{where}.extra_params.{key}", f"conflicts with {where}.{key}; "
+                                "set only one")
+            if not key or len(key) > 256 or not key.isprintable():
+                raise self.fail(f"{where}.extra_params", "parameter names must be printable text")
+            params.extend((key, v) for v in self.param_values(item, f"{where}.extra_params.{key}"))
+        for key in ("audience", "resource"):
+            if key in tbl:
+                values = self.param_values(tbl[key], f"{where}.{key}")
+                if key == "resource":
+                    self.check_resources(values, f"{where}.{key}")
+                params.extend((key, v) for v in values)
+        if sum(len(k) + len(v) for k, v in params) > MAX_STRING:
+            raise self.fail(f"{where}.extra_params", f"more than {MAX_STRING} characters in all")
         return tuple(sorted(params))
+
+    def param_values(self, item: object, where: str) -> list[str]:
+        """A parameter's values: one string or number, or a non-empty list of them."""
+        items = item if isinstance(item, list) else [item]
+        if not items:
+            raise self.fail(where, "must not be an empty list; leave it out instead")
+        values = []
+        for one in items:
+            if isinstance(one, bool) or not isinstance(one, str | int | float):
+                raise self.fail(where, f"must be a string, a number or a list of them, not {_kind(one)}")
+            text = str(one)
+            if not text or not text.isprintable():
+                raise self.fail(where, "must be non-empty printable text")
+            values.append(text)
+        return values
+
+    def check_resources(self, values: list[str], where: str) -> None:
+        for value in values:  # RFC 8707 §2: an absolute URI without a fragment
+            try:
+                scheme = urlsplit(value).scheme
+            except ValueError:
+                scheme = ""
+            if not scheme or "#" in value:
+                raise self.fail(where, f"{_shown(value)} is not an absolute URI without a fragment "
+                                       "(RFC 8707)")
 
     def sink(self, credential: str, body: object, where: str) -> SinkConfig:
         tbl = self.table(body, where, SINK_KEYS)
@@ -534,8 +636,8 @@ class _Parser:
             raise self.fail(f"{where}.env_name", f"only applies to format = \"env\", not {fmt!r}")
         if fmt == "env":
             env_name = env_name or default_env_name(credential)
-            if not ENV_NAME_RE.match(env_name):
-                raise self.fail(f"{where}.env_name", f"{env_name!r} is not a valid variable name")
+            if not ENV_NAME_RE.fullmatch(env_name):
+                raise self.fail(f"{where}.env_name", f"{_shown(env_name)} is not a valid variable name")
         return SinkConfig(
             path=Path(os.path.normpath(path)),
             format=fmt,
@@ -544,6 +646,7 @@ class _Parser:
             group=self.owner(tbl, "group", where),
             env_name=env_name,
             remove_on_stop=bool(self.boolean(tbl, "remove_on_stop", where)),
+            allow_shared_dir=bool(self.boolean(tbl, "allow_shared_dir", where)),
         )
 
     def hook(self, body: object, where: str) -> HookConfig:
@@ -553,13 +656,16 @@ class _Parser:
             raise self.fail(f"{where}.command", "must be a list of strings (argv, never a shell line)")
         if command and not command[0]:
             raise self.fail(f"{where}.command", "the program name must not be empty")
+        if any("\0" in c for c in command) or sum(map(len, command)) > MAX_STRING:
+            raise self.fail(f"{where}.command", f"must hold no NUL byte and at most {MAX_STRING} "
+                            "characters")
         signame = self.string(tbl, "signal", where)
         pid_file = self.path(tbl, "pid_file", where)
         if signame is not None:
             signame = signame.upper()
             signame = signame if signame.startswith("SIG") else f"SIG{signame}"
-            if not SIGNAL_RE.match(signame) or signame not in signal.Signals.__members__:
-                raise self.fail(f"{where}.signal", f"{signame!r} is not a signal name")
+            if not SIGNAL_RE.fullmatch(signame) or signame not in signal.Signals.__members__:
+                raise self.fail(f"{where}.signal", f"{_shown(signame)} is not a signal name")
         if (signame is None) != (pid_file is None):
             missing = "pid_file" if pid_file is None else "signal"
             raise self.fail(f"{where}.{missing}", "signal and pid_file go together")
@@ -567,20 +673,57 @@ class _Parser:
             raise self.fail(where, "needs a command, or a pid_file and signal")
         return HookConfig(
             command=tuple(command),
-            timeout=_default(self.duration(tbl, "timeout", where), 30.0),
+            timeout=_default(self.duration(tbl, "timeout", where, bound=MAX_HOOK_TIMEOUT), 30.0),
             pid_file=pid_file,
             signal=signame,
             pass_token=bool(self.boolean(tbl, "pass_token", where)),
         )
 
-    def check_sink_paths_unique(self, credentials: Iterable[CredentialConfig]) -> None:
-        seen: dict[Path, str] = {}
+    def check_sink_paths(self, credentials: Iterable[CredentialConfig], state_dir: Path) -> None:
+        """No two sinks on one file, and no sink on a file tokend reads or keeps for itself:
+        a sink on the secret file would overwrite the secret with the access token."""
+        credentials = tuple(credentials)
+        protected: dict[str, str] = {os.path.realpath(self.file): "the config file"}
+        for cred in credentials:
+            for path in cred.files():
+                protected[os.path.realpath(path)] = f"a file {cred.where('')[:-1]} reads"
+            directory = self.environ.get("CREDENTIALS_DIRECTORY")
+            for ref in (cred.client_id, cred.client_secret):
+                if ref.source == "credential" and directory:
+                    protected[os.path.realpath(Path(directory) / ref.value)] = "a systemd credential"
+        state = os.path.realpath(state_dir)
+        seen: dict[str, str] = {}
         for cred in credentials:
             for i, sink in enumerate(cred.sinks):
                 where = cred.where(f"sink[{i}].path")
-                if sink.path in seen:
-                    raise self.fail(where, f"{sink.path} is already written by {seen[sink.path]}")
-                seen[sink.path] = where
+                real = os.path.realpath(sink.path)
+                if real in seen:
+                    raise self.fail(where, f"{sink.path} is already written by {seen[real]}")
+                if real in protected:
+                    raise self.fail(where, f"{sink.path} is {protected[real]}; a sink there would "
+                                           "overwrite it with the access token")
+                if real == state or real.startswith(state + os.sep):
+                    raise self.fail(where, f"{sink.path} is inside the state directory {state_dir}")
+                seen[real] = where
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A value fit to quote in a one-line error: repr'd (so "\\n" shows as such) and cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _key(key: str) -> str:
+    """A TOML key for a dotted place in an error: as is when plain, else quoted, so that a
+    key such as "scope\n" cannot break the error's one line."""
+    return key if NAME_RE.fullmatch(key) else _shown(key)
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.12g}{unit}"
+    return f"{seconds:.12g}s"
 
 
 def _kind(value: object) -> str:
@@ -594,12 +737,26 @@ def _default(value: _T | None, default: _T) -> _T:
 
 
 def parse(text: str, file: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Validate config text; ``file`` is used for messages and to resolve relative paths."""
+    """Validate config text; ``file`` is used for messages and to resolve relative paths.
+
+    Raises :class:`ConfigError` and nothing else, whatever the text: a daemon reloading a
+    bad edit must reject it, never die of it.
+    """
+    text = text.removeprefix("\ufeff")  # a BOM, as some Windows editors write: harmless
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, f"not valid TOML: {exc}") from None
-    return _Parser(file, os.environ if environ is None else environ).config(data)
+    except RecursionError:
+        raise ConfigError(file, "not valid TOML: arrays or tables nested too deeply") from None
+    try:
+        return _Parser(file, os.environ if environ is None else environ).config(data)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(file, "values nested too deeply") from None
+    except Exception as exc:  # a case the parser missed must still be a rejection
+        raise ConfigError(file, f"cannot be read as a tokend config ({type(exc).__name__})") from None
 
 
 def locate_state_dir(file: Path | str, environ: Mapping[str, str] | None = None) -> Path:
@@ -608,12 +765,13 @@ def locate_state_dir(file: Path | str, environ: Mapping[str, str] | None = None)
     environ = os.environ if environ is None else environ
     path = Path(file).absolute()
     try:
-        value = tomllib.loads(path.read_text(encoding="utf-8")).get("tokend", {}).get("state_dir")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
-        value = None
-    if isinstance(value, str) and value.strip():
-        state_dir = Path(value).expanduser()
-        return state_dir if state_dir.is_absolute() else path.parent / state_dir
+        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8").removeprefix("\ufeff")
+        value = tomllib.loads(text).get("tokend", {}).get("state_dir")
+        if isinstance(value, str) and value.strip() and "\0" not in value:
+            state_dir = Path(value).expanduser()
+            return state_dir if state_dir.is_absolute() else path.parent / state_dir
+    except Exception:  # noqa: S110 (any failure means: fall back to the default)
+        pass
     return default_state_dir(environ)
 
 
@@ -621,11 +779,14 @@ def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises :class:`ConfigError` and nothing else."""
     path = Path(file).absolute()
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(path, "no such file (set -c FILE or $TOKEND_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB; is this the "
+                                "right file?")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -13,6 +13,7 @@ a thousand credentials need no thousand threads and one failure never delays ano
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import queue
@@ -34,11 +35,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from tokend import log as logsetup
 from tokend import policy
 from tokend.config import Config, ConfigError, CredentialConfig, load
+from tokend.fsio import FileLock, ensure_private_dir
 from tokend.hooks import HookRunner
 from tokend.oauth import TokenClient
 from tokend.refresher import Outcome, Refresher
 from tokend.reload import plan_reload
-from tokend.sinks import rfc3339
+from tokend.sinks import in_the_way, rfc3339
 from tokend.state import TokenCache
 from tokend.status import (
     EXPIRED,
@@ -69,6 +71,8 @@ CLOCK_JUMP = 2.0  # wall-vs-monotonic drift that counts as a jump
 STATUS_INTERVAL = 1.0  # coalesce status-file writes to at most one a second
 STOP_GRACE = 3.0  # how long a stop waits for in-flight refreshes before leaving them
 WORKERS = 16
+LOCK_FILE = "tokend.lock"
+EX_LOCKED = 75  # sysexits.h EX_TEMPFAIL: the other daemon may stop; not a config error
 
 
 @dataclass(slots=True)
@@ -79,7 +83,13 @@ class Slot:
     refresher: Refresher
     generation: int
     status: CredentialStatus
-    due_at: float | None = None  # jittered refresh moment of the token in the sinks
+    # Monotonic, not wall-clock: a clock stepped back must not leave an expired token in
+    # the sinks. The wall clock is only for what is written out and for APScheduler, whose
+    # jobs are re-armed from these when the two clocks part (see Daemon.handle_clock_jump).
+    due_mono: float | None = None  # jittered refresh moment of the token in the sinks
+    next_mono: float | None = None  # when the next run is armed for
+    armed: tuple[bool, bool] = (False, False)  # (force, first) of the armed run
+    warned_floor: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -158,6 +168,9 @@ class Daemon:
         self._local = threading.local()
         self._inflight = 0
         self._inflight_done = threading.Condition()
+        self.due_heap: list[tuple[float, int, str]] = []  # (next_mono, generation, name)
+        self.due_lock = threading.Lock()
+        self.wall_offset = time.time() - time.monotonic()
         self.abandoned = 0  # refreshes still in flight when we stopped
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=WORKERS)},
@@ -185,8 +198,9 @@ class Daemon:
         log.info("tokend running with %d credential(s) from %s", len(self.slots), self.config.path)
         for warning in self.config.warnings:
             log.warning("%s", warning)
+        if not self.config.credentials:
+            log.warning("%s", self.no_credentials_warning())
         deadline = None if stop_after is None else time.monotonic() + stop_after
-        wall_offset = time.time() - time.monotonic()
         next_beat = time.monotonic() + self.heartbeat
         next_watchdog = time.monotonic()
         while not self.stopping:
@@ -194,8 +208,11 @@ class Daemon:
             if deadline is not None and now_mono >= deadline:
                 self.handle_term(signal.SIGTERM)
                 break
+            offset = time.time() - now_mono
+            if abs(offset - self.wall_offset) > CLOCK_JUMP:
+                self.handle_clock_jump(offset)
             if now_mono >= next_beat:
-                wall_offset = self.beat(wall_offset)
+                self.beat()
                 next_beat = now_mono + self.heartbeat
             if self.notifier.watchdog_interval is not None and now_mono >= next_watchdog:
                 self.notifier.notify("WATCHDOG=1")
@@ -211,6 +228,9 @@ class Daemon:
                 wake.append(next_watchdog)
             if self.status_dirty and self.ready:
                 wake.append(self.last_status_write + STATUS_INTERVAL)
+            next_due = self.next_due(now_mono)
+            if next_due is not None:
+                wake.append(next_due)  # to look at the clocks when a run should start
             try:
                 event = self.events.get(timeout=max(0.01, min(wake) - time.monotonic()))
             except queue.Empty:
@@ -278,18 +298,39 @@ class Daemon:
         except OSError as exc:  # tokens matter more than their metrics: carry on
             log.error("cannot serve metrics on %s:%d: %s", host, port, exc.strerror)
 
-    def beat(self, wall_offset: float) -> float:
+    def beat(self) -> None:
         """Wake the scheduler: its sleep does not count time the machine was suspended."""
-        offset = time.time() - time.monotonic()
-        if abs(offset - wall_offset) > CLOCK_JUMP:
-            log.info("wall clock moved %+.0fs against the monotonic clock; checking what is due",
-                     offset - wall_offset)
         self.scheduler.wakeup()
         if self.watcher.ensure_alive():
             self.check_files("the file watcher was restarted")
         else:
             self.check_files("the periodic file check found a change")  # overflows, no inotify
-        return offset
+
+    def handle_clock_jump(self, offset: float) -> None:
+        """The wall clock moved against the monotonic one (NTP step, VM restore, an
+        operator). Every run is armed in wall time for APScheduler: re-arm each at its
+        monotonic moment, so a clock stepped back does not postpone a refresh."""
+        log.info("wall clock moved %+.0fs against the monotonic clock; re-arming every refresh",
+                 offset - self.wall_offset)
+        self.wall_offset = offset
+        now_mono = time.monotonic()
+        for slot in list(self.slots.values()):
+            if slot.next_mono is not None:
+                force, first = slot.armed
+                with contextlib.suppress(Exception):  # the scheduler may be shutting down
+                    self.arm(slot, max(0.0, slot.next_mono - now_mono), force=force, first=first)
+        self.scheduler.wakeup()
+
+    def next_due(self, now_mono: float) -> float | None:
+        """The soonest armed run still ahead, from a heap pruned lazily."""
+        with self.due_lock:
+            while self.due_heap and self.due_heap[0][0] <= now_mono:
+                heapq.heappop(self.due_heap)
+            return self.due_heap[0][0] if self.due_heap else None
+
+    def no_credentials_warning(self) -> str:
+        return (f"{self.config.path}: no credentials configured; is this the right file? "
+                "(running, and a reload can add some)")
 
     # ----------------------------------------------------------------------- scheduling
 
@@ -301,18 +342,23 @@ class Daemon:
             refresher=Refresher(cred, self.cache, environ=self.environ),
             generation=self.generation,
             status=previous.status if previous else CredentialStatus(cred.name),
-            due_at=None if force or previous is None else previous.due_at,
+            due_mono=None if force or previous is None else previous.due_mono,
         )
         self.slots[cred.name] = slot
         if self.metrics is not None and previous is None:
             self.metrics.credential_added(cred.name)
-        self.arm(slot, time.time(), force=force, first=previous is None)
+        self.arm(slot, 0.0, force=force, first=previous is None)
 
-    def arm(self, slot: Slot, when: float, *, force: bool = False, first: bool = False) -> None:
+    def arm(self, slot: Slot, delay: float, *, force: bool = False, first: bool = False) -> None:
+        """Run the slot ``delay`` seconds from now (by the monotonic clock)."""
+        slot.next_mono = time.monotonic() + delay
+        slot.armed = (force, first)
+        with self.due_lock:
+            heapq.heappush(self.due_heap, (slot.next_mono, slot.generation, slot.cred.name))
         self.scheduler.add_job(
             self.run_slot,
             trigger="date",
-            run_date=datetime.fromtimestamp(when, UTC),
+            run_date=datetime.fromtimestamp(time.time() + delay, UTC),
             args=(slot.cred.name, slot.generation, force, first),
             id=slot.cred.name,
             replace_existing=True,
@@ -349,22 +395,32 @@ class Daemon:
         started = time.monotonic()
         outcome, failure = self.attempt(slot, force=force)
         duration = time.monotonic() - started
-        now = time.time()  # after the attempt: Retry-After and backoff count from the answer
+        # After the attempt: Retry-After and backoff count from the answer. Decisions are
+        # made in wall time (the policy's frame), anchored to the monotonic clock.
+        now, now_mono = time.time(), time.monotonic()
         token = outcome.token if outcome is not None else None
         fetched = outcome is not None and outcome.fetched
-        if token is not None and (fetched or slot.due_at is None):
-            slot.due_at = policy.refresh_due_at(token, refresh_at=cred.refresh_at,
-                                                min_ttl_margin=cred.min_ttl_margin,
-                                                jitter=self.rng.uniform(-1, 1))
+        if token is not None and (fetched or slot.due_mono is None):
+            due = policy.refresh_due_at(token, refresh_at=cred.refresh_at,
+                                        min_ttl_margin=cred.min_ttl_margin,
+                                        jitter=self.rng.uniform(-1, 1))
+            slot.due_mono = now_mono + (due - now)
+        due_at = None if slot.due_mono is None else now + (slot.due_mono - now_mono)
         failures = slot.status.failures + 1 if failure else 0
         when = policy.next_attempt(
             now,
             failures=failures,
-            token_due=slot.due_at if failure is None or not failure.needs_token else None,
+            token_due=due_at if failure is None or not failure.needs_token else None,
             retryable=failure.retryable if failure else True,
             retry_after=failure.retry_after if failure else None,
             random=self.rng.random(),
+            has_token=token is not None,
+            min_interval=policy.refresh_floor(token.lifetime) if token else policy.MIN_DELAY,
         )
+        if token is not None and token.lifetime < policy.MIN_SANE_LIFETIME and not slot.warned_floor:
+            slot.warned_floor = True
+            log.warning("%s: the identity provider issues tokens valid for only %.3gs; asking it "
+                        "at most every %gs", cred.name, token.lifetime, policy.MIN_REFRESH_INTERVAL)
         slot.status = record(slot.status, now=now, when=when, failures=failures,
                              outcome=outcome, failure=failure)
         result = ("success" if failure is None
@@ -381,17 +437,19 @@ class Daemon:
         if outcome is not None and token is not None and cred.on_rotate is not None and (
             outcome.sinks_written or (fetched and not cred.sinks)
         ):
-            self.hooks.submit(cred.name, token, cred.on_rotate)
+            self.hooks.submit(cred.name, token, cred.on_rotate, self.config.secret_variables())
         if outcome is not None and self.on_outcome is not None:
             self.on_outcome(cred.name, outcome)
         if not self.stopping and self.slots.get(cred.name) is slot:
             with contextlib.suppress(Exception):  # the scheduler may be shutting down
-                self.arm(slot, when)
+                self.arm(slot, when - now)
 
     def attempt(self, slot: Slot, *, force: bool) -> tuple[Outcome | None, Failure | None]:
         cred = slot.cred
         try:
-            outcome = slot.refresher.refresh(self.client(), force=force, fresh_until=slot.due_at)
+            fresh_until = (None if slot.due_mono is None
+                           else time.time() + (slot.due_mono - time.monotonic()))
+            outcome = slot.refresher.refresh(self.client(), force=force, fresh_until=fresh_until)
         except ConfigError as exc:
             log.error("%s", exc)
             return None, Failure(str(exc), retryable=False)
@@ -443,7 +501,9 @@ class Daemon:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = load(self.config.path, self.environ)
-        except ConfigError as exc:
+        except Exception as exc:  # load raises only ConfigError; anything else is rejected too
+            if not isinstance(exc, ConfigError):
+                exc = ConfigError(self.config.path, f"cannot be loaded ({type(exc).__name__})")
             self.config_error = str(exc)
             if self.metrics is not None:
                 self.metrics.reloaded(ok=False, at=time.time())
@@ -490,7 +550,7 @@ class Daemon:
         for name in plan.unchanged:
             slot = self.slots[name]
             if slot.status.failures and slot.status.last_error_retryable is False:
-                self.arm(slot, time.time())  # a reload is the moment to retry a fatal error
+                self.arm(slot, 0.0)  # a reload is the moment to retry a fatal error
         log.info("reload applied: %s", plan.summary())
         self.status_dirty = True
         if not self.ready and not self.starting:
@@ -505,6 +565,7 @@ class Daemon:
             config=str(self.config.path),
             config_error=self.config_error,
             credentials={name: slot.status for name, slot in self.slots.items()},
+            warnings=() if self.config.credentials else (self.no_credentials_warning(),),
         )
 
     def flush_status(self) -> None:
@@ -540,13 +601,26 @@ def make_metrics(config: Config) -> Metrics | None:
 
 
 def remove_sink_files(cred: CredentialConfig, keep: tuple[Any, ...]) -> None:
-    """Delete the sinks marked ``remove_on_stop`` that are not in ``keep``."""
+    """Delete the sinks marked ``remove_on_stop`` that are not in ``keep``: regular files
+    only, and a failure (read-only directory, a directory in the way) is logged, never
+    fatal to the reload that asked for it."""
     kept = {sink.path for sink in keep}
     for sink in cred.sinks:
-        if sink.remove_on_stop and sink.path not in kept:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sink.path)
-                log.info("%s: removed %s (remove_on_stop)", cred.name, sink.path)
+        if not sink.remove_on_stop or sink.path in kept:
+            continue
+        reason = in_the_way(sink.path)
+        if reason is not None:
+            log.warning("%s: not removing %s (remove_on_stop): it %s", cred.name, sink.path, reason)
+            continue
+        try:
+            os.unlink(sink.path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("%s: cannot remove %s (remove_on_stop): %s", cred.name, sink.path,
+                        exc.strerror)
+            continue
+        log.info("%s: removed %s (remove_on_stop)", cred.name, sink.path)
 
 
 def leave(daemon: Daemon, code: int) -> int:
@@ -563,9 +637,34 @@ def leave(daemon: Daemon, code: int) -> int:
     return code
 
 
+def single_instance(state_dir: Path) -> FileLock | None:
+    """The state dir's lock, or None when another daemon holds it. Two daemons on one
+    state dir would both refresh, flip the sinks between their tokens and send the same
+    refresh token twice (an IdP with reuse detection then revokes the whole family)."""
+    lock = FileLock(state_dir / LOCK_FILE)
+    try:
+        ensure_private_dir(state_dir)
+        if not lock.acquire():
+            return None
+        lock.write_pid()
+    except OSError as exc:  # tokend works without a writable state dir; it just cannot lock
+        log.warning("cannot lock %s (%s); not guarding against a second daemon", lock.path,
+                    exc.strerror)
+    return lock
+
+
 def run(config_path: Path, *, environ: Mapping[str, str] | None = None,
         stop_after: float | None = None) -> int:
     config = load(config_path, environ)
     logsetup.setup(config.log_level, config.log_format, environ=environ)
+    lock = single_instance(config.state_dir)
+    if lock is None:
+        holder = FileLock(config.state_dir / LOCK_FILE).holder()
+        log.error("another tokend (pid %s) is running with the state directory %s; stop it "
+                  "first, or give this one another state_dir", holder or "unknown", config.state_dir)
+        return EX_LOCKED
     daemon = Daemon(config, environ=environ)
-    return leave(daemon, daemon.run(stop_after=stop_after))
+    try:
+        return leave(daemon, daemon.run(stop_after=stop_after))
+    finally:
+        lock.release()

@@ -2,13 +2,19 @@
 
 Used for both the sinks other programs read and tokend's own state. The temp file is
 created next to the target (same filesystem, so ``rename`` is atomic) with ``O_EXCL`` and
-the final mode, so no moment exists in which it is readable by anyone it should not be.
+mode 0600, given its owner and group, and only then its final mode: no moment exists in
+which it is readable by anyone it should not be (a file created 0640 in the daemon's own
+group would be, until the ``fchown`` to the consumer's group).
+
+Reads of files an operator points tokend at go through :func:`read_regular`: a FIFO, a
+device or a directory there must be a clear error, never a read that blocks the daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -41,14 +47,16 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, uid: int = -1, g
     whose loss costs one more token request, never for a sink.
     """
     tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            os.fchmod(fd, mode)  # the umask may have taken bits the operator asked for
             if needs_chown(os.fstat(fd), uid, gid):
                 # Only when it changes something: the hardened unit's seccomp filter refuses
                 # every chown call, but a file created in the right group needs none.
                 os.fchown(fd, uid, gid)
+            # Only now the final mode (the umask may also have taken bits asked for): until
+            # the fchown, the group is the daemon's, which must not read a consumer's token.
+            os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -144,6 +152,22 @@ def sweep_temps(directory: Path, *, older_than: float, now: float | None = None)
     return removed
 
 
+STALE_TEMP_SECONDS = 60.0
+_swept: set[Path] = set()
+_swept_lock = threading.Lock()
+
+
+def sweep_once(directory: Path) -> None:
+    """Sweep a directory at its first write in this process, not at every write: a
+    directory of a thousand sinks would otherwise be scanned a thousand times per round.
+    (Temps this process leaves on a failed write it removes itself.)"""
+    with _swept_lock:
+        if directory in _swept:
+            return
+        _swept.add(directory)
+    sweep_temps(directory, older_than=STALE_TEMP_SECONDS)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -152,3 +176,162 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # alive, just not ours
     return True
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device, socket or directory where tokend expects a file of content."""
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file (the caller judges "too large").
+
+    Opened with ``O_NONBLOCK`` so that a FIFO cannot block the open, then refused by
+    ``fstat``: a FIFO, device or directory is never read. Follows symlinks (Kubernetes
+    secrets and systemd credentials are links).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(0, f"not a regular file ({file_kind(st.st_mode)})", str(path))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink"),
+             (stat.S_ISREG, "a regular file"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` 0700 (and its missing parents with the default mode): it holds
+    refresh tokens. An existing directory is left as the operator made it."""
+    if directory.is_dir():
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+        os.chmod(directory, 0o700)  # the umask may have been wider than 0077
+
+
+def trusted_uids() -> frozenset[int]:
+    return frozenset({0, os.geteuid()})
+
+
+def untrusted_writer(st: os.stat_result, trusted: frozenset[int]) -> str | None:
+    """Why someone other than tokend's user or root could change this entry, or None."""
+    if st.st_uid not in trusted:
+        return f"owned by uid {st.st_uid}"
+    if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        who = "others" if st.st_mode & 0o002 else "its group"
+        return f"writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def unsafe_directory_chain(directory: Path, *, trusted: frozenset[int] | None = None,
+                           max_links: int = 40) -> str | None:
+    """Why a directory's path could be redirected by someone else, or None if it cannot.
+
+    Like sshd's StrictModes: every directory on the way (through every symlink) must be
+    owned by root or tokend's user and not writable by group or others, except a sticky
+    directory such as /tmp, whose entries only their owners may replace; every symlink on
+    the way must be owned by root or tokend's user.
+    """
+    trusted = trusted_uids() if trusted is None else trusted
+    pending = list(Path(os.path.abspath(directory)).parts[1:])
+    current = Path("/")
+    links = 0
+    try:
+        reason = untrusted_writer(os.lstat(current), trusted)
+        if reason:
+            return f"/ is {reason}"
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                current = current.parent
+                continue
+            candidate = current / part
+            st = os.lstat(candidate)
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > max_links:
+                    return f"{candidate}: too many symlinks"
+                if st.st_uid not in trusted:
+                    return f"symlink {candidate} is owned by uid {st.st_uid}"
+                target = os.readlink(candidate)
+                if os.path.isabs(target):
+                    current = Path("/")
+                pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target)
+                                   else Path(target).parts)
+                continue
+            reason = untrusted_writer(st, trusted)
+            if reason:
+                return f"{candidate} is {reason}"
+            current = candidate
+    except FileNotFoundError:
+        return None  # nothing there to redirect; the write will say the directory is missing
+    except OSError as exc:
+        return f"{exc.filename or directory}: {exc.strerror}"
+    return None
+
+
+class FileLock:
+    """An exclusive ``flock`` on a file: released by the kernel when the process dies, so
+    a ``kill -9`` never leaves a stale lock. Locks of one process on separate opens of a
+    file exclude each other too, so worker threads can use it among themselves."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, wait: float = 0.0, poll: float = 0.05) -> bool:
+        """Try for up to ``wait`` seconds; False if someone else still holds it."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(poll)
+                continue
+            except OSError:
+                os.close(fd)
+                raise
+            self.fd = fd
+            return True
+
+    def write_pid(self) -> None:
+        """Say who holds it, for the message of the one that cannot have it."""
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def holder(self) -> int | None:
+        try:
+            text = read_regular(self.path, 64).decode("ascii", "replace").strip()
+        except OSError:
+            return None
+        return int(text) if text.isascii() and text.isdigit() else None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None

@@ -9,33 +9,55 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tokend.config import HookConfig
+from tokend.fsio import trusted_uids, untrusted_writer
 from tokend.token import Token
 
 log = logging.getLogger("tokend.hooks")
 
+# What a hook may inherit from tokend's environment: enough to find programs and speak the
+# right language, nothing that could carry a secret (a client_secret_env variable, say).
+INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ",
+                       "TMPDIR", "TERM", "INVOCATION_ID", "SYSTEMD_EXEC_PID",
+                       "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "CONFIGURATION_DIRECTORY"})
+INHERITED_PREFIXES = ("LC_",)
+# Never passed on to any child, allow-listed or not: systemd's channels are tokend's own.
+PRIVATE = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
+                     "LISTEN_PID", "LISTEN_FDNAMES", "CREDENTIALS_DIRECTORY"})
 
-def hook_environment(name: str, token: Token, hook: HookConfig,
-                     base: Mapping[str, str]) -> dict[str, str]:
-    env = dict(base)
+
+def hook_environment(name: str, token: Token, hook: HookConfig, base: Mapping[str, str],
+                     secret_variables: Collection[str] = ()) -> dict[str, str]:
+    """A clean environment: the allow-list, then what tokend documents (``TOKEND_*``)."""
+    env = {key: value for key, value in base.items()
+           if (key in INHERITED or key.startswith(INHERITED_PREFIXES))
+           and key not in secret_variables and key not in PRIVATE}
     env["TOKEND_CREDENTIAL"] = name
     env["TOKEND_EXPIRES_AT"] = str(int(token.expires_at))
-    env.pop("TOKEND_ACCESS_TOKEN", None)
     if hook.pass_token:
         env["TOKEND_ACCESS_TOKEN"] = token.access_token
-    # systemd's notify socket is ours, not the hook's.
-    for private in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(private, None)
     return env
 
 
-def run_command(name: str, token: Token, hook: HookConfig) -> bool:
-    env = hook_environment(name, token, hook, os.environ)
+def child_environment(base: Mapping[str, str], secret_variables: Collection[str]) -> dict[str, str]:
+    """For ``tokend exec``, whose child is the caller's own program: the caller's
+    environment, minus every variable a credential reads a secret from and tokend's
+    private systemd channels."""
+    return {key: value for key, value in base.items()
+            if key not in secret_variables and key not in PRIVATE}
+
+
+def run_command(name: str, token: Token, hook: HookConfig,
+                secret_variables: Collection[str] = ()) -> bool:
+    env = hook_environment(name, token, hook, os.environ, secret_variables)
     started = time.monotonic()
     try:
         proc = subprocess.Popen(hook.command, env=env, stdin=subprocess.DEVNULL,
@@ -64,47 +86,104 @@ def run_command(name: str, token: Token, hook: HookConfig) -> bool:
     return True
 
 
+def read_pid_file(path: Path) -> int:
+    """The pid a pid file names, if the file can be trusted to name it.
+
+    As systemd does for ``PIDFile=``: a pid file that someone other than tokend's user or
+    root could write would let them choose which process tokend signals. Judged on the
+    open file (``fstat``), so it cannot be swapped between the look and the read. Raises
+    ValueError with the reason.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ValueError(exc.strerror or "cannot open") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        reason = untrusted_writer(st, trusted_uids())
+        if reason is not None:
+            raise ValueError(f"refusing a pid file {reason}: another user could pick the process")
+        words = os.read(fd, 64).decode("ascii", "replace").split()
+    except OSError as exc:
+        raise ValueError(exc.strerror or "cannot read") from None
+    finally:
+        os.close(fd)
+    if not words or not words[0].isascii() or not words[0].isdigit() or len(words[0]) > 9:
+        raise ValueError("no valid pid")
+    pid = int(words[0])
+    if pid <= 1:
+        raise ValueError(f"refusing pid {pid}")
+    return pid
+
+
 def send_signal(name: str, hook: HookConfig) -> bool:
     assert hook.pid_file is not None and hook.signal is not None
     try:
-        text = hook.pid_file.read_text().strip()
-        pid = int(text.split()[0])
-        if pid <= 1:
-            raise ValueError(pid)
+        pid = read_pid_file(hook.pid_file)
         os.kill(pid, signal.Signals[hook.signal])
-    except (OSError, ValueError, IndexError) as exc:
+    except ValueError as exc:
+        log.error("%s: on_rotate cannot signal the pid in %s: %s", name, hook.pid_file, exc)
+        return False
+    except OSError as exc:
         log.error("%s: on_rotate cannot signal the pid in %s: %s", name, hook.pid_file,
-                  getattr(exc, "strerror", None) or "no valid pid")
+                  exc.strerror)
         return False
     log.info("%s: on_rotate sent %s to pid %d", name, hook.signal, pid)
     return True
 
 
-def run_hook(name: str, token: Token, hook: HookConfig) -> bool:
+def run_hook(name: str, token: Token, hook: HookConfig,
+             secret_variables: Collection[str] = ()) -> bool:
     ok = True
     if hook.command:
-        ok = run_command(name, token, hook) and ok
+        ok = run_command(name, token, hook, secret_variables) and ok
     if hook.pid_file is not None:
         ok = send_signal(name, hook) and ok
     return ok
 
 
 class HookRunner:
-    """A small pool for hooks, apart from the refresh workers."""
+    """A small pool for hooks, apart from the refresh workers.
+
+    Runs are coalesced per credential: at most one waits while another runs, and it is
+    always for the newest token. With tokens rotating faster than a hook runs, a queue
+    would grow without bound and run hooks for tokens long expired.
+    """
 
     def __init__(self, workers: int = 4) -> None:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hook")
+        self.lock = threading.Lock()
+        self.waiting: dict[str, tuple[Token, HookConfig, frozenset[str]]] = {}
+        self.running: set[str] = set()
 
-    def submit(self, name: str, token: Token, hook: HookConfig) -> Future[bool]:
-        return self.pool.submit(self._guarded, name, token, hook)
-
-    @staticmethod
-    def _guarded(name: str, token: Token, hook: HookConfig) -> bool:
+    def submit(self, name: str, token: Token, hook: HookConfig,
+               secret_variables: Collection[str] = ()) -> None:
+        with self.lock:
+            self.waiting[name] = (token, hook, frozenset(secret_variables))
+            if name in self.running:
+                return  # the running one picks it up when it is done
+            self.running.add(name)
         try:
-            return run_hook(name, token, hook)
-        except Exception:
-            log.exception("%s: on_rotate failed unexpectedly", name)
-            return False
+            self.pool.submit(self._drain, name)
+        except RuntimeError:  # shut down: no more hooks
+            with self.lock:
+                self.running.discard(name)
+                self.waiting.pop(name, None)
+
+    def _drain(self, name: str) -> None:
+        while True:
+            with self.lock:
+                item = self.waiting.pop(name, None)
+                if item is None:
+                    self.running.discard(name)
+                    return
+            token, hook, secret_variables = item
+            try:
+                run_hook(name, token, hook, secret_variables)
+            except Exception:
+                log.exception("%s: on_rotate failed unexpectedly", name)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

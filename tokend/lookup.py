@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from tokend import policy
-from tokend.config import Config, CredentialConfig
+from tokend.config import Config, ConfigError, CredentialConfig
 from tokend.secrets import read_secret
 from tokend.state import TokenCache, cache_key
 from tokend.token import Token
@@ -21,6 +21,9 @@ class UsageError(Exception):
 
 
 def select(config: Config, names: Sequence[str]) -> list[CredentialConfig]:
+    if not config.credentials:
+        # Almost surely the wrong file (or an empty one): a config error, not a usage one.
+        raise ConfigError(config.path, "no credentials configured; is this the right file?")
     unknown = [n for n in names if n not in config.credentials]
     if unknown:
         known = ", ".join(config.credentials) or "none"

@@ -12,19 +12,20 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 import requests
 import urllib3
 
 from tokend import __version__
-from tokend.config import CredentialConfig, RequestFormat, WireFormat
+from tokend.config import AuthStyle, ClientAuth, CredentialConfig, RequestFormat, WireFormat
 from tokend.token import Token, unsafe_reason, valid_token_type
 
 log = logging.getLogger("tokend.oauth")
@@ -41,6 +42,14 @@ FATAL_ERRORS = frozenset(
 # Codes some servers send with a 4xx that mean "later", not "never".
 RETRYABLE_ERRORS = frozenset({"temporarily_unavailable", "slow_down", "server_error"})
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+# What a server says when it did not accept the client's authentication. A bare 401 or
+# 403 (no OAuth error code) counts too: glewlwyd answers a bad secret with a bare 403.
+AUTH_ERRORS = frozenset({"invalid_client"})
+AUTH_STATUS = frozenset({401, 403})
+# Errors about the request's shape, which another body format may cure: the weakest
+# headline when several attempts failed.
+FORMAT_ERRORS = frozenset({"invalid_request", "unsupported_grant_type"})
+_ASCII_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
 class TokenRequestError(Exception):
@@ -71,13 +80,36 @@ class TokenRequest:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Style:
+    """How one request presents itself: where the client authenticates, how the body is
+    encoded. ``auto`` settings try more than one and remember what worked."""
+
+    auth: AuthStyle
+    wire: WireFormat
+
+    def __str__(self) -> str:
+        return f"{self.auth} auth, {self.wire} body"
+
+
 # --------------------------------------------------------------------------- pure: the request
 
 
 def basic_credentials(client_id: str, client_secret: str) -> str:
-    """RFC 6749 §2.3.1: form-urlencode id and secret *before* base64 (requests' auth does not)."""
-    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    """RFC 6749 §2.3.1: encode id and secret *before* base64 (requests' auth does not).
+
+    Percent-encoding with ``quote(safe="")``, not ``quote_plus``: a space must become
+    ``%20``, which servers that form-decode (``+`` is a space) and servers that URL-decode
+    (``+`` stays a plus, as Authlib does) both read back as a space.
+    """
+    pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
     return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
+def basic_encoding_changes(client_id: str, client_secret: str) -> bool:
+    """Whether Basic auth's encoding alters the id or secret: then a server that does not
+    decode Basic credentials (several do not) sees something else than was configured."""
+    return quote(client_id, safe="") != client_id or quote(client_secret, safe="") != client_secret
 
 
 def build_request(
@@ -85,35 +117,60 @@ def build_request(
     *,
     client_id: str,
     client_secret: str,
-    wire: WireFormat,
+    style: Style,
     refresh_token: str | None = None,
 ) -> TokenRequest:
-    params: dict[str, str] = {}
+    params: list[tuple[str, str]] = []
     if refresh_token is not None:
-        params["grant_type"] = "refresh_token"
-        params["refresh_token"] = refresh_token
+        params += [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
     else:
-        params["grant_type"] = "client_credentials"
+        params.append(("grant_type", "client_credentials"))
         if cred.scope_string:
-            params["scope"] = cred.scope_string
-        params.update(cred.extra_params)
+            params.append(("scope", cred.scope_string))
+        params += cred.extra_params
     headers = {
         "Accept": "application/json",
         "User-Agent": f"tokend/{__version__}",
         "Cache-Control": "no-store",
     }
-    if cred.client_auth == "basic":
+    if style.auth == "basic":
         headers["Authorization"] = basic_credentials(client_id, client_secret)
     else:
-        params["client_id"] = client_id
-        params["client_secret"] = client_secret
-    if wire == "json":
+        params += [("client_id", client_id), ("client_secret", client_secret)]
+    if style.wire == "json":
         headers["Content-Type"] = "application/json"
-        body = json.dumps(params).encode("utf-8")
+        body = json.dumps(json_params(params)).encode("utf-8")
     else:
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-        body = urlencode(params).encode("ascii")
+        body = urlencode(params).encode("ascii")  # a repeated name is sent repeated
     return TokenRequest(cred.token_url, headers, body)
+
+
+def json_params(params: Sequence[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """A JSON body: a name given more than once becomes an array (RFC 8707 ``resource``)."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in params:
+        grouped.setdefault(name, []).append(value)
+    return {name: values[0] if len(values) == 1 else values for name, values in grouped.items()}
+
+
+def secret_forms(secrets: Iterable[str], request: TokenRequest | None = None) -> tuple[str, ...]:
+    """Every form in which a secret of ours may come back in a server's error text:
+    plain, URL-encoded both ways, JSON-escaped, base64 (alone, and the whole Basic value).
+    Longest first, so a form that contains another is replaced whole."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        forms.update({
+            secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret),
+            quote_plus(secret), json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+            base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("="),
+        })
+    authorization = request.headers.get("Authorization", "") if request is not None else ""
+    if authorization.startswith("Basic "):
+        forms.add(authorization[len("Basic "):].rstrip("="))
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 # --------------------------------------------------------------------------- pure: the answer
@@ -124,8 +181,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isdigit():  # "²".isdigit() is true as well, hence the second look
+        return float(value) if _ASCII_SECONDS.fullmatch(value) else None
     import email.utils  # only for the HTTP-date form; off every ordinary request's path
 
     try:
@@ -138,12 +195,24 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def _scrub(text: str, secrets: Iterable[str], limit: int = 300) -> str:
-    """Server text fit for a log line: one line, bounded, and no secret of ours in it."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+    """Server text fit for a log line: one line, bounded, and no secret of ours in it.
+
+    ``secrets`` are the :func:`secret_forms`. They are replaced *before* the text is cut,
+    so a cut can never leave half a secret; a text that ends in the first characters of
+    one (an echo the server itself cut short) loses that end too.
+    """
+    forms = tuple(f for f in secrets if f)
+    for form in forms:
+        text = text.replace(form, "[redacted]")
     text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    return text if len(text) <= limit else text[:limit] + "…"
+    cut = len(text) > limit
+    text = text[:limit]
+    for form in forms:
+        for size in range(min(len(form) - 1, len(text)), 3, -1):
+            if text.endswith(form[:size]):
+                text = text[:-size] + "[redacted]"
+                break
+    return text + "…" if cut else text
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:
@@ -183,7 +252,7 @@ def classify_failure(
     if description:
         message += f": {description}"
     elif not error and body and not data:
-        message += ": " + _scrub(body[:200].decode("utf-8", "replace"), secrets, limit=120)
+        message += ": " + _scrub(body.decode("utf-8", "replace"), secrets, limit=120)
     return TokenRequestError(
         message, retryable=retryable, status=status, error=error,
         description=description, retry_after=retry_after,
@@ -258,7 +327,7 @@ def _looks_like_text(body: bytes) -> bool:
 def _expires_in(value: object, default: float) -> float | None:
     if value is None:
         return default
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _ASCII_SECONDS.fullmatch(value.strip()):
         value = int(value)  # Azure AD v1 and others send it as a string
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -345,7 +414,7 @@ class _NoNetrc(requests.auth.AuthBase):
 @dataclass(frozen=True)
 class TokenResponse:
     token: Token
-    wire: WireFormat  # the request format that worked, for request_format = "auto"
+    style: Style  # what worked, remembered for client_auth / request_format = "auto"
 
 
 class TokenClient:
@@ -367,14 +436,14 @@ class TokenClient:
         client_id: str,
         client_secret: str,
         refresh_token: str | None = None,
-        learned_wire: WireFormat | None = None,
+        learned: Style | None = None,
     ) -> TokenResponse:
         """A new token: by the refresh grant when there is a refresh token, else by client
         credentials. A refresh token the server refuses is dropped and client credentials
         are used at once; a retryable failure is raised, to be retried later."""
         if refresh_token is not None and cred.use_refresh_token:
             try:
-                answer = self._request(cred, client_id, client_secret, refresh_token, learned_wire)
+                answer = self._request(cred, client_id, client_secret, refresh_token, learned)
             except TokenRequestError as exc:
                 if exc.retryable:
                     raise
@@ -386,9 +455,9 @@ class TokenClient:
             else:
                 if answer.token.refresh_token is None:
                     # RFC 6749 §6: no new refresh token means keep using the old one.
-                    answer = TokenResponse(_with_refresh(answer.token, refresh_token), answer.wire)
+                    answer = TokenResponse(_with_refresh(answer.token, refresh_token), answer.style)
                 return answer
-        return self._request(cred, client_id, client_secret, None, learned_wire)
+        return self._request(cred, client_id, client_secret, None, learned)
 
     def _request(
         self,
@@ -396,30 +465,27 @@ class TokenClient:
         client_id: str,
         client_secret: str,
         refresh_token: str | None,
-        learned_wire: WireFormat | None,
+        learned: Style | None,
     ) -> TokenResponse:
-        wires = wire_order(cred.request_format, learned_wire)
-        secrets = (client_secret, refresh_token or "")
-        first_error: TokenRequestError | None = None
-        for wire in wires:
+        """One token request, in as many styles as the settings allow and the answers ask
+        for (at most one per style), starting with the one that worked last time."""
+        auths = auth_order(cred.client_auth, learned.auth if learned else None)
+        wires = wire_order(cred.request_format, learned.wire if learned else None)
+        style: Style | None = Style(auths[0], wires[0])
+        failed: list[tuple[Style, TokenRequestError]] = []
+        while style is not None:
             request = build_request(cred, client_id=client_id, client_secret=client_secret,
-                                    wire=wire, refresh_token=refresh_token)
+                                    style=style, refresh_token=refresh_token)
+            secrets = secret_forms((client_secret, refresh_token or ""), request)
             try:
-                return TokenResponse(self._send(cred, request, secrets), wire)
+                return TokenResponse(self._send(cred, request, secrets), style)
             except TokenRequestError as exc:
-                if exc.retryable or exc.status is None or not 400 <= exc.status < 500:
-                    raise
-                if first_error is not None:
-                    raise TokenRequestError(
-                        f"{exc} (also tried as {wires[0]}: {first_error})",
-                        retryable=False, status=exc.status, error=exc.error,
-                        description=exc.description,
-                    ) from None
-                first_error = exc
-                if len(wires) > 1:
-                    log.info("%s: %s body refused (%s); trying %s", cred.name, wire, exc, wires[1])
-        assert first_error is not None
-        raise first_error
+                failed.append((style, exc))
+                tried = [done for done, _ in failed]
+                style = next_style(style, exc, auths, wires, tried)
+                if style is not None:
+                    log.info("%s: %s refused (%s); trying %s", cred.name, tried[-1], exc, style)
+        raise final_error(failed, hint=basic_hint(cred, client_id, client_secret))
 
     def _send(self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...]) -> Token:
         sent_at = time.time()
@@ -481,6 +547,93 @@ def wire_order(request_format: RequestFormat, learned: WireFormat | None) -> tup
     if learned == "json":
         return ("json", "form")
     return ("form", "json")
+
+
+def auth_order(client_auth: ClientAuth, learned: AuthStyle | None) -> tuple[AuthStyle, ...]:
+    """Where to put the client's credentials, in order. ``auto`` tries Basic first, as
+    RFC 6749 §2.3.1 says servers must support, unless the body worked last time (Go's
+    golang.org/x/oauth2 AuthStyleAutoDetect: interop is learned from servers)."""
+    if client_auth != "auto":
+        return (client_auth,)
+    if learned == "body":
+        return ("body", "basic")
+    return ("basic", "body")
+
+
+def is_auth_failure(error: TokenRequestError) -> bool:
+    """The server did not accept the client's authentication (not: the request's shape)."""
+    if error.retryable or error.status is None:
+        return False
+    if error.error in AUTH_ERRORS:
+        return True
+    return error.error is None and error.status in AUTH_STATUS
+
+
+def next_style(
+    style: Style,
+    error: TokenRequestError,
+    auths: Sequence[AuthStyle],
+    wires: Sequence[WireFormat],
+    tried: Sequence[Style],
+) -> Style | None:
+    """What to try after ``style`` failed with ``error``, or None to give up.
+
+    Only a 4xx that another style may cure leads anywhere: an authentication failure to
+    the other place for the credentials (never to another body format: a wrong secret
+    stays wrong in JSON), any other 4xx to the other body format. Each style once.
+    """
+    if error.retryable or error.status is None or not 400 <= error.status < 500:
+        return None
+    if is_auth_failure(error):
+        options = [Style(auth, style.wire) for auth in auths if auth != style.auth]
+    else:
+        options = [Style(style.auth, wire) for wire in wires if wire != style.wire]
+    return next((option for option in options if option not in tried), None)
+
+
+def telling(error: TokenRequestError) -> int:
+    """How much an error says about what is wrong, to pick a headline among attempts: an
+    authentication failure beats another OAuth error, which beats a complaint about the
+    body's shape (which the other attempt's format may have caused)."""
+    if is_auth_failure(error):
+        return 3
+    if error.error is not None and error.error not in FORMAT_ERRORS:
+        return 2
+    return 1
+
+
+def final_error(failed: Sequence[tuple[Style, TokenRequestError]], *, hint: str = "") -> TokenRequestError:
+    """One error for a request that failed in every style it was tried in.
+
+    Only the last attempt can be retryable (a retryable failure ends the tries), and then
+    the whole request is: another try later may work. Otherwise the most telling error is
+    the headline, with what the other styles got after it.
+    """
+    if failed[-1][1].retryable:
+        head_style, head = failed[-1]
+    else:  # the first of the most telling
+        head_style, head = max(failed, key=lambda attempt: telling(attempt[1]))
+    message = str(head)
+    if hint and is_auth_failure(head) and head_style.auth == "basic":
+        message += hint
+    others = [f"{style}: {error}" for style, error in failed if error is not head]
+    if others:
+        message += f" (tried {head_style}; also {'; '.join(others)})"
+    if len(failed) == 1 and message == str(head):
+        return head
+    return TokenRequestError(message, retryable=head.retryable, status=head.status,
+                             error=head.error, description=head.description,
+                             retry_after=head.retry_after)
+
+
+def basic_hint(cred: CredentialConfig, client_id: str, client_secret: str) -> str:
+    """For plain ``basic`` only: a server that does not decode Basic credentials refuses
+    an id or secret that the RFC's encoding changed. Say so, rather than "wrong secret"."""
+    if cred.client_auth != "basic" or not basic_encoding_changes(client_id, client_secret):
+        return ""
+    return ("; the client id or secret holds characters that Basic auth must percent-encode "
+            "(RFC 6749 §2.3.1), and some servers do not decode them: try client_auth = \"body\" "
+            "or \"auto\"")
 
 
 def _read_capped(response: requests.Response, deadline: float, timeout: float) -> bytes:

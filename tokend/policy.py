@@ -49,7 +49,21 @@ def is_valid(token: Token, now: float) -> bool:
 
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
+NO_TOKEN_CAP = 10.0
+"""While readers have no valid token, a retryable failure is retried within 10 s: after a
+long outage the first good answer must reach them soon, not up to 5 minutes later."""
 MIN_DELAY = 0.1
+MIN_REFRESH_INTERVAL = 5.0
+MIN_SANE_LIFETIME = 1.0
+"""A token valid for less than a second comes from a broken identity provider: asking it
+again at each due time meant nine requests a second per credential. Such tokens are
+replaced at most every :data:`MIN_REFRESH_INTERVAL`; tokens of a second or more (short
+lifetimes are real in tests and some setups) keep their own due times."""
+
+
+def refresh_floor(lifetime: float) -> float:
+    """The least time between two successful refreshes of a token of this lifetime."""
+    return MIN_REFRESH_INTERVAL if lifetime < MIN_SANE_LIFETIME else MIN_DELAY
 MAX_RETRY_AFTER = 3600.0
 
 
@@ -64,14 +78,21 @@ def backoff_delay(failures: int, random: float) -> float:
 
 
 def retry_delay(failures: int, random: float, *, retryable: bool,
-                retry_after: float | None = None) -> float:
+                retry_after: float | None = None, has_token: bool = True) -> float:
     """How long to wait after the ``failures``-th failure in a row.
 
     An error no retry can fix (bad client, bad scope) is retried at the cap, so a fix at
-    the identity provider is picked up without hammering it. ``Retry-After`` is honoured
-    (up to an hour, so a hostile header cannot park a credential for good).
+    the identity provider is picked up without hammering it. A retryable one backs off
+    with full jitter, within :data:`NO_TOKEN_CAP` while readers have no valid token
+    (``has_token`` false). ``Retry-After`` is honoured (up to an hour, so a hostile header
+    cannot park a credential for good).
     """
-    delay = backoff_delay(failures, random) if retryable else BACKOFF_CAP
+    if not retryable:
+        delay = BACKOFF_CAP
+    elif has_token:
+        delay = backoff_delay(failures, random)
+    else:
+        delay = max(MIN_DELAY, min(NO_TOKEN_CAP, backoff_delay(failures, 1.0)) * random)
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay
@@ -85,17 +106,21 @@ def next_attempt(
     retryable: bool = True,
     retry_after: float | None = None,
     random: float = 1.0,
+    has_token: bool = True,
+    min_interval: float = MIN_DELAY,
 ) -> float:
     """When to run a credential again.
 
     ``token_due`` is the due time of the token in the sinks, or None when a new token is
-    needed now (the request failed). After a success that is simply the due time. After a
-    failure it is the backoff, except that a failed sink with a good token never waits past
-    the token's own due time.
+    needed now (the request failed). After a success that is the due time, but never
+    sooner than ``min_interval`` (see :func:`refresh_floor`). After a failure it is the backoff, except
+    that a failed sink with a good token never waits past the token's own due time.
+    ``has_token``: whether readers still have a valid token (see :func:`retry_delay`).
     """
     if failures == 0:
-        return max(now + MIN_DELAY, token_due if token_due is not None else now)
-    retry_at = now + retry_delay(failures, random, retryable=retryable, retry_after=retry_after)
+        return max(now + min_interval, token_due if token_due is not None else now)
+    retry_at = now + retry_delay(failures, random, retryable=retryable, retry_after=retry_after,
+                                 has_token=has_token)
     if token_due is not None:
         return min(retry_at, max(token_due, now + MIN_DELAY))
     return retry_at

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tokend import policy
 from tokend.config import CredentialConfig
-from tokend.oauth import TokenClient, TokenRequestError
+from tokend.oauth import Style, TokenClient, TokenRequestError
 from tokend.secrets import read_secret
 from tokend.sinks import SinkError, rfc3339, write_sink
 from tokend.state import CacheEntry, StateError, TokenCache, cache_key
@@ -67,46 +67,44 @@ class Refresher:
         cred = self.cred
         client_id = read_secret(cred, cred.client_id, self.environ)
         key = cache_key(cred, client_id)
-        entry = self.cache.load(key)
-        now = self.clock()
         fetched = False
         request_error: TokenRequestError | None = None
-
-        if entry is not None and not force and self.is_fresh(entry.token, now, fresh_until):
-            token: Token | None = entry.token
-            log.debug("%s: cached token %s is fresh until %s", cred.name, entry.token.fingerprint,
-                     rfc3339(policy.refresh_due_at(entry.token, refresh_at=cred.refresh_at,
-                                                   min_ttl_margin=cred.min_ttl_margin)))
-        else:
-            try:
-                secret = read_secret(cred, cred.client_secret, self.environ)
-                answer = client.obtain(
-                    cred,
-                    client_id=client_id,
-                    client_secret=secret,
-                    refresh_token=entry.token.refresh_token if entry else None,
-                    learned_wire=entry.wire if entry else None,
-                )
-            except TokenRequestError as exc:
-                request_error = exc
-                token = entry.token if entry and policy.is_valid(entry.token, now) else None
-                if token is not None:
-                    log.warning("%s: refresh failed (%s); keeping token %s, valid until %s",
-                                cred.name, exc, token.fingerprint, rfc3339(token.expires_at))
-                else:
-                    log.error("%s: no token: %s", cred.name, exc,
-                              extra={"event": "refresh", "credential": cred.name,
-                                     "outcome": "retryable_error" if exc.retryable
-                                     else "fatal_error"})
+        # Two styles, each with a request and its timeout, is what another holder may need.
+        with self.cache.exclusive(key, wait=2 * cred.timeout + 5):
+            entry = self.cache.load(key)
+            now = self.clock()
+            if entry is not None and not force and self.is_fresh(entry.token, now, fresh_until):
+                token: Token | None = entry.token
+                log.debug("%s: cached token %s is fresh", cred.name, entry.token.fingerprint)
             else:
-                token, fetched = answer.token, True
-                log.debug("%s: new token %s, valid %ds until %s", cred.name, token.fingerprint,
-                         round(token.lifetime), rfc3339(token.expires_at))
                 try:
-                    self.cache.save(key, CacheEntry(token, answer.wire), cred=cred,
-                                    client_id=client_id)
-                except StateError as exc:  # the token is good; it just will not be remembered
-                    log.warning("%s: %s", cred.name, exc)
+                    secret = read_secret(cred, cred.client_secret, self.environ)
+                    learned = (Style(entry.auth or "basic", entry.wire or "form")
+                               if entry is not None and (entry.auth or entry.wire) else None)
+                    answer = client.obtain(
+                        cred,
+                        client_id=client_id,
+                        client_secret=secret,
+                        refresh_token=entry.token.refresh_token if entry else None,
+                        learned=learned,
+                    )
+                except TokenRequestError as exc:
+                    request_error = exc
+                    token = entry.token if entry and policy.is_valid(entry.token, now) else None
+                    if token is not None:
+                        log.warning("%s: refresh failed (%s); keeping token %s, valid until %s",
+                                    cred.name, exc, token.fingerprint, rfc3339(token.expires_at))
+                    else:
+                        log.error("%s: no token: %s", cred.name, exc)
+                else:
+                    token, fetched = answer.token, True
+                    log.debug("%s: new token %s, valid %ds until %s", cred.name, token.fingerprint,
+                              round(token.lifetime), rfc3339(token.expires_at))
+                    try:
+                        self.cache.save(key, CacheEntry(token, answer.style.wire, answer.style.auth),
+                                        cred=cred, client_id=client_id)
+                    except StateError as exc:  # the token is good; it just will not be remembered
+                        log.warning("%s: %s", cred.name, exc)
 
         if token is None or not write_sinks:
             return Outcome(cred.name, token, fetched, request_error)
@@ -123,6 +121,7 @@ class Refresher:
         written = 0
         errors: list[SinkError] = []
         for sink in self.cred.sinks:
+            # Each sink in its own try, whatever goes wrong: one never costs the others.
             try:
                 if write_sink(token, sink).written:
                     written += 1
@@ -130,4 +129,7 @@ class Refresher:
             except SinkError as exc:
                 errors.append(exc)
                 log.error("%s: sink %s", self.cred.name, exc)
+            except Exception as exc:
+                log.exception("%s: sink %s failed unexpectedly", self.cred.name, sink.path)
+                errors.append(SinkError(sink.path, f"internal error: {type(exc).__name__}"))
         return written, errors

@@ -7,13 +7,18 @@ failure is a :class:`~tokend.config.ConfigError` naming the credential and the k
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from tokend.config import ConfigError, CredentialConfig, SecretRef
+from tokend.config import CONVENTIONAL_ENV_NAME_RE, ConfigError, CredentialConfig, SecretRef
+from tokend.fsio import read_regular
 
 MAX_SECRET_BYTES = 64 * 1024
+BOM = "\ufeff"
+
+_warned_bom: set[Path] = set()
 
 _Fail = Callable[[str], ConfigError]
 
@@ -62,28 +67,23 @@ def _from_env(
     if name in environ:
         return environ[name]
     origin = f"{cred.env_file} or the environment" if cred.env_file else "the environment"
-    raise fail(f"${name} is not set in {origin}")
+    # A name that does not look like one may be a secret pasted in its place: not shown.
+    shown = f"${name}" if CONVENTIONAL_ENV_NAME_RE.fullmatch(name) else "the variable named here"
+    raise fail(f"{shown} is not set in {origin}")
 
 
 def read_env_file(path: Path, fail: _Fail) -> dict[str, str | None]:
     """A dotenv file read literally: ``${…}`` in a secret must stay ``${…}``."""
+    text = _read_text(path, fail)
+    from dotenv import dotenv_values
+
+    return dotenv_values(stream=io.StringIO(text), interpolate=False)
+
+
+def _read_text(path: Path, fail: _Fail) -> str:
+    """A small regular file as text; never blocks on a FIFO, never reads a device."""
     try:
-        with path.open(encoding="utf-8") as stream:
-            from dotenv import dotenv_values
-
-            return dotenv_values(stream=stream, interpolate=False)
-    except FileNotFoundError:
-        raise fail(f"{path}: no such file") from None
-    except OSError as exc:
-        raise fail(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise fail(f"{path}: not UTF-8 text") from None
-
-
-def _from_file(path: Path, fail: _Fail) -> str:
-    try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_SECRET_BYTES + 1)
+        raw = read_regular(path, MAX_SECRET_BYTES)
     except FileNotFoundError:
         raise fail(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -96,6 +96,20 @@ def _from_file(path: Path, fail: _Fail) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise fail(f"{path}: not UTF-8 text") from None
+    if text.startswith(BOM):
+        # Notepad's byte-order mark is not part of anyone's secret.
+        if path not in _warned_bom:
+            import logging  # rare; off `tokend token`'s fast path otherwise
+
+            _warned_bom.add(path)
+            logging.getLogger("tokend.secrets").warning(
+                "%s: starts with a byte-order mark (BOM); ignoring it", path)
+        text = text[len(BOM):]
+    return text
+
+
+def _from_file(path: Path, fail: _Fail) -> str:
+    text = _read_text(path, fail)
     # `echo secret > file` leaves a newline; anything else in the file is the operator's.
     text = text.removesuffix("\n").removesuffix("\r")
     if "\n" in text:

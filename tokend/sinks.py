@@ -10,16 +10,13 @@ import grp
 import os
 import pwd
 import stat
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tokend.config import SinkConfig
-from tokend.fsio import sweep_temps, write_atomic
+from tokend.fsio import file_kind, sweep_once, unsafe_directory_chain, write_atomic
 from tokend.token import Token, unsafe_reason
-
-STALE_TEMP_SECONDS = 60.0
 
 
 class SinkError(Exception):
@@ -78,30 +75,60 @@ def resolve_owner(sink: SinkConfig) -> tuple[int, int]:
     if sink.owner is not None:
         try:
             uid = sink.owner if isinstance(sink.owner, int) else pwd.getpwnam(sink.owner).pw_uid
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a name with a NUL byte
             raise SinkError(sink.path, f"owner {sink.owner!r}: no such user") from None
     if sink.group is not None:
         try:
             gid = sink.group if isinstance(sink.group, int) else grp.getgrnam(sink.group).gr_gid
-        except KeyError:
+        except (KeyError, ValueError):
             raise SinkError(sink.path, f"group {sink.group!r}: no such group") from None
     return uid, gid
+
+
+def in_the_way(path: Path) -> str | None:
+    """Why ``path`` must not be replaced: anything but a regular file or nothing. A sink
+    at /dev/null, on a FIFO or on a directory is a mistake that would break the host."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot inspect: {exc.strerror}"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"is {file_kind(st.st_mode)}; tokend only replaces regular files"
+
+
+def unsafe_path(sink: SinkConfig) -> str | None:
+    """Why writing this sink could be redirected or could break something, or None."""
+    reason = in_the_way(sink.path)
+    if reason is None and not sink.allow_shared_dir:
+        chain = unsafe_directory_chain(sink.path.parent)
+        if chain:
+            reason = (f"directory path is not safe: {chain} (someone else could redirect the "
+                      "write; fix the modes, or set allow_shared_dir = true to accept it)")
+    return reason
 
 
 def is_current(path: Path, data: bytes, mode: int, uid: int, gid: int) -> bool:
     """Whether the file already holds exactly this, with this mode and ownership."""
     try:
-        st = os.lstat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
             return False
         if (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid):
             return False
         if st.st_size != len(data):
             return False
-        with open(path, "rb") as stream:
-            return stream.read(len(data) + 1) == data
+        return os.read(fd, len(data) + 1) == data
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -110,25 +137,17 @@ class SinkResult:
     written: bool  # False: the file already held this token
 
 
-_swept: set[Path] = set()
-_swept_lock = threading.Lock()
-
-
-def sweep_once(directory: Path) -> None:
-    """Sweep a sink directory at its first write in this process, not at every write: a
-    directory of a thousand sinks would otherwise be scanned a thousand times per round.
-    (Temps this process leaves on a failed write it removes itself.)"""
-    with _swept_lock:
-        if directory in _swept:
-            return
-        _swept.add(directory)
-    sweep_temps(directory, older_than=STALE_TEMP_SECONDS)
-
-
 def write_sink(token: Token, sink: SinkConfig) -> SinkResult:
-    """Put ``token`` in ``sink`` unless it is there already. Raises SinkError."""
-    data = render(token, sink)
+    """Put ``token`` in ``sink`` unless it is there already. Raises SinkError, and only
+    that: one sink's failure, whatever it is, must not cost the credential's other sinks."""
+    try:
+        data = render(token, sink)
+    except ValueError as exc:
+        raise SinkError(sink.path, str(exc)) from None
     uid, gid = resolve_owner(sink)
+    reason = unsafe_path(sink)
+    if reason is not None:
+        raise SinkError(sink.path, reason)
     if is_current(sink.path, data, sink.mode, uid, gid):
         return SinkResult(sink.path, written=False)
     sweep_once(sink.path.parent)
@@ -136,6 +155,8 @@ def write_sink(token: Token, sink: SinkConfig) -> SinkResult:
         write_atomic(sink.path, data, mode=sink.mode, uid=uid, gid=gid)
     except OSError as exc:
         raise SinkError(sink.path, _describe(exc, sink)) from None
+    except (OverflowError, ValueError) as exc:  # an id the kernel cannot take
+        raise SinkError(sink.path, f"cannot write: {exc}") from None
     return SinkResult(sink.path, written=True)
 
 

@@ -9,26 +9,34 @@ they hold refresh tokens.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokend.config import CredentialConfig, WireFormat
-from tokend.fsio import write_atomic
+from tokend.config import AuthStyle, CredentialConfig, WireFormat
+from tokend.fsio import FileLock, ensure_private_dir, sweep_once, write_atomic
 from tokend.token import Token
 
 
 def cache_key(cred: CredentialConfig, client_id: str) -> str:
-    identity = [cred.token_url, client_id, sorted(cred.scope), list(cred.extra_params)]
+    identity: list[object] = [cred.token_url, client_id, sorted(cred.scope), list(cred.extra_params)]
+    if cred.default_expires_in != 3600.0:
+        # It sets the expiry of a token whose answer had none; appended only when not the
+        # default, so that caches written before it counted stay valid.
+        identity.append(cred.default_expires_in)
     return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
 class CacheEntry:
     token: Token
-    wire: WireFormat | None = None  # the body format that worked, for request_format = "auto"
+    # What worked, for request_format / client_auth = "auto": steady state is one request.
+    wire: WireFormat | None = None
+    auth: AuthStyle | None = None
 
 
 class StateError(Exception):
@@ -42,6 +50,31 @@ class TokenCache:
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
+
+    @contextlib.contextmanager
+    def exclusive(self, key: str, *, wait: float) -> Iterator[None]:
+        """Hold the identity's lock while deciding and asking: a ``tokend fetch`` or
+        ``token`` next to the daemon then finds the token the other just got, instead of
+        asking again or sending the same refresh token twice (an IdP with reuse detection
+        would revoke the whole family). Without a writable state dir: no lock, no cache."""
+        lock = FileLock(self.directory / f"{key}.lock")
+        try:
+            ensure_private_dir(self.state_dir)
+            ensure_private_dir(self.directory)
+            held = lock.acquire(wait)
+        except OSError:
+            held = False
+        else:
+            if not held:
+                import logging
+
+                logging.getLogger("tokend.state").warning(
+                    "another tokend has held the lock on %s for %.0fs; going ahead", lock.path, wait)
+        try:
+            yield
+        finally:
+            if held:
+                lock.release()
 
     def load(self, key: str) -> CacheEntry | None:
         """The cached entry, or None if there is none or it cannot be trusted."""
@@ -57,8 +90,9 @@ class TokenCache:
             logging.getLogger("tokend.state").warning("ignoring unreadable token cache %s: %s",
                                                       path, exc)
             return None
-        wire = data.get("request_format")
-        return CacheEntry(token, wire if wire in ("form", "json") else None)
+        wire, auth = data.get("request_format"), data.get("client_auth")
+        return CacheEntry(token, wire if wire in ("form", "json") else None,
+                          auth if auth in ("basic", "body") else None)
 
     def save(self, key: str, entry: CacheEntry, *, cred: CredentialConfig, client_id: str) -> None:
         record = {
@@ -67,10 +101,13 @@ class TokenCache:
             "token_url": cred.token_url,
             "client_id": client_id,
             "request_format": entry.wire,
+            "client_auth": entry.auth,
             "token": entry.token.to_dict(),
         }
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            ensure_private_dir(self.state_dir)  # 0700 even when the cache is written first
+            ensure_private_dir(self.directory)
+            sweep_once(self.directory)
             # Atomic, not fsynced: after a power loss the worst case is one more request.
             write_atomic(self.path(key), json.dumps(record, indent=1).encode("utf-8"), mode=0o600,
                          durable=False)

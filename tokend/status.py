@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tokend.fsio import write_atomic
+from tokend.fsio import ensure_private_dir, read_regular, sweep_once, write_atomic
 
 STATUS_FILE = "status.json"
 
@@ -41,6 +41,7 @@ class DaemonStatus:
     config: str
     config_error: str | None = None
     credentials: dict[str, CredentialStatus] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # not failures, but worth a look (an empty config, say)
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -51,7 +52,8 @@ class DaemonStatus:
     def from_json(cls, raw: bytes) -> DaemonStatus:
         data = json.loads(raw)
         creds = {name: CredentialStatus(**value) for name, value in data.pop("credentials").items()}
-        return cls(credentials=creds, **data)
+        warnings = tuple(str(w) for w in data.pop("warnings", ()))
+        return cls(credentials=creds, warnings=warnings, **data)
 
 
 def status_path(state_dir: Path) -> Path:
@@ -59,7 +61,8 @@ def status_path(state_dir: Path) -> Path:
 
 
 def write_status(state_dir: Path, status: DaemonStatus) -> None:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_private_dir(state_dir)
+    sweep_once(state_dir)  # temps of a writer killed mid-write
     # 0644: status holds no secret (fingerprints only), and monitoring may run as another user.
     write_atomic(status_path(state_dir), status.to_json(), mode=0o644, durable=False)
 
@@ -67,8 +70,8 @@ def write_status(state_dir: Path, status: DaemonStatus) -> None:
 def read_status(state_dir: Path) -> DaemonStatus:
     """Raises OSError or ValueError when there is no readable status."""
     try:
-        return DaemonStatus.from_json(status_path(state_dir).read_bytes())
-    except (KeyError, TypeError) as exc:
+        return DaemonStatus.from_json(read_regular(status_path(state_dir), 1024 * 1024 * 64))
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"unrecognised status file: {exc}") from None
 
 
@@ -145,6 +148,8 @@ def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[in
         code, detail = NAGIOS_WARNING, f"tokend (pid {status.pid}) is not running"
     elif status.config_error:
         code, detail = NAGIOS_WARNING, f"config rejected: {status.config_error}"
+    elif status.warnings:
+        code, detail = NAGIOS_WARNING, "; ".join(status.warnings[:3])
     else:
         soonest = min((c.expires_at for c in creds if c.expires_at), default=None)
         detail = f"{len(creds)} credential(s) fresh" + (

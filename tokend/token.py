@@ -12,9 +12,10 @@ MAX_TOKEN_CHARS = 64 * 1024
 # Visible ASCII minus the characters that break one of the sink formats or their readers:
 # quotes and backslash (env quoting, JSON, dotenv escapes), '$' and '`' (interpolating
 # dotenv readers and careless shells). Bearer tokens (RFC 6750 b64token) never need them.
-_SAFE_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+# Used with fullmatch: `$` also matches before a final "\n", which let "abc\n" through.
+_SAFE_TOKEN = re.compile(r"[\x21-\x7e]+")
 _UNSAFE_CHARS = frozenset("'\"\\$`")
-_TOKEN_TYPE = re.compile(r"^[A-Za-z0-9!#%&*+.^_|~-]+$")
+_TOKEN_TYPE = re.compile(r"[A-Za-z0-9!#%&*+.^_|~-]{1,64}")
 
 
 def fingerprint(secret: str) -> str:
@@ -28,7 +29,7 @@ def unsafe_reason(token: str) -> str | None:
         return "is empty"
     if len(token) > MAX_TOKEN_CHARS:
         return f"is longer than {MAX_TOKEN_CHARS} characters"
-    if not _SAFE_TOKEN.match(token):
+    if not _SAFE_TOKEN.fullmatch(token):
         return "contains whitespace, control or non-ASCII characters"
     bad = sorted(_UNSAFE_CHARS.intersection(token))
     if bad:
@@ -37,7 +38,7 @@ def unsafe_reason(token: str) -> str | None:
 
 
 def valid_token_type(token_type: str) -> bool:
-    return bool(_TOKEN_TYPE.match(token_type))
+    return bool(_TOKEN_TYPE.fullmatch(token_type))
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,10 +35,12 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from tokend.config import Config
+from tokend.config import MAX_CONFIG_BYTES, Config
+from tokend.fsio import read_regular
 
 log = logging.getLogger("tokend.watch")
 
+MAX_WATCHED_BYTES = MAX_CONFIG_BYTES  # the largest watched file: the config
 QUIET = 0.3  # a burst of events becomes one reload after this much quiet...
 MAX_WAIT = 2.0  # ...and never waits longer than this after its first event
 RELEVANT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
@@ -109,9 +111,8 @@ def read_state(path: Path, previous: FileState | None = None) -> FileState:
     signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if previous is not None and previous.signature == signature:
         return previous
-    try:
-        with open(path, "rb") as stream:
-            digest = hashlib.sha256(stream.read()).hexdigest()
+    try:  # never open() a FIFO here: it would block the main loop until someone writes
+        digest = hashlib.sha256(read_regular(path, MAX_WATCHED_BYTES)).hexdigest()
     except OSError:
         digest = None
     return FileState(signature, digest)
