@@ -14,11 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from werkzeug import Response
 
 from .conftest import (
+    SECRETS,
     DaemonProcess,
+    Seen,
     TokenEndpoint,
     answer,
+    as_plain_user,
     clean_env,
     credential_toml,
     run_tokend,
@@ -431,3 +435,125 @@ def test_a_reload_removing_a_credential_still_starting_lets_the_start_finish(
         wait_for(quick_in_status, 5, "the status file to show the new credential's token")
     assert sum("READY=1" in m for m in messages) == 1
     assert "RELOADING=1" in messages[0] and "READY=1" not in messages[0]
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_a_second_daemon_on_the_same_state_dir_exits_naming_the_first(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    first = daemons(config, tmp_path)
+    wait_for(lambda: token_in(tmp_path / "out" / "api.token") is not None, 10, "the first token")
+    second = daemons(config, tmp_path)
+    assert second.proc.wait(10) == 75  # EX_TEMPFAIL: not a config error
+    assert f"another tokend (pid {first.proc.pid}) is running" in second.log
+    assert "Traceback" not in second.log
+    assert len(idp.seen) == 1 and first.proc.poll() is None
+
+
+def test_fetch_beside_the_daemon_reuses_its_token_instead_of_asking_again(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    """The daemon's first request is slow; fetches started meanwhile wait on the
+    identity's lock and then find its token, rather than asking the IdP themselves."""
+    def slow(seen: Seen) -> Response:
+        time.sleep(1.0)
+        SECRETS.add("slow-token")
+        return Response(json.dumps({"access_token": "slow-token", "expires_in": 3600}),
+                        content_type="application/json")
+
+    idp.script.append(slow)
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    daemons(config, tmp_path)
+    wait_for(lambda: len(idp.seen) == 1, 10, "the daemon's request in flight")
+    fetches = [subprocess.Popen([sys.executable, "-m", "tokend", "fetch", "-c", str(config)],
+                                cwd=tmp_path, env=clean_env(tmp_path), stderr=subprocess.PIPE,
+                                text=True) for _ in range(3)]
+    for fetch in fetches:
+        _, err = fetch.communicate(timeout=30)
+        assert fetch.returncode == 0, err
+    assert len(idp.seen) == 1
+    assert token_in(tmp_path / "out" / "api.token") == "slow-token"
+
+
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def test_a_wall_clock_stepped_back_leaves_no_expired_token_in_the_sinks(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    """Two hours back, mid-rotation: refreshes still happen on time (by the monotonic
+    clock), so readers never get a token past its real expiry."""
+    lib = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), FAKETIME_LIB)
+    if not lib.exists():
+        pytest.skip("libfaketime is not installed (Debian: apt-get install faketime)")
+    idp.expires_in = 3
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra=FAST,
+                                                    sinks=sinks(tmp_path)))
+    # Only the wall clock is faked: the monotonic one must keep running as it does.
+    env = clean_env(tmp_path, LD_PRELOAD=str(lib), FAKETIME_TIMESTAMP_FILE=str(offset),
+                    FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    daemon = daemons(config, tmp_path, env)
+    paths = [tmp_path / "out" / f"api.{fmt}" for fmt in FORMATS]
+    wait_for(lambda: all(p.exists() for p in paths), 10, "the first token in every sink")
+    with Readers(idp, paths) as readers:
+        wait_for(lambda: len(idp.issued_at) >= 2, 10, "a rotation before the step")
+        offset.write_text("-2h\n")
+        stepped = len(idp.issued_at)
+        wait_for(lambda: len(idp.issued_at) >= stepped + 3, 15, "three rotations after the step")
+    assert readers.problems == []
+    assert "wall clock moved -7200s" in daemon.log
+    assert daemon.proc.poll() is None
+
+
+def test_readers_get_a_fresh_token_soon_after_a_long_outage(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    """An outage outlasting the token: backoff would have grown past a minute, but with
+    no valid token left the retries stay within 10 s, so the first good answer is soon."""
+    idp.expires_in = 1
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra=FAST))
+    daemon = daemons(config, tmp_path)
+    sink = tmp_path / "out" / "api.token"
+    wait_for(lambda: token_in(sink) == "tok-1", 10, "the first token")
+    idp.fault = answer(503)
+    outage = time.monotonic()
+    wait_for(lambda: time.monotonic() - outage > 12 and len(idp.seen) >= 6, 40,
+             "a long outage with several failed attempts")
+    idp.fault = None
+    back = time.monotonic()
+    wait_for(lambda: token_in(sink) == "tok-2", 13, "a fresh token once the IdP is back")
+    assert time.monotonic() - back <= 12
+    assert daemon.proc.poll() is None
+
+
+@pytest.mark.parametrize("obstacle", ["read-only directory", "directory at the path"])
+def test_remove_on_stop_that_cannot_remove_is_logged_and_the_daemon_lives(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start, obstacle: str
+) -> None:
+    out = tmp_path / "gone"
+    out.mkdir()
+    name = "api.token" if obstacle == "read-only directory" else "a-dir"
+    block = credential_toml(idp.url, tmp_path, "old", sinks=(
+        f'[[credentials.old.sink]]\npath = "{out}/{name}"\nremove_on_stop = true\n'))
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path), block)
+    if obstacle == "directory at the path":
+        (out / name).mkdir()  # the sink refuses to replace it; the removal must too
+    daemon = daemons(config, tmp_path, prefix=as_plain_user())
+    wait_for(lambda: "ready:" in daemon.log, 10, "the start")
+    if obstacle == "read-only directory":
+        wait_for(lambda: (out / name).exists(), 10, "the sink")
+        out.chmod(0o555)
+    write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "reload applied" in daemon.log, 10, "the reload")
+    assert (out / name).exists()
+    assert "remove_on_stop" in daemon.log and "Traceback" not in daemon.log
+    daemon.signal(signal.SIGHUP)  # and it goes on reloading
+    wait_for(lambda: daemon.log.count("SIGHUP") >= 2, 10, "a second reload")
+    assert daemon.proc.poll() is None
+    out.chmod(0o755)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tokend import policy
 from tokend.policy import (
     backoff_delay,
     is_fresh,
@@ -85,3 +86,51 @@ def test_retry_delay(failures: int, random: float, retryable: bool, retry_after:
 ])
 def test_next_attempt(kw: dict[str, object], expected: float) -> None:
     assert next_attempt(T0, **kw) == pytest.approx(expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("failures", [1, 3, 5, 8, 20, 60])
+@pytest.mark.parametrize("random", [0.0, 0.37, 0.999])
+def test_without_a_valid_token_a_retryable_failure_is_retried_within_ten_seconds(
+        failures: int, random: float) -> None:
+    """After an outage long enough for the last token to expire, readers must not wait for
+    a 5-minute backoff to learn that the IdP is back."""
+    delay = policy.retry_delay(failures, random, retryable=True, has_token=False)
+    assert policy.MIN_DELAY <= delay <= policy.NO_TOKEN_CAP
+    with_token = policy.retry_delay(failures, random, retryable=True, has_token=True)
+    assert delay <= max(with_token, policy.MIN_DELAY)  # never later than with a token
+
+
+def test_without_a_token_the_jitter_still_spreads_a_fleet() -> None:
+    delays = {policy.retry_delay(10, r / 10, retryable=True, has_token=False) for r in range(10)}
+    assert len(delays) == 10 and max(delays) > 8 and min(delays) < 1
+
+
+def test_without_a_token_retry_after_and_unfixable_errors_keep_their_delays() -> None:
+    assert policy.retry_delay(9, 0.5, retryable=True, retry_after=60, has_token=False) == 60
+    assert policy.retry_delay(9, 0.5, retryable=False, has_token=False) == policy.BACKOFF_CAP
+
+
+def test_next_attempt_without_a_token_uses_the_short_cap() -> None:
+    when = policy.next_attempt(1000.0, failures=12, token_due=None, random=1.0, has_token=False)
+    assert when == 1000.0 + policy.NO_TOKEN_CAP
+
+
+@pytest.mark.parametrize(("lifetime", "floor"), [(0.001, 5.0), (0.5, 5.0), (0.999, 5.0),
+                                                 (1.0, policy.MIN_DELAY), (3600, policy.MIN_DELAY)])
+def test_refresh_floor_holds_back_an_idp_issuing_sub_second_tokens(lifetime: float,
+                                                                   floor: float) -> None:
+    assert policy.refresh_floor(lifetime) == floor
+
+
+def test_a_millisecond_token_is_not_refreshed_nine_times_a_second() -> None:
+    now = 1000.0
+    token = Token("t", expires_at=now + 0.001, obtained_at=now)
+    due = policy.refresh_due_at(token, refresh_at=0.8, min_ttl_margin=60)
+    when = policy.next_attempt(now, failures=0, token_due=due,
+                               min_interval=policy.refresh_floor(token.lifetime))
+    assert when == now + policy.MIN_REFRESH_INTERVAL
+    # ...while a 2-second token keeps its own due time
+    short = Token("t", expires_at=now + 2, obtained_at=now)
+    due = policy.refresh_due_at(short, refresh_at=0.6, min_ttl_margin=0)
+    assert policy.next_attempt(now, failures=0, token_due=due,
+                               min_interval=policy.refresh_floor(short.lifetime)) == due

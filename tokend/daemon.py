@@ -404,7 +404,10 @@ class Daemon:
             due = policy.refresh_due_at(token, refresh_at=cred.refresh_at,
                                         min_ttl_margin=cred.min_ttl_margin,
                                         jitter=self.rng.uniform(-1, 1))
-            slot.due_mono = now_mono + (due - now)
+            # A new token's life counts from its request, by the monotonic clock (the wall
+            # clock may step while the request is out); a cached one's only from the wall.
+            slot.due_mono = (started + (due - token.obtained_at) if fetched
+                             else now_mono + (due - now))
         due_at = None if slot.due_mono is None else now + (slot.due_mono - now_mono)
         failures = slot.status.failures + 1 if failure else 0
         when = policy.next_attempt(
