@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,16 @@ import pytest
 from tokend.config import EX_CONFIG, ConfigError, CredentialConfig, parse
 from tokend.secrets import read_secret
 
-from .conftest import as_plain_user, assert_one_line_error, run_tokend
+from .conftest import (
+    SECRETS,
+    TokenEndpoint,
+    as_plain_user,
+    assert_one_line_error,
+    clean_env,
+    credential_toml,
+    run_tokend,
+    write_config,
+)
 
 
 def credential(tmp: Path, secret_line: str, extra: str = "") -> CredentialConfig:
@@ -100,3 +112,79 @@ def test_check_reports_an_unreadable_secret_file(tmp_path: Path) -> None:
     assert result.returncode == EX_CONFIG
     assert_one_line_error(result, "credentials.api.client_secret_file", "Permission denied")
     assert "s3cret" not in result.stderr + result.stdout
+
+
+# --------------------------------------------------------------------------- hardening (issue 10)
+
+
+def check_within(config: Path, tmp: Path, seconds: float = 8) -> subprocess.CompletedProcess[str]:
+    """``tokend check``, failing the test (not hanging it) if it does not finish in time."""
+    try:
+        return run_tokend("check", "-c", config, tmp=tmp, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"tokend check still running after {seconds}s: blocked on a read?")
+
+
+def check_config(tmp: Path, lines: str) -> Path:
+    config = tmp / "tokend.toml"
+    config.write_text(f'[tokend]\nstate_dir = "{tmp}/state"\n[credentials.api]\n'
+                      f'token_url = "https://idp.example.com/t"\nclient_id = "id"\n{lines}\n')
+    config.chmod(0o600)
+    return config
+
+
+@pytest.mark.parametrize(("key", "lines"), [
+    ("client_secret_file", 'client_secret_file = "api.secret"'),
+    ("env_file", 'client_secret_env = "API_SECRET"\nenv_file = "api.secret"'),
+])
+def test_check_refuses_a_fifo_as_secret_source_at_once_in_one_line(
+        tmp_path: Path, key: str, lines: str) -> None:
+    os.mkfifo(tmp_path / "api.secret")  # nobody will ever write to it: a read would block
+    started = time.monotonic()
+    result = check_within(check_config(tmp_path, lines), tmp_path)
+    assert time.monotonic() - started < 5
+    assert result.returncode == EX_CONFIG
+    assert_one_line_error(result, f"credentials.api.{key}", "api.secret",
+                          "not a regular file (a FIFO)")
+
+
+def test_a_byte_order_mark_is_not_sent_as_part_of_the_secret(tmp_path: Path, idp: TokenEndpoint) -> None:
+    (tmp_path / "api.secret").write_text("\ufeffs3cret-value\r\n", encoding="utf-8")  # Notepad's
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    result = run_tokend("fetch", "-c", config, tmp=tmp_path, timeout=20)
+    assert result.returncode == 0, result.stderr
+    (seen,) = idp.seen
+    sent = seen.basic_auth[1] if seen.basic_auth else seen.params["client_secret"]
+    assert sent == "s3cret-value"
+    warnings = [line for line in result.stderr.splitlines() if "byte-order mark" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and "api.secret" in warnings[0], result.stderr
+
+
+def test_a_pasted_secret_in_place_of_a_variable_name_is_not_echoed(tmp_path: Path) -> None:
+    pasted = "Zq8 pasted secret xK2/+="
+    SECRETS.add(pasted, "Zq8 pasted")
+    result = check_within(check_config(tmp_path, f'client_secret_env = "{pasted}"'), tmp_path)
+    assert result.returncode == EX_CONFIG
+    assert_one_line_error(result, "credentials.api.client_secret_env",
+                          "is not an environment variable name")
+    assert "Zq8" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("xK9pQ2vLm7Rt", False),  # a valid name, but what it looks like is a pasted secret
+    ("api_secret_tokend", False),
+    ("API_SECRET", True),  # conventional: naming it is what helps the operator
+])
+def test_an_unset_variable_is_named_only_when_it_looks_like_a_conventional_name(
+        tmp_path: Path, name: str, shown: bool) -> None:
+    if not shown:
+        SECRETS.add(name)  # the hygiene check then also fails the test if it shows up
+    env = clean_env(tmp_path)
+    env.pop(name, None)
+    config = check_config(tmp_path, f'client_secret_env = "{name}"')
+    result = run_tokend("check", "-c", config, tmp=tmp_path, env=env, timeout=10)
+    assert result.returncode == EX_CONFIG
+    assert_one_line_error(result, "credentials.api.client_secret_env",
+                          "is not set in the environment")
+    assert (f"${name} is not set" in result.stderr) is shown
+    assert (name in result.stderr + result.stdout) is shown

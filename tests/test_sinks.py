@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
 from pytest_httpserver import HTTPServer
 
-from tokend.config import SinkConfig, SinkFormat
+from tokend.config import EX_CONFIG, SinkConfig, SinkFormat
 from tokend.sinks import SinkError, write_sink
 from tokend.token import Token
 
-from .conftest import fill
+from .conftest import TokenEndpoint, credential_toml, fill, run_tokend, write_config
 
 # Every character a real bearer token (RFC 6750 b64token, JWT) may carry.
 ACCESS = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.sig-_~+/ab=="
@@ -189,3 +193,169 @@ def test_concurrent_writes_to_one_directory_all_land(tmp_path: Path) -> None:
         t.join()
     assert {p.read_text() for p in tmp_path.glob("f*")} == {f"{i}-4" for i in range(16)}
     assert temp_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- hardening (issue 10)
+
+OTHER_ID = 65534  # nobody / nogroup: not root, not the daemon
+
+
+def make_in_the_way(path: Path, kind: str) -> None:
+    """Put something that is not a regular file at ``path``."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "device":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+        except PermissionError:
+            pytest.skip("creating a device node needs CAP_MKNOD")
+    else:
+        path.symlink_to("/dev/null")
+
+
+def file_type(path: Path) -> tuple[int, str | None]:
+    st = os.lstat(path)
+    return stat.S_IFMT(st.st_mode), os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "symlink to /dev/null"])
+def test_a_sink_path_that_is_not_a_regular_file_is_refused_and_left_untouched(
+        tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "api.token"
+    make_in_the_way(target, kind)
+    before = file_type(target)
+    with pytest.raises(SinkError, match="tokend only replaces regular files"):
+        write_sink(token(), sink(target))
+    assert file_type(target) == before
+    assert temp_files(tmp_path) == []
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_sink_in_a_directory_others_can_write_is_refused_unless_allowed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # not sticky: anyone could swap the sink for a link to their file
+    with pytest.raises(SinkError, match=f"directory path is not safe: {shared} is writable by others"):
+        write_sink(token(), sink(shared / "api.token"))
+    assert list(shared.iterdir()) == []
+    assert write_sink(token(), sink(shared / "api.token", allow_shared_dir=True)).written
+    assert (shared / "api.token").read_text() == ACCESS + "\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_sink_in_a_directory_owned_by_another_user_is_refused_unless_allowed(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, OTHER_ID, OTHER_ID)
+    with pytest.raises(SinkError, match=f"{theirs} is owned by uid {OTHER_ID}"):
+        write_sink(token(), sink(theirs / "api.token"))
+    assert list(theirs.iterdir()) == []
+    assert write_sink(token(), sink(theirs / "api.token", allow_shared_dir=True)).written
+
+
+def test_check_reports_a_sink_on_a_fifo_and_one_in_an_unsafe_directory_one_line_each(
+        tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "fifo.token")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o770)
+    sinks = (f'[[credentials.api.sink]]\npath = "{tmp_path}/out/fifo.token"\n'
+             f'[[credentials.api.sink]]\npath = "{shared}/api.token"\n')
+    config = write_config(tmp_path, credential_toml("https://idp.example.com/t", tmp_path,
+                                                    sinks=sinks))
+    result = run_tokend("check", "-c", config, tmp=tmp_path, timeout=10)
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2, result.stderr
+    assert "credentials.api.sink[0].path" in lines[0]
+    assert "fifo.token is a FIFO; tokend only replaces regular files" in lines[0]
+    assert "credentials.api.sink[1].path" in lines[1]
+    assert f"directory path is not safe: {shared} is writable by its group" in lines[1]
+    assert "allow_shared_dir = true" in lines[1]  # and it says how to accept it
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out" / "fifo.token").st_mode)
+    assert list(shared.iterdir()) == []
+
+
+def test_one_failing_sink_never_stops_the_credentials_other_sinks(tmp_path: Path, idp: TokenEndpoint) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "fifo.token")
+    sinks = (f'[[credentials.api.sink]]\npath = "{out}/owned.token"\nowner = "no-such-user-tokend"\n'
+             f'[[credentials.api.sink]]\npath = "{out}/fifo.token"\n'
+             f'[[credentials.api.sink]]\npath = "{out}/healthy.token"\n')
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
+    result = run_tokend("fetch", "-c", config, tmp=tmp_path, timeout=20)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "healthy.token").read_text() == "tok-1\n"
+    assert not (out / "owned.token").exists()
+    assert stat.S_ISFIFO(os.lstat(out / "fifo.token").st_mode)
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 2, result.stderr
+    assert "owned.token" in errors[0] and "no such user" in errors[0]
+    assert "fifo.token" in errors[1] and "is a FIFO" in errors[1]
+
+
+TEMP_OPEN = re.compile(r'^(?P<pid>\d+) openat\(AT_FDCWD, "(?P<path>[^"]*/\.api\.token\.tokend-[^"]*\.tmp)", '
+                       r"(?P<flags>[^,]+), (?P<mode>0\d+)\) = (?P<fd>\d+)$")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a sink for another group needs root's fchown")
+def test_a_sink_temp_is_created_0600_and_gets_its_final_mode_only_after_its_group(
+        tmp_path: Path, idp: TokenEndpoint) -> None:
+    """Created 0640 in the daemon's group, the token would be readable by that group
+    until the fchown to the consumer's: the kernel's own record of the calls says not."""
+    sinks = (f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.token"\n'
+             f'group = {OTHER_ID}\nmode = "0640"\n')
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
+    trace = tmp_path / "strace.out"
+    result = run_tokend("fetch", "-c", config, tmp=tmp_path, timeout=30,
+                        prefix=["strace", "-f", "-qq", "-e", "trace=openat,fchown,fchmod",
+                                "-o", str(trace)])
+    assert result.returncode == 0, result.stderr
+    st = os.stat(tmp_path / "out" / "api.token")
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, OTHER_ID)
+
+    lines = [" ".join(line.split()) for line in trace.read_text().splitlines()]  # no padding
+    opens = [(i, m) for i, line in enumerate(lines) if (m := TEMP_OPEN.match(line))]
+    assert len(opens) == 1, [line for line in lines if ".tokend-" in line]
+    at, opened = opens[0]
+    assert "O_CREAT" in opened["flags"] and "O_EXCL" in opened["flags"]
+    assert opened["mode"] == "0600"
+    pid, fd = opened["pid"], opened["fd"]
+    calls = [line.split(None, 1)[1] for line in lines[at + 1:]
+             if line.startswith(f"{pid} ") and re.match(rf"\d+ fch(own|mod)\({fd}, ", line)]
+    assert calls[:2] == [f"fchown({fd}, -1, {OTHER_ID}) = 0", f"fchmod({fd}, 0640) = 0"], calls
+
+
+@pytest.fixture
+def nobodys_dir() -> Iterator[Path]:
+    """A directory of uid/gid 65534 that 65534 can reach (tmp_path's parents are root's 0700)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("running as another uid with CAP_CHOWN needs root and setpriv")
+    directory = Path(tempfile.mkdtemp(prefix="tokend-nobody-", dir="/tmp"))
+    try:
+        os.chown(directory, OTHER_ID, OTHER_ID)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_non_root_daemon_with_cap_chown_can_give_a_sink_to_another_owner(
+        nobodys_dir: Path, idp: TokenEndpoint) -> None:
+    tmp = nobodys_dir
+    sinks = f'[[credentials.api.sink]]\npath = "{tmp}/out/api.token"\nowner = 1\nmode = "0640"\n'
+    config = write_config(tmp, credential_toml(idp.url, tmp, sinks=sinks))
+    for path in (config, tmp / "api.secret", tmp / "out"):
+        os.chown(path, OTHER_ID, OTHER_ID)
+    as_nobody_with_cap_chown = ["setpriv", f"--reuid={OTHER_ID}", f"--regid={OTHER_ID}",
+                                "--clear-groups", "--inh-caps=+chown", "--ambient-caps=+chown"]
+    result = run_tokend("fetch", "-c", config, tmp=tmp, timeout=20, prefix=as_nobody_with_cap_chown)
+    assert result.returncode == 0, result.stderr
+    st = os.stat(tmp / "out" / "api.token")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1, OTHER_ID, 0o640)

@@ -2,9 +2,9 @@
 
 Used for both the sinks other programs read and tokend's own state. The temp file is
 created next to the target (same filesystem, so ``rename`` is atomic) with ``O_EXCL`` and
-mode 0600, given its owner and group, and only then its final mode: no moment exists in
-which it is readable by anyone it should not be (a file created 0640 in the daemon's own
-group would be, until the ``fchown`` to the consumer's group).
+mode 0600, given its group, then its final mode, then its owner: no moment exists in which
+it is readable by anyone it should not be (a file created 0640 in the daemon's own group
+would be, until the ``fchown`` to the consumer's group).
 
 Reads of files an operator points tokend at go through :func:`read_regular`: a FIFO, a
 device or a directory there must be a clear error, never a read that blocks the daemon.
@@ -50,13 +50,18 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, uid: int = -1, g
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            if needs_chown(os.fstat(fd), uid, gid):
-                # Only when it changes something: the hardened unit's seccomp filter refuses
-                # every chown call, but a file created in the right group needs none.
-                os.fchown(fd, uid, gid)
-            # Only now the final mode (the umask may also have taken bits asked for): until
-            # the fchown, the group is the daemon's, which must not read a consumer's token.
+            st = os.fstat(fd)
+            # Chown only when it changes something: the hardened unit's seccomp filter
+            # refuses every chown call, but a file created in the right group needs none.
+            # The group first, then the final mode (the umask may also have taken bits):
+            # until the group is the consumer's, it is the daemon's, which must not read
+            # the token. The owner last: once the file is given away, a daemon with
+            # CAP_CHOWN but not CAP_FOWNER can no longer change its mode.
+            if needs_chown(st, -1, gid):
+                os.fchown(fd, -1, gid)
             os.fchmod(fd, mode)
+            if needs_chown(st, uid, -1):
+                os.fchown(fd, uid, -1)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
