@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tokend.config import EX_CONFIG
 
 from .conftest import (
+    SECRETS,
+    DaemonProcess,
     TokenEndpoint,
     assert_one_line_error,
     clean_env,
     credential_toml,
     run_tokend,
+    wait_for,
     write_config,
 )
 
@@ -182,3 +191,176 @@ def test_no_secret_or_token_in_any_log(idp: TokenEndpoint, tmp_path: Path) -> No
     assert "sha256:" in text  # tokens are named by fingerprint...
     for leaked in (SECRET, "tok-1", "tok-2", "tok-3", "refresh-1", "refresh-2"):
         assert leaked not in text  # ...and never shown
+
+
+# --------------------------------------------------------------------------- config errors and secrets
+
+PASTED = "hunter2"  # what an operator pasted where a name or a URL belonged
+
+
+def pasted_secret_env(block: str, tmp: Path) -> str:
+    changed = block.replace(f'client_secret_file = "{tmp}/api.secret"',
+                            f'client_secret_env = "{PASTED} pasted by mistake"')
+    assert changed != block
+    return changed
+
+
+def url_with_password(block: str, idp_url: str) -> str:
+    changed = block.replace(f'token_url = "{idp_url}"', f'token_url = "ftp://user:{PASTED}@host/x"')
+    assert changed != block
+    return changed
+
+
+def test_check_does_not_echo_a_secret_pasted_into_the_config(idp: TokenEndpoint, tmp_path: Path) -> None:
+    SECRETS.add(PASTED)
+    block = credential_toml(idp.url, tmp_path)
+    for bad, key in ((pasted_secret_env(block, tmp_path), "credentials.api.client_secret_env"),
+                     (url_with_password(block, idp.url), "credentials.api.token_url")):
+        config = write_config(tmp_path, bad)
+        result = run_tokend("check", "-c", config, tmp=tmp_path)
+        assert result.returncode == EX_CONFIG
+        assert_one_line_error(result, key)
+        assert PASTED not in result.stdout + result.stderr
+
+
+def test_a_reload_rejecting_a_pasted_secret_echoes_it_nowhere(idp: TokenEndpoint, tmp_path: Path,
+                                                              daemons: Callable[..., DaemonProcess]) -> None:
+    SECRETS.add(PASTED)  # and the suite-wide hygiene check reads the log and status.json too
+    block = credential_toml(idp.url, tmp_path)
+    config = write_config(tmp_path, block)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: (tmp_path / "out" / "api.token").exists(), 10, "the first token")
+    for bad, key in ((pasted_secret_env(block, tmp_path), "credentials.api.client_secret_env"),
+                     (url_with_password(block, idp.url), "credentials.api.token_url")):
+        write_config(tmp_path, bad)
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: key in daemon.log, 10, f"the reload rejecting {key}")  # noqa: B023
+        status = run_tokend("status", "-c", config, tmp=tmp_path)
+        assert "config rejected" in status.stdout and key in status.stdout
+        assert PASTED not in status.stdout + status.stderr
+        check = run_tokend("status", "--check", "-c", config, tmp=tmp_path)
+        assert check.returncode == 1 and PASTED not in check.stdout + check.stderr
+    assert "reload rejected" in daemon.log and PASTED not in daemon.log
+    assert PASTED not in (tmp_path / "state" / "status.json").read_text()
+    assert daemon.proc.poll() is None  # still running the last good config
+
+
+# --------------------------------------------------------------------------- a config without credentials
+
+NO_CREDENTIALS = "no credentials configured"
+
+
+@pytest.mark.parametrize("content", ["", "[tokend]\nlog_level = \"info\"\n"], ids=["empty", "only-tokend"])
+@pytest.mark.parametrize("command", [["check"], ["fetch"], ["token", "api"]], ids=" ".join)
+def test_a_config_without_credentials_is_a_config_error(tmp_path: Path, content: str,
+                                                        command: list[str]) -> None:
+    config = tmp_path / "tokend.toml"
+    config.write_text(content)
+    result = run_tokend(*command, "-c", config, tmp=tmp_path)
+    assert result.returncode == EX_CONFIG
+    assert_one_line_error(result, str(config), NO_CREDENTIALS)
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("only_tokend", [False, True], ids=["empty", "only-tokend"])
+def test_the_daemon_runs_on_a_config_without_credentials_warns_and_picks_one_up(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Callable[..., DaemonProcess], only_tokend: bool
+) -> None:
+    config = tmp_path / "tokend.toml"
+    head = f'[tokend]\nstate_dir = "{tmp_path}/state"\n\n' if only_tokend else ""
+    config.write_text(head)
+    # Without a state_dir: the default under $HOME (clean_env sets it, and no XDG_*).
+    state = tmp_path / "state" if only_tokend else tmp_path / "home" / ".local" / "state" / "tokend"
+    status_file = state / "status.json"
+    daemon = daemons(config, tmp_path)
+
+    def status_record() -> dict[str, Any]:
+        return json.loads(status_file.read_text()) if status_file.exists() else {}
+
+    wait_for(lambda: NO_CREDENTIALS in daemon.log, 10, "the warning in the log")
+    warning_lines = [line for line in daemon.log.splitlines() if NO_CREDENTIALS in line]
+    assert len(warning_lines) == 1 and "WARNING" in warning_lines[0], daemon.log
+    wait_for(lambda: status_record().get("warnings"), 10, "the status file with the warning")
+    status = run_tokend("status", "-c", config, tmp=tmp_path)
+    assert any(line.startswith("warning: ") and NO_CREDENTIALS in line
+               for line in status.stdout.splitlines()), status.stdout
+    check = run_tokend("status", "--check", "-c", config, tmp=tmp_path)
+    assert check.returncode == 1 and check.stdout.startswith("TOKEND WARNING - ")
+    assert NO_CREDENTIALS in check.stdout
+
+    config.write_text(head + credential_toml(idp.url, tmp_path))  # an edit, no signal: the watcher
+    wait_for(lambda: (tmp_path / "out" / "api.token").exists(), 10, "the added credential's token")
+    wait_for(lambda: not status_record().get("warnings")
+             and status_record()["credentials"].get("api", {}).get("last_success"),
+             10, "the status file without the warning, with the new token")
+    check = run_tokend("status", "--check", "-c", config, tmp=tmp_path)
+    assert (check.returncode, check.stdout.split(" - ")[0]) == (0, "TOKEND OK"), check.stdout
+    assert daemon.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- odd but harmless input
+
+
+def test_status_json_into_a_pipe_closed_early_prints_no_traceback(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir(mode=0o700)
+    now = time.time()
+    creds = {f"cred-{i}": {"name": f"cred-{i}", "token_fingerprint": "sha256:0123456789",
+                           "expires_at": now + 3600, "obtained_at": now, "next_refresh": now + 2800,
+                           "last_success": now, "last_attempt": now, "last_error": None,
+                           "last_error_retryable": None, "failures": 0} for i in range(1000)}
+    (tmp_path / "state" / "status.json").write_text(json.dumps(  # far more than a pipe holds
+        {"pid": os.getpid(), "updated_at": now, "config": str(config), "config_error": None,
+         "credentials": creds}))
+    proc = status_json_into_a_pipe(config, tmp_path)
+    assert proc.stdout is not None
+    assert proc.stdout.read(10).startswith(b"{")  # like `| head -c 10`
+    proc.stdout.close()
+    stderr, code = stderr_and_exit(proc)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+    assert code >= 0  # it left by itself, not killed by a signal
+
+
+def status_json_into_a_pipe(config: Path, tmp: Path) -> subprocess.Popen[bytes]:
+    env = clean_env(tmp)
+    env.pop("PYTHONUNBUFFERED", None)  # stdout block-buffered, as in a shell pipeline
+    return subprocess.Popen([sys.executable, "-m", "tokend", "status", "--json", "-c", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, env=env)
+
+
+def stderr_and_exit(proc: subprocess.Popen[bytes]) -> tuple[str, int]:
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    SECRETS.output("tokend status --json stderr", stderr)
+    return stderr, proc.wait(30)
+
+
+def test_status_json_into_a_pipe_whose_reader_already_left_prints_no_broken_pipe(
+    tmp_path: Path
+) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir(mode=0o700)
+    now = time.time()
+    (tmp_path / "state" / "status.json").write_text(json.dumps(  # a few hundred bytes of output
+        {"pid": os.getpid(), "updated_at": now, "config": str(config), "config_error": None,
+         "credentials": {}}))
+    proc = status_json_into_a_pipe(config, tmp_path)
+    assert proc.stdout is not None
+    proc.stdout.close()  # like `| true`: the reader is gone before tokend writes a byte
+    stderr, code = stderr_and_exit(proc)
+    assert "BrokenPipeError" not in stderr and "Exception ignored" not in stderr, stderr
+    assert code in (0, 1)
+
+
+def test_a_byte_order_mark_at_the_start_of_the_config_is_accepted(idp: TokenEndpoint,
+                                                                  tmp_path: Path) -> None:
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    config.write_bytes("\ufeff".encode() + config.read_bytes())
+    check = run_tokend("check", "-c", config, tmp=tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith("ok: api: ")
+    fetch = run_tokend("fetch", "-c", config, tmp=tmp_path)
+    assert fetch.returncode == 0, fetch.stderr
+    assert (tmp_path / "out" / "api.token").read_text() == "tok-1\n"

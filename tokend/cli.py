@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "exec" and not command:
         parser.error("exec needs a command after --")
     try:
-        return dispatch(args, command)
+        code = dispatch(args, command)
+        sys.stdout.flush()  # here, not at exit: a reader that left must not cost a traceback
+        return code
     except ConfigError as exc:
         print(f"tokend: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -262,16 +262,18 @@ def check_token_url(url: str, *, allow_insecure_http: bool) -> None:
                          "client_id / client_secret")
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise ValueError("must not contain whitespace or control characters")
+    # The URL itself is not repeated in these errors: whatever was pasted in it (a secret
+    # in place of a port, say) would reach logs and `tokend status`.
     try:
         parts = urlsplit(url)
         hostname, _ = parts.hostname, parts.port  # .port raises on a port out of range
-    except ValueError as exc:
-        raise ValueError(f"{_shown(url)} is not a valid URL: {exc}") from None
+    except ValueError:
+        raise ValueError("is not a valid URL (a port that is not a number?)") from None
     if parts.scheme not in ("https", "http") or not hostname:
-        raise ValueError(f"{_shown(url)} is not an http(s) URL")
+        raise ValueError("is not an http(s) URL with a host")
     if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(hostname):
         raise ValueError(
-            f"{_shown(url)} would send the client secret unencrypted; use https "
+            f"http://{hostname}/… would send the client secret unencrypted; use https "
             "(http is only allowed to loopback hosts, or with allow_insecure_http = true)"
         )
 

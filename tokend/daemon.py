@@ -555,6 +555,8 @@ class Daemon:
             if slot.status.failures and slot.status.last_error_retryable is False:
                 self.arm(slot, 0.0)  # a reload is the moment to retry a fatal error
         log.info("reload applied: %s", plan.summary())
+        if not new.credentials:
+            log.warning("%s", self.no_credentials_warning())
         self.status_dirty = True
         if not self.ready and not self.starting:
             self.mark_ready()

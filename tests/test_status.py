@@ -1,0 +1,89 @@
+"""tokend/status.py: the status record's JSON form and the Nagios-style health verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tokend.status import (
+    NAGIOS_CRITICAL,
+    NAGIOS_OK,
+    NAGIOS_WARNING,
+    CredentialStatus,
+    DaemonStatus,
+    health_check,
+    read_status,
+    status_path,
+)
+
+NOW = 1_900_000_000.0
+EMPTY = "/etc/tokend/tokend.toml: no credentials configured; is this the right file?"
+
+
+def fresh(name: str = "api") -> CredentialStatus:
+    return CredentialStatus(name, token_fingerprint="sha256:0123456789", expires_at=NOW + 3600,
+                            obtained_at=NOW - 60, next_refresh=NOW + 2800, last_success=NOW - 60,
+                            last_attempt=NOW - 60)
+
+
+def daemon_status(*creds: CredentialStatus, warnings: tuple[str, ...] = ()) -> DaemonStatus:
+    return DaemonStatus(pid=4242, updated_at=NOW, config="/etc/tokend/tokend.toml",
+                        credentials={c.name: c for c in creds}, warnings=warnings)
+
+
+def test_health_check_is_warning_when_the_status_carries_a_warning() -> None:
+    code, line = health_check(daemon_status(warnings=(EMPTY,)), running=True, now=NOW)
+    assert code == NAGIOS_WARNING
+    assert line == f"TOKEND WARNING - {EMPTY}"
+
+
+def test_health_check_warns_even_when_every_credential_is_fresh() -> None:
+    code, line = health_check(daemon_status(fresh(), warnings=("something odd",)), running=True,
+                              now=NOW)
+    assert (code, line) == (NAGIOS_WARNING, "TOKEND WARNING - something odd")
+
+
+def test_health_check_puts_an_expired_token_before_a_warning() -> None:
+    expired = CredentialStatus("api", expires_at=NOW - 1, failures=2, last_error="invalid_client")
+    code, line = health_check(daemon_status(expired, warnings=("something odd",)), running=True,
+                              now=NOW)
+    assert code == NAGIOS_CRITICAL and "api: no valid token" in line and "something odd" not in line
+
+
+def test_health_check_is_ok_without_warnings() -> None:
+    code, line = health_check(daemon_status(fresh(), warnings=()), running=True, now=NOW)
+    assert code == NAGIOS_OK and line.startswith("TOKEND OK - 1 credential(s) fresh")
+
+
+def test_warnings_survive_the_round_trip_through_json() -> None:
+    status = daemon_status(fresh(), warnings=(EMPTY, "second"))
+    again = DaemonStatus.from_json(status.to_json())
+    assert again == status and again.warnings == (EMPTY, "second")
+
+
+def previous_version_record() -> dict[str, object]:
+    """A status file as the version before warnings wrote it: no "warnings" key at all."""
+    return {"pid": 4242, "updated_at": NOW, "config": "/etc/tokend/tokend.toml",
+            "config_error": None,
+            "credentials": {"api": {"name": "api", "token_fingerprint": "sha256:0123456789",
+                                    "expires_at": NOW + 3600, "obtained_at": NOW - 60,
+                                    "next_refresh": NOW + 2800, "last_success": NOW - 60,
+                                    "last_attempt": NOW - 60, "last_error": None,
+                                    "last_error_retryable": None, "failures": 0}}}
+
+
+def test_from_json_reads_a_status_file_written_without_warnings() -> None:
+    status = DaemonStatus.from_json(json.dumps(previous_version_record()).encode())
+    assert status.warnings == ()
+    assert status.credentials["api"] == fresh()
+    assert health_check(status, running=True, now=NOW)[0] == NAGIOS_OK
+
+
+def test_read_status_reads_a_real_file_from_the_previous_version(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    status_path(state).write_text(json.dumps(previous_version_record()))
+    os.chmod(status_path(state), 0o644)
+    status = read_status(state)
+    assert status.warnings == () and status.pid == 4242 and list(status.credentials) == ["api"]
