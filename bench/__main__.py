@@ -46,9 +46,18 @@ def tokend_command() -> list[str]:
     return [str(script)] if script.exists() else [PYTHON, "-m", "tokend"]
 
 
-def figure(name: str, unit: str, value: list[float], *, baseline: list[float] | None = None,
-           baseline_name: str = "", target: str, met: bool | None, extra: dict[str, Any] | None = None,
-           ratio: float | None = None) -> dict[str, Any]:
+def figure(
+    name: str,
+    unit: str,
+    value: list[float],
+    *,
+    baseline: list[float] | None = None,
+    baseline_name: str = "",
+    target: str,
+    met: bool | None,
+    extra: dict[str, Any] | None = None,
+    ratio: float | None = None,
+) -> dict[str, Any]:
     result: dict[str, Any] = {"figure": name, "unit": unit, "value": summary(value), "target": target}
     if baseline is not None:
         result["baseline"] = {"name": baseline_name, **summary(baseline)}
@@ -76,8 +85,15 @@ def token_cached(idp: IdentityProvider, runs: int) -> dict[str, Any]:
         ours.append(timed([*tokend_command(), "token", "-c", str(config), "c0"], env=env))
         base.append(timed([PYTHON, "-c", "pass"], env=env))
     ratio = summary(ours)["median"] / summary(base)["median"]
-    return figure("tokend token NAME (cached)", "s", ours, baseline=base,
-                  baseline_name="python3 -c pass", target="<= 4x", met=ratio <= 4)
+    return figure(
+        "tokend token NAME (cached)",
+        "s",
+        ours,
+        baseline=base,
+        baseline_name="python3 -c pass",
+        target="<= 4x",
+        met=ratio <= 4,
+    )
 
 
 BASELINE_FETCH = """
@@ -101,15 +117,37 @@ def fetch_cold(idp: IdentityProvider, runs: int) -> dict[str, Any]:
         config = write_config(run_dir, credentials_config(run_dir, idp.url, 1))
         ours.append(timed([*tokend_command(), "fetch", "-c", str(config)], env=env))
         assert (run_dir / "out" / "c0.token").exists()
-        script.append(timed([PYTHON, "-c", BASELINE_FETCH, idp.url,
-                             str(run_dir / "out" / "script.token")], env=env))
-        curl.append(timed(["curl", "-sS", "--fail", "-u", "bench:bench-secret", "-d",
-                           "grant_type=client_credentials", "-o", str(run_dir / "out" / "curl.token"),
-                           idp.url], env=env))
+        script.append(
+            timed([PYTHON, "-c", BASELINE_FETCH, idp.url, str(run_dir / "out" / "script.token")], env=env)
+        )
+        curl.append(
+            timed(
+                [
+                    "curl",
+                    "-sS",
+                    "--fail",
+                    "-u",
+                    "bench:bench-secret",
+                    "-d",
+                    "grant_type=client_credentials",
+                    "-o",
+                    str(run_dir / "out" / "curl.token"),
+                    idp.url,
+                ],
+                env=env,
+            )
+        )
     ratio = summary(ours)["median"] / summary(script)["median"]
-    return figure("tokend fetch, cold, 1 credential", "s", ours, baseline=script,
-                  baseline_name="python script: import requests, POST, write", target="<= 1.3x",
-                  met=ratio <= 1.3, extra={"reference_curl": summary(curl)})
+    return figure(
+        "tokend fetch, cold, 1 credential",
+        "s",
+        ours,
+        baseline=script,
+        baseline_name="python script: import requests, POST, write",
+        target="<= 1.3x",
+        met=ratio <= 1.3,
+        extra={"reference_curl": summary(curl)},
+    )
 
 
 def daemon_rss(idp: IdentityProvider, n: int) -> tuple[int, float]:
@@ -138,17 +176,34 @@ def idle_python_rss() -> int:
 def rss_figures(idp: IdentityProvider, quick: bool) -> list[dict[str, Any]]:
     one = [daemon_rss(idp, 1)[0] for _ in range(3)]
     bare = [idle_python_rss() for _ in range(3)]
-    results = [figure("daemon RSS, 1 credential", "KiB", one, baseline=bare,
-                      baseline_name="idle python3", target="<= 3x",
-                      met=summary(one)["median"] / summary(bare)["median"] <= 3)]
+    results = [
+        figure(
+            "daemon RSS, 1 credential",
+            "KiB",
+            one,
+            baseline=bare,
+            baseline_name="idle python3",
+            target="<= 3x",
+            met=summary(one)["median"] / summary(bare)["median"] <= 3,
+        )
+    ]
     base = summary(one)["median"]
     for n in (1000,) if quick else (1000, 10000):
         rss, ready = daemon_rss(idp, n)
         per = (rss - base) / (n - 1)
-        results.append(figure(f"daemon RSS, {n} credentials", "KiB", [rss], baseline=one,
-                              baseline_name="1-credential RSS", target="<= +5 KiB per credential",
-                              met=per <= 5, ratio=rss / base,
-                              extra={"kib_per_credential": per, "seconds_to_ready": ready}))
+        results.append(
+            figure(
+                f"daemon RSS, {n} credentials",
+                "KiB",
+                [rss],
+                baseline=one,
+                baseline_name="1-credential RSS",
+                target="<= +5 KiB per credential",
+                met=per <= 5,
+                ratio=rss / base,
+                extra={"kib_per_credential": per, "seconds_to_ready": ready},
+            )
+        )
     return results
 
 
@@ -166,8 +221,11 @@ def idle_cpu(seconds: float) -> list[dict[str, Any]]:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", 0))
                     port = s.getsockname()[1]
-                config.write_text(config.read_text().replace(
-                    "[tokend]\n", f'[tokend]\nmetrics_listen = "127.0.0.1:{port}"\n', 1))
+                config.write_text(
+                    config.read_text().replace(
+                        "[tokend]\n", f'[tokend]\nmetrics_listen = "127.0.0.1:{port}"\n', 1
+                    )
+                )
             daemons[variant] = Daemon(config, tmp)
         try:
             for daemon in daemons.values():
@@ -182,13 +240,23 @@ def idle_cpu(seconds: float) -> list[dict[str, Any]]:
                 daemon.stop()
     plain, metrics = (used[v] * 1000 * 60 / seconds for v in ("plain", "metrics"))
     return [
-        figure("daemon CPU while idle (1 refresh/min)", "ms per minute", [plain],
-               target="<= 20 ms per minute", met=plain <= 20,
-               extra={"window_s": seconds, "refreshes_in_window_both_daemons": refreshes}),
-        figure("daemon CPU while idle, metrics endpoint on", "ms per minute", [metrics],
-               baseline=[plain], baseline_name="the same, metrics off",
-               target="no measurable difference (< 2 ms per minute)",
-               met=metrics - plain < 2),
+        figure(
+            "daemon CPU while idle (1 refresh/min)",
+            "ms per minute",
+            [plain],
+            target="<= 20 ms per minute",
+            met=plain <= 20,
+            extra={"window_s": seconds, "refreshes_in_window_both_daemons": refreshes},
+        ),
+        figure(
+            "daemon CPU while idle, metrics endpoint on",
+            "ms per minute",
+            [metrics],
+            baseline=[plain],
+            baseline_name="the same, metrics off",
+            target="no measurable difference (< 2 ms per minute)",
+            met=metrics - plain < 2,
+        ),
     ]
 
 
@@ -222,13 +290,20 @@ def fan_out(idp: IdentityProvider, runs: int, n: int = 1000) -> dict[str, Any]:
             daemon.stop()
         base_dir = tmp / "out" / "base"  # beside tokend's sinks, on the same filesystem
         base_dir.mkdir()
-        base.append(timed([PYTHON, "-c", BASELINE_FANOUT, idp.url, str(base_dir), str(n)],
-                          env=bench_env(tmp)))
+        base.append(
+            timed([PYTHON, "-c", BASELINE_FANOUT, idp.url, str(base_dir), str(n)], env=bench_env(tmp))
+        )
     ratio = summary(ours)["median"] / summary(base)["median"]
-    return figure(f"fan-out: {n} credentials due at once, to all sinks written", "s", ours,
-                  baseline=base, baseline_name="requests over a 16-thread pool, same requests",
-                  target="<= 1.5x", met=ratio <= 1.5,
-                  extra={"idp_requests_per_s_in_baseline": n / summary(base)["median"]})
+    return figure(
+        f"fan-out: {n} credentials due at once, to all sinks written",
+        "s",
+        ours,
+        baseline=base,
+        baseline_name="requests over a 16-thread pool, same requests",
+        target="<= 1.5x",
+        met=ratio <= 1.5,
+        extra={"idp_requests_per_s_in_baseline": n / summary(base)["median"]},
+    )
 
 
 def reload_latency(idp: IdentityProvider, edits: int) -> dict[str, Any]:
@@ -250,16 +325,23 @@ def reload_latency(idp: IdentityProvider, edits: int) -> dict[str, Any]:
             time.sleep(0.3)
     finally:
         daemon.stop()
-    return figure("config edit -> new credential's token in its sink", "s", latencies,
-                  target="<= 0.5 s", met=summary(latencies)["median"] <= 0.5)
+    return figure(
+        "config edit -> new credential's token in its sink",
+        "s",
+        latencies,
+        target="<= 0.5 s",
+        met=summary(latencies)["median"] <= 0.5,
+    )
 
 
 def reader_storm(seconds: float, readers: int = 2) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with IdentityProvider(CLIENTS, lifetime=1, stamp_expiry=True) as idp:
         tmp = workdir()
-        sinks = "".join(f'[[credentials.c0.sink]]\npath = "{tmp}/out/c0.{fmt}"\nformat = "{fmt}"\n'
-                        for fmt in ("raw", "json", "env", "header"))
+        sinks = "".join(
+            f'[[credentials.c0.sink]]\npath = "{tmp}/out/c0.{fmt}"\nformat = "{fmt}"\n'
+            for fmt in ("raw", "json", "env", "header")
+        )
         body = credentials_config(tmp, idp.url, 1, sink=False) + sinks
         config = write_config(tmp, body)
         daemon = Daemon(config, tmp)
@@ -272,8 +354,10 @@ def reader_storm(seconds: float, readers: int = 2) -> dict[str, Any]:
             daemon.stop()
         # The naive alternative: a cron-style loop of curl -o straight onto the file.
         resp = tmp / "out" / "curl.resp"
-        loop = (f"while :; do curl -s -u bench:bench-secret -d grant_type=client_credentials "
-                f"-o {resp} {idp.url}; sleep 0.5; done")
+        loop = (
+            f"while :; do curl -s -u bench:bench-secret -d grant_type=client_credentials "
+            f"-o {resp} {idp.url}; sleep 0.5; done"
+        )
         writer = subprocess.Popen(["sh", "-c", loop], start_new_session=True)
         try:
             wait_until(resp.exists, 10, "curl's first write")
@@ -282,15 +366,26 @@ def reader_storm(seconds: float, readers: int = 2) -> dict[str, Any]:
             os.killpg(writer.pid, 15)
             writer.wait()
     ours = results["tokend"]
-    return {"figure": "reader storm, 1 s tokens", "unit": "reads", "target": "0 partial, 0 expired",
-            "value": ours, "baseline": {"name": "loop of curl -o sink", **results["curl -o loop"]},
-            "met": ours["partial"] == 0 and ours["expired"] == 0 and ours["missing"] == 0}
+    return {
+        "figure": "reader storm, 1 s tokens",
+        "unit": "reads",
+        "target": "0 partial, 0 expired",
+        "value": ours,
+        "baseline": {"name": "loop of curl -o sink", **results["curl -o loop"]},
+        "met": ours["partial"] == 0 and ours["expired"] == 0 and ours["missing"] == 0,
+    }
 
 
 def run_readers(paths: list[str], seconds: float, readers: int) -> dict[str, int]:
-    procs = [subprocess.Popen([PYTHON, "-m", "bench.reader", str(seconds), *paths],
-                              stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parent.parent) for _ in range(readers)]
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-m", "bench.reader", str(seconds), *paths],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        for _ in range(readers)
+    ]
     totals = {"reads": 0, "partial": 0, "expired": 0, "missing": 0}
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds + 60)
@@ -319,10 +414,11 @@ def table(results: list[dict[str, Any]]) -> str:
         unit = r["unit"]
         if r["figure"].startswith("reader storm"):
             v, b = r["value"], r["baseline"]
-            value = (f"{v['reads']:,} reads: {v['partial']} partial, {v['expired']} expired, "
-                     f"{v['missing']} missing")
-            base = (f"{b['name']}: {b['reads']:,} reads: {b['partial']} partial, "
-                    f"{b['expired']} expired")
+            value = (
+                f"{v['reads']:,} reads: {v['partial']} partial, {v['expired']} expired, "
+                f"{v['missing']} missing"
+            )
+            base = f"{b['name']}: {b['reads']:,} reads: {b['partial']} partial, {b['expired']} expired"
             rows.append((r["figure"], value, base, "", r["target"], "yes" if r["met"] else "NO"))
             continue
         value = cell(r["value"], unit) + ("" if unit == "s" else f" {unit}")
@@ -331,8 +427,9 @@ def table(results: list[dict[str, Any]]) -> str:
         if "kib_per_credential" in r:
             ratio += f" (+{r['kib_per_credential']:.2f} KiB/cred)"
         rows.append((r["figure"], value, base, ratio, r["target"], "yes" if r["met"] else "NO"))
-    return "\n".join("| " + " | ".join(row) + " |" + ("\n|" + "---|" * 6 if i == 0 else "")
-                     for i, row in enumerate(rows))
+    return "\n".join(
+        "| " + " | ".join(row) + " |" + ("\n|" + "---|" * 6 if i == 0 else "") for i, row in enumerate(rows)
+    )
 
 
 def main() -> int:
@@ -362,12 +459,18 @@ def main() -> int:
                 results.extend(out if isinstance(out, list) else [out])
     finally:
         cleanup()
-    report = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine(),
-              "seconds": round(time.monotonic() - started, 1), "quick": args.quick,
-              "figures": results}
+    report = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "seconds": round(time.monotonic() - started, 1),
+        "quick": args.quick,
+        "figures": results,
+    }
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"tokend benchmark, {report['date']}, {machine()['cpus']} CPUs ({machine()['cpu']}), "
-          f"Python {machine()['python']}, {report['seconds']} s\n")
+    print(
+        f"tokend benchmark, {report['date']}, {machine()['cpus']} CPUs ({machine()['cpu']}), "
+        f"Python {machine()['python']}, {report['seconds']} s\n"
+    )
     print(table(results))
     print(f"\nwritten to {RESULTS}")
     return 0

@@ -20,15 +20,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def summary(samples: Sequence[float]) -> dict[str, float]:
-    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples),
-            "n": len(samples)}
+    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": len(samples)}
 
 
-def timed(command: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-          check: bool = True) -> float:
+def timed(
+    command: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
+) -> float:
     started = time.perf_counter()
-    result = subprocess.run(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(
+        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     elapsed = time.perf_counter() - started
     if check and result.returncode != 0:
         raise RuntimeError(f"{command[:4]}… exited {result.returncode}: {result.stderr[-300:]}")
@@ -46,15 +47,19 @@ def cpu_seconds(pid: int) -> float:
     """CPU time of all the process's threads, in ns resolution where schedstat exists
     (utime + stime come in 10 ms ticks, too coarse for an idle daemon)."""
     try:
-        return sum(int((task / "schedstat").read_text().split()[0])
-                   for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+        return (
+            sum(
+                int((task / "schedstat").read_text().split()[0])
+                for task in Path(f"/proc/{pid}/task").iterdir()
+            )
+            / 1e9
+        )
     except (OSError, ValueError, IndexError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.005) -> float:
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.005) -> float:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -64,8 +69,11 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
 
 
 def bench_env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TOKEND_", "NOTIFY_SOCKET", "JOURNAL_STREAM", "STATE_DIRECTORY"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TOKEND_", "NOTIFY_SOCKET", "JOURNAL_STREAM", "STATE_DIRECTORY"))
+    }
     env["HOME"] = str(tmp)
     env.update(extra)
     return env
@@ -83,8 +91,9 @@ def sink_dir(tmp: Path) -> Path:
     return tmp / "out"
 
 
-def credentials_config(tmp: Path, url: str, n: int, *, extra: str = "", sink: bool = True,
-                       first: int = 0) -> str:
+def credentials_config(
+    tmp: Path, url: str, n: int, *, extra: str = "", sink: bool = True, first: int = 0
+) -> str:
     """n credentials of one client, told apart by scope (so each has its own cache entry)."""
     secret = tmp / "bench.secret"
     if not secret.exists():
@@ -93,8 +102,10 @@ def credentials_config(tmp: Path, url: str, n: int, *, extra: str = "", sink: bo
         sink_dir(tmp)
     blocks = []
     for i in range(first, first + n):
-        block = (f'[credentials.c{i}]\ntoken_url = "{url}"\nclient_id = "bench"\n'
-                 f'client_secret_file = "{secret}"\nscope = "s{i}"\n{extra}\n')
+        block = (
+            f'[credentials.c{i}]\ntoken_url = "{url}"\nclient_id = "bench"\n'
+            f'client_secret_file = "{secret}"\nscope = "s{i}"\n{extra}\n'
+        )
         if sink:
             block += f'[[credentials.c{i}.sink]]\npath = "{tmp}/out/c{i}.token"\n'
         blocks.append(block)
@@ -116,9 +127,12 @@ class Daemon:
         self.sock.bind(str(self.sock_path))
         self.started = time.perf_counter()
         self.log = open(tmp / "daemon.log", "ab")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen([*TOKEND, "run", "-c", str(config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT,
-                                     env=bench_env(tmp, NOTIFY_SOCKET=str(self.sock_path)))
+        self.proc = subprocess.Popen(
+            [*TOKEND, "run", "-c", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=bench_env(tmp, NOTIFY_SOCKET=str(self.sock_path)),
+        )
 
     def wait_ready(self, timeout: float = 240) -> float:
         """Seconds from process start to READY=1."""
@@ -168,5 +182,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": sys.version.split()[0],
-            "kernel": os.uname().release}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": sys.version.split()[0],
+        "kernel": os.uname().release,
+    }

@@ -26,7 +26,7 @@ def token_of(path: Path, data: bytes) -> str:
         prefix = "Authorization: Bearer "
         if not text.startswith(prefix):
             raise ValueError("not a header")
-        return text[len(prefix):].strip()
+        return text[len(prefix) :].strip()
     return text.strip()
 
 

@@ -38,8 +38,7 @@ class Secrets:
         self.outputs.append((where, text))
 
     def leaks(self) -> list[tuple[str, str]]:
-        return [(where, value) for where, text in self.outputs for value in self.values
-                if value in text]
+        return [(where, value) for where, text in self.outputs for value in self.values if value in text]
 
 
 SECRETS = Secrets()
@@ -104,16 +103,22 @@ class TokenEndpoint:
     def issued(self, n: int) -> str:
         return f"tok-{n}"
 
-    def then(self, status: int, body: Any = None, headers: Mapping[str, str] | None = None,
-             raw: bytes | None = None) -> None:
+    def then(
+        self,
+        status: int,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> None:
         """Queue one canned answer for the next request."""
         payload = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         if isinstance(body, dict):
             SECRETS.add(body.get("access_token"), body.get("refresh_token"))
 
         def answer(_: Seen) -> Response:
-            return Response(payload, status=status, headers=dict(headers or {}),
-                            content_type="application/json")
+            return Response(
+                payload, status=status, headers=dict(headers or {}), content_type="application/json"
+            )
 
         self.script.append(answer)
 
@@ -129,8 +134,9 @@ class TokenEndpoint:
         else:
             params = dict(parse_qsl(raw.decode("latin-1")))
         seen = Seen(request.path, dict(request.headers), ctype, raw, params, time.time())
-        SECRETS.add(params.get("client_secret"), params.get("refresh_token"),
-                    (seen.basic_auth or ("", ""))[1])
+        SECRETS.add(
+            params.get("client_secret"), params.get("refresh_token"), (seen.basic_auth or ("", ""))[1]
+        )
         with self.lock:
             self.seen.append(seen)
             fault = self.fault
@@ -151,11 +157,14 @@ class TokenEndpoint:
         return Response(json.dumps(body), content_type="application/json")
 
 
-def answer(status: int, body: bytes | str = "", headers: Mapping[str, str] | None = None,
-           ctype: str = "application/json") -> Callable[[Seen], Response]:
+def answer(
+    status: int,
+    body: bytes | str = "",
+    headers: Mapping[str, str] | None = None,
+    ctype: str = "application/json",
+) -> Callable[[Seen], Response]:
     """A fixed answer, for ``TokenEndpoint.fault``: ``idp.fault = answer(503)``."""
-    return lambda _: Response(body, status=status, headers=dict(headers or {}),
-                              content_type=ctype)
+    return lambda _: Response(body, status=status, headers=dict(headers or {}), content_type=ctype)
 
 
 @pytest.fixture
@@ -165,8 +174,9 @@ def idp(httpserver: HTTPServer) -> TokenEndpoint:
     return endpoint
 
 
-def credential_toml(idp_url: str, tmp: Path, name: str = "api", extra: str = "",
-                    sinks: str | None = None) -> str:
+def credential_toml(
+    idp_url: str, tmp: Path, name: str = "api", extra: str = "", sinks: str | None = None
+) -> str:
     """A credential block with a client id, a secret file, and one raw sink."""
     secret = tmp / f"{name}.secret"
     if not secret.exists():
@@ -194,17 +204,31 @@ def write_config(tmp: Path, *blocks: str, state: bool = True) -> Path:
 
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The environment tokend sees: no inherited config, state or journald hints."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TOKEND_", "STATE_DIRECTORY", "CONFIGURATION_DIRECTORY",
-                                "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM", "XDG_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            (
+                "TOKEND_",
+                "STATE_DIRECTORY",
+                "CONFIGURATION_DIRECTORY",
+                "CREDENTIALS_DIRECTORY",
+                "JOURNAL_STREAM",
+                "XDG_",
+            )
+        )
+    }
     env["HOME"] = str(tmp / "home")
     env.update(extra)
     return env
 
 
 # Root reads every file whatever its mode; without these capabilities it reads like anyone.
-WITHOUT_DAC_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
-                        "--bounding-set=-dac_override,-dac_read_search"]
+WITHOUT_DAC_OVERRIDE = [
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+]
 
 
 def as_plain_user() -> list[str]:
@@ -216,12 +240,19 @@ def as_plain_user() -> list[str]:
     return WITHOUT_DAC_OVERRIDE
 
 
-def run_tokend(*args: str | Path, tmp: Path, env: Mapping[str, str] | None = None,
-               timeout: float = 60, prefix: list[str] | None = None,
-               ) -> subprocess.CompletedProcess[str]:
+def run_tokend(
+    *args: str | Path,
+    tmp: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    prefix: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [*(prefix or []), sys.executable, "-m", "tokend", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp,
         env=dict(env) if env is not None else clean_env(tmp),
     )
     command = str(args[0]) if args else ""
@@ -251,14 +282,17 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
 class DaemonProcess:
     """A real ``tokend run`` in a subprocess, its stderr kept in a file."""
 
-    def __init__(self, config: Path, tmp: Path, env: Mapping[str, str] | None = None,
-                 prefix: list[str] | None = None) -> None:
+    def __init__(
+        self, config: Path, tmp: Path, env: Mapping[str, str] | None = None, prefix: list[str] | None = None
+    ) -> None:
         self.tmp = tmp
         self.log_path = tmp / f"tokend-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "tokend", "run", "-c", str(config)],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
             env=dict(env) if env is not None else clean_env(tmp),
         )
 
@@ -288,8 +322,9 @@ class DaemonProcess:
 def daemons() -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(config: Path, tmp: Path, env: Mapping[str, str] | None = None,
-              prefix: list[str] | None = None) -> DaemonProcess:
+    def start(
+        config: Path, tmp: Path, env: Mapping[str, str] | None = None, prefix: list[str] | None = None
+    ) -> DaemonProcess:
         daemon = DaemonProcess(config, tmp, env, prefix)
         started.append(daemon)
         return daemon
@@ -306,8 +341,11 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tokend-test",
-                             str(mnt)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tokend-test", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:

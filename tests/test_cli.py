@@ -38,8 +38,9 @@ def all_sink_formats(tmp: Path, name: str = "api") -> str:
     )
 
 
-def test_fetch_writes_every_sink_and_a_second_run_reuses_the_cache(idp: TokenEndpoint,
-                                                                    tmp_path: Path) -> None:
+def test_fetch_writes_every_sink_and_a_second_run_reuses_the_cache(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=all_sink_formats(tmp_path)))
     first = run_tokend("fetch", "-c", config, tmp=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -66,8 +67,11 @@ def test_fetch_force_asks_again(idp: TokenEndpoint, tmp_path: Path) -> None:
 
 
 def test_fetch_only_the_named_credentials(idp: TokenEndpoint, tmp_path: Path) -> None:
-    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, "a"),
-                          credential_toml(idp.url, tmp_path, "b", extra='scope = "b"'))
+    config = write_config(
+        tmp_path,
+        credential_toml(idp.url, tmp_path, "a"),
+        credential_toml(idp.url, tmp_path, "b", extra='scope = "b"'),
+    )
     assert run_tokend("fetch", "b", "-c", config, tmp=tmp_path).returncode == 0
     assert [s.params.get("scope") for s in idp.seen] == ["b"]
     assert not (tmp_path / "out" / "a.token").exists()
@@ -90,15 +94,22 @@ def test_token_prints_only_the_token_and_reuses_the_cache(idp: TokenEndpoint, tm
     assert not (tmp_path / "out" / "api.token").exists()  # token does not touch the sinks
 
 
-def test_token_from_cache_imports_no_network_or_scheduler_code(idp: TokenEndpoint,
-                                                                tmp_path: Path) -> None:
+def test_token_from_cache_imports_no_network_or_scheduler_code(idp: TokenEndpoint, tmp_path: Path) -> None:
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
-    probe = ("import sys; from tokend.cli import main; rc = main(['token', 'api', '-c', sys.argv[1]]);"
-             "heavy = sorted(m for m in ('requests', 'urllib3', 'apscheduler', 'watchdog', 'dotenv',"
-             " 'logging') if m in sys.modules); print(heavy, file=sys.stderr); sys.exit(rc)")
-    result = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True,
-                            text=True, env=clean_env(tmp_path), cwd=tmp_path, timeout=60)
+    probe = (
+        "import sys; from tokend.cli import main; rc = main(['token', 'api', '-c', sys.argv[1]]);"
+        "heavy = sorted(m for m in ('requests', 'urllib3', 'apscheduler', 'watchdog', 'dotenv',"
+        " 'logging') if m in sys.modules); print(heavy, file=sys.stderr); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(config)],
+        capture_output=True,
+        text=True,
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "tok-1\n"
     assert result.stderr.strip() == "[]"
@@ -115,8 +126,9 @@ def test_fetch_without_a_token_exits_1_with_one_clear_line(idp: TokenEndpoint, t
 
 def test_a_failed_refresh_keeps_the_valid_token_in_the_sinks(idp: TokenEndpoint, tmp_path: Path) -> None:
     idp.expires_in = 3
-    config = write_config(tmp_path, credential_toml(idp.url, tmp_path,
-                                                    extra='refresh_at = 0.5\nmin_ttl_margin = "1s"'))
+    config = write_config(
+        tmp_path, credential_toml(idp.url, tmp_path, extra='refresh_at = 0.5\nmin_ttl_margin = "1s"')
+    )
     assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
     time.sleep(1.6)  # past the refresh point (1.5 s), well before expiry (3 s)
     idp.then(503, None, {"Retry-After": "30"})
@@ -131,7 +143,8 @@ def test_a_failed_refresh_keeps_the_valid_token_in_the_sinks(idp: TokenEndpoint,
 
 def test_one_broken_credential_does_not_stop_the_others(idp: TokenEndpoint, tmp_path: Path) -> None:
     broken = credential_toml(idp.url, tmp_path, "broken").replace(
-        str(tmp_path / "broken.secret"), str(tmp_path / "missing.secret"))
+        str(tmp_path / "broken.secret"), str(tmp_path / "missing.secret")
+    )
     config = write_config(tmp_path, broken, credential_toml(idp.url, tmp_path, "good"))
     result = run_tokend("fetch", "-c", config, tmp=tmp_path)
     assert result.returncode == EX_CONFIG
@@ -140,8 +153,10 @@ def test_one_broken_credential_does_not_stop_the_others(idp: TokenEndpoint, tmp_
 
 
 def test_a_failing_sink_does_not_stop_the_other_sinks(idp: TokenEndpoint, tmp_path: Path) -> None:
-    sinks = (f'[[credentials.api.sink]]\npath = "{tmp_path}/nodir/api.token"\n'
-             f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.token"\n')
+    sinks = (
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/nodir/api.token"\n'
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.token"\n'
+    )
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
     result = run_tokend("fetch", "-c", config, tmp=tmp_path)
     assert result.returncode == 1
@@ -166,8 +181,10 @@ def test_check_validates_offline_and_online(idp: TokenEndpoint, tmp_path: Path) 
 
 
 def test_check_lists_every_path_problem(idp: TokenEndpoint, tmp_path: Path) -> None:
-    sinks = (f'[[credentials.api.sink]]\npath = "{tmp_path}/nodir/a"\n'
-             f'[[credentials.api.sink]]\npath = "{tmp_path}/out/b"\nowner = "no-such-user-tokend"\n')
+    sinks = (
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/nodir/a"\n'
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/out/b"\nowner = "no-such-user-tokend"\n'
+    )
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
     result = run_tokend("check", "-c", config, tmp=tmp_path)
     assert result.returncode == EX_CONFIG
@@ -199,8 +216,9 @@ PASTED = "hunter2"  # what an operator pasted where a name or a URL belonged
 
 
 def pasted_secret_env(block: str, tmp: Path) -> str:
-    changed = block.replace(f'client_secret_file = "{tmp}/api.secret"',
-                            f'client_secret_env = "{PASTED} pasted by mistake"')
+    changed = block.replace(
+        f'client_secret_file = "{tmp}/api.secret"', f'client_secret_env = "{PASTED} pasted by mistake"'
+    )
     assert changed != block
     return changed
 
@@ -214,8 +232,10 @@ def url_with_password(block: str, idp_url: str) -> str:
 def test_check_does_not_echo_a_secret_pasted_into_the_config(idp: TokenEndpoint, tmp_path: Path) -> None:
     SECRETS.add(PASTED)
     block = credential_toml(idp.url, tmp_path)
-    for bad, key in ((pasted_secret_env(block, tmp_path), "credentials.api.client_secret_env"),
-                     (url_with_password(block, idp.url), "credentials.api.token_url")):
+    for bad, key in (
+        (pasted_secret_env(block, tmp_path), "credentials.api.client_secret_env"),
+        (url_with_password(block, idp.url), "credentials.api.token_url"),
+    ):
         config = write_config(tmp_path, bad)
         result = run_tokend("check", "-c", config, tmp=tmp_path)
         assert result.returncode == EX_CONFIG
@@ -223,15 +243,18 @@ def test_check_does_not_echo_a_secret_pasted_into_the_config(idp: TokenEndpoint,
         assert PASTED not in result.stdout + result.stderr
 
 
-def test_a_reload_rejecting_a_pasted_secret_echoes_it_nowhere(idp: TokenEndpoint, tmp_path: Path,
-                                                              daemons: Callable[..., DaemonProcess]) -> None:
+def test_a_reload_rejecting_a_pasted_secret_echoes_it_nowhere(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
     SECRETS.add(PASTED)  # and the suite-wide hygiene check reads the log and status.json too
     block = credential_toml(idp.url, tmp_path)
     config = write_config(tmp_path, block)
     daemon = daemons(config, tmp_path)
     wait_for(lambda: (tmp_path / "out" / "api.token").exists(), 10, "the first token")
-    for bad, key in ((pasted_secret_env(block, tmp_path), "credentials.api.client_secret_env"),
-                     (url_with_password(block, idp.url), "credentials.api.token_url")):
+    for bad, key in (
+        (pasted_secret_env(block, tmp_path), "credentials.api.client_secret_env"),
+        (url_with_password(block, idp.url), "credentials.api.token_url"),
+    ):
         write_config(tmp_path, bad)
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: key in daemon.log, 10, f"the reload rejecting {key}")  # noqa: B023
@@ -250,10 +273,11 @@ def test_a_reload_rejecting_a_pasted_secret_echoes_it_nowhere(idp: TokenEndpoint
 NO_CREDENTIALS = "no credentials configured"
 
 
-@pytest.mark.parametrize("content", ["", "[tokend]\nlog_level = \"info\"\n"], ids=["empty", "only-tokend"])
+@pytest.mark.parametrize("content", ["", '[tokend]\nlog_level = "info"\n'], ids=["empty", "only-tokend"])
 @pytest.mark.parametrize("command", [["check"], ["fetch"], ["token", "api"]], ids=" ".join)
-def test_a_config_without_credentials_is_a_config_error(tmp_path: Path, content: str,
-                                                        command: list[str]) -> None:
+def test_a_config_without_credentials_is_a_config_error(
+    tmp_path: Path, content: str, command: list[str]
+) -> None:
     config = tmp_path / "tokend.toml"
     config.write_text(content)
     result = run_tokend(*command, "-c", config, tmp=tmp_path)
@@ -282,17 +306,23 @@ def test_the_daemon_runs_on_a_config_without_credentials_warns_and_picks_one_up(
     assert len(warning_lines) == 1 and "WARNING" in warning_lines[0], daemon.log
     wait_for(lambda: status_record().get("warnings"), 10, "the status file with the warning")
     status = run_tokend("status", "-c", config, tmp=tmp_path)
-    assert any(line.startswith("warning: ") and NO_CREDENTIALS in line
-               for line in status.stdout.splitlines()), status.stdout
+    assert any(
+        line.startswith("warning: ") and NO_CREDENTIALS in line for line in status.stdout.splitlines()
+    ), status.stdout
     check = run_tokend("status", "--check", "-c", config, tmp=tmp_path)
     assert check.returncode == 1 and check.stdout.startswith("TOKEND WARNING - ")
     assert NO_CREDENTIALS in check.stdout
 
     config.write_text(head + credential_toml(idp.url, tmp_path))  # an edit, no signal: the watcher
     wait_for(lambda: (tmp_path / "out" / "api.token").exists(), 10, "the added credential's token")
-    wait_for(lambda: not status_record().get("warnings")
-             and status_record()["credentials"].get("api", {}).get("last_success"),
-             10, "the status file without the warning, with the new token")
+    wait_for(
+        lambda: (
+            not status_record().get("warnings")
+            and status_record()["credentials"].get("api", {}).get("last_success")
+        ),
+        10,
+        "the status file without the warning, with the new token",
+    )
     check = run_tokend("status", "--check", "-c", config, tmp=tmp_path)
     assert (check.returncode, check.stdout.split(" - ")[0]) == (0, "TOKEND OK"), check.stdout
     assert daemon.proc.poll() is None
@@ -305,13 +335,32 @@ def test_status_json_into_a_pipe_closed_early_prints_no_traceback(tmp_path: Path
     config = write_config(tmp_path)
     (tmp_path / "state").mkdir(mode=0o700)
     now = time.time()
-    creds = {f"cred-{i}": {"name": f"cred-{i}", "token_fingerprint": "sha256:0123456789",
-                           "expires_at": now + 3600, "obtained_at": now, "next_refresh": now + 2800,
-                           "last_success": now, "last_attempt": now, "last_error": None,
-                           "last_error_retryable": None, "failures": 0} for i in range(1000)}
-    (tmp_path / "state" / "status.json").write_text(json.dumps(  # far more than a pipe holds
-        {"pid": os.getpid(), "updated_at": now, "config": str(config), "config_error": None,
-         "credentials": creds}))
+    creds = {
+        f"cred-{i}": {
+            "name": f"cred-{i}",
+            "token_fingerprint": "sha256:0123456789",
+            "expires_at": now + 3600,
+            "obtained_at": now,
+            "next_refresh": now + 2800,
+            "last_success": now,
+            "last_attempt": now,
+            "last_error": None,
+            "last_error_retryable": None,
+            "failures": 0,
+        }
+        for i in range(1000)
+    }
+    (tmp_path / "state" / "status.json").write_text(
+        json.dumps(  # far more than a pipe holds
+            {
+                "pid": os.getpid(),
+                "updated_at": now,
+                "config": str(config),
+                "config_error": None,
+                "credentials": creds,
+            }
+        )
+    )
     proc = status_json_into_a_pipe(config, tmp_path)
     assert proc.stdout is not None
     assert proc.stdout.read(10).startswith(b"{")  # like `| head -c 10`
@@ -325,8 +374,13 @@ def test_status_json_into_a_pipe_closed_early_prints_no_traceback(tmp_path: Path
 def status_json_into_a_pipe(config: Path, tmp: Path) -> subprocess.Popen[bytes]:
     env = clean_env(tmp)
     env.pop("PYTHONUNBUFFERED", None)  # stdout block-buffered, as in a shell pipeline
-    return subprocess.Popen([sys.executable, "-m", "tokend", "status", "--json", "-c", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokend", "status", "--json", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp,
+        env=env,
+    )
 
 
 def stderr_and_exit(proc: subprocess.Popen[bytes]) -> tuple[str, int]:
@@ -337,15 +391,21 @@ def stderr_and_exit(proc: subprocess.Popen[bytes]) -> tuple[str, int]:
     return stderr, proc.wait(30)
 
 
-def test_status_json_into_a_pipe_whose_reader_already_left_prints_no_broken_pipe(
-    tmp_path: Path
-) -> None:
+def test_status_json_into_a_pipe_whose_reader_already_left_prints_no_broken_pipe(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     (tmp_path / "state").mkdir(mode=0o700)
     now = time.time()
-    (tmp_path / "state" / "status.json").write_text(json.dumps(  # a few hundred bytes of output
-        {"pid": os.getpid(), "updated_at": now, "config": str(config), "config_error": None,
-         "credentials": {}}))
+    (tmp_path / "state" / "status.json").write_text(
+        json.dumps(  # a few hundred bytes of output
+            {
+                "pid": os.getpid(),
+                "updated_at": now,
+                "config": str(config),
+                "config_error": None,
+                "credentials": {},
+            }
+        )
+    )
     proc = status_json_into_a_pipe(config, tmp_path)
     assert proc.stdout is not None
     proc.stdout.close()  # like `| true`: the reader is gone before tokend writes a byte
@@ -354,8 +414,7 @@ def test_status_json_into_a_pipe_whose_reader_already_left_prints_no_broken_pipe
     assert code in (0, 1)
 
 
-def test_a_byte_order_mark_at_the_start_of_the_config_is_accepted(idp: TokenEndpoint,
-                                                                  tmp_path: Path) -> None:
+def test_a_byte_order_mark_at_the_start_of_the_config_is_accepted(idp: TokenEndpoint, tmp_path: Path) -> None:
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     config.write_bytes("\ufeff".encode() + config.read_bytes())
     check = run_tokend("check", "-c", config, tmp=tmp_path)

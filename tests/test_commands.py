@@ -29,8 +29,9 @@ DUMP_ENV = "import json, os; print(json.dumps(dict(os.environ)))"
 
 def from_env(block: str, tmp: Path, name: str, variable: str) -> str:
     """credential_toml's block with its secret read from ``$variable`` instead of a file."""
-    changed = block.replace(f'client_secret_file = "{tmp}/{name}.secret"',
-                            f'client_secret_env = "{variable}"')
+    changed = block.replace(
+        f'client_secret_file = "{tmp}/{name}.secret"', f'client_secret_env = "{variable}"'
+    )
     assert changed != block
     return changed
 
@@ -41,12 +42,19 @@ def test_exec_child_keeps_the_callers_environment_but_no_secret_variable(
     config = write_config(
         tmp_path,
         from_env(credential_toml(idp.url, tmp_path), tmp_path, "api", "API_CLIENT_SECRET"),
-        from_env(credential_toml(idp.url, tmp_path, "other"), tmp_path, "other", "OTHER_CLIENT_SECRET"))
-    env = clean_env(tmp_path, API_CLIENT_SECRET=EXEC_SECRET, OTHER_CLIENT_SECRET=OTHER_SECRET,
-                    NOTIFY_SOCKET=str(tmp_path / "notify.sock"), SOME_APP_SETTING="kept-for-the-child")
+        from_env(credential_toml(idp.url, tmp_path, "other"), tmp_path, "other", "OTHER_CLIENT_SECRET"),
+    )
+    env = clean_env(
+        tmp_path,
+        API_CLIENT_SECRET=EXEC_SECRET,
+        OTHER_CLIENT_SECRET=OTHER_SECRET,
+        NOTIFY_SOCKET=str(tmp_path / "notify.sock"),
+        SOME_APP_SETTING="kept-for-the-child",
+    )
     SECRETS.add(EXEC_SECRET, OTHER_SECRET)
-    result = run_tokend("exec", "-c", config, "api", "--", sys.executable, "-c", DUMP_ENV,
-                        tmp=tmp_path, env=env)
+    result = run_tokend(
+        "exec", "-c", config, "api", "--", sys.executable, "-c", DUMP_ENV, tmp=tmp_path, env=env
+    )
     assert result.returncode == 0, result.stderr
     sent = idp.seen[0]  # the secret was read from the variable, so it was there to leak
     assert EXEC_SECRET in ((sent.basic_auth or ("", ""))[1], sent.params.get("client_secret"))
@@ -65,8 +73,7 @@ def pid_hook(tmp: Path) -> str:
     return f'[credentials.api.on_rotate]\npid_file = "{tmp}/consumer.pid"\nsignal = "HUP"\n'
 
 
-def test_check_accepts_a_pid_file_only_tokend_or_root_can_write(idp: TokenEndpoint,
-                                                                tmp_path: Path) -> None:
+def test_check_accepts_a_pid_file_only_tokend_or_root_can_write(idp: TokenEndpoint, tmp_path: Path) -> None:
     (tmp_path / "consumer.pid").write_text(f"{os.getpid()}\n")
     (tmp_path / "consumer.pid").chmod(0o644)
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path) + pid_hook(tmp_path))
@@ -74,13 +81,19 @@ def test_check_accepts_a_pid_file_only_tokend_or_root_can_write(idp: TokenEndpoi
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("unsafe", ["world-writable", "group-writable", "owned-by-nobody", "fifo",
-                                    "garbage", "pid-1"])
+@pytest.mark.parametrize(
+    "unsafe", ["world-writable", "group-writable", "owned-by-nobody", "fifo", "garbage", "pid-1"]
+)
 def test_check_reports_an_unsafe_pid_file(idp: TokenEndpoint, tmp_path: Path, unsafe: str) -> None:
     path = tmp_path / "consumer.pid"
-    expected = {"world-writable": "writable by others", "group-writable": "writable by its group",
-                "owned-by-nobody": "owned by uid 65534", "fifo": "not a regular file",
-                "garbage": "no valid pid", "pid-1": "refusing pid 1"}[unsafe]
+    expected = {
+        "world-writable": "writable by others",
+        "group-writable": "writable by its group",
+        "owned-by-nobody": "owned by uid 65534",
+        "fifo": "not a regular file",
+        "garbage": "no valid pid",
+        "pid-1": "refusing pid 1",
+    }[unsafe]
     if unsafe == "fifo":
         os.mkfifo(path, 0o600)  # with no writer, a blocking open would hang `check` for ever
     else:

@@ -34,8 +34,15 @@ def cfg(text: str, file: Path = Path("/etc/tokend/tokend.toml")) -> object:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("2d", 172800),
-        ("500ms", 0.5), ("90", None), (90, 90), (0, 0),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("500ms", 0.5),
+        ("90", None),
+        (90, 90),
+        (0, 0),
     ],
 )
 def test_durations_parse_to_seconds(text: object, expected: float | None) -> None:
@@ -64,7 +71,8 @@ def test_modes_are_octal_strings() -> None:
 def test_eventbookings_preset_fills_endpoint_and_dialect() -> None:
     config = parse(
         '[credentials.eb]\nprovider = "eventbookings"\nclient_id = "x"\nclient_secret = "y"\n',
-        Path("/etc/tokend/tokend.toml"), environ={},
+        Path("/etc/tokend/tokend.toml"),
+        environ={},
     )
     eb = config.credentials["eb"]
     assert eb.token_url == "https://identity.eventbookings.com/connect/token"
@@ -74,13 +82,19 @@ def test_eventbookings_preset_fills_endpoint_and_dialect() -> None:
 def test_explicit_keys_override_the_preset() -> None:
     config = parse(
         '[credentials.eb]\nprovider = "eventbookings"\nclient_id = "x"\nclient_secret = "y"\n'
-        'request_format = "form"\n', Path("/x/tokend.toml"), environ={})
+        'request_format = "form"\n',
+        Path("/x/tokend.toml"),
+        environ={},
+    )
     assert config.credentials["eb"].request_format == "form"
 
 
 def test_defaults_and_relative_paths() -> None:
-    config = parse(BASE + '[[credentials.api.sink]]\npath = "run/api.token"\nformat = "env"\n',
-                   Path("/etc/tokend/tokend.toml"), environ={"STATE_DIRECTORY": "/var/lib/tokend"})
+    config = parse(
+        BASE + '[[credentials.api.sink]]\npath = "run/api.token"\nformat = "env"\n',
+        Path("/etc/tokend/tokend.toml"),
+        environ={"STATE_DIRECTORY": "/var/lib/tokend"},
+    )
     api = config.credentials["api"]
     assert config.state_dir == Path("/var/lib/tokend")
     assert (api.request_format, api.client_auth, api.refresh_at) == ("form", "basic", 0.8)
@@ -92,8 +106,11 @@ def test_defaults_and_relative_paths() -> None:
 
 
 def test_scope_list_and_extra_params() -> None:
-    config = parse(BASE + 'scope = ["read", "write"]\nextra_params = { audience = "x", n = 3 }\n',
-                   Path("/t.toml"), environ={})
+    config = parse(
+        BASE + 'scope = ["read", "write"]\nextra_params = { audience = "x", n = 3 }\n',
+        Path("/t.toml"),
+        environ={},
+    )
     api = config.credentials["api"]
     assert api.scope_string == "read write"
     assert api.extra_params == (("audience", "x"), ("n", "3"))
@@ -110,46 +127,96 @@ def test_default_locations_follow_systemd_then_home() -> None:
 # Each case: a config edit an operator could make, the key the error must name, and a
 # fragment of the explanation.
 BAD_CONFIGS = [
-    ("unknown key", BASE + 'refresh_at_ = 0.7\n', "credentials.api.refresh_at_",
-     "did you mean 'refresh_at'"),
+    ("unknown key", BASE + "refresh_at_ = 0.7\n", "credentials.api.refresh_at_", "did you mean 'refresh_at'"),
     ("unknown top key", "[tokend]\nstate_dri = '/x'\n", "tokend.state_dri", "did you mean 'state_dir'"),
     ("wrong type", BASE + "timeout = true\n", "credentials.api.timeout", "duration"),
-    ("wrong type str", BASE + "use_refresh_token = 'yes'\n", "credentials.api.use_refresh_token",
-     "true or false"),
-    ("bad duration", BASE + 'min_ttl_margin = "1 minute"\n', "credentials.api.min_ttl_margin",
-     "not a duration"),
-    ("decimal mode", BASE + '[[credentials.api.sink]]\npath = "/run/a"\nmode = 640\n',
-     "credentials.api.sink[0].mode", "octal string"),
-    ("http to a remote host", BASE.replace("https://idp.example.com", "http://idp.example.com"),
-     "credentials.api.token_url", "unencrypted"),
-    ("missing secret", BASE.replace('client_secret_file = "/etc/tokend/api.secret"\n', ""),
-     "credentials.api.client_secret", "is required"),
-    ("two secrets", BASE + 'client_secret_env = "X"\n', "credentials.api.client_secret_file",
-     "conflicts"),
-    ("two sinks one path", BASE + '[[credentials.api.sink]]\npath = "/run/a"\n'
-     '[credentials.b]\ntoken_url = "https://i/t"\nclient_id = "i"\nclient_secret = "s"\n'
-     '[[credentials.b.sink]]\npath = "/run/a"\n', "credentials.b.sink[0].path", "already written"),
+    (
+        "wrong type str",
+        BASE + "use_refresh_token = 'yes'\n",
+        "credentials.api.use_refresh_token",
+        "true or false",
+    ),
+    (
+        "bad duration",
+        BASE + 'min_ttl_margin = "1 minute"\n',
+        "credentials.api.min_ttl_margin",
+        "not a duration",
+    ),
+    (
+        "decimal mode",
+        BASE + '[[credentials.api.sink]]\npath = "/run/a"\nmode = 640\n',
+        "credentials.api.sink[0].mode",
+        "octal string",
+    ),
+    (
+        "http to a remote host",
+        BASE.replace("https://idp.example.com", "http://idp.example.com"),
+        "credentials.api.token_url",
+        "unencrypted",
+    ),
+    (
+        "missing secret",
+        BASE.replace('client_secret_file = "/etc/tokend/api.secret"\n', ""),
+        "credentials.api.client_secret",
+        "is required",
+    ),
+    ("two secrets", BASE + 'client_secret_env = "X"\n', "credentials.api.client_secret_file", "conflicts"),
+    (
+        "two sinks one path",
+        BASE + '[[credentials.api.sink]]\npath = "/run/a"\n'
+        '[credentials.b]\ntoken_url = "https://i/t"\nclient_id = "i"\nclient_secret = "s"\n'
+        '[[credentials.b.sink]]\npath = "/run/a"\n',
+        "credentials.b.sink[0].path",
+        "already written",
+    ),
     ("refresh_at out of range", BASE + "refresh_at = 0.99\n", "credentials.api.refresh_at", "0.95"),
-    ("bad name", BASE.replace("credentials.api", "credentials.'a b'"), "credentials.'a b'",
-     "letters, digits"),
+    (
+        "bad name",
+        BASE.replace("credentials.api", "credentials.'a b'"),
+        "credentials.'a b'",
+        "letters, digits",
+    ),
     ("unknown provider", BASE + 'provider = "okta"\n', "credentials.api.provider", "unknown provider"),
-    ("bad format", BASE + '[[credentials.api.sink]]\npath = "/run/a"\nformat = "yaml"\n',
-     "credentials.api.sink[0].format", "raw, json, env, header"),
-    ("env_name on raw", BASE + '[[credentials.api.sink]]\npath = "/run/a"\nenv_name = "X"\n',
-     "credentials.api.sink[0].env_name", "only applies"),
-    ("no token_url", BASE.replace('token_url = "https://idp.example.com/token"\n', ""),
-     "credentials.api.token_url", "is required"),
-    ("hook signal without pid", BASE + '[credentials.api.on_rotate]\nsignal = "HUP"\n',
-     "credentials.api.on_rotate.pid_file", "go together"),
-    ("hook shell string", BASE + '[credentials.api.on_rotate]\ncommand = "systemctl reload x"\n',
-     "credentials.api.on_rotate.command", "list of strings"),
-    ("reserved extra param", BASE + 'extra_params = { client_secret = "x" }\n',
-     "credentials.api.extra_params.client_secret", "set by tokend"),
+    (
+        "bad format",
+        BASE + '[[credentials.api.sink]]\npath = "/run/a"\nformat = "yaml"\n',
+        "credentials.api.sink[0].format",
+        "raw, json, env, header",
+    ),
+    (
+        "env_name on raw",
+        BASE + '[[credentials.api.sink]]\npath = "/run/a"\nenv_name = "X"\n',
+        "credentials.api.sink[0].env_name",
+        "only applies",
+    ),
+    (
+        "no token_url",
+        BASE.replace('token_url = "https://idp.example.com/token"\n', ""),
+        "credentials.api.token_url",
+        "is required",
+    ),
+    (
+        "hook signal without pid",
+        BASE + '[credentials.api.on_rotate]\nsignal = "HUP"\n',
+        "credentials.api.on_rotate.pid_file",
+        "go together",
+    ),
+    (
+        "hook shell string",
+        BASE + '[credentials.api.on_rotate]\ncommand = "systemctl reload x"\n',
+        "credentials.api.on_rotate.command",
+        "list of strings",
+    ),
+    (
+        "reserved extra param",
+        BASE + 'extra_params = { client_secret = "x" }\n',
+        "credentials.api.extra_params.client_secret",
+        "set by tokend",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "text", "where", "fragment"), BAD_CONFIGS,
-                         ids=[c[0] for c in BAD_CONFIGS])
+@pytest.mark.parametrize(("case", "text", "where", "fragment"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
 def test_every_config_error_names_file_credential_and_key(
     case: str, text: str, where: str, fragment: str
 ) -> None:

@@ -138,10 +138,14 @@ path = "out/billing.token"
 
 
 def base_config(url: str = URL, port: int = METRICS_PORT) -> str:
-    return (BASE.replace("@URL@", url).replace("@PORT@", str(port))
-            .replace("@USER@", pwd.getpwuid(os.getuid()).pw_name)
-            .replace("@GROUP@", grp.getgrgid(os.getgid()).gr_name)
-            .replace("@UID@", str(os.getuid())).replace("@GID@", str(os.getgid())))
+    return (
+        BASE.replace("@URL@", url)
+        .replace("@PORT@", str(port))
+        .replace("@USER@", pwd.getpwuid(os.getuid()).pw_name)
+        .replace("@GROUP@", grp.getgrgid(os.getgid()).gr_name)
+        .replace("@UID@", str(os.getuid()))
+        .replace("@GID@", str(os.getgid()))
+    )
 
 
 def prepare(tmp: Path) -> None:
@@ -155,26 +159,122 @@ def prepare(tmp: Path) -> None:
 # --------------------------------------------------------------------------- mutations
 
 LITERALS = [  # TOML values of every type, and the strings that have broken parsers before
-    "0", "-1", "1", "640", "99999999999", "-99999999999", str(10**30), "4294967295",
-    "0.5", "1e308", "-1e308", "inf", "nan", "-0.0", "true", "false",
-    '""', '" "', '"²"', '"٣"', '"\uff11\uff12\uff13"', '"99999999999d"', '"10000000d"', '"0s"', '"1h30m"',
-    '"500ms"', '"~nosuchuser/x"', '"~/x"', '"0640"', '"127.0.0.1:²"', '"[::1]:0"',
-    '"a\\u0000b"', '"x\\n"', '"\\u202e"', f'"{"x" * 5000}"', '"%(HOME)s"', '"${HOME}"',
-    "1979-05-27T07:32:00Z", "07:32:00", "1979-05-27",
-    "[]", "[1, 2]", '["a", ""]', "[[]]", "[{}]", '["²"]',
-    "{}", "{ a = 1 }", '{ audience = "x" }', "{ x = { y = [] } }",
+    "0",
+    "-1",
+    "1",
+    "640",
+    "99999999999",
+    "-99999999999",
+    str(10**30),
+    "4294967295",
+    "0.5",
+    "1e308",
+    "-1e308",
+    "inf",
+    "nan",
+    "-0.0",
+    "true",
+    "false",
+    '""',
+    '" "',
+    '"²"',
+    '"٣"',
+    '"\uff11\uff12\uff13"',
+    '"99999999999d"',
+    '"10000000d"',
+    '"0s"',
+    '"1h30m"',
+    '"500ms"',
+    '"~nosuchuser/x"',
+    '"~/x"',
+    '"0640"',
+    '"127.0.0.1:²"',
+    '"[::1]:0"',
+    '"a\\u0000b"',
+    '"x\\n"',
+    '"\\u202e"',
+    f'"{"x" * 5000}"',
+    '"%(HOME)s"',
+    '"${HOME}"',
+    "1979-05-27T07:32:00Z",
+    "07:32:00",
+    "1979-05-27",
+    "[]",
+    "[1, 2]",
+    '["a", ""]',
+    "[[]]",
+    "[{}]",
+    '["²"]',
+    "{}",
+    "{ a = 1 }",
+    '{ audience = "x" }',
+    "{ x = { y = [] } }",
 ]
-HUGE = ["99999999999", str(10**30), '"99999999999d"', '"10000000d"', '"9999999999999999999s"',
-        f'"{"9" * 400}s"', "1e308", f'"{"a" * 100_000}"', "-9223372036854775808",
-        "18446744073709551616", '"999999999h"', '"99999999999ms"']
-PATHS = ['"~nosuchuser/x"', '"~/x"', '"~"', '""', '"a\\u0000b"', '"."', '".."',
-         f'"{"p" * 5000}"', '"out/"', '"out/no/such/dir/x"', '"out/e\\u0301"', '"out/x\\n"']
-PATH_KEYS = ("state_dir", "metrics_textfile", "client_secret_file", "path", "pid_file",
-             "env_file", "ca_bundle")
-INSERTS = [b"\0", b"\xef\xbb\xbf", b"\n", "²".encode(), "٣".encode(), "\uff11".encode(),
-           "\uff1d".encode(), "\uff3b".encode(), "\u2028".encode(), b"\r", b"\t", b'"', b"'", b"[",
-           b"]", b"{", b"}", b"=", b"#", b"\\", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80",
-           b"\x1b", b"\x7f"]
+HUGE = [
+    "99999999999",
+    str(10**30),
+    '"99999999999d"',
+    '"10000000d"',
+    '"9999999999999999999s"',
+    f'"{"9" * 400}s"',
+    "1e308",
+    f'"{"a" * 100_000}"',
+    "-9223372036854775808",
+    "18446744073709551616",
+    '"999999999h"',
+    '"99999999999ms"',
+]
+PATHS = [
+    '"~nosuchuser/x"',
+    '"~/x"',
+    '"~"',
+    '""',
+    '"a\\u0000b"',
+    '"."',
+    '".."',
+    f'"{"p" * 5000}"',
+    '"out/"',
+    '"out/no/such/dir/x"',
+    '"out/e\\u0301"',
+    '"out/x\\n"',
+]
+PATH_KEYS = (
+    "state_dir",
+    "metrics_textfile",
+    "client_secret_file",
+    "path",
+    "pid_file",
+    "env_file",
+    "ca_bundle",
+)
+INSERTS = [
+    b"\0",
+    b"\xef\xbb\xbf",
+    b"\n",
+    "²".encode(),
+    "٣".encode(),
+    "\uff11".encode(),
+    "\uff1d".encode(),
+    "\uff3b".encode(),
+    "\u2028".encode(),
+    b"\r",
+    b"\t",
+    b'"',
+    b"'",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"=",
+    b"#",
+    b"\\",
+    b"\xff",
+    b"\xc3",
+    b"\xed\xa0\x80",
+    b"\x80",
+    b"\x1b",
+    b"\x7f",
+]
 ESCAPES = ["\\n", "\\r", "\\u2028", "\\u0000", "\\t", "\\u001b", "\\u00b2"]
 ASSIGNMENT = re.compile(rb"^(\s*)([^=\[#\s][^=]*?)\s*=\s*(.*)$")
 HEADER = re.compile(rb"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*$")
@@ -189,8 +289,7 @@ class Case:
     how: list[str] = field(default_factory=list)
 
     def describe(self, limit: int = 300) -> str:
-        shown = repr(self.data[:limit]) + (f"... ({len(self.data)} bytes)"
-                                           if len(self.data) > limit else "")
+        shown = repr(self.data[:limit]) + (f"... ({len(self.data)} bytes)" if len(self.data) > limit else "")
         return f"[{self.id}] {'; '.join(self.how) or 'as built'}: {shown}"
 
 
@@ -202,12 +301,21 @@ def _assignments(lines: list[bytes]) -> list[int]:
     return [i for i, line in enumerate(lines) if ASSIGNMENT.match(line)]
 
 
-def _replace_value(rng: random.Random, data: bytes, pool: list[str], what: str,
-                   keys: tuple[str, ...] | None = None) -> tuple[bytes, str]:
+def _replace_value(
+    rng: random.Random, data: bytes, pool: list[str], what: str, keys: tuple[str, ...] | None = None
+) -> tuple[bytes, str]:
     lines = _lines(data)
-    candidates = [i for i in _assignments(lines)
-                  if keys is None or ASSIGNMENT.match(lines[i]).group(2).decode(  # type: ignore[union-attr]
-                      errors="replace") in keys]
+    candidates = [
+        i
+        for i in _assignments(lines)
+        if keys is None
+        or ASSIGNMENT.match(lines[i])
+        .group(2)
+        .decode(  # type: ignore[union-attr]
+            errors="replace"
+        )
+        in keys
+    ]
     if not candidates:
         return _insert(rng, data)
     i = rng.choice(candidates)
@@ -246,8 +354,11 @@ def _bom(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 def _nest(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     depth = rng.choice([100, 999, 1000, 5000, 20000])
     shape = rng.choice(["open", "closed", "table"])
-    value = {"open": "[" * depth, "closed": "[" * depth + "]" * depth,
-             "table": "{ a = " * depth + "1" + " }" * depth}[shape]
+    value = {
+        "open": "[" * depth,
+        "closed": "[" * depth + "]" * depth,
+        "table": "{ a = " * depth + "1" + " }" * depth,
+    }[shape]
     if rng.random() < 0.3:
         return f"x = {value}\n".encode() + data, f"prepend x = {shape} nesting {depth} deep"
     out, how = _replace_value(rng, data, [value], f"{shape} nesting {depth} deep")
@@ -269,13 +380,21 @@ def _path(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 def _add_key(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     """A known key, with any value, added to a section that allows it."""
     lines = _lines(data)
-    headers = [(i, m.group(1).decode(errors="replace")) for i, line in enumerate(lines)
-               if (m := HEADER.match(line))]
+    headers = [
+        (i, m.group(1).decode(errors="replace")) for i, line in enumerate(lines) if (m := HEADER.match(line))
+    ]
     if not headers:
         return _insert(rng, data)
     i, name = rng.choice(headers)
-    keys = (GLOBAL_KEYS if name == "tokend" else SINK_KEYS if name.endswith(".sink")
-            else HOOK_KEYS if name.endswith(".on_rotate") else CREDENTIAL_KEYS)
+    keys = (
+        GLOBAL_KEYS
+        if name == "tokend"
+        else SINK_KEYS
+        if name.endswith(".sink")
+        else HOOK_KEYS
+        if name.endswith(".on_rotate")
+        else CREDENTIAL_KEYS
+    )
     key, value = rng.choice(keys), rng.choice(LITERALS + HUGE + PATHS)
     lines.insert(i + 1, f"{key} = {value}".encode())
     return b"\n".join(lines), f"add {key} = {value[:40]} under [{name}]"
@@ -314,8 +433,24 @@ def _lineop(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 
 
 MUTATORS: list[Callable[[random.Random, bytes], tuple[bytes, str]]] = [
-    _truncate, _flip, _flip, _insert, _insert, _bom, _nest, _huge, _huge, _retype, _retype,
-    _retype, _path, _path, _add_key, _add_key, _escape, _lineop,
+    _truncate,
+    _flip,
+    _flip,
+    _insert,
+    _insert,
+    _bom,
+    _nest,
+    _huge,
+    _huge,
+    _retype,
+    _retype,
+    _retype,
+    _path,
+    _path,
+    _add_key,
+    _add_key,
+    _escape,
+    _lineop,
 ]
 
 
@@ -347,8 +482,12 @@ def set_value(text: str, header: str, key: str, literal: str) -> str:
     return "\n".join(lines)
 
 
-SINK0, HOOK, API, GLOBAL = ("[[credentials.api.sink]]", "[credentials.api.on_rotate]",
-                            "[credentials.api]", "[tokend]")
+SINK0, HOOK, API, GLOBAL = (
+    "[[credentials.api.sink]]",
+    "[credentials.api.on_rotate]",
+    "[credentials.api]",
+    "[tokend]",
+)
 Expect = Literal["reject"] | Callable[[Config], str | None]
 
 
@@ -366,42 +505,75 @@ def _same_as_base(config: Config) -> str | None:
 NAMED: list[tuple[str, Callable[[str], str | bytes], Expect]] = [
     # The hardening issue's list: each crashed somewhere today; each must be rejected.
     ("issue-nested-arrays-5000", lambda b: "x = " + "[" * 5000 + "\n" + b, "reject"),
-    ("issue-nested-arrays-5000-closed",
-     lambda b: set_value(b, API, "extra_params", "{ audience = " + "[" * 5000 + "]" * 5000 + " }"),
-     "reject"),
+    (
+        "issue-nested-arrays-5000-closed",
+        lambda b: set_value(b, API, "extra_params", "{ audience = " + "[" * 5000 + "]" * 5000 + " }"),
+        "reject",
+    ),
     ("issue-group-superscript-two", lambda b: set_value(b, SINK0, "group", '"²"'), "reject"),
     ("issue-owner-superscript-two", lambda b: set_value(b, SINK0, "owner", '"²"'), "reject"),
-    ("issue-metrics-listen-superscript-two",
-     lambda b: set_value(b, GLOBAL, "metrics_listen", '"127.0.0.1:²"'), "reject"),
-    ("issue-tilde-unknown-user-state-dir",
-     lambda b: set_value(b, GLOBAL, "state_dir", '"~nosuchuser/x"'), "reject"),
-    ("issue-tilde-unknown-user-sink-path",
-     lambda b: set_value(b, SINK0, "path", '"~nosuchuser/x"'), "reject"),
-    ("issue-tilde-unknown-user-secret-file",
-     lambda b: set_value(b, API, "client_secret_file", '"~nosuchuser/x"'), "reject"),
+    (
+        "issue-metrics-listen-superscript-two",
+        lambda b: set_value(b, GLOBAL, "metrics_listen", '"127.0.0.1:²"'),
+        "reject",
+    ),
+    (
+        "issue-tilde-unknown-user-state-dir",
+        lambda b: set_value(b, GLOBAL, "state_dir", '"~nosuchuser/x"'),
+        "reject",
+    ),
+    (
+        "issue-tilde-unknown-user-sink-path",
+        lambda b: set_value(b, SINK0, "path", '"~nosuchuser/x"'),
+        "reject",
+    ),
+    (
+        "issue-tilde-unknown-user-secret-file",
+        lambda b: set_value(b, API, "client_secret_file", '"~nosuchuser/x"'),
+        "reject",
+    ),
     ("issue-owner-99999999999", lambda b: set_value(b, SINK0, "owner", "99999999999"), "reject"),
     ("issue-timeout-99999999999d", lambda b: set_value(b, API, "timeout", '"99999999999d"'), "reject"),
-    ("issue-default-expires-in-10000000d",
-     lambda b: set_value(b, API, "default_expires_in", '"10000000d"'), "reject"),
+    (
+        "issue-default-expires-in-10000000d",
+        lambda b: set_value(b, API, "default_expires_in", '"10000000d"'),
+        "reject",
+    ),
     # A BOM may be refused or skipped, but not change what the rest of the file means.
     ("issue-bom-at-start", lambda b: b"\xef\xbb\xbf" + b.encode(), _same_as_base),
     # Found by this fuzzer: silent misreadings and multi-line errors.
-    ("metrics-listen-arabic-indic-three",
-     lambda b: set_value(b, GLOBAL, "metrics_listen", '"127.0.0.1:٣"'), "reject"),
-    ("metrics-listen-fullwidth-digits",
-     lambda b: set_value(b, GLOBAL, "metrics_listen", '"127.0.0.1:\uff19\uff14\uff16\uff14"'), "reject"),
+    (
+        "metrics-listen-arabic-indic-three",
+        lambda b: set_value(b, GLOBAL, "metrics_listen", '"127.0.0.1:٣"'),
+        "reject",
+    ),
+    (
+        "metrics-listen-fullwidth-digits",
+        lambda b: set_value(b, GLOBAL, "metrics_listen", '"127.0.0.1:\uff19\uff14\uff16\uff14"'),
+        "reject",
+    ),
     ("group-arabic-indic-three", lambda b: set_value(b, SINK0, "group", '"٣"'), _group_not_three),
-    ("owner-4294967295-is-chown-minus-one",
-     lambda b: set_value(b, SINK0, "owner", "4294967295"), "reject"),
+    ("owner-4294967295-is-chown-minus-one", lambda b: set_value(b, SINK0, "owner", "4294967295"), "reject"),
     ("timeout-10e30-seconds", lambda b: set_value(b, API, "timeout", str(10**30)), "reject"),
     ("hook-timeout-99999999999d", lambda b: set_value(b, HOOK, "timeout", '"99999999999d"'), "reject"),
-    ("min-ttl-margin-99999999999d",
-     lambda b: set_value(b, API, "min_ttl_margin", '"99999999999d"'), "reject"),
-    ("credential-name-trailing-newline",
-     lambda b: b + '\n[credentials."x\\n"]\ntoken_url = "http://127.0.0.1:1/t"\n'
-                   'client_id = "a"\nclient_secret_file = "api.secret"\n', "reject"),
-    ("env-name-trailing-newline", lambda b: set_value(b, "[[credentials.billing.sink]]",
-                                                      "env_name", '"BILLING_TOKEN\\n"'), "reject"),
+    (
+        "min-ttl-margin-99999999999d",
+        lambda b: set_value(b, API, "min_ttl_margin", '"99999999999d"'),
+        "reject",
+    ),
+    (
+        "credential-name-trailing-newline",
+        lambda b: (
+            b + '\n[credentials."x\\n"]\ntoken_url = "http://127.0.0.1:1/t"\n'
+            'client_id = "a"\nclient_secret_file = "api.secret"\n'
+        ),
+        "reject",
+    ),
+    (
+        "env-name-trailing-newline",
+        lambda b: set_value(b, "[[credentials.billing.sink]]", "env_name", '"BILLING_TOKEN\\n"'),
+        "reject",
+    ),
     ("unknown-key-with-newline", lambda b: set_value(b, API, '"scope\\n"', '"x"'), "reject"),
     ("unknown-top-key-with-line-separator", lambda b: '"a\\u2028b" = 1\n' + b, "reject"),
 ]
@@ -451,16 +623,24 @@ def load_case(path: Path, data: bytes, environ: Mapping[str, str]) -> Outcome:
     except ConfigError as exc:
         text = str(exc)
         if len(text.splitlines()) != 1:
-            return Outcome("bad-error", message=text,
-                           signature=f"ConfigError spans {len(text.splitlines())} lines "
-                                     f"(raised at {origin(exc)})")
+            return Outcome(
+                "bad-error",
+                message=text,
+                signature=f"ConfigError spans {len(text.splitlines())} lines (raised at {origin(exc)})",
+            )
         if not text.startswith(f"{path}: "):
-            return Outcome("bad-error", message=text,
-                           signature=f"ConfigError does not start with the path (raised at {origin(exc)})")
+            return Outcome(
+                "bad-error",
+                message=text,
+                signature=f"ConfigError does not start with the path (raised at {origin(exc)})",
+            )
         return Outcome("error", message=text)
     except Exception as exc:  # the fuzzer's whole question: nothing else may come out
-        return Outcome("crash", message=f"{type(exc).__name__}: {str(exc)[:200]}",
-                       signature=f"{type(exc).__name__} at {origin(exc)}")
+        return Outcome(
+            "crash",
+            message=f"{type(exc).__name__}: {str(exc)[:200]}",
+            signature=f"{type(exc).__name__} at {origin(exc)}",
+        )
     return Outcome("config", config=config)
 
 
@@ -473,7 +653,7 @@ def shrink(data: bytes, same: Callable[[bytes], bool], budget: int = 300) -> byt
         i = 0
         while i < len(lines) and budget > 0:
             budget -= 1
-            candidate = lines[:i] + lines[i + 1:]
+            candidate = lines[:i] + lines[i + 1 :]
             if same(b"\n".join(candidate)):
                 lines, changed = candidate, True
             else:
@@ -529,20 +709,24 @@ def test_in_process_fuzz_gives_a_config_or_a_one_line_config_error(
         reports.append(
             f"- {signature}\n    {len(found)} case(s), seeds {', '.join(c.id for c, _ in found[:8])}"
             f"\n    e.g. {case.describe(160)}\n    -> {outcome.message[:200]!r}"
-            f"\n    minimal input: {show(minimal)}")
+            f"\n    minimal input: {show(minimal)}"
+        )
     assert not reports, (
         f"{sum(len(f) for f in by_cause.values())} of {len(SEEDS_IN_PROCESS)} fuzzed configs "
         f"broke the promise (only a Config or a one-line ConfigError starting with the path), "
-        f"{len(reports)} distinct cause(s) [{time.monotonic() - started:.1f}s]:\n" + "\n".join(reports))
+        f"{len(reports)} distinct cause(s) [{time.monotonic() - started:.1f}s]:\n" + "\n".join(reports)
+    )
 
 
 @pytest.mark.parametrize(("name", "build", "expect"), NAMED, ids=[n for n, _, _ in NAMED])
-def test_named_input_in_process(name: str, build: Callable[[str], str | bytes], expect: Expect,
-                                tmp_path: Path, fuzz_env: dict[str, str]) -> None:
+def test_named_input_in_process(
+    name: str, build: Callable[[str], str | bytes], expect: Expect, tmp_path: Path, fuzz_env: dict[str, str]
+) -> None:
     case = named_case(name, build, base_config())
     outcome = load_case(tmp_path / "tokend.toml", case.data, fuzz_env)
     assert outcome.kind in ("config", "error"), (
-        f"{case.describe()}\n-> {outcome.signature}\n   {outcome.message!r}")
+        f"{case.describe()}\n-> {outcome.signature}\n   {outcome.message!r}"
+    )
     if expect == "reject":
         assert outcome.kind == "error", f"{case.describe()}\n-> accepted; must be a ConfigError"
     elif outcome.config is not None:
@@ -553,8 +737,9 @@ def test_named_input_in_process(name: str, build: Callable[[str], str | bytes], 
 # --------------------------------------------------------------------------- (b) tokend check
 
 
-def check_problem(case: Case, tmp: Path, env: dict[str, str]
-                  ) -> tuple[str | None, subprocess.CompletedProcess[str]]:
+def check_problem(
+    case: Case, tmp: Path, env: dict[str, str]
+) -> tuple[str | None, subprocess.CompletedProcess[str]]:
     """Run ``tokend check`` on one case: what is wrong with its answer (or None), and it."""
     path = tmp / f"check-{re.sub(r'[^A-Za-z0-9-]', '_', case.id)}.toml"
     predicted = load_case(tmp / f"{path.stem}.predict.toml", case.data, env)
@@ -572,8 +757,9 @@ def check_problem(case: Case, tmp: Path, env: dict[str, str]
     elif predicted.kind in ("error", "bad-error"):
         expected = "tokend: " + predicted.message.replace(f"{tmp / path.stem}.predict.toml", str(path))
         if result.returncode != 78 or lines != [expected]:
-            problem = (f"config error not shown as its one line: exit {result.returncode}, "
-                       f"{result.stderr[:300]!r}")
+            problem = (
+                f"config error not shown as its one line: exit {result.returncode}, {result.stderr[:300]!r}"
+            )
     return problem, result
 
 
@@ -592,12 +778,14 @@ def test_tokend_check_exits_0_or_78_and_never_with_a_traceback(
             by_cause.setdefault(problem, []).append(case)
     assert not by_cause, f"tokend check, fuzzed configs: {len(by_cause)} distinct problem(s):\n" + "\n".join(
         f"- {problem}\n    {len(found)} case(s), e.g. {min(found, key=lambda c: len(c.data)).describe(200)}"
-        for problem, found in by_cause.items())
+        for problem, found in by_cause.items()
+    )
 
 
 @pytest.mark.parametrize(("name", "build", "expect"), NAMED, ids=[n for n, _, _ in NAMED])
-def test_named_input_in_tokend_check(name: str, build: Callable[[str], str | bytes], expect: Expect,
-                                     tmp_path: Path, fuzz_env: dict[str, str]) -> None:
+def test_named_input_in_tokend_check(
+    name: str, build: Callable[[str], str | bytes], expect: Expect, tmp_path: Path, fuzz_env: dict[str, str]
+) -> None:
     case = named_case(name, build, base_config())
     problem, result = check_problem(case, tmp_path, fuzz_env)
     assert problem is None, f"{case.describe()}\n-> {problem}"
@@ -638,8 +826,9 @@ EXCEPTION_LINE = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception|Exit)\b.*)$", re
 class Fed:
     """One daemon fed configs: writes them atomically, sends SIGHUP, reads the outcome."""
 
-    def __init__(self, start: Callable[..., DaemonProcess], tmp: Path, env: dict[str, str],
-                 base: str) -> None:
+    def __init__(
+        self, start: Callable[..., DaemonProcess], tmp: Path, env: dict[str, str], base: str
+    ) -> None:
         self.start, self.tmp, self.env, self.base = start, tmp, env, base
         self.config = tmp / "tokend.toml"
         self.offset = 0  # where the log of the current step starts
@@ -668,7 +857,7 @@ class Fed:
         os.replace(temp, self.config)
 
     def segment(self) -> str:
-        return self.daemon.log[self.offset:]
+        return self.daemon.log[self.offset :]
 
     def quiet(self, window: float = 0.2, limit: float = 3.0) -> None:
         """Wait until the log stops growing: the refreshes a reload started have run."""
@@ -709,8 +898,9 @@ def daemon_problems(fed: Fed, case: Case, predicted: Outcome, expect: Expect | N
     problems = []
     if fed.daemon.proc.poll() is not None:
         exc = EXCEPTION_LINE.findall(log)
-        problems.append(f"daemon died (exit {fed.daemon.proc.returncode}): "
-                        f"{exc[-1][:160] if exc else log[-300:]!r}")
+        problems.append(
+            f"daemon died (exit {fed.daemon.proc.returncode}): {exc[-1][:160] if exc else log[-300:]!r}"
+        )
     elif outcome is None:
         problems.append(f"no 'reload applied/rejected' within 5 s of SIGHUP: {log[-300:]!r}")
     else:
@@ -725,7 +915,7 @@ def daemon_problems(fed: Fed, case: Case, predicted: Outcome, expect: Expect | N
         if back != "applied":
             problems.append(f"restoring the good config: reload {back}")
     if "Traceback" in log and fed.daemon.proc.poll() is None:  # (a death is reported above)
-        exc = EXCEPTION_LINE.findall(log[log.find("Traceback"):])
+        exc = EXCEPTION_LINE.findall(log[log.find("Traceback") :])
         problems.append(f"traceback in the log: {exc[0][:160] if exc else '?'}")
     if fed.daemon.proc.poll() is not None or outcome is None:
         fed.restart()
@@ -733,7 +923,9 @@ def daemon_problems(fed: Fed, case: Case, predicted: Outcome, expect: Expect | N
 
 
 def test_a_running_daemon_survives_every_fuzzed_reload(
-    idp: TokenEndpoint, tmp_path: Path, daemons: Callable[..., DaemonProcess],
+    idp: TokenEndpoint,
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
     fuzz_env: dict[str, str],
 ) -> None:
     idp.expires_in = None  # so that default_expires_in is what decides the lifetime
@@ -774,10 +966,13 @@ def test_a_running_daemon_survives_every_fuzzed_reload(
         elapsed = time.monotonic() - started
         assert not by_cause, (
             f"{len(cases)} reloads ({len(NAMED)} named, {DAEMON_CASES} random) in {elapsed:.1f}s; "
-            f"{len(by_cause)} distinct problem(s):\n" + "\n".join(
+            f"{len(by_cause)} distinct problem(s):\n"
+            + "\n".join(
                 f"- {problem}\n    {len(found)} case(s): {', '.join(c.id for c in found[:12])}"
                 f"\n    e.g. {min(found, key=lambda c: len(c.data)).describe(200)}"
-                for problem, found in by_cause.items()))
+                for problem, found in by_cause.items()
+            )
+        )
     finally:
         sleeper.terminate()
         sleeper.wait()

@@ -35,8 +35,9 @@ FAST = 'min_ttl_margin = "0s"\nrefresh_at = 0.6'  # 2 s tokens due after ~1.1-1.
 
 
 def sinks(tmp: Path, name: str = "api") -> str:
-    return "".join(f'[[credentials.{name}.sink]]\npath = "{tmp}/out/{name}.{fmt}"\nformat = "{fmt}"\n'
-                   for fmt in FORMATS)
+    return "".join(
+        f'[[credentials.{name}.sink]]\npath = "{tmp}/out/{name}.{fmt}"\nformat = "{fmt}"\n' for fmt in FORMATS
+    )
 
 
 def token_in(path: Path) -> str | None:
@@ -52,7 +53,7 @@ def token_in(path: Path) -> str | None:
         return text.splitlines()[0].split("=", 1)[1].strip("'")
     if fmt == "header":
         assert text.startswith("Authorization: Bearer ") and text.endswith("\n")
-        return text[len("Authorization: Bearer "):-1]
+        return text[len("Authorization: Bearer ") : -1]
     assert text.endswith("\n")
     return text[:-1]
 
@@ -83,8 +84,9 @@ class Readers:
             if token not in self.idp.issued_at:
                 self.problems.append(f"{path.name}: {token!r} was never issued")
             elif now >= self.idp.expires_at(token):
-                self.problems.append(f"{path.name}: {token} read {now - self.idp.expires_at(token):.2f}s "
-                                     "after it expired")
+                self.problems.append(
+                    f"{path.name}: {token} read {now - self.idp.expires_at(token):.2f}s after it expired"
+                )
             time.sleep(0.002)
 
     def __enter__(self) -> Readers:
@@ -130,8 +132,9 @@ def test_old_token_kept_through_an_outage_then_replaced(
     idp: TokenEndpoint, tmp_path: Path, daemons: Start
 ) -> None:
     idp.expires_in = 3
-    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra='min_ttl_margin = "0s"\n'
-                                                    'refresh_at = 0.5'))
+    config = write_config(
+        tmp_path, credential_toml(idp.url, tmp_path, extra='min_ttl_margin = "0s"\nrefresh_at = 0.5')
+    )
     daemon = daemons(config, tmp_path)
     sink = tmp_path / "out" / "api.token"
     wait_for(lambda: token_in(sink) == "tok-1", 10, "the first token")
@@ -143,8 +146,9 @@ def test_old_token_kept_through_an_outage_then_replaced(
     assert "refresh failed" in daemon.log and "keeping token" in daemon.log
 
 
-def test_unfixable_errors_are_logged_at_error_level(idp: TokenEndpoint, tmp_path: Path,
-                                                    daemons: Start) -> None:
+def test_unfixable_errors_are_logged_at_error_level(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
     idp.fault = answer(401, '{"error": "invalid_client"}')
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     daemon = daemons(config, tmp_path)
@@ -235,8 +239,9 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     sock.close()
 
 
-def test_sd_notify_on_a_real_socket(idp: TokenEndpoint, tmp_path: Path, daemons: Start,
-                                    notify_socket: tuple[str, list[str]]) -> None:
+def test_sd_notify_on_a_real_socket(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start, notify_socket: tuple[str, list[str]]
+) -> None:
     path, messages = notify_socket
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     env = clean_env(tmp_path, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
@@ -254,8 +259,9 @@ def test_sd_notify_on_a_real_socket(idp: TokenEndpoint, tmp_path: Path, daemons:
     assert any("STOPPING=1" in m for m in messages)
 
 
-def test_ready_waits_for_a_first_failure_too(idp: TokenEndpoint, tmp_path: Path, daemons: Start,
-                                            notify_socket: tuple[str, list[str]]) -> None:
+def test_ready_waits_for_a_first_failure_too(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start, notify_socket: tuple[str, list[str]]
+) -> None:
     path, messages = notify_socket
     idp.fault = answer(401)
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
@@ -274,13 +280,19 @@ def test_hook_runs_with_its_environment_after_the_sinks_change(
     idp: TokenEndpoint, tmp_path: Path, daemons: Start
 ) -> None:
     idp.expires_in = 2
-    script = hook_script(tmp_path, (
-        "with open(sys.argv[1], 'a') as f:\n"
-        "    f.write(' '.join([os.environ['TOKEND_CREDENTIAL'], os.environ['TOKEND_EXPIRES_AT'],"
-        " os.environ.get('TOKEND_ACCESS_TOKEN', '-'), open(sys.argv[2]).read().strip()]) + '\\n')"))
+    script = hook_script(
+        tmp_path,
+        (
+            "with open(sys.argv[1], 'a') as f:\n"
+            "    f.write(' '.join([os.environ['TOKEND_CREDENTIAL'], os.environ['TOKEND_EXPIRES_AT'],"
+            " os.environ.get('TOKEND_ACCESS_TOKEN', '-'), open(sys.argv[2]).read().strip()]) + '\\n')"
+        ),
+    )
     log = tmp_path / "hook.log"
-    hook = (f'[credentials.api.on_rotate]\ncommand = ["{sys.executable}", "{script}", "{log}", '
-            f'"{tmp_path}/out/api.token"]\n')
+    hook = (
+        f'[credentials.api.on_rotate]\ncommand = ["{sys.executable}", "{script}", "{log}", '
+        f'"{tmp_path}/out/api.token"]\n'
+    )
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra=FAST) + hook)
     daemons(config, tmp_path)
     wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 15, "two hook runs")
@@ -295,18 +307,19 @@ def test_a_hanging_hook_is_killed_and_never_blocks_refreshing(
 ) -> None:
     idp.expires_in = 2
     script = hook_script(tmp_path, "time.sleep(60)")
-    hook = (f'[credentials.api.on_rotate]\ncommand = ["{sys.executable}", "{script}"]\n'
-            'timeout = "1s"\n')
+    hook = f'[credentials.api.on_rotate]\ncommand = ["{sys.executable}", "{script}"]\ntimeout = "1s"\n'
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra=FAST) + hook)
     daemon = daemons(config, tmp_path)
     wait_for(lambda: len(idp.issued_at) >= 4, 15, "rotations while hooks hang")
     wait_for(lambda: "killed after 1s" in daemon.log, 10, "the hook killed at its timeout")
 
 
-def test_status_reports_health_and_exit_codes(idp: TokenEndpoint, tmp_path: Path,
-                                              daemons: Start) -> None:
-    config = write_config(tmp_path, credential_toml(idp.url, tmp_path),
-                          credential_toml(idp.url, tmp_path, "bad", extra='scope = "nope"'))
+def test_status_reports_health_and_exit_codes(idp: TokenEndpoint, tmp_path: Path, daemons: Start) -> None:
+    config = write_config(
+        tmp_path,
+        credential_toml(idp.url, tmp_path),
+        credential_toml(idp.url, tmp_path, "bad", extra='scope = "nope"'),
+    )
     idp.then(200, {"access_token": "tok-x", "expires_in": 3600})  # whichever comes first
     idp.then(400, {"error": "invalid_scope", "error_description": "nope is not a scope"})
     daemon = daemons(config, tmp_path)
@@ -338,21 +351,57 @@ def test_status_reports_health_and_exit_codes(idp: TokenEndpoint, tmp_path: Path
 
 def test_exec_puts_the_token_in_the_environment(idp: TokenEndpoint, tmp_path: Path) -> None:
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
-    result = run_tokend("exec", "-c", config, "api", "--", sys.executable, "-c",
-                        "import os; print(os.environ['API_ACCESS_TOKEN'], "
-                        "os.environ['API_ACCESS_TOKEN_EXPIRES_AT'].isdigit())", tmp=tmp_path)
+    result = run_tokend(
+        "exec",
+        "-c",
+        config,
+        "api",
+        "--",
+        sys.executable,
+        "-c",
+        "import os; print(os.environ['API_ACCESS_TOKEN'], "
+        "os.environ['API_ACCESS_TOKEN_EXPIRES_AT'].isdigit())",
+        tmp=tmp_path,
+    )
     assert (result.returncode, result.stdout) == (0, "tok-1 True\n")
-    named = run_tokend("exec", "-c", config, "api", "--env-name", "TOKEN", "--", "sh", "-c",
-                       'printf %s "$TOKEN"', tmp=tmp_path)
+    named = run_tokend(
+        "exec",
+        "-c",
+        config,
+        "api",
+        "--env-name",
+        "TOKEN",
+        "--",
+        "sh",
+        "-c",
+        'printf %s "$TOKEN"',
+        tmp=tmp_path,
+    )
     assert named.stdout == "tok-1" and len(idp.seen) == 1
     missing = run_tokend("exec", "-c", config, "api", "--", "no-such-program-tokend", tmp=tmp_path)
     assert missing.returncode == 127 and "no-such-program-tokend" in missing.stderr
 
 
 def test_demo_rotates_files(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "tokend", "demo", "--lifetime", "2", "--for", "5",
-                             "--dir", str(tmp_path / "demo")], capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path, env=clean_env(tmp_path))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokend",
+            "demo",
+            "--lifetime",
+            "2",
+            "--for",
+            "5",
+            "--dir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("eventbookings rotated") >= 3
     assert result.stdout.count("rfc6749 rotated") >= 3
@@ -367,16 +416,24 @@ def test_demo_rotates_files(tmp_path: Path) -> None:
 
 def test_hook_signals_the_pid_in_pid_file(idp: TokenEndpoint, tmp_path: Path, daemons: Start) -> None:
     marker = tmp_path / "got-hup"
-    consumer = subprocess.Popen([sys.executable, "-c", (
-        "import signal, sys, time\n"
-        f"signal.signal(signal.SIGHUP, lambda *a: open({str(marker)!r}, 'a').write('hup\\n'))\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    consumer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import signal, sys, time\n"
+                f"signal.signal(signal.SIGHUP, lambda *a: open({str(marker)!r}, 'a').write('hup\\n'))\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert consumer.stdout is not None and consumer.stdout.readline() == "ready\n"
         (tmp_path / "consumer.pid").write_text(f"{consumer.pid}\n")
-        hook = (f'[credentials.api.on_rotate]\npid_file = "{tmp_path}/consumer.pid"\n'
-                'signal = "HUP"\n')
+        hook = f'[credentials.api.on_rotate]\npid_file = "{tmp_path}/consumer.pid"\nsignal = "HUP"\n'
         config = write_config(tmp_path, credential_toml(idp.url, tmp_path) + hook)
         daemon = daemons(config, tmp_path)
         wait_for(marker.exists, 10, "the consumer's SIGHUP")
@@ -424,8 +481,7 @@ def test_a_reload_removing_a_credential_still_starting_lets_the_start_finish(
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(8)
         slow_url = f"http://127.0.0.1:{black_hole.getsockname()[1]}/token"
-        config = write_config(tmp_path, credential_toml(slow_url, tmp_path, "slow",
-                                                        extra='timeout = "30s"'))
+        config = write_config(tmp_path, credential_toml(slow_url, tmp_path, "slow", extra='timeout = "30s"'))
         daemon = daemons(config, tmp_path, clean_env(tmp_path, NOTIFY_SOCKET=path))
         wait_for(lambda: "tokend running" in daemon.log, 10, "the start")
         time.sleep(0.3)  # the slow credential's first attempt now waits on the hole
@@ -458,19 +514,28 @@ def test_fetch_beside_the_daemon_reuses_its_token_instead_of_asking_again(
 ) -> None:
     """The daemon's first request is slow; fetches started meanwhile wait on the
     identity's lock and then find its token, rather than asking the IdP themselves."""
+
     def slow(seen: Seen) -> Response:
         time.sleep(1.0)
         SECRETS.add("slow-token")
-        return Response(json.dumps({"access_token": "slow-token", "expires_in": 3600}),
-                        content_type="application/json")
+        return Response(
+            json.dumps({"access_token": "slow-token", "expires_in": 3600}), content_type="application/json"
+        )
 
     idp.script.append(slow)
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     daemons(config, tmp_path)
     wait_for(lambda: len(idp.seen) == 1, 10, "the daemon's request in flight")
-    fetches = [subprocess.Popen([sys.executable, "-m", "tokend", "fetch", "-c", str(config)],
-                                cwd=tmp_path, env=clean_env(tmp_path), stderr=subprocess.PIPE,
-                                text=True) for _ in range(3)]
+    fetches = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tokend", "fetch", "-c", str(config)],
+            cwd=tmp_path,
+            env=clean_env(tmp_path),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     for fetch in fetches:
         _, err = fetch.communicate(timeout=30)
         assert fetch.returncode == 0, err
@@ -492,11 +557,15 @@ def test_a_wall_clock_stepped_back_leaves_no_expired_token_in_the_sinks(
     idp.expires_in = 3
     offset = tmp_path / "faketime"
     offset.write_text("+0\n")
-    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra=FAST,
-                                                    sinks=sinks(tmp_path)))
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra=FAST, sinks=sinks(tmp_path)))
     # Only the wall clock is faked: the monotonic one must keep running as it does.
-    env = clean_env(tmp_path, LD_PRELOAD=str(lib), FAKETIME_TIMESTAMP_FILE=str(offset),
-                    FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    env = clean_env(
+        tmp_path,
+        LD_PRELOAD=str(lib),
+        FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_NO_CACHE="1",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
     daemon = daemons(config, tmp_path, env)
     paths = [tmp_path / "out" / f"api.{fmt}" for fmt in FORMATS]
     wait_for(lambda: all(p.exists() for p in paths), 10, "the first token in every sink")
@@ -522,8 +591,11 @@ def test_readers_get_a_fresh_token_soon_after_a_long_outage(
     wait_for(lambda: token_in(sink) == "tok-1", 10, "the first token")
     idp.fault = answer(503)
     outage = time.monotonic()
-    wait_for(lambda: time.monotonic() - outage > 12 and len(idp.seen) >= 6, 40,
-             "a long outage with several failed attempts")
+    wait_for(
+        lambda: time.monotonic() - outage > 12 and len(idp.seen) >= 6,
+        40,
+        "a long outage with several failed attempts",
+    )
     idp.fault = None
     back = time.monotonic()
     wait_for(lambda: token_in(sink) == "tok-2", 13, "a fresh token once the IdP is back")
@@ -538,8 +610,12 @@ def test_remove_on_stop_that_cannot_remove_is_logged_and_the_daemon_lives(
     out = tmp_path / "gone"
     out.mkdir()
     name = "api.token" if obstacle == "read-only directory" else "a-dir"
-    block = credential_toml(idp.url, tmp_path, "old", sinks=(
-        f'[[credentials.old.sink]]\npath = "{out}/{name}"\nremove_on_stop = true\n'))
+    block = credential_toml(
+        idp.url,
+        tmp_path,
+        "old",
+        sinks=(f'[[credentials.old.sink]]\npath = "{out}/{name}"\nremove_on_stop = true\n'),
+    )
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path), block)
     if obstacle == "directory at the path":
         (out / name).mkdir()  # the sink refuses to replace it; the removal must too

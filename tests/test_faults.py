@@ -44,18 +44,22 @@ FORMATS = ("raw", "json", "env", "header")
 Start = Callable[..., DaemonProcess]
 
 
-def config_for(tmp: Path, url: str, *, extra: str = "", secret: str = "fault-secret",
-               sinks: str | None = None) -> Path:
+def config_for(
+    tmp: Path, url: str, *, extra: str = "", secret: str = "fault-secret", sinks: str | None = None
+) -> Path:
     """One credential; by default a sink of every format in ``tmp/out``."""
     (tmp / "out").mkdir(exist_ok=True)
     (tmp / "api.secret").write_text(secret + "\n")
     if sinks is None:
-        sinks = "".join(f'[[credentials.api.sink]]\npath = "{tmp}/out/api.{fmt}"\n'
-                        f'format = "{fmt}"\n' for fmt in FORMATS)
+        sinks = "".join(
+            f'[[credentials.api.sink]]\npath = "{tmp}/out/api.{fmt}"\nformat = "{fmt}"\n' for fmt in FORMATS
+        )
     path = tmp / "tokend.toml"
-    path.write_text(f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.api]\n'
-                    f'token_url = "{url}"\nclient_id = "fault"\n'
-                    f'client_secret_file = "{tmp}/api.secret"\n{extra}\n{sinks}')
+    path.write_text(
+        f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.api]\n'
+        f'token_url = "{url}"\nclient_id = "fault"\n'
+        f'client_secret_file = "{tmp}/api.secret"\n{extra}\n{sinks}'
+    )
     return path
 
 
@@ -86,8 +90,9 @@ def sink_token(path: Path) -> str:
 # --------------------------------------------------------------------------- kill -9
 
 
-def test_kill_9_mid_rotation_never_leaves_a_partial_sink(stamped_idp: IdentityProvider,
-                                                         tmp_path: Path) -> None:
+def test_kill_9_mid_rotation_never_leaves_a_partial_sink(
+    stamped_idp: IdentityProvider, tmp_path: Path
+) -> None:
     """Killed at any moment, tokend leaves every sink complete and holding a token the IdP
     issued, at most one temp file per directory (the one in flight), and none once a new
     tokend has written there."""
@@ -96,9 +101,13 @@ def test_kill_9_mid_rotation_never_leaves_a_partial_sink(stamped_idp: IdentityPr
     rng = random.Random(7)
     kills = 40 if LONG else 8
     for _ in range(kills):
-        proc = subprocess.Popen([sys.executable, "-m", "tokend", "run", "-c", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=clean_env(tmp_path), cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tokend", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=clean_env(tmp_path),
+            cwd=tmp_path,
+        )
         wait_for(lambda: (tmp_path / "out" / "api.header").exists(), 10, "a first token")
         time.sleep(rng.uniform(0.05, 1.5))  # somewhere in a rotation storm of 1 s tokens
         proc.send_signal(signal.SIGKILL)
@@ -110,9 +119,13 @@ def test_kill_9_mid_rotation_never_leaves_a_partial_sink(stamped_idp: IdentityPr
         temps = [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
         assert len(temps) <= 1, temps
     # A new tokend sweeps what the dead ones left, at its first write.
-    proc = subprocess.Popen([sys.executable, "-m", "tokend", "run", "-c", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=clean_env(tmp_path), cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokend", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+    )
     try:
         before = len(stamped_idp.events)
         wait_for(lambda: len(stamped_idp.events) > before + 1, 10, "a rotation by the new tokend")
@@ -139,8 +152,9 @@ def test_after_kill_9_a_restart_reuses_the_cached_token(tmp_path: Path, daemons:
 # --------------------------------------------------------------------------- reader storm
 
 
-def test_reader_storm_sees_no_partial_and_no_expired_token(stamped_idp: IdentityProvider,
-                                                           tmp_path: Path, daemons: Start) -> None:
+def test_reader_storm_sees_no_partial_and_no_expired_token(
+    stamped_idp: IdentityProvider, tmp_path: Path, daemons: Start
+) -> None:
     """Readers in other processes, reading every format in a tight loop while 1-second
     tokens rotate, never get a partial file or a token that has expired."""
     config = config_for(tmp_path, stamped_idp.url)
@@ -148,8 +162,15 @@ def test_reader_storm_sees_no_partial_and_no_expired_token(stamped_idp: Identity
     paths = [str(tmp_path / "out" / f"api.{fmt}") for fmt in FORMATS]
     wait_for(lambda: all(Path(p).exists() for p in paths), 10, "every sink")
     seconds = 60 if LONG else 6
-    readers = [subprocess.Popen([sys.executable, "-m", "bench.reader", str(seconds), *paths],
-                                stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.reader", str(seconds), *paths],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for _ in range(2)
+    ]
     counts = [json.loads(r.communicate(timeout=seconds + 60)[0]) for r in readers]
     total = {key: sum(c[key] for c in counts) for key in counts[0]}
     rotations = sum(1 for e in stamped_idp.events if e.status == 200)
@@ -167,9 +188,28 @@ def tls_idp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a certificate")
     cert, key = tmp_path / "idp.pem", tmp_path / "idp.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -221,26 +261,40 @@ def test_a_full_disk_and_a_vanished_directory_cost_one_sink_not_the_others(
     keeps rotating; once the fault is cleared, the faulty sink catches up."""
     gone = tmp_path / "gone"
     gone.mkdir()
-    path = config_for(tmp_path, stamped_idp.url, sinks=(
-        f'[[credentials.api.sink]]\npath = "{small_tmpfs}/api.json"\nformat = "json"\n'
-        f'[[credentials.api.sink]]\npath = "{gone}/api.raw"\n'
-        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n'))
+    path = config_for(
+        tmp_path,
+        stamped_idp.url,
+        sinks=(
+            f'[[credentials.api.sink]]\npath = "{small_tmpfs}/api.json"\nformat = "json"\n'
+            f'[[credentials.api.sink]]\npath = "{gone}/api.raw"\n'
+            f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n'
+        ),
+    )
     daemon = daemons(path, tmp_path)
     full, healthy = small_tmpfs / "api.json", tmp_path / "healthy.raw"
-    wait_for(lambda: full.exists() and (gone / "api.raw").exists() and healthy.exists(), 10,
-             "every sink written")
+    wait_for(
+        lambda: full.exists() and (gone / "api.raw").exists() and healthy.exists(), 10, "every sink written"
+    )
     filler = fill(small_tmpfs)
     shutil.rmtree(gone)
     stuck = sink_token(full)
     before = sink_token(healthy)
-    wait_for(lambda: sink_token(healthy) != before and "No space left" in daemon.log
-             and "does not exist" in daemon.log, 10, "rotation going on beside both faults")
+    wait_for(
+        lambda: (
+            sink_token(healthy) != before and "No space left" in daemon.log and "does not exist" in daemon.log
+        ),
+        10,
+        "rotation going on beside both faults",
+    )
     assert sink_token(full) == stuck  # still the complete old file...
     assert not [p for p in small_tmpfs.iterdir() if p.name.endswith(".tmp")]  # ...and no debris
     filler.unlink()
     gone.mkdir()
-    wait_for(lambda: sink_token(full) != stuck and (gone / "api.raw").exists(), 10,
-             "both sinks catching up once the faults are cleared")
+    wait_for(
+        lambda: sink_token(full) != stuck and (gone / "api.raw").exists(),
+        10,
+        "both sinks catching up once the faults are cleared",
+    )
     assert daemon.proc.poll() is None
 
 
@@ -252,17 +306,25 @@ def test_a_read_only_sink_directory_keeps_its_file_and_recovers(
     prefix = as_plain_user()
     locked = tmp_path / "locked"
     locked.mkdir()
-    path = config_for(tmp_path, stamped_idp.url, sinks=(
-        f'[[credentials.api.sink]]\npath = "{locked}/api.raw"\n'
-        f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n'))
+    path = config_for(
+        tmp_path,
+        stamped_idp.url,
+        sinks=(
+            f'[[credentials.api.sink]]\npath = "{locked}/api.raw"\n'
+            f'[[credentials.api.sink]]\npath = "{tmp_path}/healthy.raw"\n'
+        ),
+    )
     daemon = daemons(path, tmp_path, prefix=prefix)
     wait_for(lambda: (locked / "api.raw").exists(), 10, "the first token")
     locked.chmod(0o555)
     try:
         stuck = sink_token(locked / "api.raw")
         before = sink_token(tmp_path / "healthy.raw")
-        wait_for(lambda: sink_token(tmp_path / "healthy.raw") != before
-                 and "Permission denied" in daemon.log, 10, "rotation beside the locked sink")
+        wait_for(
+            lambda: sink_token(tmp_path / "healthy.raw") != before and "Permission denied" in daemon.log,
+            10,
+            "rotation beside the locked sink",
+        )
         assert sink_token(locked / "api.raw") == stuck
         assert not [p for p in locked.iterdir() if p.name.endswith(".tmp")]
     finally:
@@ -273,33 +335,46 @@ def test_a_read_only_sink_directory_keeps_its_file_and_recovers(
 # --------------------------------------------------------------------------- every IdP fault
 
 
-
 def hang(_: Seen) -> Response:
     time.sleep(1.5)  # past the credential's 1 s timeout
     return Response("{}", content_type="application/json")
 
 
 RETRYABLE = {
-    "500": answer(500), "502": answer(502, "<html>bad gateway</html>", ctype="text/html"),
-    "503": answer(503), "503 Retry-After": answer(503, "", {"Retry-After": "1"}),
+    "500": answer(500),
+    "502": answer(502, "<html>bad gateway</html>", ctype="text/html"),
+    "503": answer(503),
+    "503 Retry-After": answer(503, "", {"Retry-After": "1"}),
     "429": answer(429, "", {"Retry-After": "1"}),
     "temporarily_unavailable": answer(400, '{"error": "temporarily_unavailable"}'),
     "hang past timeout": hang,
 }
 FATAL = {
-    **{code: answer(401 if code == "invalid_client" else 400, json.dumps({"error": code}))
-       for code in ("invalid_client", "unauthorized_client", "invalid_scope",
-                    "unsupported_grant_type", "invalid_request", "invalid_grant")},
-    "invalid JSON": answer(200, "{not json"), "HTML": answer(200, "<html/>", ctype="text/html"),
-    "empty body": answer(200, ""), "JSON array": answer(200, "[1, 2]"),
+    **{
+        code: answer(401 if code == "invalid_client" else 400, json.dumps({"error": code}))
+        for code in (
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_scope",
+            "unsupported_grant_type",
+            "invalid_request",
+            "invalid_grant",
+        )
+    },
+    "invalid JSON": answer(200, "{not json"),
+    "HTML": answer(200, "<html/>", ctype="text/html"),
+    "empty body": answer(200, ""),
+    "JSON array": answer(200, "[1, 2]"),
     "5 MiB body": answer(200, '{"access_token": "x", "pad": "' + "x" * (5 << 20) + '"}'),
     "no access_token": answer(200, '{"token_type": "bearer"}'),
     "empty access_token": answer(200, '{"access_token": ""}'),
     "newline in token": answer(200, '{"access_token": "a\\nb"}'),
     "quote in token": answer(200, '{"access_token": "a\\"b"}'),
     "space in token": answer(200, '{"access_token": "a b"}'),
-    **{f"expires_in {v}": answer(200, f'{{"access_token": "abc", "expires_in": {v}}}')
-       for v in ("0", "-5", '"soon"', "1000000000000")},
+    **{
+        f"expires_in {v}": answer(200, f'{{"access_token": "abc", "expires_in": {v}}}')
+        for v in ("0", "-5", '"soon"', "1000000000000")
+    },
 }
 
 
@@ -317,8 +392,7 @@ def test_every_idp_fault_keeps_the_last_good_token_and_the_daemon(
     idp: TokenEndpoint, tmp_path: Path, daemons: Start, fault: str
 ) -> None:
     idp.expires_in = 3
-    config = config_for(tmp_path, idp.url,
-                        extra='refresh_at = 0.5\nmin_ttl_margin = "0s"\ntimeout = "1s"')
+    config = config_for(tmp_path, idp.url, extra='refresh_at = 0.5\nmin_ttl_margin = "0s"\ntimeout = "1s"')
     daemon = daemons(config, tmp_path)
     sinks = [tmp_path / "out" / f"api.{fmt}" for fmt in FORMATS]
     wait_for(lambda: all(p.exists() for p in sinks), 10, "the first token everywhere")

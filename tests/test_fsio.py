@@ -89,10 +89,10 @@ def test_a_directory_below_one_owned_by_another_uid_is_reported_too(tmp_path: Pa
     assert reason is not None and f"{theirs} is owned by uid {OTHER_UID}" in reason
 
 
-@pytest.mark.parametrize(("mode", "who"), [(0o770, "its group"), (0o777, "others"),
-                                            (0o757, "others")])
+@pytest.mark.parametrize(("mode", "who"), [(0o770, "its group"), (0o777, "others"), (0o757, "others")])
 def test_a_directory_writable_by_group_or_others_and_not_sticky_is_reported(
-        tmp_path: Path, mode: int, who: str) -> None:
+    tmp_path: Path, mode: int, who: str
+) -> None:
     shared = tmp_path / "shared"
     (shared / "sub").mkdir(parents=True)
     shared.chmod(mode)
@@ -150,8 +150,12 @@ sys.stdin.readline()
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process holding the lock tmp_path/lock until told to release it."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "lock")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     try:
         assert proc.stdout.readline() == "held\n"
@@ -162,7 +166,8 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_a_held_lock_cannot_be_acquired_names_its_holder_and_is_free_once_released(
-        tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
     assert holder.stdin is not None and holder.stdout is not None
     lock = FileLock(tmp_path / "lock")
     started = time.monotonic()
@@ -176,8 +181,7 @@ def test_a_held_lock_cannot_be_acquired_names_its_holder_and_is_free_once_releas
     lock.release()
 
 
-def test_a_lock_is_released_when_its_holder_is_killed(
-        tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+def test_a_lock_is_released_when_its_holder_is_killed(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     lock = FileLock(tmp_path / "lock")
     assert not lock.acquire()
     holder.kill()  # kill -9: no chance to clean up, and no stale lock either

@@ -59,17 +59,26 @@ def test_a_hook_run_by_the_daemon_gets_a_clean_environment(
     out = tmp_path / "out"
 
     def hook(name: str, extra: str = "") -> str:
-        return (f'[credentials.{name}.on_rotate]\n'
-                f'command = ["{sys.executable}", "{script}", "{out}/{name}.env.json"]\n{extra}')
+        return (
+            f"[credentials.{name}.on_rotate]\n"
+            f'command = ["{sys.executable}", "{script}", "{out}/{name}.env.json"]\n{extra}'
+        )
 
     plain = credential_toml(idp.url, tmp_path, "plain").replace(
-        f'client_secret_file = "{tmp_path}/plain.secret"', 'client_secret_env = "HOOK_TEST_SECRET"')
+        f'client_secret_file = "{tmp_path}/plain.secret"', 'client_secret_env = "HOOK_TEST_SECRET"'
+    )
     assert "HOOK_TEST_SECRET" in plain
     passed = credential_toml(idp.url, tmp_path, "passed")
     config = write_config(tmp_path, plain + hook("plain"), passed + hook("passed", "pass_token = true\n"))
-    env = clean_env(tmp_path, HOOK_TEST_SECRET=HOOK_SECRET, SOME_APP_SETTING="inherited-setting",
-                    NOTIFY_SOCKET=str(tmp_path / "nobody-listens.sock"), LANG="C.UTF-8",
-                    LC_TIME="C.UTF-8", TZ="Pacific/Auckland")
+    env = clean_env(
+        tmp_path,
+        HOOK_TEST_SECRET=HOOK_SECRET,
+        SOME_APP_SETTING="inherited-setting",
+        NOTIFY_SOCKET=str(tmp_path / "nobody-listens.sock"),
+        LANG="C.UTF-8",
+        LC_TIME="C.UTF-8",
+        TZ="Pacific/Auckland",
+    )
     SECRETS.add(HOOK_SECRET)
     daemon = daemons(config, tmp_path, env)
     dumps = {name: out / f"{name}.env.json" for name in ("plain", "passed")}
@@ -91,40 +100,70 @@ def test_a_hook_run_by_the_daemon_gets_a_clean_environment(
 
 
 def test_hook_environment_keeps_the_allow_list_and_adds_tokend_variables() -> None:
-    base = {"PATH": "/usr/bin", "HOME": "/home/x", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC",
-            "API_SECRET": "s", "SOME_APP_SETTING": "x", "NOTIFY_SOCKET": "/run/n",
-            "WATCHDOG_USEC": "1000", "CREDENTIALS_DIRECTORY": "/run/credentials/tokend.service",
-            "TOKEND_ACCESS_TOKEN": "inherited-not-ours"}
-    env = hooks.hook_environment("api", token(1_900_000_000.7), HookConfig(command=("true",)), base,
-                                 {"API_SECRET"})
-    assert env == {"PATH": "/usr/bin", "HOME": "/home/x", "LANG": "C.UTF-8", "LC_ALL": "C",
-                   "TZ": "UTC", "TOKEND_CREDENTIAL": "api", "TOKEND_EXPIRES_AT": "1900000000"}
+    base = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/x",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "API_SECRET": "s",
+        "SOME_APP_SETTING": "x",
+        "NOTIFY_SOCKET": "/run/n",
+        "WATCHDOG_USEC": "1000",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/tokend.service",
+        "TOKEND_ACCESS_TOKEN": "inherited-not-ours",
+    }
+    env = hooks.hook_environment(
+        "api", token(1_900_000_000.7), HookConfig(command=("true",)), base, {"API_SECRET"}
+    )
+    assert env == {
+        "PATH": "/usr/bin",
+        "HOME": "/home/x",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "TOKEND_CREDENTIAL": "api",
+        "TOKEND_EXPIRES_AT": "1900000000",
+    }
 
 
 def test_hook_environment_has_no_home_when_tokend_has_none() -> None:
-    env = hooks.hook_environment("api", token(1_900_000_000), HookConfig(command=("true",)),
-                                 {"PATH": "/bin", "SOME_APP_SETTING": "x"})
+    env = hooks.hook_environment(
+        "api", token(1_900_000_000), HookConfig(command=("true",)), {"PATH": "/bin", "SOME_APP_SETTING": "x"}
+    )
     assert env == {"PATH": "/bin", "TOKEND_CREDENTIAL": "api", "TOKEND_EXPIRES_AT": "1900000000"}
 
 
 def test_hook_environment_passes_the_token_only_with_pass_token() -> None:
-    env = hooks.hook_environment("api", token(1_900_000_000, "tok-7"),
-                                 HookConfig(command=("true",), pass_token=True),
-                                 {"PATH": "/bin", "SOME_APP_SETTING": "x"})
-    assert env == {"PATH": "/bin", "TOKEND_CREDENTIAL": "api", "TOKEND_EXPIRES_AT": "1900000000",
-                   "TOKEND_ACCESS_TOKEN": "tok-7"}
+    env = hooks.hook_environment(
+        "api",
+        token(1_900_000_000, "tok-7"),
+        HookConfig(command=("true",), pass_token=True),
+        {"PATH": "/bin", "SOME_APP_SETTING": "x"},
+    )
+    assert env == {
+        "PATH": "/bin",
+        "TOKEND_CREDENTIAL": "api",
+        "TOKEND_EXPIRES_AT": "1900000000",
+        "TOKEND_ACCESS_TOKEN": "tok-7",
+    }
 
 
 def test_a_secret_variable_is_dropped_even_when_its_name_is_on_the_allow_list() -> None:
     base = {"LC_SECRET": "s", "TZ": "s2", "LANG": "C.UTF-8"}
-    env = hooks.hook_environment("api", token(), HookConfig(command=("true",)), base,
-                                 {"LC_SECRET", "TZ"})
+    env = hooks.hook_environment("api", token(), HookConfig(command=("true",)), base, {"LC_SECRET", "TZ"})
     assert "LC_SECRET" not in env and "TZ" not in env and env["LANG"] == "C.UTF-8"
 
 
 def test_child_environment_keeps_the_callers_variables_but_no_secret_or_systemd_channel() -> None:
-    base = {"PATH": "/bin", "SOME_APP_SETTING": "x", "API_SECRET": "s", "NOTIFY_SOCKET": "/run/n",
-            "WATCHDOG_PID": "1", "LISTEN_FDS": "1"}
+    base = {
+        "PATH": "/bin",
+        "SOME_APP_SETTING": "x",
+        "API_SECRET": "s",
+        "NOTIFY_SOCKET": "/run/n",
+        "WATCHDOG_PID": "1",
+        "LISTEN_FDS": "1",
+    }
     assert hooks.child_environment(base, {"API_SECRET"}) == {"PATH": "/bin", "SOME_APP_SETTING": "x"}
 
 
@@ -143,9 +182,11 @@ def runner(tmp_path: Path) -> Iterator[hooks.HookRunner]:
 def gated_hook(tmp: Path, name: str) -> tuple[HookConfig, Path, Path, Path]:
     """A hook that says it started, waits for its gate file, then records its token."""
     started, gate, done = tmp / f"{name}.started", tmp / f"{name}.gate", tmp / f"{name}.done"
-    script = (f'echo "$TOKEND_EXPIRES_AT" >> {started}; '
-              f'while [ ! -e {gate} ]; do sleep 0.01; done; '
-              f'echo "$TOKEND_EXPIRES_AT" >> {done}')
+    script = (
+        f'echo "$TOKEND_EXPIRES_AT" >> {started}; '
+        f"while [ ! -e {gate} ]; do sleep 0.01; done; "
+        f'echo "$TOKEND_EXPIRES_AT" >> {done}'
+    )
     return HookConfig(command=("sh", "-c", script), timeout=30), started, gate, done
 
 
@@ -224,8 +265,9 @@ def assert_not_signalled(child: subprocess.Popen[bytes]) -> None:
     assert child.wait(10) == -signal.SIGKILL
 
 
-def test_a_trusted_pid_file_gets_its_process_signalled(tmp_path: Path,
-                                                       sleeper: subprocess.Popen[bytes]) -> None:
+def test_a_trusted_pid_file_gets_its_process_signalled(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
     path = pid_file(tmp_path, f"{sleeper.pid}\n")
     assert hooks.read_pid_file(path) == sleeper.pid
     assert hooks.send_signal("api", signal_hook(path)) is True
@@ -243,8 +285,9 @@ def test_a_pid_file_others_or_the_group_could_write_is_refused(
         hooks.read_pid_file(path)
 
 
-def test_a_pid_file_owned_by_another_user_is_refused(tmp_path: Path,
-                                                     sleeper: subprocess.Popen[bytes]) -> None:
+def test_a_pid_file_owned_by_another_user_is_refused(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("chown to another user needs root")
     path = pid_file(tmp_path, f"{sleeper.pid}\n")
@@ -291,8 +334,10 @@ def test_a_fifo_as_pid_file_is_refused_without_blocking(tmp_path: Path) -> None:
         release_fifo(fifo)
 
 
-@pytest.mark.parametrize("content", ["1\n", "0\n", "-5\n", "", "\n", "garbage\n", "12abc\n", "²\n",
-                                     "1e3\n", "0x10\n", "99999999999\n"])
+@pytest.mark.parametrize(
+    "content",
+    ["1\n", "0\n", "-5\n", "", "\n", "garbage\n", "12abc\n", "²\n", "1e3\n", "0x10\n", "99999999999\n"],
+)
 def test_a_pid_file_without_a_plausible_pid_is_refused(tmp_path: Path, content: str) -> None:
     path = pid_file(tmp_path, content)
     assert hooks.send_signal("api", signal_hook(path, "SIGCONT")) is False
@@ -306,7 +351,8 @@ def test_a_pid_file_naming_pid_1_never_signals_init(tmp_path: Path) -> None:
         hooks.read_pid_file(path)
 
 
-def test_the_pid_is_the_first_word_of_a_trusted_pid_file(tmp_path: Path,
-                                                         sleeper: subprocess.Popen[bytes]) -> None:
+def test_the_pid_is_the_first_word_of_a_trusted_pid_file(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
     path = pid_file(tmp_path, f"  {sleeper.pid}  extra words\nsecond line\n")
     assert hooks.read_pid_file(path) == sleeper.pid

@@ -70,14 +70,22 @@ Expect = str | Refused
 # the server can hold the secret at all.
 EXPECT: dict[str, dict[tuple[str, str], Expect]] = {
     "authlib": {
-        ("plain", "basic"): OK, ("plain", "body"): OK, ("plain", "auto"): OK,
+        ("plain", "basic"): OK,
+        ("plain", "body"): OK,
+        ("plain", "auto"): OK,
         # Basic works only with the space as %20: Authlib decodes with unquote, not
         # unquote_plus, so the '+' that quote_plus makes of a space stays a '+'.
-        ("ascii", "basic"): OK, ("ascii", "body"): OK, ("ascii", "auto"): OK,
-        ("unicode", "basic"): OK, ("unicode", "body"): OK, ("unicode", "auto"): OK,
+        ("ascii", "basic"): OK,
+        ("ascii", "body"): OK,
+        ("ascii", "auto"): OK,
+        ("unicode", "basic"): OK,
+        ("unicode", "body"): OK,
+        ("unicode", "auto"): OK,
     },
     "node-oauth2-server": {
-        ("plain", "basic"): OK, ("plain", "body"): OK, ("plain", "auto"): OK,
+        ("plain", "basic"): OK,
+        ("plain", "body"): OK,
+        ("plain", "auto"): OK,
         # It does not URL-decode Basic credentials, so the encoded secret does not match.
         ("ascii", "basic"): Refused(401, "invalid_client", suggests_body=True),
         ("ascii", "body"): OK,
@@ -88,8 +96,12 @@ EXPECT: dict[str, dict[tuple[str, str], Expect]] = {
         ("unicode", "auto"): Refused(400, "invalid_request"),  # after Basic's 401
     },
     "oidc-provider": {
-        ("plain", "basic"): OK, ("plain", "body"): OK, ("plain", "auto"): OK,
-        ("ascii", "basic"): OK, ("ascii", "body"): OK, ("ascii", "auto"): OK,
+        ("plain", "basic"): OK,
+        ("plain", "body"): OK,
+        ("plain", "auto"): OK,
+        ("ascii", "basic"): OK,
+        ("ascii", "body"): OK,
+        ("ascii", "auto"): OK,
         # "client_id and client_secret in the authorization header are not properly
         # encoded": the decoded secret is not VSCHAR.
         ("unicode", "basic"): Refused(400, "invalid_request"),
@@ -114,10 +126,8 @@ FORMATS: dict[str, dict[str, Expect]] = {
 WRONG: dict[str, dict[str, Refused]] = {
     "authlib": {"basic": Refused(401, "invalid_client"), "body": Refused(401, "invalid_client")},
     # 401 (with WWW-Authenticate) only when the client tried Basic.
-    "node-oauth2-server": {"basic": Refused(401, "invalid_client"),
-                           "body": Refused(400, "invalid_client")},
-    "oidc-provider": {"basic": Refused(401, "invalid_client"),
-                      "body": Refused(401, "invalid_client")},
+    "node-oauth2-server": {"basic": Refused(401, "invalid_client"), "body": Refused(400, "invalid_client")},
+    "oidc-provider": {"basic": Refused(401, "invalid_client"), "body": Refused(401, "invalid_client")},
 }
 
 
@@ -142,8 +152,7 @@ def _command(name: str) -> tuple[list[str], str]:
 
 
 @pytest.fixture(scope="module", params=list(EXPECT))
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One third-party server issuing LIFETIME-second tokens to the CLIENTS."""
     name: str = request.param
     command, path = _command(name)
@@ -151,8 +160,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     args = [first_id, first_secret, str(LIFETIME)] + [v for pair in rest for v in pair]
     errors = tmp_path_factory.mktemp(name) / "stderr.log"
     with open(errors, "wb") as err:
-        proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=err, cwd=REPO,
-                                text=True)
+        proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=err, cwd=REPO, text=True)
     try:
         yield Server(name, f"http://127.0.0.1:{_port(proc, errors)}{path}")
     finally:
@@ -181,19 +189,29 @@ def _port(proc: subprocess.Popen[str], errors: Path) -> int:
     raise AssertionError(f"server did not start: {errors.read_text(errors='replace')}")
 
 
-def config(tmp: Path, url: str, *, kind: str, auth: str, fmt: str = "form",
-           secret: str | None = None, extra: str = "") -> Path:
+def config(
+    tmp: Path,
+    url: str,
+    *,
+    kind: str,
+    auth: str,
+    fmt: str = "form",
+    secret: str | None = None,
+    extra: str = "",
+) -> Path:
     client_id, real_secret = CLIENTS[kind]
     secret = real_secret if secret is None else secret
     SECRETS.add(real_secret, secret)
     (tmp / "out").mkdir(exist_ok=True)
     (tmp / "idp.secret").write_text(secret + "\n", encoding="utf-8")
     path = tmp / "tokend.toml"
-    path.write_text(f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.idp]\n'
-                    f'token_url = "{url}"\nclient_id = "{client_id}"\n'
-                    f'client_secret_file = "{tmp}/idp.secret"\nclient_auth = "{auth}"\n'
-                    f'request_format = "{fmt}"\nscope = "read"\n{extra}\n'
-                    f'[[credentials.idp.sink]]\npath = "{tmp}/out/idp.header"\nformat = "header"\n')
+    path.write_text(
+        f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.idp]\n'
+        f'token_url = "{url}"\nclient_id = "{client_id}"\n'
+        f'client_secret_file = "{tmp}/idp.secret"\nclient_auth = "{auth}"\n'
+        f'request_format = "{fmt}"\nscope = "read"\n{extra}\n'
+        f'[[credentials.idp.sink]]\npath = "{tmp}/out/idp.header"\nformat = "header"\n'
+    )
     return path
 
 
@@ -243,8 +261,9 @@ def test_request_format(server: Server, tmp_path: Path, fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["form", "auto"])
 @pytest.mark.parametrize("auth", ["basic", "body", "auto"])
-def test_a_wrong_secret_is_an_authentication_failure(server: Server, tmp_path: Path, auth: str,
-                                                     fmt: str) -> None:
+def test_a_wrong_secret_is_an_authentication_failure(
+    server: Server, tmp_path: Path, auth: str, fmt: str
+) -> None:
     path = config(tmp_path, server.url, kind="ascii", auth=auth, fmt=fmt, secret=WRONG_SECRET)
     result = run_tokend("fetch", "-c", path, tmp=tmp_path)
     assert result.returncode == 1, result.stderr
@@ -259,8 +278,9 @@ def test_a_wrong_secret_is_an_authentication_failure(server: Server, tmp_path: P
 
 
 def test_short_lived_tokens_rotate(server: Server, tmp_path: Path, daemons: Start) -> None:
-    path = config(tmp_path, server.url, kind="plain", auth="basic",
-                  extra='min_ttl_margin = "0s"\nrefresh_at = 0.6')
+    path = config(
+        tmp_path, server.url, kind="plain", auth="basic", extra='min_ttl_margin = "0s"\nrefresh_at = 0.6'
+    )
     daemons(path, tmp_path, clean_env(tmp_path))
     sink = tmp_path / "out" / "idp.header"
     seen: set[str] = set()

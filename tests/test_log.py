@@ -31,8 +31,9 @@ def test_journald_is_recognised_only_when_stderr_is_the_journal_stream(tmp_path:
         assert not logsetup.under_journald({}, stream)
 
 
-def test_journald_lines_carry_priority_and_no_timestamp(tmp_path: Path,
-                                                       tokend_logger: logging.Logger) -> None:
+def test_journald_lines_carry_priority_and_no_timestamp(
+    tmp_path: Path, tokend_logger: logging.Logger
+) -> None:
     with open(tmp_path / "stream", "w+") as stream:
         st = os.fstat(stream.fileno())
         logsetup.setup("info", environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, stream=stream)

@@ -46,33 +46,42 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float:
+def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
     return found[(name, tuple(sorted(labels.items())))]
 
 
 def metrics_config(idp: TokenEndpoint, tmp: Path, port: int, *blocks: str) -> Path:
-    head = (f'[tokend]\nstate_dir = "{tmp}/state"\nmetrics_listen = "127.0.0.1:{port}"\n'
-            f'metrics_textfile = "{tmp}/tokend.prom"\n\n')
+    head = (
+        f'[tokend]\nstate_dir = "{tmp}/state"\nmetrics_listen = "127.0.0.1:{port}"\n'
+        f'metrics_textfile = "{tmp}/tokend.prom"\n\n'
+    )
     path = tmp / "tokend.toml"
     path.write_text(head + "\n".join(blocks))
     return path
 
 
-def test_the_endpoint_and_the_textfile_tell_the_truth(idp: TokenEndpoint, tmp_path: Path,
-                                                      daemons: Start) -> None:
+def test_the_endpoint_and_the_textfile_tell_the_truth(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
     port = free_port()
     idp.then(200, {"access_token": "tok-good", "expires_in": 3600})
     idp.then(401, {"error": "invalid_client"})
-    config = metrics_config(idp, tmp_path, port, credential_toml(idp.url, tmp_path),
-                            credential_toml(idp.url, tmp_path, "bad", extra='scope = "x"'))
+    config = metrics_config(
+        idp,
+        tmp_path,
+        port,
+        credential_toml(idp.url, tmp_path),
+        credential_toml(idp.url, tmp_path, "bad", extra='scope = "x"'),
+    )
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: len(idp.seen) == 2 and (tmp_path / "tokend.prom").exists(), 10,
-             "both first attempts and the textfile")
+    wait_for(
+        lambda: len(idp.seen) == 2 and (tmp_path / "tokend.prom").exists(),
+        10,
+        "both first attempts and the textfile",
+    )
     body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     found = samples(body)
-    good = "api" if value(found, "tokend_refreshes_total", credential="api",
-                          result="success") == 1 else "bad"
+    good = "api" if value(found, "tokend_refreshes_total", credential="api", result="success") == 1 else "bad"
     bad = "bad" if good == "api" else "api"
     assert value(found, "tokend_refreshes_total", credential=good, result="success") == 1
     assert value(found, "tokend_refreshes_total", credential=bad, result="fatal_error") == 1
@@ -81,8 +90,15 @@ def test_the_endpoint_and_the_textfile_tell_the_truth(idp: TokenEndpoint, tmp_pa
     expiry = value(found, "tokend_token_expiry_timestamp_seconds", credential=good)
     assert abs(expiry - (idp.seen[0].at + 3600)) < 5
     assert value(found, "tokend_refresh_duration_seconds_count", credential=good) == 1
-    assert value(found, "tokend_build_info", version="0.1.0",
-                 python=next(k for k in found if k[0] == "tokend_build_info")[1][0][1]) == 1
+    assert (
+        value(
+            found,
+            "tokend_build_info",
+            version="0.1.0",
+            python=next(k for k in found if k[0] == "tokend_build_info")[1][0][1],
+        )
+        == 1
+    )
     for secretish in (SECRET, "tok-good"):
         assert secretish not in body
 
@@ -95,29 +111,43 @@ def test_the_endpoint_and_the_textfile_tell_the_truth(idp: TokenEndpoint, tmp_pa
     def reloads_in_textfile() -> bool:
         text = (tmp_path / "tokend.prom").read_text()
         f = samples(text)
-        return (value(f, "tokend_config_reloads_total", result="success") == 1
-                and value(f, "tokend_config_reloads_total", result="failure") >= 1)
+        return (
+            value(f, "tokend_config_reloads_total", result="success") == 1
+            and value(f, "tokend_config_reloads_total", result="failure") >= 1
+        )
 
     wait_for(reloads_in_textfile, 10, "both reloads in the textfile")
     found = samples((tmp_path / "tokend.prom").read_text())
-    assert value(found, "tokend_config_last_reload_success_timestamp_seconds", ) > time.time() - 60
+    assert (
+        value(
+            found,
+            "tokend_config_last_reload_success_timestamp_seconds",
+        )
+        > time.time() - 60
+    )
 
 
 def test_metrics_refuse_a_public_address_unless_asked() -> None:
     base = '[credentials.a]\ntoken_url = "https://i/t"\nclient_id = "i"\nclient_secret = "s"\n'
     with pytest.raises(ConfigError, match=r"tokend.metrics_listen: 0.0.0.0 is not a loopback"):
         parse('[tokend]\nmetrics_listen = "0.0.0.0:9464"\n' + base, Path("/t.toml"), environ={})
-    config = parse('[tokend]\nmetrics_listen = "0.0.0.0:9464"\nmetrics_allow_remote = true\n' + base,
-                   Path("/t.toml"), environ={})
+    config = parse(
+        '[tokend]\nmetrics_listen = "0.0.0.0:9464"\nmetrics_allow_remote = true\n' + base,
+        Path("/t.toml"),
+        environ={},
+    )
     assert config.metrics_listen == ("0.0.0.0", 9464)
 
 
 def test_no_metrics_configured_means_no_prometheus_import(tmp_path: Path) -> None:
-    config = write_config(tmp_path, '[credentials.a]\ntoken_url = "https://i/t"\n'
-                                    'client_id = "i"\nclient_secret = "s"\n')
-    probe = ("import sys; from tokend.config import load; from tokend.daemon import Daemon;"
-             f"Daemon(load({str(config)!r}), environ={{}});"
-             "print('prometheus_client' in sys.modules)")
+    config = write_config(
+        tmp_path, '[credentials.a]\ntoken_url = "https://i/t"\nclient_id = "i"\nclient_secret = "s"\n'
+    )
+    probe = (
+        "import sys; from tokend.config import load; from tokend.daemon import Daemon;"
+        f"Daemon(load({str(config)!r}), environ={{}});"
+        "print('prometheus_client' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -129,11 +159,13 @@ def check(config: Path, tmp: Path) -> tuple[int, str]:
     return result.returncode, lines[0]
 
 
-def test_status_check_walks_ok_warning_critical_and_unknown(idp: TokenEndpoint, tmp_path: Path,
-                                                            daemons: Start) -> None:
+def test_status_check_walks_ok_warning_critical_and_unknown(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
     idp.expires_in = 3
-    config = write_config(tmp_path, credential_toml(idp.url, tmp_path,
-                                                    extra='refresh_at = 0.5\nmin_ttl_margin = "0s"'))
+    config = write_config(
+        tmp_path, credential_toml(idp.url, tmp_path, extra='refresh_at = 0.5\nmin_ttl_margin = "0s"')
+    )
     assert check(config, tmp_path)[0] == 3  # no daemon has run: UNKNOWN
     daemon = daemons(config, tmp_path)
     wait_for(lambda: check(config, tmp_path)[0] == 0, 10, "OK")
@@ -158,7 +190,7 @@ def test_status_check_walks_ok_warning_critical_and_unknown(idp: TokenEndpoint, 
 def test_json_log_lines_have_stable_keys(idp: TokenEndpoint, tmp_path: Path, daemons: Start) -> None:
     idp.then(503, None)
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
-    config.write_text(config.read_text().replace('[tokend]\n', '[tokend]\nlog_format = "json"\n'))
+    config.write_text(config.read_text().replace("[tokend]\n", '[tokend]\nlog_format = "json"\n'))
     daemon = daemons(config, tmp_path)
     wait_for(lambda: '"outcome": "success"' in daemon.log, 15, "a successful refresh event")
     lines = [json.loads(line) for line in daemon.log.splitlines() if line.strip()]
@@ -166,7 +198,17 @@ def test_json_log_lines_have_stable_keys(idp: TokenEndpoint, tmp_path: Path, dae
     events = [line for line in lines if line.get("event") == "refresh"]
     failure, success = events[0], events[-1]
     assert failure["outcome"] == "retryable_error" and failure["credential"] == "api"
-    assert set(success) == {"ts", "level", "logger", "msg", "event", "credential", "outcome",
-                            "duration_ms", "next_refresh", "token"}
+    assert set(success) == {
+        "ts",
+        "level",
+        "logger",
+        "msg",
+        "event",
+        "credential",
+        "outcome",
+        "duration_ms",
+        "next_refresh",
+        "token",
+    }
     assert success["token"].startswith("sha256:") and success["next_refresh"].endswith("Z")
     assert "tok-1" not in daemon.log and SECRET not in daemon.log

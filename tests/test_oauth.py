@@ -26,8 +26,11 @@ SECRET = "s3cr:t&+= %"  # every character RFC 6749 §2.3.1 makes us encode
 
 
 def cred(url: str, **changes: Any) -> CredentialConfig:
-    base = parse(f'[credentials.api]\ntoken_url = "{url}"\nclient_id = "x"\nclient_secret = "y"\n',
-                 Path("/t/tokend.toml"), environ={}).credentials["api"]
+    base = parse(
+        f'[credentials.api]\ntoken_url = "{url}"\nclient_id = "x"\nclient_secret = "y"\n',
+        Path("/t/tokend.toml"),
+        environ={},
+    ).credentials["api"]
     return dataclasses.replace(base, **changes)
 
 
@@ -51,8 +54,11 @@ def test_form_with_basic_auth_as_rfc_6749_says(idp: TokenEndpoint, client: Token
     (seen,) = idp.seen
     assert seen.content_type == "application/x-www-form-urlencoded"
     assert seen.basic_auth == (CLIENT_ID, SECRET)
-    assert seen.params == {"grant_type": "client_credentials", "scope": "read write",
-                           "audience": "https://api"}
+    assert seen.params == {
+        "grant_type": "client_credentials",
+        "scope": "read write",
+        "audience": "https://api",
+    }
     assert answer.token.access_token == "tok-1" and answer.style == Style("basic", "form")
 
 
@@ -61,21 +67,27 @@ def test_json_with_body_auth_as_eventbookings_wants(idp: TokenEndpoint, client: 
     (seen,) = idp.seen
     assert seen.content_type == "application/json"
     assert "Authorization" not in seen.headers
-    assert json.loads(seen.raw) == {"grant_type": "client_credentials", "client_id": CLIENT_ID,
-                                    "client_secret": SECRET}
+    assert json.loads(seen.raw) == {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_ID,
+        "client_secret": SECRET,
+    }
 
 
 def test_form_with_body_auth(idp: TokenEndpoint, client: TokenClient) -> None:
     obtain(client, cred(idp.url, client_auth="body"))
     (seen,) = idp.seen
-    assert seen.params == {"grant_type": "client_credentials", "client_id": CLIENT_ID,
-                           "client_secret": SECRET}
+    assert seen.params == {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_ID,
+        "client_secret": SECRET,
+    }
     assert "Authorization" not in seen.headers
 
 
-def test_netrc_never_replaces_our_authorization(idp: TokenEndpoint, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                client: TokenClient) -> None:
+def test_netrc_never_replaces_our_authorization(
+    idp: TokenEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: TokenClient
+) -> None:
     netrc = tmp_path / ".netrc"
     netrc.write_text("machine 127.0.0.1 login intruder password nope\n")
     netrc.chmod(0o600)
@@ -90,8 +102,7 @@ def test_auto_falls_back_once_and_remembers(idp: TokenEndpoint, client: TokenCli
     idp.then(400, {"error": "invalid_request", "error_description": "body must be JSON"})
     c = cred(idp.url, request_format="auto")
     first = obtain(client, c)
-    assert [s.content_type for s in idp.seen] == ["application/x-www-form-urlencoded",
-                                                  "application/json"]
+    assert [s.content_type for s in idp.seen] == ["application/x-www-form-urlencoded", "application/json"]
     assert first.style.wire == "json"
     obtain(client, c, learned=first.style)
     assert idp.seen[2].content_type == "application/json"
@@ -99,7 +110,8 @@ def test_auto_falls_back_once_and_remembers(idp: TokenEndpoint, client: TokenCli
 
 
 def test_auto_format_does_not_fall_back_after_an_authentication_failure(
-        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     """A wrong secret stays wrong in JSON: one request, and invalid_client is the headline."""
     idp.then(401, {"error": "invalid_client"})
     idp.then(400, {"error": "unsupported_grant_type"})  # what a JSON attempt would have got
@@ -110,7 +122,8 @@ def test_auto_format_does_not_fall_back_after_an_authentication_failure(
 
 
 def test_when_both_formats_fail_the_auth_failure_is_the_headline(
-        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     idp.then(400, {"error": "invalid_request", "error_description": "only JSON"})
     idp.then(400, {"error": "invalid_client"})
     with pytest.raises(TokenRequestError) as info:
@@ -122,7 +135,8 @@ def test_when_both_formats_fail_the_auth_failure_is_the_headline(
 
 
 def test_a_5xx_on_the_fallback_keeps_the_first_error_and_is_retryable(
-        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     idp.then(400, {"error": "invalid_request", "error_description": "only JSON"})
     idp.then(503, {"error": "temporarily_unavailable"})
     with pytest.raises(TokenRequestError) as info:
@@ -141,7 +155,8 @@ def test_basic_percent_encodes_a_space_as_20_not_plus(idp: TokenEndpoint, client
 
 
 def test_client_auth_auto_falls_back_to_the_body_and_remembers(
-        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     idp.then(401, {"error": "invalid_client"})
     c = cred(idp.url, client_auth="auto")
     first = obtain(client, c)
@@ -155,7 +170,8 @@ def test_client_auth_auto_falls_back_to_the_body_and_remembers(
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_client_auth_auto_takes_a_bare_401_or_403_as_an_auth_failure(
-        idp: TokenEndpoint, client: TokenClient, status: int) -> None:
+    idp: TokenEndpoint, client: TokenClient, status: int
+) -> None:
     idp.then(status, raw=b"Forbidden")
     answer = obtain(client, cred(idp.url, client_auth="auto"))
     assert answer.style.auth == "body" and len(idp.seen) == 2
@@ -169,7 +185,8 @@ def test_client_auth_auto_does_not_retry_other_errors(idp: TokenEndpoint, client
 
 
 def test_plain_basic_failing_says_when_the_encoding_changed_the_secret(
-        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     idp.then(401, {"error": "invalid_client"})
     with pytest.raises(TokenRequestError) as info:
         obtain(client, cred(idp.url))
@@ -181,19 +198,23 @@ def test_plain_basic_failing_says_when_the_encoding_changed_the_secret(
 
 
 def test_a_list_in_extra_params_is_sent_repeated_in_a_form_and_as_an_array_in_json(
-        idp: TokenEndpoint, client: TokenClient) -> None:
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     params = (("audience", "api"), ("resource", "https://a"), ("resource", "https://b"))
     obtain(client, cred(idp.url, extra_params=params))
     assert parse_qsl(idp.seen[0].raw.decode()).count(("resource", "https://b")) == 1
     assert [v for k, v in parse_qsl(idp.seen[0].raw.decode()) if k == "resource"] == [
-        "https://a", "https://b"]
+        "https://a",
+        "https://b",
+    ]
     obtain(client, cred(idp.url, extra_params=params, request_format="json"))
     body = json.loads(idp.seen[1].raw)
     assert body["resource"] == ["https://a", "https://b"] and body["audience"] == "api"
 
 
-def test_refresh_grant_is_used_and_the_old_refresh_token_kept(idp: TokenEndpoint,
-                                                               client: TokenClient) -> None:
+def test_refresh_grant_is_used_and_the_old_refresh_token_kept(
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     answer = obtain(client, cred(idp.url), refresh_token="rt-old")
     (seen,) = idp.seen
     assert seen.params == {"grant_type": "refresh_token", "refresh_token": "rt-old"}
@@ -202,8 +223,9 @@ def test_refresh_grant_is_used_and_the_old_refresh_token_kept(idp: TokenEndpoint
     assert answer.token.refresh_token == "rt-old"
 
 
-def test_invalid_grant_falls_back_to_client_credentials_at_once(idp: TokenEndpoint,
-                                                                 client: TokenClient) -> None:
+def test_invalid_grant_falls_back_to_client_credentials_at_once(
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     idp.refresh_tokens = True
     idp.then(400, {"error": "invalid_grant", "error_description": "refresh token expired"})
     answer = obtain(client, cred(idp.url), refresh_token="rt-old")
@@ -216,8 +238,9 @@ def test_refresh_token_is_not_used_when_disabled(idp: TokenEndpoint, client: Tok
     assert idp.seen[0].params["grant_type"] == "client_credentials"
 
 
-def test_a_retryable_refresh_failure_is_not_hidden_by_a_fallback(idp: TokenEndpoint,
-                                                                  client: TokenClient) -> None:
+def test_a_retryable_refresh_failure_is_not_hidden_by_a_fallback(
+    idp: TokenEndpoint, client: TokenClient
+) -> None:
     idp.then(503, None)
     with pytest.raises(TokenRequestError) as info:
         obtain(client, cred(idp.url), refresh_token="rt-old")
@@ -228,8 +251,7 @@ def test_a_retryable_refresh_failure_is_not_hidden_by_a_fallback(idp: TokenEndpo
 
 
 def test_token_fields(idp: TokenEndpoint, client: TokenClient) -> None:
-    idp.then(200, {"access_token": "abc.def", "token_type": "bearer", "expires_in": "120",
-                   "scope": "read"})
+    idp.then(200, {"access_token": "abc.def", "token_type": "bearer", "expires_in": "120", "scope": "read"})
     before = time.time()
     token = obtain(client, cred(idp.url)).token
     assert token.token_type == "Bearer" and token.scope == "read"
@@ -255,8 +277,9 @@ FATAL = [
 
 
 @pytest.mark.parametrize(("status", "body", "fragment"), FATAL, ids=[f[2] for f in FATAL])
-def test_errors_a_retry_cannot_fix(idp: TokenEndpoint, client: TokenClient, status: int,
-                                   body: Any, fragment: str) -> None:
+def test_errors_a_retry_cannot_fix(
+    idp: TokenEndpoint, client: TokenClient, status: int, body: Any, fragment: str
+) -> None:
     idp.then(status, body)
     with pytest.raises(TokenRequestError, match=re.escape(fragment)) as info:
         obtain(client, cred(idp.url))
@@ -265,8 +288,15 @@ def test_errors_a_retry_cannot_fix(idp: TokenEndpoint, client: TokenClient, stat
         assert info.value.error == body["error"]
 
 
-RETRYABLE = [(500, None), (502, None), (503, None), (504, None), (429, None),
-             (400, {"error": "temporarily_unavailable"}), (408, None)]
+RETRYABLE = [
+    (500, None),
+    (502, None),
+    (503, None),
+    (504, None),
+    (429, None),
+    (400, {"error": "temporarily_unavailable"}),
+    (408, None),
+]
 
 
 @pytest.mark.parametrize(("status", "body"), RETRYABLE, ids=[str(r[0]) for r in RETRYABLE])
@@ -288,10 +318,17 @@ def test_retry_after_in_seconds_and_as_a_date(idp: TokenEndpoint, client: TokenC
     assert second.value.retry_after == pytest.approx(90, abs=2)
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("0", 0.0), ("120", 120.0), ("soon", None), ("", None), (None, None),
-    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: no wait, never negative
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0.0),
+        ("120", 120.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: no wait, never negative
+    ],
+)
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=time.time()) == expected
 
@@ -314,8 +351,9 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(("raw", "fragment"), MALFORMED, ids=[m[1] + str(i) for i, m in enumerate(MALFORMED)])
-def test_malformed_success_bodies_are_not_retried(idp: TokenEndpoint, client: TokenClient,
-                                                  raw: bytes, fragment: str) -> None:
+def test_malformed_success_bodies_are_not_retried(
+    idp: TokenEndpoint, client: TokenClient, raw: bytes, fragment: str
+) -> None:
     idp.then(200, raw=raw)
     with pytest.raises(TokenRequestError, match=fragment) as info:
         obtain(client, cred(idp.url))
@@ -408,16 +446,24 @@ def trickle(head: bytes, drip: bytes) -> Any:
         conn.sendall(head)
         while not stop.wait(0.2):  # a byte every 0.2 s: each recv() is well within timeout
             conn.sendall(drip)
+
     return behave
 
 
-@pytest.mark.parametrize(("head", "fragment"), [
-    (b"HTTP/1.1 200 OK\r\n", "no complete answer within 1s"),                 # headers trickle
-    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
-     "not complete within 1s"),                                                 # body trickles
-], ids=["headers", "body"])
-def test_a_trickling_server_is_cut_off_at_the_timeout(client: TokenClient, head: bytes,
-                                                      fragment: str, idp: TokenEndpoint) -> None:
+@pytest.mark.parametrize(
+    ("head", "fragment"),
+    [
+        (b"HTTP/1.1 200 OK\r\n", "no complete answer within 1s"),  # headers trickle
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+            "not complete within 1s",
+        ),  # body trickles
+    ],
+    ids=["headers", "body"],
+)
+def test_a_trickling_server_is_cut_off_at_the_timeout(
+    client: TokenClient, head: bytes, fragment: str, idp: TokenEndpoint
+) -> None:
     server = RawServer(trickle(head, b"X-Slow: y\r\n" if head.endswith(b"OK\r\n") else b" "))
     try:
         started = time.monotonic()
@@ -447,33 +493,45 @@ def test_a_connection_reset_is_retryable(client: TokenClient) -> None:
 
 
 def secret_forms_of(secret: str, basic: str) -> list[str]:
-    return [secret, quote(secret, safe=""), quote_plus(secret, safe=""),
-            json.dumps(secret)[1:-1], base64.b64encode(secret.encode()).decode().rstrip("="),
-            basic.removeprefix("Basic ").rstrip("=")]
+    return [
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        base64.b64encode(secret.encode()).decode().rstrip("="),
+        basic.removeprefix("Basic ").rstrip("="),
+    ]
 
 
 def echo(style: str) -> Any:
     """An IdP in debug mode: its error text repeats what it was sent."""
+
     def answer(seen: Seen) -> Response:
-        text = {"headers": f"bad client; headers were {seen.headers}",
-                "body": f"bad request body: {seen.raw.decode()}",
-                "json": json.dumps({"error": "invalid_client",
-                                    "error_description": f"got {seen.raw.decode()}"}),
-                # a long prefix pushes the secret right over the cut at the length limit
-                "cut": "x" * 100 + seen.raw.decode() + "y" * 400}[style]
+        text = {
+            "headers": f"bad client; headers were {seen.headers}",
+            "body": f"bad request body: {seen.raw.decode()}",
+            "json": json.dumps({"error": "invalid_client", "error_description": f"got {seen.raw.decode()}"}),
+            # a long prefix pushes the secret right over the cut at the length limit
+            "cut": "x" * 100 + seen.raw.decode() + "y" * 400,
+        }[style]
         return Response(text, status=401, content_type="text/plain")
+
     return answer
 
 
 @pytest.mark.parametrize("auth", ["basic", "body"])
 @pytest.mark.parametrize("style", ["headers", "body", "json", "cut"])
 def test_no_form_of_the_secret_survives_an_echoing_server(
-        idp: TokenEndpoint, client: TokenClient, auth: str, style: str) -> None:
-    secret = "p@ss w0rd+/ü\"x"
+    idp: TokenEndpoint, client: TokenClient, auth: str, style: str
+) -> None:
+    secret = 'p@ss w0rd+/ü"x'
     idp.script.append(echo(style))
     with pytest.raises(TokenRequestError) as info:
-        client.obtain(cred(idp.url, client_auth=auth, request_format="json" if style == "json"
-                           else "form"), client_id="app", client_secret=secret)
+        client.obtain(
+            cred(idp.url, client_auth=auth, request_format="json" if style == "json" else "form"),
+            client_id="app",
+            client_secret=secret,
+        )
     message = str(info.value)
     basic = idp.seen[0].headers.get("Authorization", "")
     for form in secret_forms_of(secret, basic):
@@ -488,15 +546,15 @@ def test_a_unicode_digit_in_retry_after_is_ignored_not_a_crash(value: str) -> No
 
 @pytest.mark.parametrize("value", ["²", "٣", " 12 3", True, float("nan"), 10**30])
 def test_an_expires_in_that_is_not_a_number_of_seconds_is_malformed(
-        idp: TokenEndpoint, client: TokenClient, value: object) -> None:
+    idp: TokenEndpoint, client: TokenClient, value: object
+) -> None:
     idp.then(200, raw=json.dumps({"access_token": "tok-x", "expires_in": value}).encode())
     with pytest.raises(TokenRequestError, match="expires_in") as info:
         obtain(client, cred(idp.url))
     assert not info.value.retryable
 
 
-def test_a_trailing_newline_in_the_access_token_is_refused(idp: TokenEndpoint,
-                                                           client: TokenClient) -> None:
+def test_a_trailing_newline_in_the_access_token_is_refused(idp: TokenEndpoint, client: TokenClient) -> None:
     idp.then(200, {"access_token": "abc\n", "expires_in": 60})
     with pytest.raises(TokenRequestError, match="access_token contains whitespace"):
         obtain(client, cred(idp.url))

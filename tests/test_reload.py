@@ -21,8 +21,9 @@ path = "/run/tokend/{name}.token"
 def creds(**extras: str) -> dict[str, object]:
     text = "".join(BASE.format(name=name, extra=extra) for name, extra in extras.items())
     # A credential whose extra names another secret source drops the default one.
-    text = text.replace('client_secret_file = "/etc/tokend/secret.secret"\nclient_secret_env',
-                        "client_secret_env")
+    text = text.replace(
+        'client_secret_file = "/etc/tokend/secret.secret"\nclient_secret_env', "client_secret_env"
+    )
     return dict(parse(text, Path("/etc/tokend/tokend.toml"), environ={}).credentials)
 
 
@@ -33,13 +34,18 @@ def test_an_identical_config_touches_nothing() -> None:
 
 def test_each_kind_of_change() -> None:
     old = creds(keep="", scope="", sinks="", timing="", gone="", secret="")
-    new = creds(keep="", scope='scope = "more"', sinks='[[credentials.sinks.sink]]\npath = "/run/x"\n',
-                timing="refresh_at = 0.6", secret='client_secret_env = "X"', fresh="")
+    new = creds(
+        keep="",
+        scope='scope = "more"',
+        sinks='[[credentials.sinks.sink]]\npath = "/run/x"\n',
+        timing="refresh_at = 0.6",
+        secret='client_secret_env = "X"',
+        fresh="",
+    )
     plan = plan_reload(old, new)  # type: ignore[arg-type]
     assert plan.added == ("fresh",)
     assert plan.removed == ("gone",)
     assert set(plan.refetch) == {"scope", "secret"}
     assert set(plan.resink) == {"sinks", "timing"}
     assert plan.unchanged == ("keep",)
-    assert plan.summary() == ("1 added, 1 removed, 2 to refetch, 2 with new sinks or timing, "
-                              "1 unchanged")
+    assert plan.summary() == ("1 added, 1 removed, 2 to refetch, 2 with new sinks or timing, 1 unchanged")

@@ -25,8 +25,10 @@ from .conftest import (
 
 
 def credential(tmp: Path, secret_line: str, extra: str = "") -> CredentialConfig:
-    text = (f'[credentials.api]\ntoken_url = "https://idp.example.com/t"\nclient_id = "id"\n'
-            f"{secret_line}\n{extra}\n")
+    text = (
+        f'[credentials.api]\ntoken_url = "https://idp.example.com/t"\nclient_id = "id"\n'
+        f"{secret_line}\n{extra}\n"
+    )
     return parse(text, tmp / "tokend.toml", environ={}).credentials["api"]
 
 
@@ -73,8 +75,9 @@ def test_file_loses_its_trailing_newline_only(tmp_path: Path) -> None:
     assert secret(credential(tmp_path, 'client_secret_file = "s"')) == " spaced secret "
 
 
-@pytest.mark.parametrize(("content", "fragment"), [("", "is empty"), ("\n", "is empty"),
-                                                   ("a\nb\n", "more than one line")])
+@pytest.mark.parametrize(
+    ("content", "fragment"), [("", "is empty"), ("\n", "is empty"), ("a\nb\n", "more than one line")]
+)
 def test_bad_secret_files(tmp_path: Path, content: str, fragment: str) -> None:
     (tmp_path / "s").write_text(content)
     with pytest.raises(ConfigError, match=f"client_secret_file: .*{fragment}"):
@@ -92,12 +95,15 @@ def test_systemd_credentials_directory(tmp_path: Path) -> None:
 
 def test_check_reports_a_missing_secret_file_with_exit_78(tmp_path: Path) -> None:
     config = tmp_path / "tokend.toml"
-    config.write_text('[credentials.api]\ntoken_url = "https://idp.example.com/t"\n'
-                      'client_id = "id"\nclient_secret_file = "missing.secret"\n')
+    config.write_text(
+        '[credentials.api]\ntoken_url = "https://idp.example.com/t"\n'
+        'client_id = "id"\nclient_secret_file = "missing.secret"\n'
+    )
     result = run_tokend("check", "-c", config, tmp=tmp_path)
     assert result.returncode == EX_CONFIG
-    assert_one_line_error(result, str(config), "credentials.api.client_secret_file",
-                          "missing.secret: no such file")
+    assert_one_line_error(
+        result, str(config), "credentials.api.client_secret_file", "missing.secret: no such file"
+    )
 
 
 def test_check_reports_an_unreadable_secret_file(tmp_path: Path) -> None:
@@ -105,9 +111,11 @@ def test_check_reports_an_unreadable_secret_file(tmp_path: Path) -> None:
     secret_file.write_text("s3cret\n")
     secret_file.chmod(0o000)
     config = tmp_path / "tokend.toml"
-    config.write_text(f'[tokend]\nstate_dir = "{tmp_path}/state"\n[credentials.api]\n'
-                      'token_url = "https://idp.example.com/t"\nclient_id = "id"\n'
-                      f'client_secret_file = "{secret_file}"\n')
+    config.write_text(
+        f'[tokend]\nstate_dir = "{tmp_path}/state"\n[credentials.api]\n'
+        'token_url = "https://idp.example.com/t"\nclient_id = "id"\n'
+        f'client_secret_file = "{secret_file}"\n'
+    )
     result = run_tokend("check", "-c", config, tmp=tmp_path, prefix=as_plain_user())
     assert result.returncode == EX_CONFIG
     assert_one_line_error(result, "credentials.api.client_secret_file", "Permission denied")
@@ -127,25 +135,30 @@ def check_within(config: Path, tmp: Path, seconds: float = 8) -> subprocess.Comp
 
 def check_config(tmp: Path, lines: str) -> Path:
     config = tmp / "tokend.toml"
-    config.write_text(f'[tokend]\nstate_dir = "{tmp}/state"\n[credentials.api]\n'
-                      f'token_url = "https://idp.example.com/t"\nclient_id = "id"\n{lines}\n')
+    config.write_text(
+        f'[tokend]\nstate_dir = "{tmp}/state"\n[credentials.api]\n'
+        f'token_url = "https://idp.example.com/t"\nclient_id = "id"\n{lines}\n'
+    )
     config.chmod(0o600)
     return config
 
 
-@pytest.mark.parametrize(("key", "lines"), [
-    ("client_secret_file", 'client_secret_file = "api.secret"'),
-    ("env_file", 'client_secret_env = "API_SECRET"\nenv_file = "api.secret"'),
-])
+@pytest.mark.parametrize(
+    ("key", "lines"),
+    [
+        ("client_secret_file", 'client_secret_file = "api.secret"'),
+        ("env_file", 'client_secret_env = "API_SECRET"\nenv_file = "api.secret"'),
+    ],
+)
 def test_check_refuses_a_fifo_as_secret_source_at_once_in_one_line(
-        tmp_path: Path, key: str, lines: str) -> None:
+    tmp_path: Path, key: str, lines: str
+) -> None:
     os.mkfifo(tmp_path / "api.secret")  # nobody will ever write to it: a read would block
     started = time.monotonic()
     result = check_within(check_config(tmp_path, lines), tmp_path)
     assert time.monotonic() - started < 5
     assert result.returncode == EX_CONFIG
-    assert_one_line_error(result, f"credentials.api.{key}", "api.secret",
-                          "not a regular file (a FIFO)")
+    assert_one_line_error(result, f"credentials.api.{key}", "api.secret", "not a regular file (a FIFO)")
 
 
 def test_a_byte_order_mark_is_not_sent_as_part_of_the_secret(tmp_path: Path, idp: TokenEndpoint) -> None:
@@ -165,18 +178,21 @@ def test_a_pasted_secret_in_place_of_a_variable_name_is_not_echoed(tmp_path: Pat
     SECRETS.add(pasted, "Zq8 pasted")
     result = check_within(check_config(tmp_path, f'client_secret_env = "{pasted}"'), tmp_path)
     assert result.returncode == EX_CONFIG
-    assert_one_line_error(result, "credentials.api.client_secret_env",
-                          "is not an environment variable name")
+    assert_one_line_error(result, "credentials.api.client_secret_env", "is not an environment variable name")
     assert "Zq8" not in result.stderr + result.stdout
 
 
-@pytest.mark.parametrize(("name", "shown"), [
-    ("xK9pQ2vLm7Rt", False),  # a valid name, but what it looks like is a pasted secret
-    ("api_secret_tokend", False),
-    ("API_SECRET", True),  # conventional: naming it is what helps the operator
-])
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("xK9pQ2vLm7Rt", False),  # a valid name, but what it looks like is a pasted secret
+        ("api_secret_tokend", False),
+        ("API_SECRET", True),  # conventional: naming it is what helps the operator
+    ],
+)
 def test_an_unset_variable_is_named_only_when_it_looks_like_a_conventional_name(
-        tmp_path: Path, name: str, shown: bool) -> None:
+    tmp_path: Path, name: str, shown: bool
+) -> None:
     if not shown:
         SECRETS.add(name)  # the hygiene check then also fails the test if it shows up
     env = clean_env(tmp_path)
@@ -184,7 +200,6 @@ def test_an_unset_variable_is_named_only_when_it_looks_like_a_conventional_name(
     config = check_config(tmp_path, f'client_secret_env = "{name}"')
     result = run_tokend("check", "-c", config, tmp=tmp_path, env=env, timeout=10)
     assert result.returncode == EX_CONFIG
-    assert_one_line_error(result, "credentials.api.client_secret_env",
-                          "is not set in the environment")
+    assert_one_line_error(result, "credentials.api.client_secret_env", "is not set in the environment")
     assert (f"${name} is not set" in result.stderr) is shown
     assert (name in result.stderr + result.stdout) is shown

@@ -45,8 +45,12 @@ def temp_files(directory: Path) -> list[str]:
 def test_raw_is_the_token_and_a_newline(tmp_path: Path) -> None:
     write_sink(token(), sink(tmp_path / "t"))
     assert (tmp_path / "t").read_text() == ACCESS + "\n"
-    out = subprocess.run(["sh", "-c", 'printf %s "$(cat "$1")"', "sh", tmp_path / "t"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["sh", "-c", 'printf %s "$(cat "$1")"', "sh", tmp_path / "t"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout == ACCESS
 
 
@@ -54,8 +58,17 @@ def test_env_is_read_by_posix_sh(tmp_path: Path) -> None:
     t = token()
     write_sink(t, sink(tmp_path / "t.env", "env"))
     out = subprocess.run(
-        ["sh", "-c", '. "$1"; printf "%s|%s" "$API_ACCESS_TOKEN" "$API_ACCESS_TOKEN_EXPIRES_AT"',
-         "sh", tmp_path / "t.env"], capture_output=True, text=True, check=True)
+        [
+            "sh",
+            "-c",
+            '. "$1"; printf "%s|%s" "$API_ACCESS_TOKEN" "$API_ACCESS_TOKEN_EXPIRES_AT"',
+            "sh",
+            tmp_path / "t.env",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout == f"{ACCESS}|{int(t.expires_at)}"
 
 
@@ -70,8 +83,12 @@ def test_env_is_read_by_python_dotenv_even_with_interpolation_on(tmp_path: Path)
 def test_header_works_with_curl_at_file(tmp_path: Path, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api", headers={"Authorization": f"Bearer {ACCESS}"}).respond_with_data("ok")
     write_sink(token(), sink(tmp_path / "t.header", "header"))
-    out = subprocess.run(["curl", "-sS", "--fail", "-H", f"@{tmp_path / 't.header'}",
-                          httpserver.url_for("/api")], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "-H", f"@{tmp_path / 't.header'}", httpserver.url_for("/api")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "ok"
     assert (tmp_path / "t.header").read_text() == f"Authorization: Bearer {ACCESS}\n"
@@ -86,8 +103,14 @@ def test_json_has_the_documented_fields(tmp_path: Path) -> None:
     assert data["expires_at_unix"] == int(t.expires_at)
     assert data["expires_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(t.expires_at)))
     assert data["obtained_at"].endswith("Z") and data["scope"] == "api"
-    assert set(data) == {"access_token", "token_type", "expires_at", "expires_at_unix",
-                         "obtained_at", "scope"}
+    assert set(data) == {
+        "access_token",
+        "token_type",
+        "expires_at",
+        "expires_at_unix",
+        "obtained_at",
+        "scope",
+    }
 
 
 @pytest.mark.parametrize("fmt", ["raw", "json", "env", "header"])
@@ -222,7 +245,8 @@ def file_type(path: Path) -> tuple[int, str | None]:
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device", "symlink to /dev/null"])
 def test_a_sink_path_that_is_not_a_regular_file_is_refused_and_left_untouched(
-        tmp_path: Path, kind: str) -> None:
+    tmp_path: Path, kind: str
+) -> None:
     target = tmp_path / "api.token"
     make_in_the_way(target, kind)
     before = file_type(target)
@@ -255,17 +279,17 @@ def test_a_sink_in_a_directory_owned_by_another_user_is_refused_unless_allowed(t
     assert write_sink(token(), sink(theirs / "api.token", allow_shared_dir=True)).written
 
 
-def test_check_reports_a_sink_on_a_fifo_and_one_in_an_unsafe_directory_one_line_each(
-        tmp_path: Path) -> None:
+def test_check_reports_a_sink_on_a_fifo_and_one_in_an_unsafe_directory_one_line_each(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     os.mkfifo(tmp_path / "out" / "fifo.token")
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o770)
-    sinks = (f'[[credentials.api.sink]]\npath = "{tmp_path}/out/fifo.token"\n'
-             f'[[credentials.api.sink]]\npath = "{shared}/api.token"\n')
-    config = write_config(tmp_path, credential_toml("https://idp.example.com/t", tmp_path,
-                                                    sinks=sinks))
+    sinks = (
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/out/fifo.token"\n'
+        f'[[credentials.api.sink]]\npath = "{shared}/api.token"\n'
+    )
+    config = write_config(tmp_path, credential_toml("https://idp.example.com/t", tmp_path, sinks=sinks))
     result = run_tokend("check", "-c", config, tmp=tmp_path, timeout=10)
     assert result.returncode == EX_CONFIG, result.stderr
     assert "Traceback" not in result.stderr
@@ -284,9 +308,11 @@ def test_one_failing_sink_never_stops_the_credentials_other_sinks(tmp_path: Path
     out = tmp_path / "out"
     out.mkdir()
     os.mkfifo(out / "fifo.token")
-    sinks = (f'[[credentials.api.sink]]\npath = "{out}/owned.token"\nowner = "no-such-user-tokend"\n'
-             f'[[credentials.api.sink]]\npath = "{out}/fifo.token"\n'
-             f'[[credentials.api.sink]]\npath = "{out}/healthy.token"\n')
+    sinks = (
+        f'[[credentials.api.sink]]\npath = "{out}/owned.token"\nowner = "no-such-user-tokend"\n'
+        f'[[credentials.api.sink]]\npath = "{out}/fifo.token"\n'
+        f'[[credentials.api.sink]]\npath = "{out}/healthy.token"\n'
+    )
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
     result = run_tokend("fetch", "-c", config, tmp=tmp_path, timeout=20)
     assert result.returncode == 1, result.stderr
@@ -300,23 +326,32 @@ def test_one_failing_sink_never_stops_the_credentials_other_sinks(tmp_path: Path
     assert "fifo.token" in errors[1] and "is a FIFO" in errors[1]
 
 
-TEMP_OPEN = re.compile(r'^(?P<pid>\d+) openat\(AT_FDCWD, "(?P<path>[^"]*/\.api\.token\.tokend-[^"]*\.tmp)", '
-                       r"(?P<flags>[^,]+), (?P<mode>0\d+)\) = (?P<fd>\d+)$")
+TEMP_OPEN = re.compile(
+    r'^(?P<pid>\d+) openat\(AT_FDCWD, "(?P<path>[^"]*/\.api\.token\.tokend-[^"]*\.tmp)", '
+    r"(?P<flags>[^,]+), (?P<mode>0\d+)\) = (?P<fd>\d+)$"
+)
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 @pytest.mark.skipif(os.geteuid() != 0, reason="a sink for another group needs root's fchown")
 def test_a_sink_temp_is_created_0600_and_gets_its_final_mode_only_after_its_group(
-        tmp_path: Path, idp: TokenEndpoint) -> None:
+    tmp_path: Path, idp: TokenEndpoint
+) -> None:
     """Created 0640 in the daemon's group, the token would be readable by that group
     until the fchown to the consumer's: the kernel's own record of the calls says not."""
-    sinks = (f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.token"\n'
-             f'group = {OTHER_ID}\nmode = "0640"\n')
+    sinks = (
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.token"\ngroup = {OTHER_ID}\nmode = "0640"\n'
+    )
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
     trace = tmp_path / "strace.out"
-    result = run_tokend("fetch", "-c", config, tmp=tmp_path, timeout=30,
-                        prefix=["strace", "-f", "-qq", "-e", "trace=openat,fchown,fchmod",
-                                "-o", str(trace)])
+    result = run_tokend(
+        "fetch",
+        "-c",
+        config,
+        tmp=tmp_path,
+        timeout=30,
+        prefix=["strace", "-f", "-qq", "-e", "trace=openat,fchown,fchmod", "-o", str(trace)],
+    )
     assert result.returncode == 0, result.stderr
     st = os.stat(tmp_path / "out" / "api.token")
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, OTHER_ID)
@@ -328,8 +363,11 @@ def test_a_sink_temp_is_created_0600_and_gets_its_final_mode_only_after_its_grou
     assert "O_CREAT" in opened["flags"] and "O_EXCL" in opened["flags"]
     assert opened["mode"] == "0600"
     pid, fd = opened["pid"], opened["fd"]
-    calls = [line.split(None, 1)[1] for line in lines[at + 1:]
-             if line.startswith(f"{pid} ") and re.match(rf"\d+ fch(own|mod)\({fd}, ", line)]
+    calls = [
+        line.split(None, 1)[1]
+        for line in lines[at + 1 :]
+        if line.startswith(f"{pid} ") and re.match(rf"\d+ fch(own|mod)\({fd}, ", line)
+    ]
     assert calls[:2] == [f"fchown({fd}, -1, {OTHER_ID}) = 0", f"fchmod({fd}, 0640) = 0"], calls
 
 
@@ -347,14 +385,21 @@ def nobodys_dir() -> Iterator[Path]:
 
 
 def test_a_non_root_daemon_with_cap_chown_can_give_a_sink_to_another_owner(
-        nobodys_dir: Path, idp: TokenEndpoint) -> None:
+    nobodys_dir: Path, idp: TokenEndpoint
+) -> None:
     tmp = nobodys_dir
     sinks = f'[[credentials.api.sink]]\npath = "{tmp}/out/api.token"\nowner = 1\nmode = "0640"\n'
     config = write_config(tmp, credential_toml(idp.url, tmp, sinks=sinks))
     for path in (config, tmp / "api.secret", tmp / "out"):
         os.chown(path, OTHER_ID, OTHER_ID)
-    as_nobody_with_cap_chown = ["setpriv", f"--reuid={OTHER_ID}", f"--regid={OTHER_ID}",
-                                "--clear-groups", "--inh-caps=+chown", "--ambient-caps=+chown"]
+    as_nobody_with_cap_chown = [
+        "setpriv",
+        f"--reuid={OTHER_ID}",
+        f"--regid={OTHER_ID}",
+        "--clear-groups",
+        "--inh-caps=+chown",
+        "--ambient-caps=+chown",
+    ]
     result = run_tokend("fetch", "-c", config, tmp=tmp, timeout=20, prefix=as_nobody_with_cap_chown)
     assert result.returncode == 0, result.stderr
     st = os.stat(tmp / "out" / "api.token")

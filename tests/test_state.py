@@ -30,8 +30,11 @@ from .conftest import (
     write_config,
 )
 
-CRED = parse('[credentials.api]\ntoken_url = "https://i/t"\nclient_id = "id"\nclient_secret = "s"\n',
-             Path("/t.toml"), environ={}).credentials["api"]
+CRED = parse(
+    '[credentials.api]\ntoken_url = "https://i/t"\nclient_id = "id"\nclient_secret = "s"\n',
+    Path("/t.toml"),
+    environ={},
+).credentials["api"]
 
 
 def test_round_trip_is_private(tmp_path: Path) -> None:
@@ -69,8 +72,9 @@ KEY_BEFORE_DEFAULT_EXPIRES_IN = "7faf294f84284a01f1fa63ae8316a4fd"
 
 def test_key_for_the_default_expires_in_is_unchanged_so_existing_caches_stay_valid() -> None:
     assert cache_key(CRED, "id") == KEY_BEFORE_DEFAULT_EXPIRES_IN
-    assert cache_key(dataclasses.replace(CRED, default_expires_in=3600), "id") == \
-        KEY_BEFORE_DEFAULT_EXPIRES_IN
+    assert (
+        cache_key(dataclasses.replace(CRED, default_expires_in=3600), "id") == KEY_BEFORE_DEFAULT_EXPIRES_IN
+    )
 
 
 def test_key_changes_when_default_expires_in_changes() -> None:
@@ -111,8 +115,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 def temp_of_a_killed_writer(target: Path) -> Path:
     """The temp file a writer of ``target`` leaves when killed with -9 mid-write."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)],
-                          capture_output=True, text=True, timeout=10)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(target)], capture_output=True, text=True, timeout=10
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     temp = Path(proc.stdout.strip())
     assert temp.exists() and temp.parent == target.parent
@@ -125,7 +130,8 @@ def key_of(config: Path) -> str:
 
 
 def test_fetch_sweeps_the_temp_a_killed_writer_left_in_the_token_cache(
-        tmp_path: Path, idp: TokenEndpoint) -> None:
+    tmp_path: Path, idp: TokenEndpoint
+) -> None:
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     cache = tmp_path / "state" / "tokens" / f"{key_of(config)}.json"
     leftover = temp_of_a_killed_writer(cache)
@@ -137,7 +143,8 @@ def test_fetch_sweeps_the_temp_a_killed_writer_left_in_the_token_cache(
 
 
 def test_the_daemon_sweeps_temps_killed_writers_left_in_the_state_dir_and_the_cache(
-        tmp_path: Path, idp: TokenEndpoint, daemons: Callable[..., DaemonProcess]) -> None:
+    tmp_path: Path, idp: TokenEndpoint, daemons: Callable[..., DaemonProcess]
+) -> None:
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     state = tmp_path / "state"
     in_state = temp_of_a_killed_writer(state / "status.json")
@@ -161,22 +168,38 @@ def test_two_fetches_started_at_once_make_one_token_request(tmp_path: Path, idp:
 
     def slowly(_: Seen) -> Response:
         time.sleep(0.5)
-        return Response(json.dumps({"access_token": "slow-tok-1", "token_type": "bearer",
-                                    "expires_in": 3600}), content_type="application/json")
+        return Response(
+            json.dumps({"access_token": "slow-tok-1", "token_type": "bearer", "expires_in": 3600}),
+            content_type="application/json",
+        )
 
     SECRETS.add("slow-tok-1")
     idp.fault = slowly
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
-    procs = [subprocess.Popen([sys.executable, "-m", "tokend", "fetch", "-c", str(config)],
-                              cwd=tmp_path, env=clean_env(tmp_path), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tokend", "fetch", "-c", str(config)],
+            cwd=tmp_path,
+            env=clean_env(tmp_path),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outputs = [proc.communicate(timeout=30) for proc in procs]
     for (out, err), proc in zip(outputs, procs, strict=True):
         SECRETS.output("tokend fetch stdout", out)
         SECRETS.output("tokend fetch stderr", err)
         assert proc.returncode == 0, err
     assert len(idp.seen) == 1, [s.at for s in idp.seen]
-    hows = sorted("new token" if "fetch ok: new token" in err else
-                  "cached token" if "fetch ok: cached token" in err else err for _, err in outputs)
+    hows = sorted(
+        "new token"
+        if "fetch ok: new token" in err
+        else "cached token"
+        if "fetch ok: cached token" in err
+        else err
+        for _, err in outputs
+    )
     assert hows == ["cached token", "new token"]
     assert (tmp_path / "out" / "api.token").read_text() == "slow-tok-1\n"

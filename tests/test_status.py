@@ -22,14 +22,25 @@ EMPTY = "/etc/tokend/tokend.toml: no credentials configured; is this the right f
 
 
 def fresh(name: str = "api") -> CredentialStatus:
-    return CredentialStatus(name, token_fingerprint="sha256:0123456789", expires_at=NOW + 3600,
-                            obtained_at=NOW - 60, next_refresh=NOW + 2800, last_success=NOW - 60,
-                            last_attempt=NOW - 60)
+    return CredentialStatus(
+        name,
+        token_fingerprint="sha256:0123456789",
+        expires_at=NOW + 3600,
+        obtained_at=NOW - 60,
+        next_refresh=NOW + 2800,
+        last_success=NOW - 60,
+        last_attempt=NOW - 60,
+    )
 
 
 def daemon_status(*creds: CredentialStatus, warnings: tuple[str, ...] = ()) -> DaemonStatus:
-    return DaemonStatus(pid=4242, updated_at=NOW, config="/etc/tokend/tokend.toml",
-                        credentials={c.name: c for c in creds}, warnings=warnings)
+    return DaemonStatus(
+        pid=4242,
+        updated_at=NOW,
+        config="/etc/tokend/tokend.toml",
+        credentials={c.name: c for c in creds},
+        warnings=warnings,
+    )
 
 
 def test_health_check_is_warning_when_the_status_carries_a_warning() -> None:
@@ -39,15 +50,13 @@ def test_health_check_is_warning_when_the_status_carries_a_warning() -> None:
 
 
 def test_health_check_warns_even_when_every_credential_is_fresh() -> None:
-    code, line = health_check(daemon_status(fresh(), warnings=("something odd",)), running=True,
-                              now=NOW)
+    code, line = health_check(daemon_status(fresh(), warnings=("something odd",)), running=True, now=NOW)
     assert (code, line) == (NAGIOS_WARNING, "TOKEND WARNING - something odd")
 
 
 def test_health_check_puts_an_expired_token_before_a_warning() -> None:
     expired = CredentialStatus("api", expires_at=NOW - 1, failures=2, last_error="invalid_client")
-    code, line = health_check(daemon_status(expired, warnings=("something odd",)), running=True,
-                              now=NOW)
+    code, line = health_check(daemon_status(expired, warnings=("something odd",)), running=True, now=NOW)
     assert code == NAGIOS_CRITICAL and "api: no valid token" in line and "something odd" not in line
 
 
@@ -64,13 +73,26 @@ def test_warnings_survive_the_round_trip_through_json() -> None:
 
 def previous_version_record() -> dict[str, object]:
     """A status file as the version before warnings wrote it: no "warnings" key at all."""
-    return {"pid": 4242, "updated_at": NOW, "config": "/etc/tokend/tokend.toml",
-            "config_error": None,
-            "credentials": {"api": {"name": "api", "token_fingerprint": "sha256:0123456789",
-                                    "expires_at": NOW + 3600, "obtained_at": NOW - 60,
-                                    "next_refresh": NOW + 2800, "last_success": NOW - 60,
-                                    "last_attempt": NOW - 60, "last_error": None,
-                                    "last_error_retryable": None, "failures": 0}}}
+    return {
+        "pid": 4242,
+        "updated_at": NOW,
+        "config": "/etc/tokend/tokend.toml",
+        "config_error": None,
+        "credentials": {
+            "api": {
+                "name": "api",
+                "token_fingerprint": "sha256:0123456789",
+                "expires_at": NOW + 3600,
+                "obtained_at": NOW - 60,
+                "next_refresh": NOW + 2800,
+                "last_success": NOW - 60,
+                "last_attempt": NOW - 60,
+                "last_error": None,
+                "last_error_retryable": None,
+                "failures": 0,
+            }
+        },
+    }
 
 
 def test_from_json_reads_a_status_file_written_without_warnings() -> None:

@@ -31,8 +31,9 @@ SECRET = "e2e-secret-value"
 # the run instead of skipping the proof quietly.
 pytestmark = pytest.mark.skipif(
     os.environ.get("TOKEND_REQUIRE_NSPAWN") != "1"
-    and (os.geteuid() != 0 or shutil.which("systemd-nspawn") is None
-         or not (ROOT / ".tokend-ready").exists()),
+    and (
+        os.geteuid() != 0 or shutil.which("systemd-nspawn") is None or not (ROOT / ".tokend-ready").exists()
+    ),
     reason="needs root, systemd-nspawn and a root from tests/systemd/prepare-rootfs.sh",
 )
 
@@ -41,16 +42,32 @@ class Container:
     def __init__(self, root: Path, log: Path, binds: dict[Path, str]) -> None:
         self.log_file = open(log, "wb")  # noqa: SIM115 (closed in stop)
         self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(root), "--volatile=overlay", "--boot", "--register=no",
-             "--keep-unit", "--quiet", "--machine=tokend-e2e",
-             *(f"--bind-ro={host}:{inside}" for host, inside in binds.items())],
-            stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
+            [
+                "systemd-nspawn",
+                "-D",
+                str(root),
+                "--volatile=overlay",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--quiet",
+                "--machine=tokend-e2e",
+                *(f"--bind-ro={host}:{inside}" for host, inside in binds.items()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.pid = 0
         wait_for(self._find_init, 30, "the container's init")
-        wait_for(lambda: self.run("systemctl is-system-running", check=False).stdout.strip()
-                 in ("running", "degraded"), 90, "systemd to finish booting")
+        wait_for(
+            lambda: (
+                self.run("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded")
+            ),
+            90,
+            "systemd to finish booting",
+        )
 
     def _find_init(self) -> bool:
         if self.nspawn.poll() is not None:
@@ -65,10 +82,15 @@ class Container:
                 return True
         return False
 
-    def run(self, command: str, *, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "--", "sh", "-c", command],
-                                capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, command: str, *, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-a", "--", "sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{command!r} exited {result.returncode}: {result.stderr.strip()}")
         return result
@@ -125,28 +147,42 @@ def idp() -> Iterator[IdentityProvider]:
 def box(tmp_path_factory: pytest.TempPathFactory, idp: IdentityProvider) -> Iterator[Container]:
     tmp = tmp_path_factory.mktemp("nspawn")
     wheels = tmp / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(REPO)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     container = Container(ROOT, tmp / "console.log", {wheels: "/wheels", REPO / "systemd": "/src/systemd"})
     try:
-        container.run("useradd --system --no-create-home --shell /usr/sbin/nologin tokend && "
-                      "groupadd --system consumers")
+        container.run(
+            "useradd --system --no-create-home --shell /usr/sbin/nologin tokend && "
+            "groupadd --system consumers"
+        )
         container.path("/etc/tmpfiles.d/tokend-consumers.conf").write_text(
-            "d /run/tokend-consumers 2750 tokend consumers -\n")
+            "d /run/tokend-consumers 2750 tokend consumers -\n"
+        )
         container.run("systemd-tmpfiles --create /etc/tmpfiles.d/tokend-consumers.conf")
-        container.run("python3 -m venv /opt/tokend && "
-                      "/opt/tokend/bin/pip install -q --no-index --find-links /wheels tokend",
-                      timeout=300)
+        container.run(
+            "python3 -m venv /opt/tokend && "
+            "/opt/tokend/bin/pip install -q --no-index --find-links /wheels tokend",
+            timeout=300,
+        )
         container.run("install -d -m 0750 -g tokend /etc/tokend")
         container.path("/etc/tokend/tokend.toml").write_text(config(idp))
         container.path("/etc/tokend/api.secret").write_text(SECRET + "\n")
-        container.run("chgrp tokend /etc/tokend/api.secret /etc/tokend/tokend.toml && "
-                      "chmod 0640 /etc/tokend/api.secret /etc/tokend/tokend.toml")
-        container.run("cp /src/systemd/tokend.service /etc/systemd/system/ && "
-                      "mkdir -p /etc/systemd/system/tokend.service.d")
+        container.run(
+            "chgrp tokend /etc/tokend/api.secret /etc/tokend/tokend.toml && "
+            "chmod 0640 /etc/tokend/api.secret /etc/tokend/tokend.toml"
+        )
+        container.run(
+            "cp /src/systemd/tokend.service /etc/systemd/system/ && "
+            "mkdir -p /etc/systemd/system/tokend.service.d"
+        )
         container.path("/etc/systemd/system/tokend.service.d/paths.conf").write_text(
             "[Service]\nExecStart=\nExecStart=/opt/tokend/bin/tokend run\n"
-            "ReadWritePaths=/run/tokend-consumers\n")
+            "ReadWritePaths=/run/tokend-consumers\n"
+        )
         container.run("systemctl daemon-reload")
         yield container
     finally:
@@ -163,8 +199,10 @@ def test_start_returns_once_ready_and_the_unit_is_active(box: Container) -> None
 
 
 def test_tokens_rotate_under_the_full_hardening(box: Container, idp: IdentityProvider) -> None:
-    shown = box.run("systemctl show tokend -p User -p ProtectSystem -p NoNewPrivileges "
-                    "-p CapabilityBoundingSet -p PrivateMounts").stdout
+    shown = box.run(
+        "systemctl show tokend -p User -p ProtectSystem -p NoNewPrivileges "
+        "-p CapabilityBoundingSet -p PrivateMounts"
+    ).stdout
     assert "User=tokend" in shown and "ProtectSystem=strict" in shown
     assert "NoNewPrivileges=yes" in shown and "CapabilityBoundingSet=\n" in shown + "\n"
     pid = box.run("systemctl show tokend -p MainPID --value").stdout.strip()
@@ -187,14 +225,18 @@ def test_tokens_rotate_under_the_full_hardening(box: Container, idp: IdentityPro
     # In the setgid directory the file is born in the consumers' group: readable by them,
     # with no chown call and so no exception to the unit's seccomp filter.
     assert box.run("stat -c %G:%a /run/tokend-consumers/api.env").stdout.strip() == "consumers:640"
-    assert box.run("setpriv --reuid=nobody --regid=consumers --clear-groups "
-                   "cat /run/tokend-consumers/api.env").stdout.startswith("API_ACCESS_TOKEN='demo-")
+    assert box.run(
+        "setpriv --reuid=nobody --regid=consumers --clear-groups cat /run/tokend-consumers/api.env"
+    ).stdout.startswith("API_ACCESS_TOKEN='demo-")
     assert header.read_text().startswith("Authorization: Bearer demo-")
     assert box.run("stat -c %a /run/tokend").stdout.strip() == "755"
 
 
 def test_reload_applies_an_edited_config(box: Container, idp: IdentityProvider) -> None:
-    box.path("/etc/tokend/tokend.toml").write_text(config(idp, extra=f"""
+    box.path("/etc/tokend/tokend.toml").write_text(
+        config(
+            idp,
+            extra=f"""
 [credentials.second]
 token_url = "{idp.url}"
 client_id = "e2e-2"
@@ -207,7 +249,9 @@ token_url = "{idp.url}"
 client_id = "e2e-2"
 client_secret = "not-the-secret"
 scope = "other"
-"""))
+""",
+        )
+    )
     box.run("systemctl reload tokend")
     wait_for(lambda: box.path("/run/tokend/second.token").exists(), 20, "the added credential's sink")
     assert box.run("systemctl is-active tokend").stdout.strip() == "active"
@@ -219,8 +263,11 @@ def journal(box: Container) -> list[dict[str, str]]:
 
 
 def test_the_journal_carries_priorities_and_no_secrets(box: Container) -> None:
-    wait_for(lambda: any("wrong: no token" in e.get("MESSAGE", "") for e in journal(box)), 20,
-             "the wrong secret's error in the journal")
+    wait_for(
+        lambda: any("wrong: no token" in e.get("MESSAGE", "") for e in journal(box)),
+        20,
+        "the wrong secret's error in the journal",
+    )
     entries = [e for e in journal(box) if e.get("SYSLOG_IDENTIFIER") != "systemd"]
     new_token = next(e for e in entries if "refresh success" in e["MESSAGE"])
     assert new_token["PRIORITY"] == "6"

@@ -26,8 +26,12 @@ Start = Callable[..., DaemonProcess]
 def dot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """django-oauth-toolkit issuing 2-second client-credentials tokens."""
     db = tmp_path_factory.mktemp("dot") / "db.sqlite3"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.thirdparty.dot_idp", str(db), CLIENT_ID,
-                             SECRET, "2"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.thirdparty.dot_idp", str(db), CLIENT_ID, SECRET, "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("PORT "), line
@@ -40,11 +44,13 @@ def config(tmp: Path, url: str, *, auth: str, secret: str = SECRET, extra: str =
     (tmp / "out").mkdir(exist_ok=True)
     (tmp / "dot.secret").write_text(secret + "\n")
     path = tmp / "tokend.toml"
-    path.write_text(f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.dot]\n'
-                    f'token_url = "{url}"\nclient_id = "{CLIENT_ID}"\n'
-                    f'client_secret_file = "{tmp}/dot.secret"\nclient_auth = "{auth}"\n'
-                    f'scope = "read"\n{extra}\n'
-                    f'[[credentials.dot.sink]]\npath = "{tmp}/out/dot.header"\nformat = "header"\n')
+    path.write_text(
+        f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.dot]\n'
+        f'token_url = "{url}"\nclient_id = "{CLIENT_ID}"\n'
+        f'client_secret_file = "{tmp}/dot.secret"\nclient_auth = "{auth}"\n'
+        f'scope = "read"\n{extra}\n'
+        f'[[credentials.dot.sink]]\npath = "{tmp}/out/dot.header"\nformat = "header"\n'
+    )
     return path
 
 
@@ -60,8 +66,7 @@ def test_tokens_come_with_either_client_auth(dot: str, tmp_path: Path, auth: str
 
 
 def test_a_wrong_secret_is_its_invalid_client(dot: str, tmp_path: Path) -> None:
-    result = run_tokend("fetch", "-c", config(tmp_path, dot, auth="basic", secret="nope"),
-                        tmp=tmp_path)
+    result = run_tokend("fetch", "-c", config(tmp_path, dot, auth="basic", secret="nope"), tmp=tmp_path)
     assert result.returncode == 1
     assert "invalid_client (HTTP 401)" in result.stderr and "nope" not in result.stderr
 

@@ -12,11 +12,23 @@ def test_bearer_tokens_are_safe(value: str) -> None:
     assert unsafe_reason(value) is None
 
 
-@pytest.mark.parametrize(("value", "fragment"), [
-    ("", "empty"), ("a b", "whitespace"), ("a\nb", "whitespace"), ("a\tb", "whitespace"),
-    ("a\x00b", "control"), ("tök", "non-ASCII"), ("a'b", "'"), ('a"b', '"'), ("a\\b", "\\"),
-    ("a$b", "$"), ("a`b", "`"), ("a" * 70000, "longer"),
-])
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("", "empty"),
+        ("a b", "whitespace"),
+        ("a\nb", "whitespace"),
+        ("a\tb", "whitespace"),
+        ("a\x00b", "control"),
+        ("tök", "non-ASCII"),
+        ("a'b", "'"),
+        ('a"b', '"'),
+        ("a\\b", "\\"),
+        ("a$b", "$"),
+        ("a`b", "`"),
+        ("a" * 70000, "longer"),
+    ],
+)
 def test_tokens_no_sink_can_carry_are_refused(value: str, fragment: str) -> None:
     reason = unsafe_reason(value)
     assert reason is not None and fragment in reason
@@ -38,7 +50,12 @@ def test_round_trip_and_rejection_of_tampered_cache_data() -> None:
     t = Token("abc", 200.0, 100.0, "Bearer", "s", "r")
     assert Token.from_dict(t.to_dict()) == t
     bad: object
-    for bad in ({**t.to_dict(), "access_token": "a b"}, {**t.to_dict(), "expires_at": 50},
-                {**t.to_dict(), "expires_at": "x"}, [], None):
+    for bad in (
+        {**t.to_dict(), "access_token": "a b"},
+        {**t.to_dict(), "expires_at": 50},
+        {**t.to_dict(), "expires_at": "x"},
+        [],
+        None,
+    ):
         with pytest.raises(ValueError):
             Token.from_dict(bad)

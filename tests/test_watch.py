@@ -16,12 +16,17 @@ from .conftest import DaemonProcess, TokenEndpoint, credential_toml, wait_for, w
 # --------------------------------------------------------------------------- the parts
 
 
-@pytest.mark.parametrize(("touches", "now", "due"), [
-    ([0.0], 0.29, False), ([0.0], 0.3, True),                 # 300 ms of quiet
-    ([0.0, 0.2, 0.4], 0.6, False), ([0.0, 0.2, 0.4], 0.7, True),  # quiet counts from the last
-    ([x / 10 for x in range(25)], 1.99, False),               # a steady stream...
-    ([x / 10 for x in range(25)], 2.0, True),                 # ...waits 2 s at most
-])
+@pytest.mark.parametrize(
+    ("touches", "now", "due"),
+    [
+        ([0.0], 0.29, False),
+        ([0.0], 0.3, True),  # 300 ms of quiet
+        ([0.0, 0.2, 0.4], 0.6, False),
+        ([0.0, 0.2, 0.4], 0.7, True),  # quiet counts from the last
+        ([x / 10 for x in range(25)], 1.99, False),  # a steady stream...
+        ([x / 10 for x in range(25)], 2.0, True),  # ...waits 2 s at most
+    ],
+)
 def test_debounce(touches: list[float], now: float, due: bool) -> None:
     debounce = Debouncer()
     for t in touches:
@@ -194,16 +199,21 @@ def reloads(daemon: DaemonProcess) -> int:
 
 
 def two_credentials(idp: TokenEndpoint, tmp: Path) -> list[str]:
-    return [credential_toml(idp.url, tmp, "a", extra='scope = "a"'),
-            credential_toml(idp.url, tmp, "b", extra='scope = "b"')]
+    return [
+        credential_toml(idp.url, tmp, "a", extra='scope = "a"'),
+        credential_toml(idp.url, tmp, "b", extra='scope = "b"'),
+    ]
 
 
 @pytest.fixture
 def running(idp: TokenEndpoint, tmp_path: Path, daemons: Start) -> DaemonProcess:
     config = write_config(tmp_path, *two_credentials(idp, tmp_path))
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: (tmp_path / "out" / "a.token").exists() and (tmp_path / "out" / "b.token").exists(),
-             10, "both tokens")
+    wait_for(
+        lambda: (tmp_path / "out" / "a.token").exists() and (tmp_path / "out" / "b.token").exists(),
+        10,
+        "both tokens",
+    )
     return daemon
 
 
@@ -228,13 +238,15 @@ def test_an_added_credential_is_fetched_and_the_others_untouched(
     assert "1 added" in running.log
 
 
-def test_a_burst_of_writes_is_one_reload(idp: TokenEndpoint, tmp_path: Path,
-                                         running: DaemonProcess) -> None:
+def test_a_burst_of_writes_is_one_reload(idp: TokenEndpoint, tmp_path: Path, running: DaemonProcess) -> None:
     config = tmp_path / "tokend.toml"
     base = config.read_text()
     for i in range(10):  # an editor, or git checkout, writing again and again
-        config.write_text(base + f"# save {i}\n" + (
-            credential_toml(idp.url, tmp_path, "c", extra='scope = "c"') if i == 9 else ""))
+        config.write_text(
+            base
+            + f"# save {i}\n"
+            + (credential_toml(idp.url, tmp_path, "c", extra='scope = "c"') if i == 9 else "")
+        )
         time.sleep(0.02)
     wait_for(lambda: (tmp_path / "out" / "c.token").exists(), 10, "the added credential")
     time.sleep(0.5)  # longer than the debounce quiet time: any second reload would be in
@@ -255,13 +267,13 @@ def test_a_rotated_secret_is_used_at_once_for_its_credential_only(
     assert (tmp_path / "out" / "a.token").read_text() == "tok-3\n"
 
 
-def test_a_kubernetes_secret_swap_is_used_at_once(idp: TokenEndpoint, tmp_path: Path,
-                                                  daemons: Start) -> None:
+def test_a_kubernetes_secret_swap_is_used_at_once(idp: TokenEndpoint, tmp_path: Path, daemons: Start) -> None:
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     kubernetes_secret(secrets, "v1", "first-secret")
-    block = credential_toml(idp.url, tmp_path).replace(str(tmp_path / "api.secret"),
-                                                       str(secrets / "password"))
+    block = credential_toml(idp.url, tmp_path).replace(
+        str(tmp_path / "api.secret"), str(secrets / "password")
+    )
     daemon = daemons(write_config(tmp_path, block), tmp_path)
     wait_for(lambda: len(idp.seen) == 1, 10, "the first token")
     kubernetes_secret(secrets, "v2", "second-secret")
@@ -270,10 +282,12 @@ def test_a_kubernetes_secret_swap_is_used_at_once(idp: TokenEndpoint, tmp_path: 
     assert daemon.proc.poll() is None
 
 
-def test_delete_then_recreate_and_a_secret_that_appears_later(idp: TokenEndpoint, tmp_path: Path,
-                                                              daemons: Start) -> None:
-    block = credential_toml(idp.url, tmp_path).replace(str(tmp_path / "api.secret"),
-                                                       str(tmp_path / "later.secret"))
+def test_delete_then_recreate_and_a_secret_that_appears_later(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    block = credential_toml(idp.url, tmp_path).replace(
+        str(tmp_path / "api.secret"), str(tmp_path / "later.secret")
+    )
     daemon = daemons(write_config(tmp_path, block), tmp_path)
     wait_for(lambda: "later.secret: no such file" in daemon.log, 10, "the missing secret reported")
     assert idp.seen == []
@@ -282,12 +296,10 @@ def test_delete_then_recreate_and_a_secret_that_appears_later(idp: TokenEndpoint
     (tmp_path / "later.secret").unlink()
     (tmp_path / "later.secret").write_text("recreated-secret\n")
     wait_for(lambda: len(idp.seen) == 2, 10, "a refetch after delete and recreate")
-    assert [s.basic_auth for s in idp.seen] == [("client-1", "late-secret"),
-                                                ("client-1", "recreated-secret")]
+    assert [s.basic_auth for s in idp.seen] == [("client-1", "late-secret"), ("client-1", "recreated-secret")]
 
 
-def test_moving_a_sink_costs_no_request(idp: TokenEndpoint, tmp_path: Path,
-                                        running: DaemonProcess) -> None:
+def test_moving_a_sink_costs_no_request(idp: TokenEndpoint, tmp_path: Path, running: DaemonProcess) -> None:
     config = tmp_path / "tokend.toml"
     config.write_text(config.read_text().replace(f"{tmp_path}/out/b.token", f"{tmp_path}/out/b2.token"))
     wait_for(lambda: (tmp_path / "out" / "b2.token").exists(), 10, "the moved sink")
@@ -315,8 +327,9 @@ def test_a_bad_edit_is_rejected_while_tokens_rotate_and_the_fix_applies(
     assert daemon.proc.poll() is None
 
 
-def test_sighup_and_the_watcher_share_one_path(idp: TokenEndpoint, tmp_path: Path,
-                                               running: DaemonProcess) -> None:
+def test_sighup_and_the_watcher_share_one_path(
+    idp: TokenEndpoint, tmp_path: Path, running: DaemonProcess
+) -> None:
     running.signal(1)  # SIGHUP with nothing changed: a reload that touches nothing
     wait_for(lambda: "SIGHUP: reloading" in running.log and reloads(running) == 1, 10, "the reload")
     assert "2 unchanged" in running.log and len(idp.seen) == 2
@@ -334,8 +347,9 @@ def test_an_edit_during_a_reload_is_not_lost(idp: TokenEndpoint, tmp_path: Path)
         daemon.add_slot(cred, force=False)  # what run() does; the scheduler never starts
     try:
         daemon.watch_files()
-        config_path.write_text(config_path.read_text()
-                               + credential_toml(idp.url, tmp_path, "c", extra='scope = "c"'))
+        config_path.write_text(
+            config_path.read_text() + credential_toml(idp.url, tmp_path, "c", extra='scope = "c"')
+        )
         daemon.watch_files()  # what a reload finishing just now does
         daemon.check_files("test")
         assert "c" in daemon.config.credentials

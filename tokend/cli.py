@@ -25,75 +25,122 @@ if TYPE_CHECKING:
 
 
 def _fetch(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    fetch = sub.add_parser("fetch", parents=[common],
-                           help="make sure every sink holds a valid token, then exit",
-                           description="One shot: reuse each credential's cached token while it is "
-                                       "fresh, else ask the identity provider; write every sink.")
+    fetch = sub.add_parser(
+        "fetch",
+        parents=[common],
+        help="make sure every sink holds a valid token, then exit",
+        description="One shot: reuse each credential's cached token while it is "
+        "fresh, else ask the identity provider; write every sink.",
+    )
     fetch.add_argument("names", nargs="*", metavar="NAME", help="credentials (default: all)")
-    fetch.add_argument("--force", action="store_true",
-                       help="ask for new tokens even if cached ones are fresh")
+    fetch.add_argument(
+        "--force", action="store_true", help="ask for new tokens even if cached ones are fresh"
+    )
 
 
 def _token(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    token = sub.add_parser("token", parents=[common], help="print a valid access token",
-                           description="Print a valid access token for NAME on stdout, from the "
-                                       "cache when it is fresh; nothing else goes to stdout.")
+    token = sub.add_parser(
+        "token",
+        parents=[common],
+        help="print a valid access token",
+        description="Print a valid access token for NAME on stdout, from the "
+        "cache when it is fresh; nothing else goes to stdout.",
+    )
     token.add_argument("name", metavar="NAME")
 
 
 def _check(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    check = sub.add_parser("check", parents=[common], help="validate config, secrets and sink paths",
-                           description="Validate the config, read every secret, check every sink "
-                                       "directory; with --online, ask each identity provider once.")
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate config, secrets and sink paths",
+        description="Validate the config, read every secret, check every sink "
+        "directory; with --online, ask each identity provider once.",
+    )
     check.add_argument("--online", action="store_true", help="also request one token per credential")
 
 
 def _run(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    sub.add_parser("run", parents=[common], help="the daemon, in the foreground (systemd Type=notify)",
-                   description="Keep every credential's token fresh until SIGTERM; SIGHUP reloads.")
+    sub.add_parser(
+        "run",
+        parents=[common],
+        help="the daemon, in the foreground (systemd Type=notify)",
+        description="Keep every credential's token fresh until SIGTERM; SIGHUP reloads.",
+    )
 
 
 def _status(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    status = sub.add_parser("status", parents=[common], help="each credential's health, from the daemon",
-                            description="Report each credential's token expiry, next refresh, last "
-                                        "success and last error; exit 1 when any is failing or "
-                                        "expired, or the daemon is not running.")
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="each credential's health, from the daemon",
+        description="Report each credential's token expiry, next refresh, last "
+        "success and last error; exit 1 when any is failing or "
+        "expired, or the daemon is not running.",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--check", action="store_true",
-                        help="one line and a Nagios exit code: 0 OK, 1 WARNING (a refresh is "
-                             "failing, or the daemon is down), 2 CRITICAL (a token expired or "
-                             "missing), 3 UNKNOWN")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="one line and a Nagios exit code: 0 OK, 1 WARNING (a refresh is "
+        "failing, or the daemon is down), 2 CRITICAL (a token expired or "
+        "missing), 3 UNKNOWN",
+    )
 
 
 def _exec(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    exec_ = sub.add_parser("exec", parents=[common], help="run a command with the token in its environment",
-                           usage="tokend exec [-c FILE] [--env-name VAR] NAME -- CMD [ARG ...]",
-                           description="Run CMD with NAME's valid access token in its environment "
-                                       "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise).")
+    exec_ = sub.add_parser(
+        "exec",
+        parents=[common],
+        help="run a command with the token in its environment",
+        usage="tokend exec [-c FILE] [--env-name VAR] NAME -- CMD [ARG ...]",
+        description="Run CMD with NAME's valid access token in its environment "
+        "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise).",
+    )
     exec_.add_argument("name", metavar="NAME")
     exec_.add_argument("--env-name", metavar="VAR", help="variable to put the token in")
 
 
 def _demo(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    demo = sub.add_parser("demo", help="a local identity provider plus the daemon: the 1-minute tour",
-                          description="Start an identity provider on 127.0.0.1 and the daemon, "
-                                      "writing rotating tokens into ./tokend-demo/.")
+    demo = sub.add_parser(
+        "demo",
+        help="a local identity provider plus the daemon: the 1-minute tour",
+        description="Start an identity provider on 127.0.0.1 and the daemon, "
+        "writing rotating tokens into ./tokend-demo/.",
+    )
     demo.add_argument("--dir", type=Path, default=Path("tokend-demo"), help="where to write")
     demo.add_argument("--lifetime", type=int, default=15, help="token lifetime in seconds")
-    demo.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
-                      help="stop after this long (default: until Ctrl-C)")
+    demo.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long (default: until Ctrl-C)",
+    )
 
 
-SUBCOMMANDS = {"run": _run, "fetch": _fetch, "token": _token, "exec": _exec, "status": _status,
-               "check": _check, "demo": _demo}
+SUBCOMMANDS = {
+    "run": _run,
+    "fetch": _fetch,
+    "token": _token,
+    "exec": _exec,
+    "status": _status,
+    "check": _check,
+    "demo": _demo,
+}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that subcommand (the rest cost time, not meaning)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", type=Path, metavar="FILE",
-                        help="config file (default: $TOKEND_CONFIG, "
-                             "$CONFIGURATION_DIRECTORY/tokend.toml, /etc/tokend/tokend.toml)")
+    common.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="config file (default: $TOKEND_CONFIG, "
+        "$CONFIGURATION_DIRECTORY/tokend.toml, /etc/tokend/tokend.toml)",
+    )
     parser = argparse.ArgumentParser(
         prog="tokend",
         description="Keep OAuth2 client-credentials access tokens fresh on disk.",
@@ -109,8 +156,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first "--" is exec's command, options and all.
-    command = words[words.index("--") + 1:] if "--" in words else []
-    words = words[:words.index("--")] if "--" in words else words
+    command = words[words.index("--") + 1 :] if "--" in words else []
+    words = words[: words.index("--")] if "--" in words else words
     first = next((w for w in words if not w.startswith("-")), None)
     parser = build_parser(first if first in SUBCOMMANDS else None)
     args = parser.parse_args(words)

@@ -82,10 +82,20 @@ def log_fetch(outcome: Outcome) -> None:
     token = outcome.token
     assert token is not None
     how = "new token" if outcome.fetched else "cached token"
-    log.info("%s: fetch ok: %s %s, valid until %s, %d sink(s) written", outcome.name, how,
-             token.fingerprint, rfc3339(token.expires_at), outcome.sinks_written,
-             extra={"event": "fetch", "credential": outcome.name, "outcome": "success",
-                    "token": token.fingerprint})
+    log.info(
+        "%s: fetch ok: %s %s, valid until %s, %d sink(s) written",
+        outcome.name,
+        how,
+        token.fingerprint,
+        rfc3339(token.expires_at),
+        outcome.sinks_written,
+        extra={
+            "event": "fetch",
+            "credential": outcome.name,
+            "outcome": "success",
+            "token": token.fingerprint,
+        },
+    )
 
 
 def fetch_succeeded(outcome: Outcome, *, force: bool) -> bool:
@@ -192,8 +202,7 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
             data["credentials"][name]["verdict"] = value
         print(json.dumps(data, indent=2, sort_keys=True))
         return EX_OK if healthy else EX_FAILED
-    print(f"tokend pid {status.pid}: {'running' if running else 'NOT RUNNING'}, "
-          f"config {status.config}")
+    print(f"tokend pid {status.pid}: {'running' if running else 'NOT RUNNING'}, config {status.config}")
     if status.config_error:
         print(f"config rejected (still running the last good one): {status.config_error}")
     for warning in status.warnings:
@@ -213,8 +222,7 @@ def cmd_check(config: Config, *, online: bool) -> int:
     secrets: dict[str, tuple[str, str]] = {}
     for cred in config.credentials.values():
         try:
-            secrets[cred.name] = (read_secret(cred, cred.client_id),
-                                  read_secret(cred, cred.client_secret))
+            secrets[cred.name] = (read_secret(cred, cred.client_id), read_secret(cred, cred.client_secret))
         except ConfigError as exc:
             problems.append(str(exc))
         problems.extend(check_paths(cred))
@@ -224,8 +232,10 @@ def cmd_check(config: Config, *, online: bool) -> int:
     if problems:
         return EX_CONFIG
     for cred in config.credentials.values():
-        print(f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
-              f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}")
+        print(
+            f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
+            f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}"
+        )
     return check_online(config, secrets) if online else EX_OK
 
 
@@ -247,8 +257,10 @@ def check_paths(cred: CredentialConfig) -> list[str]:
         elif not os.access(directory, os.W_OK | os.X_OK):
             problem(f"sink[{i}].path", f"directory {directory} is not writable")
         elif (reason := unsafe_path(sink)) is not None:
-            problem(f"sink[{i}].path", f"{sink.path} {reason}" if reason.startswith("is ")
-                    else f"{sink.path}: {reason}")
+            problem(
+                f"sink[{i}].path",
+                f"{sink.path} {reason}" if reason.startswith("is ") else f"{sink.path}: {reason}",
+            )
         try:
             resolve_owner(sink)
         except SinkError as exc:
@@ -292,8 +304,10 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
                 worst = EX_FAILED
                 continue
             token = answer.token
-            print(f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
-                  f"valid {round(token.lifetime)}s ({answer.style})")
+            print(
+                f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
+                f"valid {round(token.lifetime)}s ({answer.style})"
+            )
     finally:
         client.close()
     return worst

@@ -55,7 +55,8 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 CONVENTIONAL_ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 MODE_RE = re.compile(r"0?[0-7]{3}")
 DURATION_RE = re.compile(
-    r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m(?!s))?(?:([0-9]{1,9})s)?(?:([0-9]{1,9})ms)?")
+    r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m(?!s))?(?:([0-9]{1,9})s)?(?:([0-9]{1,9})ms)?"
+)
 DIGITS_RE = re.compile(r"[0-9]{1,10}")
 SIGNAL_RE = re.compile(r"(SIG)?[A-Z0-9]{1,16}")
 
@@ -68,8 +69,14 @@ MAX_REQUEST_TIMEOUT = 600.0
 MAX_TTL_MARGIN = 86400.0
 MAX_HOOK_TIMEOUT = 3600.0
 
-GLOBAL_KEYS = ("state_dir", "log_level", "log_format", "metrics_listen", "metrics_allow_remote",
-               "metrics_textfile")
+GLOBAL_KEYS = (
+    "state_dir",
+    "log_level",
+    "log_format",
+    "metrics_listen",
+    "metrics_allow_remote",
+    "metrics_textfile",
+)
 SECRET_KEYS = ("client_id", "client_secret")
 CREDENTIAL_KEYS = (
     "provider",
@@ -92,8 +99,7 @@ CREDENTIAL_KEYS = (
     "sink",
     "on_rotate",
 )
-SINK_KEYS = ("path", "format", "mode", "owner", "group", "env_name", "remove_on_stop",
-             "allow_shared_dir")
+SINK_KEYS = ("path", "format", "mode", "owner", "group", "env_name", "remove_on_stop", "allow_shared_dir")
 HOOK_KEYS = ("command", "timeout", "pid_file", "signal", "pass_token")
 
 
@@ -175,8 +181,7 @@ class CredentialConfig:
 
     def files(self) -> set[Path]:
         """Files whose content this credential's token depends on (watched for changes)."""
-        found = {Path(ref.value) for ref in (self.client_id, self.client_secret)
-                 if ref.source == "file"}
+        found = {Path(ref.value) for ref in (self.client_id, self.client_secret) if ref.source == "file"}
         if self.env_file is not None:
             found.add(self.env_file)
         return found
@@ -209,7 +214,7 @@ class Config:
 def parse_duration(value: object) -> float:
     """``"1h30m"``, ``"500ms"`` or an integer of seconds, as seconds. Raises ValueError."""
     if isinstance(value, bool):
-        raise ValueError(f"must be a duration such as \"30s\" or \"1h30m\", not {value!r}")
+        raise ValueError(f'must be a duration such as "30s" or "1h30m", not {value!r}')
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"must not be negative, got {value}")
@@ -217,12 +222,11 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"{value} seconds is over a year; is that a typo?")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"must be a duration such as \"30s\" or \"1h30m\", not {_kind(value)}")
+        raise ValueError(f'must be a duration such as "30s" or "1h30m", not {_kind(value)}')
     text = value.strip().lower()
     match = DURATION_RE.fullmatch(text)
     if not text or match is None:
-        raise ValueError(f"{_shown(value)} is not a duration; use forms like \"30s\", \"5m\", "
-                         "\"1h30m\"")
+        raise ValueError(f'{_shown(value)} is not a duration; use forms like "30s", "5m", "1h30m"')
     days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
     return days * 86400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
 
@@ -230,12 +234,12 @@ def parse_duration(value: object) -> float:
 def parse_mode(value: object) -> int:
     """File mode from an octal *string*; an integer is refused because TOML reads 0640 as 640."""
     if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(f"must be an octal string such as \"0640\", not the number {value}")
+        raise ValueError(f'must be an octal string such as "0640", not the number {value}')
     if not isinstance(value, str) or not MODE_RE.fullmatch(value):
-        raise ValueError(f"must be an octal string such as \"0640\", not {_shown(value)}")
+        raise ValueError(f'must be an octal string such as "0640", not {_shown(value)}')
     mode = int(value, 8)
     if mode & 0o022:
-        raise ValueError(f"{value!r} lets group or others write the token; use e.g. \"0640\"")
+        raise ValueError(f'{value!r} lets group or others write the token; use e.g. "0640"')
     if not mode & 0o400:
         raise ValueError(f"{value!r} does not let the owner read the file")
     return mode
@@ -244,9 +248,7 @@ def parse_mode(value: object) -> int:
 def is_loopback_host(host: str) -> bool:
     import ipaddress  # only http:// URLs get here
 
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
-        ".localhost"
-    ):
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -258,8 +260,9 @@ def check_token_url(url: str, *, allow_insecure_http: bool) -> None:
     """Refuse anything but https, except http to this machine (or when asked explicitly)."""
     if "@" in url.split("?", 1)[0].split("#", 1)[0]:
         # Before anything that would echo the URL: "ftp://user:pass@host" must not be shown.
-        raise ValueError("must not carry credentials (user:password@) in the URL; use "
-                         "client_id / client_secret")
+        raise ValueError(
+            "must not carry credentials (user:password@) in the URL; use client_id / client_secret"
+        )
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise ValueError("must not contain whitespace or control characters")
     # The URL itself is not repeated in these errors: whatever was pasted in it (a secret
@@ -346,8 +349,7 @@ class _Parser:
         value = self.string(tbl, key, where)
         choices = tuple(choices)
         if value is not None and value not in choices:
-            raise self.fail(f"{where}.{key}",
-                            f"must be one of {', '.join(choices)}; got {_shown(value)}")
+            raise self.fail(f"{where}.{key}", f"must be one of {', '.join(choices)}; got {_shown(value)}")
         return value
 
     def boolean(self, tbl: Mapping[str, Any], key: str, where: str) -> bool | None:
@@ -357,7 +359,12 @@ class _Parser:
         return value
 
     def duration(
-        self, tbl: Mapping[str, Any], key: str, where: str, *, positive: bool = True,
+        self,
+        tbl: Mapping[str, Any],
+        key: str,
+        where: str,
+        *,
+        positive: bool = True,
         bound: float = MAX_EXPIRES_IN,
     ) -> float | None:
         if key not in tbl:
@@ -440,17 +447,18 @@ class _Parser:
             raise self.fail("tokend.metrics_listen", f"must be HOST:PORT, not {_shown(value)}")
         host = host.strip("[]") or "127.0.0.1"
         if not allow_remote and not is_loopback_host(host):
-            raise self.fail("tokend.metrics_listen",
-                            f"{host} is not a loopback address; metrics say which credentials "
-                            "exist and when they fail: set metrics_allow_remote = true to mean it")
+            raise self.fail(
+                "tokend.metrics_listen",
+                f"{host} is not a loopback address; metrics say which credentials "
+                "exist and when they fail: set metrics_allow_remote = true to mean it",
+            )
         return (host, int(port))
 
     def credential(self, name: str, body: object) -> CredentialConfig:
         where = f"credentials.{name}"
         if not NAME_RE.fullmatch(name):
             where = f"credentials.{_shown(name)}"
-            raise self.fail(where, "credential names may only use letters, digits, '_' and '-' "
-                                   "(at most 64)")
+            raise self.fail(where, "credential names may only use letters, digits, '_' and '-' (at most 64)")
         tbl = self.table(body, where, CREDENTIAL_KEYS)
 
         provider = self.string(tbl, "provider", where)
@@ -498,15 +506,14 @@ class _Parser:
             client_auth=cast(ClientAuth, client_auth or preset.get("client_auth", "basic")),
             use_refresh_token=_default(self.boolean(tbl, "use_refresh_token", where), True),
             refresh_at=float(refresh_at),
-            min_ttl_margin=_default(self.duration(tbl, "min_ttl_margin", where, positive=False,
-                                                   bound=MAX_TTL_MARGIN), 60.0),
+            min_ttl_margin=_default(
+                self.duration(tbl, "min_ttl_margin", where, positive=False, bound=MAX_TTL_MARGIN), 60.0
+            ),
             default_expires_in=_default(self.duration(tbl, "default_expires_in", where), 3600.0),
             timeout=_default(self.duration(tbl, "timeout", where, bound=MAX_REQUEST_TIMEOUT), 10.0),
             ca_bundle=self.path(tbl, "ca_bundle", where),
             allow_insecure_http=allow_http,
-            sinks=tuple(
-                self.sink(name, item, f"{where}.sink[{i}]") for i, item in enumerate(sinks_value)
-            ),
+            sinks=tuple(self.sink(name, item, f"{where}.sink[{i}]") for i, item in enumerate(sinks_value)),
             on_rotate=on_rotate,
         )
 
@@ -529,8 +536,11 @@ class _Parser:
         if key.endswith("_env"):
             if not ENV_NAME_RE.fullmatch(value):
                 # Not echoed: what sits here by mistake is most often the secret itself.
-                raise self.fail(f"{where}.{key}", "is not an environment variable name (the value "
-                                "is not shown: it may be a secret pasted here by mistake)")
+                raise self.fail(
+                    f"{where}.{key}",
+                    "is not an environment variable name (the value "
+                    "is not shown: it may be a secret pasted here by mistake)",
+                )
             return SecretRef(key, "env", value)
         if key.endswith("_file"):
             path = self.path(tbl, key, where)
@@ -547,8 +557,10 @@ class _Parser:
             return
         if mode & 0o044:
             readers = "others" if mode & 0o004 else "its group"
-            self.warnings.append(f"{self.file}: {where}: an inline secret sits in a file that "
-                                 f"{readers} can read; chmod 600 it or use client_secret_file")
+            self.warnings.append(
+                f"{self.file}: {where}: an inline secret sits in a file that "
+                f"{readers} can read; chmod 600 it or use client_secret_file"
+            )
 
     def scope(self, tbl: Mapping[str, Any], where: str) -> tuple[str, ...]:
         value = tbl.get("scope")
@@ -572,17 +584,24 @@ class _Parser:
         of their own; inside extra_params they are still accepted, as before."""
         value = tbl.get("extra_params", {})
         if not isinstance(value, dict):
-            raise self.fail(f"{where}.extra_params", "must be a table such as { prompt = \"none\" }")
-        reserved = {"grant_type", "client_id", "client_secret", "refresh_token", "scope",
-                    "client_assertion", "client_assertion_type"}
+            raise self.fail(f"{where}.extra_params", 'must be a table such as { prompt = "none" }')
+        reserved = {
+            "grant_type",
+            "client_id",
+            "client_secret",
+            "refresh_token",
+            "scope",
+            "client_assertion",
+            "client_assertion_type",
+        }
         params: list[tuple[str, str]] = []
         for key, item in value.items():
             if key in reserved:
-                raise self.fail(f"{where}.extra_params.{_key(key)}",
-                                "is set by tokend; use the credential's own key")
+                raise self.fail(
+                    f"{where}.extra_params.{_key(key)}", "is set by tokend; use the credential's own key"
+                )
             if key in tbl and key in ("audience", "resource"):
-                raise self.fail(f"{where}.extra_params.{key}", f"conflicts with {where}.{key}; "
-                                "set only one")
+                raise self.fail(f"{where}.extra_params.{key}", f"conflicts with {where}.{key}; set only one")
             if not key or len(key) > 256 or not key.isprintable():
                 raise self.fail(f"{where}.extra_params", "parameter names must be printable text")
             params.extend((key, v) for v in self.param_values(item, f"{where}.extra_params.{key}"))
@@ -618,8 +637,9 @@ class _Parser:
             except ValueError:
                 scheme = ""
             if not scheme or "#" in value:
-                raise self.fail(where, f"{_shown(value)} is not an absolute URI without a fragment "
-                                       "(RFC 8707)")
+                raise self.fail(
+                    where, f"{_shown(value)} is not an absolute URI without a fragment (RFC 8707)"
+                )
 
     def sink(self, credential: str, body: object, where: str) -> SinkConfig:
         tbl = self.table(body, where, SINK_KEYS)
@@ -635,7 +655,7 @@ class _Parser:
                 raise self.fail(f"{where}.mode", str(exc)) from None
         env_name = self.string(tbl, "env_name", where)
         if env_name is not None and fmt != "env":
-            raise self.fail(f"{where}.env_name", f"only applies to format = \"env\", not {fmt!r}")
+            raise self.fail(f"{where}.env_name", f'only applies to format = "env", not {fmt!r}')
         if fmt == "env":
             env_name = env_name or default_env_name(credential)
             if not ENV_NAME_RE.fullmatch(env_name):
@@ -659,8 +679,7 @@ class _Parser:
         if command and not command[0]:
             raise self.fail(f"{where}.command", "the program name must not be empty")
         if any("\0" in c for c in command) or sum(map(len, command)) > MAX_STRING:
-            raise self.fail(f"{where}.command", f"must hold no NUL byte and at most {MAX_STRING} "
-                            "characters")
+            raise self.fail(f"{where}.command", f"must hold no NUL byte and at most {MAX_STRING} characters")
         signame = self.string(tbl, "signal", where)
         pid_file = self.path(tbl, "pid_file", where)
         if signame is not None:
@@ -702,8 +721,11 @@ class _Parser:
                 if real in seen:
                     raise self.fail(where, f"{sink.path} is already written by {seen[real]}")
                 if real in protected:
-                    raise self.fail(where, f"{sink.path} is {protected[real]}; a sink there would "
-                                           "overwrite it with the access token")
+                    raise self.fail(
+                        where,
+                        f"{sink.path} is {protected[real]}; a sink there would "
+                        "overwrite it with the access token",
+                    )
                 if real == state or real.startswith(state + os.sep):
                     raise self.fail(where, f"{sink.path} is inside the state directory {state_dir}")
                 seen[real] = where
@@ -729,8 +751,14 @@ def _human(seconds: float) -> str:
 
 
 def _kind(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a table"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -787,8 +815,9 @@ def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB; is this the "
-                                "right file?")
+        raise ConfigError(
+            path, f"larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB; is this the right file?"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -103,19 +103,29 @@ class Failure:
     needs_token: bool = True  # False: the token is fine, only a sink failed
 
 
-def record(status: CredentialStatus, *, now: float, when: float, failures: int,
-           outcome: Outcome | None, failure: Failure | None) -> CredentialStatus:
+def record(
+    status: CredentialStatus,
+    *,
+    now: float,
+    when: float,
+    failures: int,
+    outcome: Outcome | None,
+    failure: Failure | None,
+) -> CredentialStatus:
     """The status after one attempt."""
     status = status.updated(
-        last_attempt=now, next_refresh=when, failures=failures,
+        last_attempt=now,
+        next_refresh=when,
+        failures=failures,
         last_error=failure.message if failure else None,
         last_error_retryable=failure.retryable if failure else None,
     )
     token = outcome.token if outcome is not None else None
     if token is None:
         return status
-    status = status.updated(token_fingerprint=token.fingerprint, expires_at=token.expires_at,
-                            obtained_at=token.obtained_at)
+    status = status.updated(
+        token_fingerprint=token.fingerprint, expires_at=token.expires_at, obtained_at=token.obtained_at
+    )
     if outcome is not None and outcome.fetched:
         status = status.updated(last_success=now)
     elif status.last_success is None:
@@ -220,8 +230,7 @@ class Daemon:
             if self.debounce.due(now_mono):
                 self.debounce.reset()
                 self.check_files("a watched file changed")
-            if (self.status_dirty and self.ready
-                    and now_mono - self.last_status_write >= STATUS_INTERVAL):
+            if self.status_dirty and self.ready and now_mono - self.last_status_write >= STATUS_INTERVAL:
                 self.flush_status()  # not while starting: READY writes the first one
             wake = [next_beat, deadline or next_beat, self.debounce.deadline() or next_beat]
             if self.notifier.watchdog_interval is not None:
@@ -284,8 +293,9 @@ class Daemon:
             self._inflight_done.wait_for(lambda: self._inflight == 0, timeout=STOP_GRACE)
             self.abandoned = self._inflight
         if self.abandoned:
-            log.warning("%d refresh(es) still in flight; leaving them (every write is atomic)",
-                        self.abandoned)
+            log.warning(
+                "%d refresh(es) still in flight; leaving them (every write is atomic)", self.abandoned
+            )
         self.flush_status()
         log.info("stopped")
 
@@ -310,8 +320,10 @@ class Daemon:
         """The wall clock moved against the monotonic one (NTP step, VM restore, an
         operator). Every run is armed in wall time for APScheduler: re-arm each at its
         monotonic moment, so a clock stepped back does not postpone a refresh."""
-        log.info("wall clock moved %+.0fs against the monotonic clock; re-arming every refresh",
-                 offset - self.wall_offset)
+        log.info(
+            "wall clock moved %+.0fs against the monotonic clock; re-arming every refresh",
+            offset - self.wall_offset,
+        )
         self.wall_offset = offset
         now_mono = time.monotonic()
         for slot in list(self.slots.values()):
@@ -329,13 +341,14 @@ class Daemon:
             return self.due_heap[0][0] if self.due_heap else None
 
     def no_credentials_warning(self) -> str:
-        return (f"{self.config.path}: no credentials configured; is this the right file? "
-                "(running, and a reload can add some)")
+        return (
+            f"{self.config.path}: no credentials configured; is this the right file? "
+            "(running, and a reload can add some)"
+        )
 
     # ----------------------------------------------------------------------- scheduling
 
-    def add_slot(self, cred: CredentialConfig, *, force: bool,
-                 previous: Slot | None = None) -> None:
+    def add_slot(self, cred: CredentialConfig, *, force: bool, previous: Slot | None = None) -> None:
         self.generation += 1
         slot = Slot(
             cred=cred,
@@ -401,13 +414,15 @@ class Daemon:
         token = outcome.token if outcome is not None else None
         fetched = outcome is not None and outcome.fetched
         if token is not None and (fetched or slot.due_mono is None):
-            due = policy.refresh_due_at(token, refresh_at=cred.refresh_at,
-                                        min_ttl_margin=cred.min_ttl_margin,
-                                        jitter=self.rng.uniform(-1, 1))
+            due = policy.refresh_due_at(
+                token,
+                refresh_at=cred.refresh_at,
+                min_ttl_margin=cred.min_ttl_margin,
+                jitter=self.rng.uniform(-1, 1),
+            )
             # A new token's life counts from its request, by the monotonic clock (the wall
             # clock may step while the request is out); a cached one's only from the wall.
-            slot.due_mono = (started + (due - token.obtained_at) if fetched
-                             else now_mono + (due - now))
+            slot.due_mono = started + (due - token.obtained_at) if fetched else now_mono + (due - now)
         due_at = None if slot.due_mono is None else now + (slot.due_mono - now_mono)
         failures = slot.status.failures + 1 if failure else 0
         when = policy.next_attempt(
@@ -422,23 +437,46 @@ class Daemon:
         )
         if token is not None and token.lifetime < policy.MIN_SANE_LIFETIME and not slot.warned_floor:
             slot.warned_floor = True
-            log.warning("%s: the identity provider issues tokens valid for only %.3gs; asking it "
-                        "at most every %gs", cred.name, token.lifetime, policy.MIN_REFRESH_INTERVAL)
-        slot.status = record(slot.status, now=now, when=when, failures=failures,
-                             outcome=outcome, failure=failure)
-        result = ("success" if failure is None
-                  else "retryable_error" if failure.retryable else "fatal_error")
+            log.warning(
+                "%s: the identity provider issues tokens valid for only %.3gs; asking it at most every %gs",
+                cred.name,
+                token.lifetime,
+                policy.MIN_REFRESH_INTERVAL,
+            )
+        slot.status = record(
+            slot.status, now=now, when=when, failures=failures, outcome=outcome, failure=failure
+        )
+        result = "success" if failure is None else "retryable_error" if failure.retryable else "fatal_error"
         if self.metrics is not None:
-            self.metrics.attempt(cred.name, result=result, duration=duration, failures=failures,
-                                 expires_at=slot.status.expires_at,
-                                 success_at=slot.status.last_success)
-        log.info("%s: refresh %s in %dms, token %s, next refresh %s", cred.name, result,
-                 duration * 1000, slot.status.token_fingerprint or "none", rfc3339(when),
-                 extra={"event": "refresh", "credential": cred.name, "outcome": result,
-                        "duration_ms": round(duration * 1000), "next_refresh": rfc3339(when),
-                        "token": slot.status.token_fingerprint})
-        if outcome is not None and token is not None and cred.on_rotate is not None and (
-            outcome.sinks_written or (fetched and not cred.sinks)
+            self.metrics.attempt(
+                cred.name,
+                result=result,
+                duration=duration,
+                failures=failures,
+                expires_at=slot.status.expires_at,
+                success_at=slot.status.last_success,
+            )
+        log.info(
+            "%s: refresh %s in %dms, token %s, next refresh %s",
+            cred.name,
+            result,
+            duration * 1000,
+            slot.status.token_fingerprint or "none",
+            rfc3339(when),
+            extra={
+                "event": "refresh",
+                "credential": cred.name,
+                "outcome": result,
+                "duration_ms": round(duration * 1000),
+                "next_refresh": rfc3339(when),
+                "token": slot.status.token_fingerprint,
+            },
+        )
+        if (
+            outcome is not None
+            and token is not None
+            and cred.on_rotate is not None
+            and (outcome.sinks_written or (fetched and not cred.sinks))
         ):
             self.hooks.submit(cred.name, token, cred.on_rotate, self.config.secret_variables())
         if outcome is not None and self.on_outcome is not None:
@@ -450,8 +488,7 @@ class Daemon:
     def attempt(self, slot: Slot, *, force: bool) -> tuple[Outcome | None, Failure | None]:
         cred = slot.cred
         try:
-            fresh_until = (None if slot.due_mono is None
-                           else time.time() + (slot.due_mono - time.monotonic()))
+            fresh_until = None if slot.due_mono is None else time.time() + (slot.due_mono - time.monotonic())
             outcome = slot.refresher.refresh(self.client(), force=force, fresh_until=fresh_until)
         except ConfigError as exc:
             log.error("%s", exc)
@@ -462,10 +499,13 @@ class Daemon:
         error = outcome.request_error
         if error is not None:
             if not error.retryable:
-                log.error("%s: a retry cannot fix %s; trying again every %ds and at once on "
-                          "reload", cred.name, error.error or "this", policy.BACKOFF_CAP)
-            return outcome, Failure(str(error), retryable=error.retryable,
-                                    retry_after=error.retry_after)
+                log.error(
+                    "%s: a retry cannot fix %s; trying again every %ds and at once on reload",
+                    cred.name,
+                    error.error or "this",
+                    policy.BACKOFF_CAP,
+                )
+            return outcome, Failure(str(error), retryable=error.retryable, retry_after=error.retry_after)
         if outcome.sink_errors:
             message = "; ".join(str(e) for e in outcome.sink_errors)
             return outcome, Failure(message, needs_token=False)
@@ -544,8 +584,9 @@ class Daemon:
             self.starting.discard(name)
             self.add_slot(new.credentials[name], force=False)
         for name in plan.refetch:
-            log.info("%s: settings or secret changed; asking for a new token (the old one "
-                     "stays meanwhile)", name)
+            log.info(
+                "%s: settings or secret changed; asking for a new token (the old one stays meanwhile)", name
+            )
             self.add_slot(new.credentials[name], force=True, previous=self.slots[name])
         for name in plan.resink:
             remove_sink_files(old.credentials[name], keep=new.credentials[name].sinks)
@@ -592,8 +633,10 @@ class Daemon:
         by_name = {name: verdict(slot.status, now) for name, slot in self.slots.items()}
         verdicts = list(by_name.values())
         failing = [name for name, v in by_name.items() if v != "ok"]
-        text = (f"{len(verdicts)} credential(s): {verdicts.count('ok')} ok, "
-                f"{verdicts.count(FAILING)} failing, {verdicts.count(EXPIRED)} without a valid token")
+        text = (
+            f"{len(verdicts)} credential(s): {verdicts.count('ok')} ok, "
+            f"{verdicts.count(FAILING)} failing, {verdicts.count(EXPIRED)} without a valid token"
+        )
         return text + (f" ({', '.join(sorted(failing)[:5])})" if failing else "")
 
 
@@ -622,8 +665,7 @@ def remove_sink_files(cred: CredentialConfig, keep: tuple[Any, ...]) -> None:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            log.warning("%s: cannot remove %s (remove_on_stop): %s", cred.name, sink.path,
-                        exc.strerror)
+            log.warning("%s: cannot remove %s (remove_on_stop): %s", cred.name, sink.path, exc.strerror)
             continue
         log.info("%s: removed %s (remove_on_stop)", cred.name, sink.path)
 
@@ -653,20 +695,24 @@ def single_instance(state_dir: Path) -> FileLock | None:
             return None
         lock.write_pid()
     except OSError as exc:  # tokend works without a writable state dir; it just cannot lock
-        log.warning("cannot lock %s (%s); not guarding against a second daemon", lock.path,
-                    exc.strerror)
+        log.warning("cannot lock %s (%s); not guarding against a second daemon", lock.path, exc.strerror)
     return lock
 
 
-def run(config_path: Path, *, environ: Mapping[str, str] | None = None,
-        stop_after: float | None = None) -> int:
+def run(
+    config_path: Path, *, environ: Mapping[str, str] | None = None, stop_after: float | None = None
+) -> int:
     config = load(config_path, environ)
     logsetup.setup(config.log_level, config.log_format, environ=environ)
     lock = single_instance(config.state_dir)
     if lock is None:
         holder = FileLock(config.state_dir / LOCK_FILE).holder()
-        log.error("another tokend (pid %s) is running with the state directory %s; stop it "
-                  "first, or give this one another state_dir", holder or "unknown", config.state_dir)
+        log.error(
+            "another tokend (pid %s) is running with the state directory %s; stop it "
+            "first, or give this one another state_dir",
+            holder or "unknown",
+            config.state_dir,
+        )
         return EX_LOCKED
     daemon = Daemon(config, environ=environ)
     try:

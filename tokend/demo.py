@@ -81,23 +81,27 @@ def invocation() -> str:
     return f"{os.path.relpath(sys.executable)} -m tokend"
 
 
-def run_demo(directory: Path, *, lifetime: int = 15, duration: float | None = None,
-             out: TextIO = sys.stdout) -> int:
+def run_demo(
+    directory: Path, *, lifetime: int = 15, duration: float | None = None, out: TextIO = sys.stdout
+) -> int:
     directory = directory.absolute()
-    clients = {"eventbookings-demo": secrets.token_urlsafe(18),
-               "rfc6749-demo": secrets.token_urlsafe(18)}
+    clients = {"eventbookings-demo": secrets.token_urlsafe(18), "rfc6749-demo": secrets.token_urlsafe(18)}
 
     def on_event(event: IdpEvent) -> None:
         issued = f"issued {fingerprint(event.access_token)}" if event.access_token else "refused"
-        out.write(f"  idp: {event.client_id} {event.grant_type} ({event.wire} body): "
-                  f"HTTP {event.status}, {issued}\n")
+        out.write(
+            f"  idp: {event.client_id} {event.grant_type} ({event.wire} body): "
+            f"HTTP {event.status}, {issued}\n"
+        )
         out.flush()
 
     def on_outcome(name: str, outcome: Outcome) -> None:
         if outcome.fetched and outcome.token is not None:
-            out.write(f"  tokend: {name} rotated to {outcome.token.fingerprint}, valid until "
-                      f"{rfc3339(outcome.token.expires_at)}; {outcome.sinks_written} file(s) "
-                      "replaced atomically\n")
+            out.write(
+                f"  tokend: {name} rotated to {outcome.token.fingerprint}, valid until "
+                f"{rfc3339(outcome.token.expires_at)}; {outcome.sinks_written} file(s) "
+                "replaced atomically\n"
+            )
             out.flush()
 
     with IdentityProvider(clients, lifetime=lifetime, on_event=on_event) as idp:

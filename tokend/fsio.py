@@ -25,8 +25,7 @@ TEMP_SUFFIX = ".tmp"
 
 def temp_name(target: Path) -> Path:
     """``.<name>.tokend-<pid>-<random>.tmp``: the pid tells a sweep whose temp it is."""
-    return target.with_name(
-        f".{target.name}{TEMP_INFIX}{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}")
+    return target.with_name(f".{target.name}{TEMP_INFIX}{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}")
 
 
 def temp_owner(name: str) -> int | None:
@@ -37,8 +36,9 @@ def temp_owner(name: str) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, uid: int = -1, gid: int = -1,
-                 durable: bool = True) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, mode: int = 0o600, uid: int = -1, gid: int = -1, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data``: temp file, fchown, write, fsync, rename, fsync dir.
 
     On any failure the previous file is untouched and the temp file is gone. ``durable =
@@ -213,9 +213,15 @@ def read_regular(path: Path | str, limit: int) -> bytes:
 
 
 def file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
-             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink"),
-             (stat.S_ISREG, "a regular file"))
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISREG, "a regular file"),
+    )
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
@@ -244,8 +250,9 @@ def untrusted_writer(st: os.stat_result, trusted: frozenset[int]) -> str | None:
     return None
 
 
-def unsafe_directory_chain(directory: Path, *, trusted: frozenset[int] | None = None,
-                           max_links: int = 40) -> str | None:
+def unsafe_directory_chain(
+    directory: Path, *, trusted: frozenset[int] | None = None, max_links: int = 40
+) -> str | None:
     """Why a directory's path could be redirected by someone else, or None if it cannot.
 
     Like sshd's StrictModes: every directory on the way (through every symlink) must be
@@ -279,8 +286,7 @@ def unsafe_directory_chain(directory: Path, *, trusted: frozenset[int] | None = 
                 target = os.readlink(candidate)
                 if os.path.isabs(target):
                     current = Path("/")
-                pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target)
-                                   else Path(target).parts)
+                pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target) else Path(target).parts)
                 continue
             reason = untrusted_writer(st, trusted)
             if reason:

@@ -25,21 +25,51 @@ log = logging.getLogger("tokend.hooks")
 
 # What a hook may inherit from tokend's environment: enough to find programs and speak the
 # right language, nothing that could carry a secret (a client_secret_env variable, say).
-INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ",
-                       "TMPDIR", "TERM", "INVOCATION_ID", "SYSTEMD_EXEC_PID",
-                       "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "CONFIGURATION_DIRECTORY"})
+INHERITED = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "INVOCATION_ID",
+        "SYSTEMD_EXEC_PID",
+        "RUNTIME_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CONFIGURATION_DIRECTORY",
+    }
+)
 INHERITED_PREFIXES = ("LC_",)
 # Never passed on to any child, allow-listed or not: systemd's channels are tokend's own.
-PRIVATE = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                     "LISTEN_PID", "LISTEN_FDNAMES", "CREDENTIALS_DIRECTORY"})
+PRIVATE = frozenset(
+    {
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "CREDENTIALS_DIRECTORY",
+    }
+)
 
 
-def hook_environment(name: str, token: Token, hook: HookConfig, base: Mapping[str, str],
-                     secret_variables: Collection[str] = ()) -> dict[str, str]:
+def hook_environment(
+    name: str, token: Token, hook: HookConfig, base: Mapping[str, str], secret_variables: Collection[str] = ()
+) -> dict[str, str]:
     """A clean environment: the allow-list, then what tokend documents (``TOKEND_*``)."""
-    env = {key: value for key, value in base.items()
-           if (key in INHERITED or key.startswith(INHERITED_PREFIXES))
-           and key not in secret_variables and key not in PRIVATE}
+    env = {
+        key: value
+        for key, value in base.items()
+        if (key in INHERITED or key.startswith(INHERITED_PREFIXES))
+        and key not in secret_variables
+        and key not in PRIVATE
+    }
     env["TOKEND_CREDENTIAL"] = name
     env["TOKEND_EXPIRES_AT"] = str(int(token.expires_at))
     if hook.pass_token:
@@ -51,18 +81,21 @@ def child_environment(base: Mapping[str, str], secret_variables: Collection[str]
     """For ``tokend exec``, whose child is the caller's own program: the caller's
     environment, minus every variable a credential reads a secret from and tokend's
     private systemd channels."""
-    return {key: value for key, value in base.items()
-            if key not in secret_variables and key not in PRIVATE}
+    return {key: value for key, value in base.items() if key not in secret_variables and key not in PRIVATE}
 
 
-def run_command(name: str, token: Token, hook: HookConfig,
-                secret_variables: Collection[str] = ()) -> bool:
+def run_command(name: str, token: Token, hook: HookConfig, secret_variables: Collection[str] = ()) -> bool:
     env = hook_environment(name, token, hook, os.environ, secret_variables)
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(hook.command, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            hook.command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
     except OSError as exc:
         log.error("%s: on_rotate command %s cannot start: %s", name, hook.command[0], exc.strerror)
         return False
@@ -79,8 +112,13 @@ def run_command(name: str, token: Token, hook: HookConfig,
         tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] if stderr else []
         if hook.pass_token and tail:
             tail = [line.replace(token.access_token, "[token]") for line in tail]
-        log.error("%s: on_rotate command %s exited %d%s", name, hook.command[0], proc.returncode,
-                  f": {tail[0][:200]}" if tail else "")
+        log.error(
+            "%s: on_rotate command %s exited %d%s",
+            name,
+            hook.command[0],
+            proc.returncode,
+            f": {tail[0][:200]}" if tail else "",
+        )
         return False
     log.info("%s: on_rotate command %s ran in %.2fs", name, hook.command[0], elapsed)
     return True
@@ -127,15 +165,13 @@ def send_signal(name: str, hook: HookConfig) -> bool:
         log.error("%s: on_rotate cannot signal the pid in %s: %s", name, hook.pid_file, exc)
         return False
     except OSError as exc:
-        log.error("%s: on_rotate cannot signal the pid in %s: %s", name, hook.pid_file,
-                  exc.strerror)
+        log.error("%s: on_rotate cannot signal the pid in %s: %s", name, hook.pid_file, exc.strerror)
         return False
     log.info("%s: on_rotate sent %s to pid %d", name, hook.signal, pid)
     return True
 
 
-def run_hook(name: str, token: Token, hook: HookConfig,
-             secret_variables: Collection[str] = ()) -> bool:
+def run_hook(name: str, token: Token, hook: HookConfig, secret_variables: Collection[str] = ()) -> bool:
     ok = True
     if hook.command:
         ok = run_command(name, token, hook, secret_variables) and ok
@@ -158,8 +194,9 @@ class HookRunner:
         self.waiting: dict[str, tuple[Token, HookConfig, frozenset[str]]] = {}
         self.running: set[str] = set()
 
-    def submit(self, name: str, token: Token, hook: HookConfig,
-               secret_variables: Collection[str] = ()) -> None:
+    def submit(
+        self, name: str, token: Token, hook: HookConfig, secret_variables: Collection[str] = ()
+    ) -> None:
         with self.lock:
             self.waiting[name] = (token, hook, frozenset(secret_variables))
             if name in self.running:

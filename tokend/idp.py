@@ -125,8 +125,14 @@ class IdentityProvider:
                 status, payload = idp.answer(authorization, params)
                 self._reply(status, payload)
                 known = params or {}
-                event = IdpEvent(time.time(), _client_credentials(authorization, known)[0],
-                                 known.get("grant_type"), wire, status, payload.get("access_token"))
+                event = IdpEvent(
+                    time.time(),
+                    _client_credentials(authorization, known)[0],
+                    known.get("grant_type"),
+                    wire,
+                    status,
+                    payload.get("access_token"),
+                )
                 with idp._lock:
                     idp.events.append(event)
                 if idp.on_event is not None:

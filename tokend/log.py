@@ -15,8 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-             logging.CRITICAL: 2}
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 def under_journald(environ: Mapping[str, str], stream: TextIO) -> bool:
@@ -63,8 +62,13 @@ class UtcFormatter(logging.Formatter):
         return time.strftime(datefmt or "%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
 
 
-def setup(level: str = "info", fmt: str = "text", *, environ: Mapping[str, str] | None = None,
-          stream: TextIO | None = None) -> None:
+def setup(
+    level: str = "info",
+    fmt: str = "text",
+    *,
+    environ: Mapping[str, str] | None = None,
+    stream: TextIO | None = None,
+) -> None:
     environ = os.environ if environ is None else environ
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)

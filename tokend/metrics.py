@@ -33,27 +33,43 @@ class Metrics:
         self.textfile = textfile
         self.dirty = threading.Event()
         r = self.registry
-        self.expiry = Gauge("tokend_token_expiry_timestamp_seconds",
-                            "When the token in the sinks expires (unix time).", ["credential"],
-                            registry=r)
-        self.last_success = Gauge("tokend_last_success_timestamp_seconds",
-                                  "When the last refresh succeeded (unix time).", ["credential"],
-                                  registry=r)
-        self.refreshes = Counter("tokend_refreshes", "Refresh attempts by result.",
-                                 ["credential", "result"], registry=r)
-        self.duration = Histogram("tokend_refresh_duration_seconds",
-                                  "How long a refresh attempt took.", ["credential"], registry=r,
-                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.failures = Gauge("tokend_consecutive_failures",
-                              "Failed attempts in a row (0 when the last one succeeded).",
-                              ["credential"], registry=r)
-        self.reloads = Counter("tokend_config_reloads", "Config reloads by result.", ["result"],
-                               registry=r)
-        self.last_reload = Gauge("tokend_config_last_reload_success_timestamp_seconds",
-                                 "When a config was last loaded and applied (unix time).",
-                                 registry=r)
+        self.expiry = Gauge(
+            "tokend_token_expiry_timestamp_seconds",
+            "When the token in the sinks expires (unix time).",
+            ["credential"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "tokend_last_success_timestamp_seconds",
+            "When the last refresh succeeded (unix time).",
+            ["credential"],
+            registry=r,
+        )
+        self.refreshes = Counter(
+            "tokend_refreshes", "Refresh attempts by result.", ["credential", "result"], registry=r
+        )
+        self.duration = Histogram(
+            "tokend_refresh_duration_seconds",
+            "How long a refresh attempt took.",
+            ["credential"],
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.failures = Gauge(
+            "tokend_consecutive_failures",
+            "Failed attempts in a row (0 when the last one succeeded).",
+            ["credential"],
+            registry=r,
+        )
+        self.reloads = Counter("tokend_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.last_reload = Gauge(
+            "tokend_config_last_reload_success_timestamp_seconds",
+            "When a config was last loaded and applied (unix time).",
+            registry=r,
+        )
         Info("tokend_build", "tokend's version.", registry=r).info(
-            {"version": __version__, "python": platform.python_version()})
+            {"version": __version__, "python": platform.python_version()}
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result)  # both series exist from the start, at 0
 
@@ -74,12 +90,21 @@ class Metrics:
                 pass
 
         httpd = make_server(host, port, make_wsgi_app(self.registry), Server, handler_class=Quiet)
-        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 3600},
-                         name="metrics", daemon=True).start()
+        threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 3600}, name="metrics", daemon=True
+        ).start()
         log.info("metrics on http://%s:%d/metrics", host, port)
 
-    def attempt(self, name: str, *, result: str, duration: float, failures: int,
-                expires_at: float | None, success_at: float | None) -> None:
+    def attempt(
+        self,
+        name: str,
+        *,
+        result: str,
+        duration: float,
+        failures: int,
+        expires_at: float | None,
+        success_at: float | None,
+    ) -> None:
         self.refreshes.labels(name, result).inc()
         self.duration.labels(name).observe(duration)
         self.failures.labels(name).set(failures)

@@ -36,8 +36,16 @@ GrantType = Literal["client_credentials", "refresh_token"]
 
 # RFC 6749 §5.2 codes that a retry will not fix; the rest of the 4xx family is treated alike.
 FATAL_ERRORS = frozenset(
-    {"invalid_client", "unauthorized_client", "invalid_scope", "unsupported_grant_type",
-     "invalid_request", "invalid_grant", "access_denied", "invalid_target"}
+    {
+        "invalid_client",
+        "unauthorized_client",
+        "invalid_scope",
+        "unsupported_grant_type",
+        "invalid_request",
+        "invalid_grant",
+        "access_denied",
+        "invalid_target",
+    }
 )
 # Codes some servers send with a 4xx that mean "later", not "never".
 RETRYABLE_ERRORS = frozenset({"temporarily_unavailable", "slow_down", "server_error"})
@@ -162,14 +170,21 @@ def secret_forms(secrets: Iterable[str], request: TokenRequest | None = None) ->
     for secret in secrets:
         if not secret:
             continue
-        forms.update({
-            secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret),
-            quote_plus(secret), json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-            base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("="),
-        })
+        forms.update(
+            {
+                secret,
+                quote(secret, safe=""),
+                quote_plus(secret, safe=""),
+                quote(secret),
+                quote_plus(secret),
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+                base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("="),
+            }
+        )
     authorization = request.headers.get("Authorization", "") if request is not None else ""
     if authorization.startswith("Basic "):
-        forms.add(authorization[len("Basic "):].rstrip("="))
+        forms.add(authorization[len("Basic ") :].rstrip("="))
     return tuple(sorted(forms, key=len, reverse=True))
 
 
@@ -244,7 +259,8 @@ def classify_failure(
         return TokenRequestError(
             f"HTTP {status}: the token endpoint redirects to {location}; set token_url to "
             "the final address (tokend does not resend a secret to a redirect)",
-            retryable=False, status=status,
+            retryable=False,
+            status=status,
         )
     retryable = status >= 500 or status in RETRYABLE_STATUS or error in RETRYABLE_ERRORS
     label = error or _status_label(status)
@@ -254,8 +270,12 @@ def classify_failure(
     elif not error and body and not data:
         message += ": " + _scrub(body.decode("utf-8", "replace"), secrets, limit=120)
     return TokenRequestError(
-        message, retryable=retryable, status=status, error=error,
-        description=description, retry_after=retry_after,
+        message,
+        retryable=retryable,
+        status=status,
+        error=error,
+        description=description,
+        retry_after=retry_after,
     )
 
 
@@ -278,8 +298,9 @@ def parse_token_response(
     """Validate a 2xx token response. A malformed one is an error no retry will fix."""
 
     def malformed(what: str) -> TokenRequestError:
-        return TokenRequestError(f"malformed token response (HTTP {status}): {what}",
-                                 retryable=False, status=status)
+        return TokenRequestError(
+            f"malformed token response (HTTP {status}): {what}", retryable=False, status=status
+        )
 
     data = _json_object(body)
     if data is None:
@@ -450,8 +471,9 @@ class TokenClient:
                 # invalid_grant is the normal end of a refresh token's life; anything else
                 # (a bad client, say) will likely fail the fallback too, and is worth a look.
                 level = logging.INFO if exc.error == "invalid_grant" else logging.WARNING
-                log.log(level, "%s: refresh token refused (%s); asking with client credentials",
-                        cred.name, exc)
+                log.log(
+                    level, "%s: refresh token refused (%s); asking with client credentials", cred.name, exc
+                )
             else:
                 if answer.token.refresh_token is None:
                     # RFC 6749 §6: no new refresh token means keep using the old one.
@@ -474,8 +496,13 @@ class TokenClient:
         style: Style | None = Style(auths[0], wires[0])
         failed: list[tuple[Style, TokenRequestError]] = []
         while style is not None:
-            request = build_request(cred, client_id=client_id, client_secret=client_secret,
-                                    style=style, refresh_token=refresh_token)
+            request = build_request(
+                cred,
+                client_id=client_id,
+                client_secret=client_secret,
+                style=style,
+                refresh_token=refresh_token,
+            )
             secrets = secret_forms((client_secret, refresh_token or ""), request)
             try:
                 return TokenResponse(self._send(cred, request, secrets), style)
@@ -499,8 +526,14 @@ class TokenClient:
                 timer.cancel()
             _deadline.at = _deadline.timer = _deadline.cutoff = None
 
-    def _exchange(self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...],
-                  sent_at: float, deadline: float) -> Token:
+    def _exchange(
+        self,
+        cred: CredentialConfig,
+        request: TokenRequest,
+        secrets: tuple[str, ...],
+        sent_at: float,
+        deadline: float,
+    ) -> Token:
         verify: bool | str = str(cred.ca_bundle) if cred.ca_bundle else True
         try:
             response = self.session.post(
@@ -516,28 +549,30 @@ class TokenClient:
         except requests.exceptions.SSLError as exc:
             raise TokenRequestError(
                 f"TLS verification failed for {request.url} (set ca_bundle for a private CA): "
-                f"{_scrub(str(exc), secrets, 160)}", retryable=False) from None
+                f"{_scrub(str(exc), secrets, 160)}",
+                retryable=False,
+            ) from None
         except requests.exceptions.Timeout:
             raise TokenRequestError(f"no answer within {cred.timeout:g}s", retryable=True) from None
         except requests.exceptions.ConnectionError as exc:
             if _cut_off():  # our deadline shut the socket
-                raise TokenRequestError(f"no complete answer within {cred.timeout:g}s",
-                                        retryable=True) from None
-            raise TokenRequestError(f"cannot connect: {_connection_reason(exc)}",
-                                    retryable=True) from None
+                raise TokenRequestError(
+                    f"no complete answer within {cred.timeout:g}s", retryable=True
+                ) from None
+            raise TokenRequestError(f"cannot connect: {_connection_reason(exc)}", retryable=True) from None
         except (requests.exceptions.RequestException, OSError) as exc:
-            raise TokenRequestError(f"request failed: {_scrub(str(exc), secrets, 160)}",
-                                    retryable=False) from None
+            raise TokenRequestError(
+                f"request failed: {_scrub(str(exc), secrets, 160)}", retryable=False
+            ) from None
         with response:
             body = _read_capped(response, deadline, cred.timeout)
         if _cut_off():  # what arrived is the part before our deadline, not an answer
-            raise TokenRequestError(f"no complete answer within {cred.timeout:g}s",
-                                    retryable=True)
+            raise TokenRequestError(f"no complete answer within {cred.timeout:g}s", retryable=True)
         if 200 <= response.status_code < 300:
-            return parse_token_response(body, sent_at=sent_at, status=response.status_code,
-                                        default_expires_in=cred.default_expires_in)
-        raise classify_failure(response.status_code, response.headers, body,
-                               now=time.time(), secrets=secrets)
+            return parse_token_response(
+                body, sent_at=sent_at, status=response.status_code, default_expires_in=cred.default_expires_in
+            )
+        raise classify_failure(response.status_code, response.headers, body, now=time.time(), secrets=secrets)
 
 
 def wire_order(request_format: RequestFormat, learned: WireFormat | None) -> tuple[WireFormat, ...]:
@@ -621,9 +656,14 @@ def final_error(failed: Sequence[tuple[Style, TokenRequestError]], *, hint: str 
         message += f" (tried {head_style}; also {'; '.join(others)})"
     if len(failed) == 1 and message == str(head):
         return head
-    return TokenRequestError(message, retryable=head.retryable, status=head.status,
-                             error=head.error, description=head.description,
-                             retry_after=head.retry_after)
+    return TokenRequestError(
+        message,
+        retryable=head.retryable,
+        status=head.status,
+        error=head.error,
+        description=head.description,
+        retry_after=head.retry_after,
+    )
 
 
 def basic_hint(cred: CredentialConfig, client_id: str, client_secret: str) -> str:
@@ -631,48 +671,64 @@ def basic_hint(cred: CredentialConfig, client_id: str, client_secret: str) -> st
     an id or secret that the RFC's encoding changed. Say so, rather than "wrong secret"."""
     if cred.client_auth != "basic" or not basic_encoding_changes(client_id, client_secret):
         return ""
-    return ("; the client id or secret holds characters that Basic auth must percent-encode "
-            "(RFC 6749 §2.3.1), and some servers do not decode them: try client_auth = \"body\" "
-            "or \"auto\"")
+    return (
+        "; the client id or secret holds characters that Basic auth must percent-encode "
+        '(RFC 6749 §2.3.1), and some servers do not decode them: try client_auth = "body" '
+        'or "auto"'
+    )
 
 
 def _read_capped(response: requests.Response, deadline: float, timeout: float) -> bytes:
     """The body, refusing more than 1 MiB or a server that trickles past the timeout."""
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise TokenRequestError(f"response body of {int(length)} bytes is over the 1 MiB cap",
-                                retryable=False, status=response.status_code)
+        raise TokenRequestError(
+            f"response body of {int(length)} bytes is over the 1 MiB cap",
+            retryable=False,
+            status=response.status_code,
+        )
     chunks: list[bytes] = []
     size = 0
     try:
         for chunk in response.iter_content(16384):
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                raise TokenRequestError("response body is over the 1 MiB cap",
-                                        retryable=False, status=response.status_code)
+                raise TokenRequestError(
+                    "response body is over the 1 MiB cap", retryable=False, status=response.status_code
+                )
             if time.monotonic() > deadline:
-                raise TokenRequestError(f"response not complete within {timeout:g}s",
-                                        retryable=True, status=response.status_code)
+                raise TokenRequestError(
+                    f"response not complete within {timeout:g}s", retryable=True, status=response.status_code
+                )
             chunks.append(chunk)
     except requests.exceptions.RequestException as exc:
         if _cut_off():  # our deadline shut the socket mid-body
-            raise TokenRequestError(f"response not complete within {timeout:g}s",
-                                    retryable=True, status=response.status_code) from None
-        raise TokenRequestError(f"response cut short: {type(exc).__name__}",
-                                retryable=True, status=response.status_code) from None
+            raise TokenRequestError(
+                f"response not complete within {timeout:g}s", retryable=True, status=response.status_code
+            ) from None
+        raise TokenRequestError(
+            f"response cut short: {type(exc).__name__}", retryable=True, status=response.status_code
+        ) from None
     return b"".join(chunks)
 
 
 def _connection_reason(exc: Exception) -> str:
     text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "No route to host",
-                   "Connection reset", "Temporary failure in name resolution",
-                   "Network is unreachable", "RemoteDisconnected"):
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "No route to host",
+        "Connection reset",
+        "Temporary failure in name resolution",
+        "Network is unreachable",
+        "RemoteDisconnected",
+    ):
         if marker in text:
             return marker
     return type(exc).__name__
 
 
 def _with_refresh(token: Token, refresh_token: str) -> Token:
-    return Token(token.access_token, token.expires_at, token.obtained_at, token.token_type,
-                 token.scope, refresh_token)
+    return Token(
+        token.access_token, token.expires_at, token.obtained_at, token.token_type, token.scope, refresh_token
+    )

@@ -64,6 +64,8 @@ lifetimes are real in tests and some setups) keep their own due times."""
 def refresh_floor(lifetime: float) -> float:
     """The least time between two successful refreshes of a token of this lifetime."""
     return MIN_REFRESH_INTERVAL if lifetime < MIN_SANE_LIFETIME else MIN_DELAY
+
+
 MAX_RETRY_AFTER = 3600.0
 
 
@@ -77,8 +79,9 @@ def backoff_delay(failures: int, random: float) -> float:
     return max(MIN_DELAY, ceiling * random)
 
 
-def retry_delay(failures: int, random: float, *, retryable: bool,
-                retry_after: float | None = None, has_token: bool = True) -> float:
+def retry_delay(
+    failures: int, random: float, *, retryable: bool, retry_after: float | None = None, has_token: bool = True
+) -> float:
     """How long to wait after the ``failures``-th failure in a row.
 
     An error no retry can fix (bad client, bad scope) is retried at the cap, so a fix at
@@ -119,8 +122,9 @@ def next_attempt(
     """
     if failures == 0:
         return max(now + min_interval, token_due if token_due is not None else now)
-    retry_at = now + retry_delay(failures, random, retryable=retryable, retry_after=retry_after,
-                                 has_token=has_token)
+    retry_at = now + retry_delay(
+        failures, random, retryable=retryable, retry_after=retry_after, has_token=has_token
+    )
     if token_due is not None:
         return min(retry_at, max(token_due, now + MIN_DELAY))
     return retry_at

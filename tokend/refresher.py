@@ -79,8 +79,11 @@ class Refresher:
             else:
                 try:
                     secret = read_secret(cred, cred.client_secret, self.environ)
-                    learned = (Style(entry.auth or "basic", entry.wire or "form")
-                               if entry is not None and (entry.auth or entry.wire) else None)
+                    learned = (
+                        Style(entry.auth or "basic", entry.wire or "form")
+                        if entry is not None and (entry.auth or entry.wire)
+                        else None
+                    )
                     answer = client.obtain(
                         cred,
                         client_id=client_id,
@@ -92,17 +95,31 @@ class Refresher:
                     request_error = exc
                     token = entry.token if entry and policy.is_valid(entry.token, now) else None
                     if token is not None:
-                        log.warning("%s: refresh failed (%s); keeping token %s, valid until %s",
-                                    cred.name, exc, token.fingerprint, rfc3339(token.expires_at))
+                        log.warning(
+                            "%s: refresh failed (%s); keeping token %s, valid until %s",
+                            cred.name,
+                            exc,
+                            token.fingerprint,
+                            rfc3339(token.expires_at),
+                        )
                     else:
                         log.error("%s: no token: %s", cred.name, exc)
                 else:
                     token, fetched = answer.token, True
-                    log.debug("%s: new token %s, valid %ds until %s", cred.name, token.fingerprint,
-                              round(token.lifetime), rfc3339(token.expires_at))
+                    log.debug(
+                        "%s: new token %s, valid %ds until %s",
+                        cred.name,
+                        token.fingerprint,
+                        round(token.lifetime),
+                        rfc3339(token.expires_at),
+                    )
                     try:
-                        self.cache.save(key, CacheEntry(token, answer.style.wire, answer.style.auth),
-                                        cred=cred, client_id=client_id)
+                        self.cache.save(
+                            key,
+                            CacheEntry(token, answer.style.wire, answer.style.auth),
+                            cred=cred,
+                            client_id=client_id,
+                        )
                     except StateError as exc:  # the token is good; it just will not be remembered
                         log.warning("%s: %s", cred.name, exc)
 
@@ -114,8 +131,9 @@ class Refresher:
     def is_fresh(self, token: Token, now: float, fresh_until: float | None) -> bool:
         if fresh_until is not None:
             return now < fresh_until and policy.is_valid(token, now)
-        return policy.is_fresh(token, now, refresh_at=self.cred.refresh_at,
-                               min_ttl_margin=self.cred.min_ttl_margin)
+        return policy.is_fresh(
+            token, now, refresh_at=self.cred.refresh_at, min_ttl_margin=self.cred.min_ttl_margin
+        )
 
     def write_sinks(self, token: Token) -> tuple[int, list[SinkError]]:
         written = 0

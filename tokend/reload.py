@@ -14,11 +14,23 @@ from tokend.config import CredentialConfig
 
 # Changing any of these may change which token the identity provider gives, or whether it
 # gives one at all: the credential is fetched again at once.
-TOKEN_FIELDS = frozenset({
-    "token_url", "client_id", "client_secret", "env_file", "scope", "extra_params",
-    "request_format", "client_auth", "use_refresh_token", "default_expires_in", "timeout",
-    "ca_bundle", "allow_insecure_http",
-})
+TOKEN_FIELDS = frozenset(
+    {
+        "token_url",
+        "client_id",
+        "client_secret",
+        "env_file",
+        "scope",
+        "extra_params",
+        "request_format",
+        "client_auth",
+        "use_refresh_token",
+        "default_expires_in",
+        "timeout",
+        "ca_bundle",
+        "allow_insecure_http",
+    }
+)
 # The rest (sinks, on_rotate, refresh_at, min_ttl_margin, provider, source) change where the
 # token goes or when the next one is asked for, not the token itself.
 assert {f.name for f in fields(CredentialConfig)} >= TOKEN_FIELDS
@@ -33,9 +45,13 @@ class ReloadPlan:
     unchanged: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        counts = [(len(self.added), "added"), (len(self.removed), "removed"),
-                  (len(self.refetch), "to refetch"), (len(self.resink), "with new sinks or timing"),
-                  (len(self.unchanged), "unchanged")]
+        counts = [
+            (len(self.added), "added"),
+            (len(self.removed), "removed"),
+            (len(self.refetch), "to refetch"),
+            (len(self.resink), "with new sinks or timing"),
+            (len(self.unchanged), "unchanged"),
+        ]
         return ", ".join(f"{n} {label}" for n, label in counts if n) or "no credentials"
 
 

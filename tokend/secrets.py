@@ -60,8 +60,9 @@ def _from_env(
     fail: _Fail,
 ) -> str:
     if cred.env_file is not None:
-        values = read_env_file(cred.env_file, lambda msg: ConfigError(
-            cred.source, msg, where=cred.where("env_file")))
+        values = read_env_file(
+            cred.env_file, lambda msg: ConfigError(cred.source, msg, where=cred.where("env_file"))
+        )
         if values.get(name):
             return values[name] or ""
     if name in environ:
@@ -103,8 +104,9 @@ def _read_text(path: Path, fail: _Fail) -> str:
 
             _warned_bom.add(path)
             logging.getLogger("tokend.secrets").warning(
-                "%s: starts with a byte-order mark (BOM); ignoring it", path)
-        text = text[len(BOM):]
+                "%s: starts with a byte-order mark (BOM); ignoring it", path
+            )
+        text = text[len(BOM) :]
     return text
 
 

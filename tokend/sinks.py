@@ -55,17 +55,20 @@ def render(token: Token, sink: SinkConfig) -> bytes:
     else:
         import json
 
-        text = json.dumps(
-            {
-                "access_token": value,
-                "token_type": token.token_type,
-                "expires_at": rfc3339(token.expires_at),
-                "expires_at_unix": int(token.expires_at),
-                "obtained_at": rfc3339(token.obtained_at),
-                "scope": token.scope,
-            },
-            indent=2,
-        ) + "\n"
+        text = (
+            json.dumps(
+                {
+                    "access_token": value,
+                    "token_type": token.token_type,
+                    "expires_at": rfc3339(token.expires_at),
+                    "expires_at_unix": int(token.expires_at),
+                    "obtained_at": rfc3339(token.obtained_at),
+                    "scope": token.scope,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return text.encode("ascii")
 
 
@@ -105,8 +108,10 @@ def unsafe_path(sink: SinkConfig) -> str | None:
     if reason is None and not sink.allow_shared_dir:
         chain = unsafe_directory_chain(sink.path.parent)
         if chain:
-            reason = (f"directory path is not safe: {chain} (someone else could redirect the "
-                      "write; fix the modes, or set allow_shared_dir = true to accept it)")
+            reason = (
+                f"directory path is not safe: {chain} (someone else could redirect the "
+                "write; fix the modes, or set allow_shared_dir = true to accept it)"
+            )
     return reason
 
 

@@ -69,7 +69,8 @@ class TokenCache:
                 import logging
 
                 logging.getLogger("tokend.state").warning(
-                    "another tokend has held the lock on %s for %.0fs; going ahead", lock.path, wait)
+                    "another tokend has held the lock on %s for %.0fs; going ahead", lock.path, wait
+                )
         try:
             yield
         finally:
@@ -87,12 +88,12 @@ class TokenCache:
         except (OSError, ValueError) as exc:
             import logging  # rare, and off `tokend token`'s fast path otherwise
 
-            logging.getLogger("tokend.state").warning("ignoring unreadable token cache %s: %s",
-                                                      path, exc)
+            logging.getLogger("tokend.state").warning("ignoring unreadable token cache %s: %s", path, exc)
             return None
         wire, auth = data.get("request_format"), data.get("client_auth")
-        return CacheEntry(token, wire if wire in ("form", "json") else None,
-                          auth if auth in ("basic", "body") else None)
+        return CacheEntry(
+            token, wire if wire in ("form", "json") else None, auth if auth in ("basic", "body") else None
+        )
 
     def save(self, key: str, entry: CacheEntry, *, cred: CredentialConfig, client_id: str) -> None:
         record = {
@@ -109,8 +110,8 @@ class TokenCache:
             ensure_private_dir(self.directory)
             sweep_once(self.directory)
             # Atomic, not fsynced: after a power loss the worst case is one more request.
-            write_atomic(self.path(key), json.dumps(record, indent=1).encode("utf-8"), mode=0o600,
-                         durable=False)
+            write_atomic(
+                self.path(key), json.dumps(record, indent=1).encode("utf-8"), mode=0o600, durable=False
+            )
         except OSError as exc:
-            raise StateError(f"cannot write token cache in {self.directory}: "
-                             f"{exc.strerror or exc}") from None
+            raise StateError(f"cannot write token cache in {self.directory}: {exc.strerror or exc}") from None

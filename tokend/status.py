@@ -106,8 +106,11 @@ def describe(cred: CredentialStatus, now: float) -> str:
     parts = [f"{cred.name}: {verdict(cred, now)}"]
     if cred.expires_at is not None:
         remaining = cred.expires_at - now
-        parts.append(f"expires in {human_duration(remaining)}" if remaining > 0
-                     else f"expired {human_duration(-remaining)} ago")
+        parts.append(
+            f"expires in {human_duration(remaining)}"
+            if remaining > 0
+            else f"expired {human_duration(-remaining)} ago"
+        )
         parts.append(f"token {cred.token_fingerprint}")
     else:
         parts.append("no token")
@@ -137,13 +140,22 @@ def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[in
     expired = [c for c in creds if verdict(c, now) == EXPIRED]
     failing = [c for c in creds if verdict(c, now) == FAILING]
     if expired:
-        code, detail = NAGIOS_CRITICAL, "; ".join(
-            f"{c.name}: no valid token" + (f" ({c.last_error})" if c.last_error else "")
-            for c in expired[:3])
+        code, detail = (
+            NAGIOS_CRITICAL,
+            "; ".join(
+                f"{c.name}: no valid token" + (f" ({c.last_error})" if c.last_error else "")
+                for c in expired[:3]
+            ),
+        )
     elif failing:
-        code, detail = NAGIOS_WARNING, "; ".join(
-            f"{c.name}: refresh failing {c.failures}x ({c.last_error}), token valid "
-            f"{human_duration((c.expires_at or now) - now)} more" for c in failing[:3])
+        code, detail = (
+            NAGIOS_WARNING,
+            "; ".join(
+                f"{c.name}: refresh failing {c.failures}x ({c.last_error}), token valid "
+                f"{human_duration((c.expires_at or now) - now)} more"
+                for c in failing[:3]
+            ),
+        )
     elif not running:
         code, detail = NAGIOS_WARNING, f"tokend (pid {status.pid}) is not running"
     elif status.config_error:
@@ -153,6 +165,7 @@ def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[in
     else:
         soonest = min((c.expires_at for c in creds if c.expires_at), default=None)
         detail = f"{len(creds)} credential(s) fresh" + (
-            f", next expiry in {human_duration(soonest - now)}" if soonest else "")
+            f", next expiry in {human_duration(soonest - now)}" if soonest else ""
+        )
         code = NAGIOS_OK
     return code, f"TOKEND {_NAGIOS_LABEL[code]} - {detail}"

@@ -48,8 +48,14 @@ RELEVANT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"
 # secret, a thousand at a fan-out, comes back as open/access/close events for watchdog to
 # build and discard under the GIL, which cost a third of a 1,000-credential fan-out.
 EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
-    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
 ]
 
 
@@ -85,7 +91,7 @@ def watch_points(path: Path, *, limit: int = 40) -> set[Path]:
                     target = walked.parent / walked.readlink()
                 except OSError:
                     break
-                rest = parts[i + 1:]
+                rest = parts[i + 1 :]
                 pending.append(Path(os.path.normpath(target.joinpath(*rest))))
                 break
         else:

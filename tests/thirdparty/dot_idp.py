@@ -23,8 +23,11 @@ settings.configure(
     MIDDLEWARE=[],
     USE_TZ=True,
     DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-    OAUTH2_PROVIDER={"ACCESS_TOKEN_EXPIRE_SECONDS": lifetime,
-                     "SCOPES": {"read": "read", "write": "write"}, "DEFAULT_SCOPES": ["read"]},
+    OAUTH2_PROVIDER={
+        "ACCESS_TOKEN_EXPIRE_SECONDS": lifetime,
+        "SCOPES": {"read": "read", "write": "write"},
+        "DEFAULT_SCOPES": ["read"],
+    },
 )
 django.setup()
 
@@ -45,7 +48,9 @@ def main() -> None:
     from oauth2_provider.models import Application
 
     Application.objects.create(
-        name="tokend", client_id=client_id, client_secret=client_secret,
+        name="tokend",
+        client_id=client_id,
+        client_secret=client_secret,
         client_type=Application.CLIENT_CONFIDENTIAL,
         authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
     )
