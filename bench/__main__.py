@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tokend.idp import IdentityProvider
+from tokend.devtools.idp import IdentityProvider
 
 from .harness import (
     PYTHON,

@@ -98,7 +98,7 @@ def test_token_from_cache_imports_no_network_or_scheduler_code(idp: TokenEndpoin
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
     probe = (
-        "import sys; from tokend.cli import main; rc = main(['token', 'api', '-c', sys.argv[1]]);"
+        "import sys; from tokend.cli.main import main; rc = main(['token', 'api', '-c', sys.argv[1]]);"
         "heavy = sorted(m for m in ('requests', 'urllib3', 'apscheduler', 'watchdog', 'dotenv',"
         " 'logging') if m in sys.modules); print(heavy, file=sys.stderr); sys.exit(rc)"
     )

@@ -301,21 +301,16 @@ def _assignments(lines: list[bytes]) -> list[int]:
     return [i for i, line in enumerate(lines) if ASSIGNMENT.match(line)]
 
 
+def _key_of(line: bytes) -> str:
+    match = ASSIGNMENT.match(line)
+    return match.group(2).decode(errors="replace") if match else ""
+
+
 def _replace_value(
     rng: random.Random, data: bytes, pool: list[str], what: str, keys: tuple[str, ...] | None = None
 ) -> tuple[bytes, str]:
     lines = _lines(data)
-    candidates = [
-        i
-        for i in _assignments(lines)
-        if keys is None
-        or ASSIGNMENT.match(lines[i])
-        .group(2)
-        .decode(  # type: ignore[union-attr]
-            errors="replace"
-        )
-        in keys
-    ]
+    candidates = [i for i in _assignments(lines) if keys is None or _key_of(lines[i]) in keys]
     if not candidates:
         return _insert(rng, data)
     i = rng.choice(candidates)

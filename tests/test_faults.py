@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from werkzeug import Response
 
-from tokend.idp import IdentityProvider
+from tokend.devtools.idp import IdentityProvider
 
 from .conftest import (
     REPO,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tokend.fsio import (
+from tokend.io.files import (
     FileLock,
     NotRegularFile,
     ensure_private_dir,
@@ -135,7 +135,7 @@ def test_a_sticky_world_writable_parent_like_tmp_is_fine(tmp_path: Path) -> None
 HOLDER = """
 import sys
 from pathlib import Path
-from tokend.fsio import FileLock
+from tokend.io.files import FileLock
 lock = FileLock(Path(sys.argv[1]))
 assert lock.acquire()
 lock.write_pid()

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tokend import hooks
 from tokend.config import HookConfig
-from tokend.token import Token
+from tokend.core.tokens import Token
+from tokend.io import hooks
 
 from .conftest import (
     SECRETS,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tokend import log as logsetup
+from tokend.io import logsetup
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def test_no_metrics_configured_means_no_prometheus_import(tmp_path: Path) -> Non
         tmp_path, '[credentials.a]\ntoken_url = "https://i/t"\nclient_id = "i"\nclient_secret = "s"\n'
     )
     probe = (
-        "import sys; from tokend.config import load; from tokend.daemon import Daemon;"
+        "import sys; from tokend.config import load; from tokend.daemon.loop import Daemon;"
         f"Daemon(load({str(config)!r}), environ={{}});"
         "print('prometheus_client' in sys.modules)"
     )

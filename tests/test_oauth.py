@@ -17,7 +17,7 @@ import pytest
 from werkzeug import Response
 
 from tokend.config import CredentialConfig, parse
-from tokend.oauth import Style, TokenClient, TokenRequestError, parse_retry_after
+from tokend.io.oauth import Style, TokenClient, TokenRequestError, parse_retry_after
 
 from .conftest import Seen, TokenEndpoint
 

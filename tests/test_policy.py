@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tokend import policy
-from tokend.policy import (
+from tokend.core import policy
+from tokend.core.policy import (
     backoff_delay,
     is_fresh,
     is_valid,
@@ -13,7 +13,7 @@ from tokend.policy import (
     refresh_due_at,
     retry_delay,
 )
-from tokend.token import Token
+from tokend.core.tokens import Token
 
 T0 = 1_800_000_000.0
 

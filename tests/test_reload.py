@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokend.config import parse
-from tokend.reload import ReloadPlan, plan_reload
+from tokend.core.reload_plan import ReloadPlan, plan_reload
 
 BASE = """
 [credentials.{name}]

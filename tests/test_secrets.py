@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tokend.config import EX_CONFIG, ConfigError, CredentialConfig, parse
-from tokend.secrets import read_secret
+from tokend.io.secret_sources import read_secret
 
 from .conftest import (
     SECRETS,

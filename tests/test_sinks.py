@@ -18,8 +18,8 @@ from dotenv import dotenv_values
 from pytest_httpserver import HTTPServer
 
 from tokend.config import EX_CONFIG, SinkConfig, SinkFormat
-from tokend.sinks import SinkError, write_sink
-from tokend.token import Token
+from tokend.core.tokens import Token
+from tokend.io.sinks import SinkError, write_sink
 
 from .conftest import TokenEndpoint, credential_toml, fill, run_tokend, write_config
 
@@ -203,7 +203,7 @@ def test_concurrent_writes_to_one_directory_all_land(tmp_path: Path) -> None:
     """Directory fsyncs are shared between writers (group commit); every write still lands."""
     import threading
 
-    from tokend.fsio import write_atomic
+    from tokend.io.files import write_atomic
 
     def write(i: int) -> None:
         for round_ in range(5):

@@ -15,8 +15,8 @@ from pathlib import Path
 from werkzeug import Response
 
 from tokend.config import load, parse
-from tokend.state import CacheEntry, TokenCache, cache_key
-from tokend.token import Token
+from tokend.core.tokens import Token
+from tokend.io.cache import CacheEntry, TokenCache, cache_key
 
 from .conftest import (
     SECRETS,
@@ -103,7 +103,7 @@ def test_fetch_creates_a_missing_state_dir_0700_under_umask_022(tmp_path: Path, 
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from tokend.fsio import temp_name
+from tokend.io.files import temp_name
 tmp = temp_name(Path(sys.argv[1]))
 with open(tmp, "w") as half:
     half.write('{"version": 1, "tok')

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from tokend.status import (
+from tokend.core.health import (
     NAGIOS_CRITICAL,
     NAGIOS_OK,
     NAGIOS_WARNING,

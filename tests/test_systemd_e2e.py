@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tokend.idp import IdentityProvider
+from tokend.devtools.idp import IdentityProvider
 
 from .conftest import REPO, wait_for
 

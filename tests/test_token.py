@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokend.token import Token, fingerprint, unsafe_reason
+from tokend.core.tokens import Token, fingerprint, unsafe_reason
 
 
 @pytest.mark.parametrize("value", ["abc", "eyJ.a-b_c~d+e/f==", "0123456789abcdef", "a" * 4096])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tokend.watch import Debouncer, FileState, Watcher, read_state, watch_points
+from tokend.io.watch import Debouncer, FileState, Watcher, read_state, watch_points
 
 from .conftest import DaemonProcess, TokenEndpoint, credential_toml, wait_for, write_config
 
@@ -339,7 +339,7 @@ def test_an_edit_during_a_reload_is_not_lost(idp: TokenEndpoint, tmp_path: Path)
     """Regression: the benchmark's back-to-back edits once lost one. After a reload, the
     watch must not adopt an edit it has not compared yet as its new baseline."""
     from tokend.config import load
-    from tokend.daemon import Daemon
+    from tokend.daemon.loop import Daemon
 
     config_path = write_config(tmp_path, *two_credentials(idp, tmp_path))
     daemon = Daemon(load(config_path), environ={})

@@ -6,7 +6,7 @@ drive every case without sleeping.
 
 from __future__ import annotations
 
-from tokend.token import Token
+from tokend.core.tokens import Token
 
 JITTER_FRACTION = 0.05
 """Due times are spread by ±5 % of the lifetime so a fleet started together does not

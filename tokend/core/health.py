@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tokend.fsio import ensure_private_dir, read_regular, sweep_once, write_atomic
+from tokend.io.files import ensure_private_dir, read_regular, sweep_once, write_atomic
 
 STATUS_FILE = "status.json"
 

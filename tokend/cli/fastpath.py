@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from tokend import policy
 from tokend.config import Config, ConfigError, CredentialConfig
-from tokend.secrets import read_secret
-from tokend.state import TokenCache, cache_key
-from tokend.token import Token
+from tokend.core import policy
+from tokend.core.tokens import Token
+from tokend.io.cache import TokenCache, cache_key
+from tokend.io.secret_sources import read_secret
 
 
 class UsageError(Exception):

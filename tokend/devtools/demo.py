@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from tokend import log as logsetup
 from tokend.config import load
-from tokend.daemon import Daemon, leave
-from tokend.idp import IdentityProvider, IdpEvent
-from tokend.refresher import Outcome
-from tokend.sinks import rfc3339
-from tokend.token import fingerprint
+from tokend.core.tokens import fingerprint
+from tokend.daemon.loop import Daemon, leave
+from tokend.daemon.refresher import Outcome
+from tokend.devtools.idp import IdentityProvider, IdpEvent
+from tokend.io import logsetup
+from tokend.io.sinks import rfc3339
 
 CONFIG = """\
 # Written by `tokend demo`. Point tokend at it: tokend status -c {config}

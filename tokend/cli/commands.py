@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokend import log as logsetup
+from tokend.cli.fastpath import UsageError, cached_token, select
 from tokend.config import (
     ENV_NAME_RE,
     EX_CONFIG,
@@ -25,14 +25,14 @@ from tokend.config import (
     load,
     locate_state_dir,
 )
-from tokend.lookup import UsageError, cached_token, select
-from tokend.secrets import read_secret
-from tokend.sinks import rfc3339
-from tokend.state import TokenCache
-from tokend.token import Token
+from tokend.core.tokens import Token
+from tokend.io import logsetup
+from tokend.io.cache import TokenCache
+from tokend.io.secret_sources import read_secret
+from tokend.io.sinks import rfc3339
 
 if TYPE_CHECKING:
-    from tokend.refresher import Outcome
+    from tokend.daemon.refresher import Outcome
 
 EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
 
@@ -54,8 +54,8 @@ def setup_logging(config: Config | None, *, quiet: bool = False) -> None:
 
 def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
     creds = select(config, names)
-    from tokend.oauth import TokenClient
-    from tokend.refresher import Refresher
+    from tokend.daemon.refresher import Refresher
+    from tokend.io.oauth import TokenClient
 
     cache = TokenCache(config.state_dir)
     client = TokenClient()
@@ -115,8 +115,8 @@ def valid_token(config: Config, cred: CredentialConfig) -> Token | None:
         return token
     setup_logging(config, quiet=True)
 
-    from tokend.oauth import TokenClient
-    from tokend.refresher import Refresher
+    from tokend.daemon.refresher import Refresher
+    from tokend.io.oauth import TokenClient
 
     client = TokenClient()
     try:
@@ -142,7 +142,7 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
     token = valid_token(config, cred)
     if token is None:
         return EX_FAILED
-    from tokend.hooks import child_environment
+    from tokend.io.hooks import child_environment
 
     env = child_environment(os.environ, config.secret_variables())
     env[variable] = token.access_token
@@ -160,8 +160,8 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
 
 
 def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
-    from tokend.fsio import pid_alive
-    from tokend.status import NAGIOS_UNKNOWN, OK, describe, health_check, read_status, verdict
+    from tokend.core.health import NAGIOS_UNKNOWN, OK, describe, health_check, read_status, verdict
+    from tokend.io.files import pid_alive
 
     try:
         state_dir = load(path).state_dir
@@ -242,8 +242,8 @@ def cmd_check(config: Config, *, online: bool) -> int:
 def check_paths(cred: CredentialConfig) -> list[str]:
     import shutil
 
-    from tokend.hooks import read_pid_file
-    from tokend.sinks import SinkError, resolve_owner, unsafe_path
+    from tokend.io.hooks import read_pid_file
+    from tokend.io.sinks import SinkError, resolve_owner, unsafe_path
 
     problems = []
 
@@ -290,7 +290,7 @@ def check_state_dir(config: Config) -> list[str]:
 
 
 def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
-    from tokend.oauth import TokenClient, TokenRequestError
+    from tokend.io.oauth import TokenClient, TokenRequestError
 
     client = TokenClient()
     worst = EX_OK

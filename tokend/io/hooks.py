@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tokend.config import HookConfig
-from tokend.fsio import trusted_uids, untrusted_writer
-from tokend.token import Token
+from tokend.core.tokens import Token
+from tokend.io.files import trusted_uids, untrusted_writer
 
 log = logging.getLogger("tokend.hooks")
 

@@ -2,7 +2,7 @@
 
 Only the standard library is imported here, and only the subcommand being run is built:
 ``tokend token`` on a cached token should cost little more than starting Python. The
-commands themselves live in :mod:`tokend.commands`.
+commands themselves live in :mod:`tokend.cli.commands`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 from tokend import __version__
+from tokend.cli.fastpath import UsageError, cached_token, select
 from tokend.config import EX_CONFIG, ConfigError, default_config_path, load
-from tokend.lookup import UsageError, cached_token, select
 
 EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
 
@@ -187,12 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace, command: list[str]) -> int:
     if args.command == "demo":
-        from tokend.demo import run_demo
+        from tokend.devtools.demo import run_demo
 
         return run_demo(args.dir, lifetime=args.lifetime, duration=args.duration)
     path: Path = args.config or default_config_path(os.environ)
     if args.command == "run":
-        from tokend.daemon import run
+        from tokend.daemon.loop import run
 
         return run(path)
     if args.command == "token":
@@ -203,7 +203,7 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
             sys.stdout.write(token.access_token + "\n")
             return EX_OK
 
-    from tokend import commands
+    from tokend.cli import commands
 
     if args.command == "status":
         commands.setup_logging(None)

@@ -26,7 +26,7 @@ import urllib3
 
 from tokend import __version__
 from tokend.config import AuthStyle, ClientAuth, CredentialConfig, RequestFormat, WireFormat
-from tokend.token import Token, unsafe_reason, valid_token_type
+from tokend.core.tokens import Token, unsafe_reason, valid_token_type
 
 log = logging.getLogger("tokend.oauth")
 

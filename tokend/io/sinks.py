@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tokend.config import SinkConfig
-from tokend.fsio import file_kind, sweep_once, unsafe_directory_chain, write_atomic
-from tokend.token import Token, unsafe_reason
+from tokend.core.tokens import Token, unsafe_reason
+from tokend.io.files import file_kind, sweep_once, unsafe_directory_chain, write_atomic
 
 
 class SinkError(Exception):

@@ -2,7 +2,7 @@
 
 Reading is separate from config parsing so that ``tokend token`` on a cached token never
 touches a secret, and so that a rotated secret file is picked up at the next request. Every
-failure is a :class:`~tokend.config.ConfigError` naming the credential and the key.
+failure is a :class:`~tokend.config.parse.ConfigError` naming the credential and the key.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tokend.config import CONVENTIONAL_ENV_NAME_RE, ConfigError, CredentialConfig, SecretRef
-from tokend.fsio import read_regular
+from tokend.io.files import read_regular
 
 MAX_SECRET_BYTES = 64 * 1024
 BOM = "\ufeff"

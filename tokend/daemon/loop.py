@@ -32,17 +32,9 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from tokend import log as logsetup
-from tokend import policy
 from tokend.config import Config, ConfigError, CredentialConfig, load
-from tokend.fsio import FileLock, ensure_private_dir
-from tokend.hooks import HookRunner
-from tokend.oauth import TokenClient
-from tokend.refresher import Outcome, Refresher
-from tokend.reload import plan_reload
-from tokend.sinks import in_the_way, rfc3339
-from tokend.state import TokenCache
-from tokend.status import (
+from tokend.core import policy
+from tokend.core.health import (
     EXPIRED,
     FAILING,
     CredentialStatus,
@@ -50,11 +42,19 @@ from tokend.status import (
     verdict,
     write_status,
 )
-from tokend.systemd import Notifier
+from tokend.core.reload_plan import plan_reload
+from tokend.daemon.refresher import Outcome, Refresher
+from tokend.io import logsetup
+from tokend.io.cache import TokenCache
+from tokend.io.files import FileLock, ensure_private_dir
+from tokend.io.hooks import HookRunner
+from tokend.io.oauth import TokenClient
+from tokend.io.sinks import in_the_way, rfc3339
+from tokend.io.systemd import Notifier
 
 if TYPE_CHECKING:
-    from tokend.metrics import Metrics
-from tokend.watch import (
+    from tokend.io.metrics import Metrics
+from tokend.io.watch import (
     Debouncer,
     FileState,
     Watcher,
@@ -643,7 +643,7 @@ class Daemon:
 def make_metrics(config: Config) -> Metrics | None:
     if config.metrics_listen is None and config.metrics_textfile is None:
         return None  # and prometheus_client is never imported
-    from tokend.metrics import Metrics
+    from tokend.io.metrics import Metrics
 
     return Metrics(config.metrics_textfile)
 

@@ -10,7 +10,6 @@ they hold refresh tokens.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from tokend.config import AuthStyle, CredentialConfig, WireFormat
-from tokend.fsio import FileLock, ensure_private_dir, sweep_once, write_atomic
-from tokend.token import Token
+from tokend.core import identity
+from tokend.core.tokens import Token
+from tokend.io.files import FileLock, ensure_private_dir, sweep_once, write_atomic
 
 
 def cache_key(cred: CredentialConfig, client_id: str) -> str:
-    identity: list[object] = [cred.token_url, client_id, sorted(cred.scope), list(cred.extra_params)]
-    if cred.default_expires_in != 3600.0:
-        # It sets the expiry of a token whose answer had none; appended only when not the
-        # default, so that caches written before it counted stay valid.
-        identity.append(cred.default_expires_in)
-    return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]
+    """The cache key of a validated credential (see :mod:`tokend.core.identity`)."""
+    return identity.cache_key(
+        cred.token_url, client_id, cred.scope, cred.extra_params, cred.default_expires_in
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Everything an operator can get wrong is caught here, before any request or write, and
 reported as one :class:`ConfigError` that names the file, the credential and the key: the
 daemon must be able to reject a bad edit and keep running on the last good config.
-Secrets are only *located* here (see :mod:`tokend.secrets`), never read, so that loading a
+Secrets are only *located* here (see :mod:`tokend.io.secret_sources`), never read, so that loading a
 config costs no more than parsing it.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from tokend.fsio import read_regular
+from tokend.io.files import read_regular
 
 _T = TypeVar("_T")
 
@@ -119,7 +119,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SecretRef:
-    """Where a client id or secret lives; the value itself is read by ``tokend.secrets``."""
+    """Where a client id or secret lives; the value itself is read by ``tokend.io.secret_sources``."""
 
     key: str  # the config key that named it, for error messages: "client_secret_file"
     source: SecretSource

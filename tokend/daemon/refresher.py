@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from tokend import policy
 from tokend.config import CredentialConfig
-from tokend.oauth import Style, TokenClient, TokenRequestError
-from tokend.secrets import read_secret
-from tokend.sinks import SinkError, rfc3339, write_sink
-from tokend.state import CacheEntry, StateError, TokenCache, cache_key
-from tokend.token import Token
+from tokend.core import policy
+from tokend.core.tokens import Token
+from tokend.io.cache import CacheEntry, StateError, TokenCache, cache_key
+from tokend.io.oauth import Style, TokenClient, TokenRequestError
+from tokend.io.secret_sources import read_secret
+from tokend.io.sinks import SinkError, rfc3339, write_sink
 
 log = logging.getLogger("tokend.refresher")
 

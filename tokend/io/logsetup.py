@@ -2,7 +2,7 @@
 
 Under journald (``$JOURNAL_STREAM`` set) each line starts with its ``<N>`` syslog priority
 and carries no timestamp, since the journal adds its own. Nothing here formats a token:
-callers log :func:`tokend.token.fingerprint` values only.
+callers log :func:`tokend.core.tokens.fingerprint` values only.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from tokend.config import MAX_CONFIG_BYTES, Config
-from tokend.fsio import read_regular
+from tokend.io.files import read_regular
 
 log = logging.getLogger("tokend.watch")
 

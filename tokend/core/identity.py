@@ -1,0 +1,34 @@
+"""What makes two tokens interchangeable: the key of the token cache.
+
+Standard library only, and fed plain values: ``tokend token``'s fast path computes it from
+the raw TOML without loading the config, and the daemon from a validated credential. Both
+must give the same key, so the normalisation lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+DEFAULT_EXPIRES_IN = 3600.0
+
+
+def cache_key(
+    token_url: str,
+    client_id: str,
+    scope: Iterable[str],
+    params: Iterable[tuple[str, str]],
+    default_expires_in: float = DEFAULT_EXPIRES_IN,
+) -> str:
+    """Endpoint, client, scope and parameters, never the secret: renaming a credential
+    keeps its token, and two credentials asking for the same thing share one.
+
+    ``params`` are the extra body parameters as sorted (name, value) pairs. The default
+    lifetime counts only when it is not the default, so caches written before it counted
+    stay valid.
+    """
+    identity: list[object] = [token_url, client_id, sorted(scope), [list(p) for p in params]]
+    if default_expires_in != DEFAULT_EXPIRES_IN:
+        identity.append(default_expires_in)
+    return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]
