@@ -1,22 +1,172 @@
-"""What every figure needs: timing commands, reading /proc, a daemon under a notify socket,
-configs of N credentials, and min/median/max."""
+"""What every figure needs: tokend installed as users get it, timing commands, reading
+/proc, a daemon under a notify socket, configs of N credentials, and min/median/max."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-PYTHON = sys.executable
-TOKEND = [PYTHON, "-m", "tokend"]
+PYTHON = sys.executable  # runs the benchmark, the identity provider and the readers
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(__file__).resolve().parent / ".venv-bench"
+SOURCES = ("pyproject.toml", "README.md", "tokend")  # what `pip install .` builds from
+
+
+# --------------------------------------------------------------------------- the install
+
+
+@dataclass(frozen=True)
+class Install:
+    """tokend from a regular ``pip install`` (not editable) into a venv of its own, made
+    from this interpreter: every figure runs tokend, and its Python baseline, from here.
+
+    An editable install loads its finder (a .pth file) at every start of the interpreter,
+    which costs the baseline ``python -c pass`` more than it costs tokend, in proportion.
+    """
+
+    venv: Path
+    source: str  # sha256 of the source tree that was installed
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    @property
+    def tokend(self) -> str:
+        return str(self.venv / "bin" / "tokend")  # what a user runs: the console script
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "regular (pip install, not editable), in the benchmark's own venv",
+            "venv": str(self.venv),
+            "source_sha256": self.source,
+            "tokend_module": subprocess.run(
+                [self.python, "-c", "import tokend; print(tokend.__file__)"],
+                capture_output=True,
+                text=True,
+                cwd="/",
+                check=True,
+            ).stdout.strip(),
+        }
+
+
+_installed: list[Install] = []
+_lock: list[TextIO] = []
+
+
+def install(venv: Path = VENV) -> Install:
+    """Install the working tree as it is now, unless the venv already holds exactly it.
+
+    The venv is kept between runs (``bench/.venv-bench``, git-ignored) and rebuilt from
+    scratch whenever the source or the interpreter changed; one run holds a lock on it, so
+    two benchmarks cannot install under each other (nor measure each other).
+    """
+    if _installed:
+        return _installed[0]
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(venv.parent / f"{venv.name}.lock", "a")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"... waiting for another benchmark run to release {venv}", file=sys.stderr, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    _lock.append(lock)
+    with snapshot() as source:
+        digest = tree_digest(source)
+        stamp = venv / ".tokend-source"
+        current = stamp.read_text().strip() if stamp.exists() else None
+        if current != digest or not (venv / "bin" / "tokend").exists():
+            print(f"... pip install . (regular) into {venv}", file=sys.stderr, flush=True)
+            shutil.rmtree(venv, ignore_errors=True)
+            make_venv(venv, source)
+            stamp.write_text(digest + "\n")
+    done = Install(venv, digest)
+    module = done.describe()["tokend_module"]
+    if not module.startswith(str(venv)):  # an editable or stray tokend would be measured instead
+        raise RuntimeError(f"the benchmark venv imports tokend from {module}, not from {venv}")
+    _installed.append(done)
+    return done
+
+
+@contextlib.contextmanager
+def snapshot() -> Iterator[Path]:
+    """A copy of what ``pip install .`` reads, so the build writes nothing into the tree
+    (and sees one state of it, while others keep editing)."""
+    tmp = Path(tempfile.mkdtemp(prefix="tokend-bench-src-"))
+    try:
+        for name in SOURCES:
+            if (ROOT / name).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                shutil.copytree(ROOT / name, tmp / name, ignore=ignore)
+            else:
+                shutil.copy2(ROOT / name, tmp / name)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tree_digest(tree: Path) -> str:
+    digest = hashlib.sha256(f"{sys.version}\0{getattr(sys, '_base_executable', PYTHON)}\0".encode())
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(tree)}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def make_venv(venv: Path, source: Path) -> None:
+    """``python -m venv`` and ``pip install SOURCE``, dependencies and all (from pip's
+    cache when it has them). With a pip that can install into another interpreter
+    (``--python``, pip 22.3), the venv needs no pip of its own: seconds less per build."""
+    try:
+        pip_version = tuple(int(p) for p in importlib.metadata.version("pip").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        pip_version = (0, 0)
+    if pip_version >= (22, 3):
+        run_quietly([PYTHON, "-m", "venv", "--without-pip", str(venv)])
+        pip = [PYTHON, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    else:
+        run_quietly([PYTHON, "-m", "venv", str(venv)])
+        pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    run_quietly([*pip, "install", "--quiet", "--disable-pip-version-check", str(source)])
+
+
+def run_quietly(command: Sequence[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, cwd="/")
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])}… exited {result.returncode}:\n{result.stderr[-2000:]}")
+
+
+def installed() -> Install:
+    if not _installed:
+        raise RuntimeError("install() first")
+    return _installed[0]
+
+
+def bench_python() -> str:
+    """The interpreter of the benchmark's venv: every Python baseline runs on it."""
+    return installed().python
+
+
+def tokend_command() -> list[str]:
+    return [installed().tokend]
+
+
+# --------------------------------------------------------------------------- measuring
 
 
 def summary(samples: Sequence[float]) -> dict[str, float]:
@@ -128,7 +278,7 @@ class Daemon:
         self.started = time.perf_counter()
         self.log = open(tmp / "daemon.log", "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [*TOKEND, "run", "-c", str(config)],
+            [*tokend_command(), "run", "-c", str(config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=bench_env(tmp, NOTIFY_SOCKET=str(self.sock_path)),

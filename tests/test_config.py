@@ -268,12 +268,8 @@ def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     assert_one_line_error(result, "nope.toml", "no such file")
 
 
-def test_the_shipped_example_is_valid_and_uses_every_key() -> None:
+def test_the_shipped_example_is_valid() -> None:
+    """(That it shows every key, and only keys of the schema: see tests/test_schema.py.)"""
     example = Path(__file__).resolve().parent.parent / "tokend.toml.example"
     config = load(example, environ={})
     assert set(config.credentials) == {"eventbookings", "keycloak"}
-    text = example.read_text()
-    from tokend.config import CREDENTIAL_KEYS, GLOBAL_KEYS, HOOK_KEYS, SINK_KEYS
-
-    for key in (*GLOBAL_KEYS, *CREDENTIAL_KEYS, *SINK_KEYS, *HOOK_KEYS):
-        assert f"{key} " in text or f"{key}]" in text or f".{key}" in text, f"{key} is not documented"

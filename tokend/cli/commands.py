@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokend.cli.fastpath import UsageError, cached_token, select
+from tokend.cli.selection import UsageError, cached_token, select
 from tokend.config import (
     ENV_NAME_RE,
-    EX_CONFIG,
     Config,
     ConfigError,
     CredentialConfig,
@@ -25,6 +24,7 @@ from tokend.config import (
     load,
     locate_state_dir,
 )
+from tokend.core.results import ExitCode
 from tokend.core.tokens import Token
 from tokend.io import logsetup
 from tokend.io.cache import TokenCache
@@ -32,9 +32,8 @@ from tokend.io.secret_sources import read_secret
 from tokend.io.sinks import rfc3339
 
 if TYPE_CHECKING:
-    from tokend.daemon.refresher import Outcome
+    from tokend.core.results import Attempt
 
-EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
 
 log = logging.getLogger("tokend")
 
@@ -55,11 +54,11 @@ def setup_logging(config: Config | None, *, quiet: bool = False) -> None:
 def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
     creds = select(config, names)
     from tokend.daemon.refresher import Refresher
-    from tokend.io.oauth import TokenClient
+    from tokend.io.token_client import TokenClient
 
     cache = TokenCache(config.state_dir)
     client = TokenClient()
-    worst = EX_OK
+    worst = ExitCode.OK
     try:
         for cred in creds:
             # One credential's failure never stops the others (certbot's renewal loop).
@@ -67,18 +66,18 @@ def cmd_fetch(config: Config, names: Sequence[str], *, force: bool) -> int:
                 outcome = Refresher(cred, cache).refresh(client, force=force)
             except ConfigError as exc:
                 log.error("%s", exc)
-                worst = max(worst, EX_CONFIG)
+                worst = max(worst, ExitCode.CONFIG)
                 continue
             if fetch_succeeded(outcome, force=force):
                 log_fetch(outcome)
             else:  # the refresher has said why, in one line
-                worst = max(worst, EX_FAILED)
+                worst = max(worst, ExitCode.FAILED)
     finally:
         client.close()
     return worst
 
 
-def log_fetch(outcome: Outcome) -> None:
+def log_fetch(outcome: Attempt) -> None:
     token = outcome.token
     assert token is not None
     how = "new token" if outcome.fetched else "cached token"
@@ -98,11 +97,11 @@ def log_fetch(outcome: Outcome) -> None:
     )
 
 
-def fetch_succeeded(outcome: Outcome, *, force: bool) -> bool:
+def fetch_succeeded(outcome: Attempt, *, force: bool) -> bool:
     """Every sink holds a valid token; with --force, a *new* one."""
     if outcome.token is None or outcome.sink_errors:
         return False
-    return not (force and outcome.request_error is not None)
+    return not (force and outcome.request_failed)
 
 
 # --------------------------------------------------------------------------- token
@@ -116,7 +115,7 @@ def valid_token(config: Config, cred: CredentialConfig) -> Token | None:
     setup_logging(config, quiet=True)
 
     from tokend.daemon.refresher import Refresher
-    from tokend.io.oauth import TokenClient
+    from tokend.io.token_client import TokenClient
 
     client = TokenClient()
     try:
@@ -129,9 +128,9 @@ def cmd_token(config: Config, name: str) -> int:
     (cred,) = select(config, [name])
     token = valid_token(config, cred)
     if token is None:
-        return EX_FAILED
+        return ExitCode.FAILED
     sys.stdout.write(token.access_token + "\n")
-    return EX_OK
+    return ExitCode.OK
 
 
 def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | None) -> int:
@@ -141,7 +140,7 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
         raise UsageError(f"--env-name {variable!r} is not a valid variable name")
     token = valid_token(config, cred)
     if token is None:
-        return EX_FAILED
+        return ExitCode.FAILED
     from tokend.io.hooks import child_environment
 
     env = child_environment(os.environ, config.secret_variables())
@@ -160,8 +159,10 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
 
 
 def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
-    from tokend.core.health import NAGIOS_UNKNOWN, OK, describe, health_check, read_status, verdict
+    from tokend.core.health import describe, health_check, verdict
+    from tokend.core.results import Nagios, Verdict
     from tokend.io.files import pid_alive
+    from tokend.io.status_file import read_status
 
     try:
         state_dir = load(path).state_dir
@@ -181,9 +182,9 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
     if problem is not None:
         if check:
             print(f"TOKEND UNKNOWN - {problem}")
-            return NAGIOS_UNKNOWN
+            return Nagios.UNKNOWN
         print(f"tokend: {problem}", file=sys.stderr)
-        return EX_FAILED
+        return ExitCode.FAILED
     now = time.time()
     running = pid_alive(status.pid)
     if check:
@@ -191,7 +192,7 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
         print(line)
         return code
     verdicts = {name: verdict(cred, now) for name, cred in status.credentials.items()}
-    healthy = running and status.config_error is None and all(v == OK for v in verdicts.values())
+    healthy = running and status.config_error is None and all(v == Verdict.OK for v in verdicts.values())
     if as_json:
         import json
 
@@ -201,7 +202,7 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
         for name, value in verdicts.items():
             data["credentials"][name]["verdict"] = value
         print(json.dumps(data, indent=2, sort_keys=True))
-        return EX_OK if healthy else EX_FAILED
+        return ExitCode.OK if healthy else ExitCode.FAILED
     print(f"tokend pid {status.pid}: {'running' if running else 'NOT RUNNING'}, config {status.config}")
     if status.config_error:
         print(f"config rejected (still running the last good one): {status.config_error}")
@@ -209,7 +210,7 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
         print(f"warning: {warning}")
     for cred in status.credentials.values():
         print(describe(cred, now))
-    return EX_OK if healthy else EX_FAILED
+    return ExitCode.OK if healthy else ExitCode.FAILED
 
 
 # --------------------------------------------------------------------------- check
@@ -230,13 +231,13 @@ def cmd_check(config: Config, *, online: bool) -> int:
     for problem in problems:
         print(f"tokend: {problem}", file=sys.stderr)
     if problems:
-        return EX_CONFIG
+        return ExitCode.CONFIG
     for cred in config.credentials.values():
         print(
             f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
             f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}"
         )
-    return check_online(config, secrets) if online else EX_OK
+    return check_online(config, secrets) if online else ExitCode.OK
 
 
 def check_paths(cred: CredentialConfig) -> list[str]:
@@ -290,10 +291,11 @@ def check_state_dir(config: Config) -> list[str]:
 
 
 def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
-    from tokend.io.oauth import TokenClient, TokenRequestError
+    from tokend.core.protocol import TokenRequestError
+    from tokend.io.token_client import TokenClient
 
     client = TokenClient()
-    worst = EX_OK
+    worst = ExitCode.OK
     try:
         for cred in config.credentials.values():
             client_id, secret = secrets[cred.name]
@@ -301,7 +303,7 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
                 answer = client.obtain(cred, client_id=client_id, client_secret=secret)
             except TokenRequestError as exc:
                 print(f"tokend: {cred.name}: {cred.token_url}: {exc}", file=sys.stderr)
-                worst = EX_FAILED
+                worst = ExitCode.FAILED
                 continue
             token = answer.token
             print(

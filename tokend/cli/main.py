@@ -1,27 +1,34 @@
 """The ``tokend`` command line: parse it, load the config, hand over to the command.
 
-Only the standard library is imported here, and only the subcommand being run is built:
-``tokend token`` on a cached token should cost little more than starting Python. The
-commands themselves live in :mod:`tokend.cli.commands`.
+``tokend token NAME`` on a fresh cached token is answered first, by
+:mod:`tokend.cli.fastpath`, before argparse or the config machinery is imported: it should
+cost little more than starting Python. Everything else, and ``token`` whenever the fast
+path is not sure, is parsed by argparse (building only the subcommand being run) and runs
+on the validated config. The commands themselves live in :mod:`tokend.cli.commands`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
 
 from tokend import __version__
-from tokend.cli.fastpath import UsageError, cached_token, select
-from tokend.config import EX_CONFIG, ConfigError, default_config_path, load
+from tokend.cli import fastpath
+from tokend.cli.selection import UsageError, cached_token, select
+
+TYPE_CHECKING = False  # not typing's: this module is on the fast path
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import TypeAlias
+
+    from tokend.config import Config
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
-
-if TYPE_CHECKING:
-    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+REMEMBERED = ("fetch", "token", "exec")  # commands after which the fast path may serve the config
 
 
 def _fetch(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -102,6 +109,8 @@ def _exec(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _demo(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
     demo = sub.add_parser(
         "demo",
         help="a local identity provider plus the daemon: the 1-minute tour",
@@ -132,6 +141,9 @@ SUBCOMMANDS = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that subcommand (the rest cost time, not meaning)."""
+    import argparse
+    from pathlib import Path
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c",
@@ -155,6 +167,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    request = fastpath.token_request(words)
+    if request is not None:
+        try:
+            token = fastpath.fresh_token(*request, os.environ)
+            if token is not None:
+                sys.stdout.write(token + "\n")
+                sys.stdout.flush()
+                return EX_OK
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:
+            return reader_left()
+    return run_command(words)
+
+
+def run_command(words: list[str]) -> int:
+    """Every command, through argparse and the validated config."""
+    from tokend.config import EX_CONFIG, ConfigError
+
     # Everything after the first "--" is exec's command, options and all.
     command = words[words.index("--") + 1 :] if "--" in words else []
     words = words[: words.index("--")] if "--" in words else words
@@ -178,14 +209,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # `tokend status --json | head -1`: the reader left; no traceback, and none from
-        # the interpreter's own flush of stdout at exit either.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EX_FAILED
+        return reader_left()
+
+
+def reader_left() -> int:
+    # `tokend status --json | head -1`: the reader left; no traceback, and none from the
+    # interpreter's own flush of stdout at exit either.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EX_FAILED
+
+
+def load_config(path: Path, command: str) -> Config:
+    """The validated config; after ``fetch``, ``token`` and ``exec``, remembered for the
+    fast path (see :func:`tokend.cli.fastpath.remember`)."""
+    from tokend.config import load
+
+    before = fastpath.read_config(str(path)) if command in REMEMBERED else None
+    config = load(path)
+    if before is not None:
+        fastpath.remember(str(path), before, config.state_dir, os.environ)
+    return config
 
 
 def dispatch(args: argparse.Namespace, command: list[str]) -> int:
+    from tokend.config import default_config_path
+
     if args.command == "demo":
         from tokend.devtools.demo import run_demo
 
@@ -195,20 +244,21 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
         from tokend.daemon.loop import run
 
         return run(path)
+    if args.command == "status":
+        from tokend.cli import commands
+
+        commands.setup_logging(None)
+        return commands.cmd_status(path, as_json=args.json, check=args.check)
+    config = load_config(path, args.command)
     if args.command == "token":
-        config = load(path)
         (cred,) = select(config, [args.name])
-        token = cached_token(config, cred)  # the fast path: stdlib only
+        token = cached_token(config, cred)  # no logging, no requests
         if token is not None:
             sys.stdout.write(token.access_token + "\n")
             return EX_OK
 
     from tokend.cli import commands
 
-    if args.command == "status":
-        commands.setup_logging(None)
-        return commands.cmd_status(path, as_json=args.json, check=args.check)
-    config = load(path)
     commands.setup_logging(config, quiet=args.command in ("token", "exec"))
     if args.command == "fetch":
         return commands.cmd_fetch(config, args.names, force=args.force)

@@ -1,37 +1,47 @@
 """tokend's configuration: what ``tokend.toml`` may say, and turning it into frozen values.
 
 The public surface: :func:`load` (read and validate a file), :func:`parse` (validate
-text), the value types, and :class:`ConfigError`, the one exception loading raises.
+text), the value types, and :class:`ConfigError`, the one exception loading raises. What
+each key is (kind, default, bounds, identity, refetch) is declared once, in
+:mod:`tokend.config.schema`; the key lists and field sets here are derived from it.
 """
 
-from tokend.config.parse import (
+from tokend.config.kinds import (
     CONVENTIONAL_ENV_NAME_RE,
-    CREDENTIAL_KEYS,
     ENV_NAME_RE,
+    default_env_name,
+    parse_duration,
+    parse_mode,
+)
+from tokend.config.parse import (
     EX_CONFIG,
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    default_config_path,
+    default_state_dir,
+    load,
+    locate_state_dir,
+    parse,
+)
+from tokend.config.schema import (
+    CREDENTIAL_KEYS,
     GLOBAL_KEYS,
     HOOK_KEYS,
-    MAX_CONFIG_BYTES,
+    IDENTITY_FIELDS,
+    REFETCH_FIELDS,
     SINK_KEYS,
     AuthStyle,
     ClientAuth,
     Config,
-    ConfigError,
     CredentialConfig,
     HookConfig,
+    Key,
     RequestFormat,
     SecretRef,
     SinkConfig,
     SinkFormat,
     WireFormat,
-    default_config_path,
-    default_env_name,
-    default_state_dir,
-    load,
-    locate_state_dir,
-    parse,
-    parse_duration,
-    parse_mode,
+    schema,
 )
 
 __all__ = [
@@ -41,7 +51,9 @@ __all__ = [
     "EX_CONFIG",
     "GLOBAL_KEYS",
     "HOOK_KEYS",
+    "IDENTITY_FIELDS",
     "MAX_CONFIG_BYTES",
+    "REFETCH_FIELDS",
     "SINK_KEYS",
     "AuthStyle",
     "ClientAuth",
@@ -49,6 +61,7 @@ __all__ = [
     "ConfigError",
     "CredentialConfig",
     "HookConfig",
+    "Key",
     "RequestFormat",
     "SecretRef",
     "SinkConfig",
@@ -62,4 +75,5 @@ __all__ = [
     "parse",
     "parse_duration",
     "parse_mode",
+    "schema",
 ]

@@ -1,20 +1,17 @@
 """What the daemon tells the outside world about each credential, and how healthy that is.
 
-The daemon writes ``status.json`` in its state directory (atomically, coalesced to at
-most one write a second); ``tokend status`` reads it without talking to the daemon.
-The health verdict is a pure function of the record and the clock.
+The records here are what ``status.json`` holds (:mod:`tokend.io.status_file` writes and
+reads it); the verdict, the one-line description and the Nagios check are pure functions
+of a record and the clock.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from tokend.io.files import ensure_private_dir, read_regular, sweep_once, write_atomic
-
-STATUS_FILE = "status.json"
+from tokend.core.results import Nagios, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,38 +53,30 @@ class DaemonStatus:
         return cls(credentials=creds, warnings=warnings, **data)
 
 
-def status_path(state_dir: Path) -> Path:
-    return state_dir / STATUS_FILE
-
-
-def write_status(state_dir: Path, status: DaemonStatus) -> None:
-    ensure_private_dir(state_dir)
-    sweep_once(state_dir)  # temps of a writer killed mid-write
-    # 0644: status holds no secret (fingerprints only), and monitoring may run as another user.
-    write_atomic(status_path(state_dir), status.to_json(), mode=0o644, durable=False)
-
-
-def read_status(state_dir: Path) -> DaemonStatus:
-    """Raises OSError or ValueError when there is no readable status."""
-    try:
-        return DaemonStatus.from_json(read_regular(status_path(state_dir), 1024 * 1024 * 64))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"unrecognised status file: {exc}") from None
-
-
 # --------------------------------------------------------------------------- health (pure)
 
-OK, FAILING, EXPIRED = "ok", "failing", "expired"
 
-
-def verdict(cred: CredentialStatus, now: float) -> str:
+def verdict(cred: CredentialStatus, now: float) -> Verdict:
     """``expired`` (no valid token: readers are broken), ``failing`` (still a valid token,
     but the last attempt failed) or ``ok``."""
     if cred.expires_at is None or cred.expires_at <= now:
-        return EXPIRED
+        return Verdict.EXPIRED
     if cred.failures > 0:
-        return FAILING
-    return OK
+        return Verdict.FAILING
+    return Verdict.OK
+
+
+def summary(credentials: dict[str, CredentialStatus], now: float) -> str:
+    """One line for systemd's STATUS=: how many are ok, failing, expired, and which."""
+    by_name = {name: verdict(status, now) for name, status in credentials.items()}
+    verdicts = list(by_name.values())
+    failing = sorted(name for name, v in by_name.items() if v != Verdict.OK)
+    text = (
+        f"{len(verdicts)} credential(s): {verdicts.count(Verdict.OK)} ok, "
+        f"{verdicts.count(Verdict.FAILING)} failing, "
+        f"{verdicts.count(Verdict.EXPIRED)} without a valid token"
+    )
+    return text + (f" ({', '.join(failing[:5])})" if failing else "")
 
 
 def human_duration(seconds: float) -> str:
@@ -125,11 +114,8 @@ def describe(cred: CredentialStatus, now: float) -> str:
 
 # --------------------------------------------------------------------------- --check (pure)
 
-NAGIOS_OK, NAGIOS_WARNING, NAGIOS_CRITICAL, NAGIOS_UNKNOWN = 0, 1, 2, 3
-_NAGIOS_LABEL = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 
-
-def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[int, str]:
+def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[Nagios, str]:
     """A Nagios-style verdict and its one-line summary.
 
     CRITICAL: a credential has no valid token (readers are failing now). WARNING: a token is
@@ -137,11 +123,11 @@ def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[in
     rejected (something will break if nobody acts). OK otherwise.
     """
     creds = list(status.credentials.values())
-    expired = [c for c in creds if verdict(c, now) == EXPIRED]
-    failing = [c for c in creds if verdict(c, now) == FAILING]
+    expired = [c for c in creds if verdict(c, now) == Verdict.EXPIRED]
+    failing = [c for c in creds if verdict(c, now) == Verdict.FAILING]
     if expired:
         code, detail = (
-            NAGIOS_CRITICAL,
+            Nagios.CRITICAL,
             "; ".join(
                 f"{c.name}: no valid token" + (f" ({c.last_error})" if c.last_error else "")
                 for c in expired[:3]
@@ -149,7 +135,7 @@ def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[in
         )
     elif failing:
         code, detail = (
-            NAGIOS_WARNING,
+            Nagios.WARNING,
             "; ".join(
                 f"{c.name}: refresh failing {c.failures}x ({c.last_error}), token valid "
                 f"{human_duration((c.expires_at or now) - now)} more"
@@ -157,15 +143,15 @@ def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[in
             ),
         )
     elif not running:
-        code, detail = NAGIOS_WARNING, f"tokend (pid {status.pid}) is not running"
+        code, detail = Nagios.WARNING, f"tokend (pid {status.pid}) is not running"
     elif status.config_error:
-        code, detail = NAGIOS_WARNING, f"config rejected: {status.config_error}"
+        code, detail = Nagios.WARNING, f"config rejected: {status.config_error}"
     elif status.warnings:
-        code, detail = NAGIOS_WARNING, "; ".join(status.warnings[:3])
+        code, detail = Nagios.WARNING, "; ".join(status.warnings[:3])
     else:
         soonest = min((c.expires_at for c in creds if c.expires_at), default=None)
         detail = f"{len(creds)} credential(s) fresh" + (
             f", next expiry in {human_duration(soonest - now)}" if soonest else ""
         )
-        code = NAGIOS_OK
-    return code, f"TOKEND {_NAGIOS_LABEL[code]} - {detail}"
+        code = Nagios.OK
+    return code, f"TOKEND {code.name} - {detail}"

@@ -7,33 +7,16 @@ request, and an edit that only moves sinks costs the identity provider nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from tokend.config import CredentialConfig
+from tokend.config.schema import REFETCH_FIELDS, CredentialConfig
 
 # Changing any of these may change which token the identity provider gives, or whether it
-# gives one at all: the credential is fetched again at once.
-TOKEN_FIELDS = frozenset(
-    {
-        "token_url",
-        "client_id",
-        "client_secret",
-        "env_file",
-        "scope",
-        "extra_params",
-        "request_format",
-        "client_auth",
-        "use_refresh_token",
-        "default_expires_in",
-        "timeout",
-        "ca_bundle",
-        "allow_insecure_http",
-    }
-)
-# The rest (sinks, on_rotate, refresh_at, min_ttl_margin, provider, source) change where the
-# token goes or when the next one is asked for, not the token itself.
-assert {f.name for f in fields(CredentialConfig)} >= TOKEN_FIELDS
+# gives one at all: the credential is fetched again at once. The schema says which they are
+# (``refetch=True``); the rest (sinks, on_rotate, refresh_at, min_ttl_margin, provider,
+# source) change where the token goes or when the next one is asked for, not the token.
+TOKEN_FIELDS = REFETCH_FIELDS
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """One credential's token, end to end: reuse the cached one or ask the identity provider,
-remember it, and put it in every sink.
+remember it, and put it in every sink. Used by the daemon and by ``tokend fetch``/``token``.
 
 Each sink is written in its own try, so one full disk never keeps a token from the others.
 When the identity provider fails, a cached token that has not expired yet stays in the
@@ -11,27 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from tokend.config import CredentialConfig
 from tokend.core import policy
+from tokend.core.protocol import Style, TokenRequestError
+from tokend.core.results import Attempt, Result
 from tokend.core.tokens import Token
 from tokend.io.cache import CacheEntry, StateError, TokenCache, cache_key
-from tokend.io.oauth import Style, TokenClient, TokenRequestError
 from tokend.io.secret_sources import read_secret
 from tokend.io.sinks import SinkError, rfc3339, write_sink
+from tokend.io.token_client import TokenClient
 
 log = logging.getLogger("tokend.refresher")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    name: str
-    token: Token | None  # what the sinks hold now; None: no valid token at all
-    fetched: bool = False  # a new token came from the identity provider
-    request_error: TokenRequestError | None = None
-    sink_errors: tuple[SinkError, ...] = ()
-    sinks_written: int = 0
 
 
 class Refresher:
@@ -57,7 +48,7 @@ class Refresher:
         force: bool = False,
         fresh_until: float | None = None,
         write_sinks: bool = True,
-    ) -> Outcome:
+    ) -> Attempt:
         """Make sure a fresh token is cached (and in the sinks). Raises ConfigError when a
         secret cannot be read; every other failure is reported in the Outcome.
 
@@ -124,9 +115,9 @@ class Refresher:
                         log.warning("%s: %s", cred.name, exc)
 
         if token is None or not write_sinks:
-            return Outcome(cred.name, token, fetched, request_error)
+            return attempt_of(cred.name, token, fetched, request_error)
         written, errors = self.write_sinks(token)
-        return Outcome(cred.name, token, fetched, request_error, tuple(errors), written)
+        return attempt_of(cred.name, token, fetched, request_error, tuple(map(str, errors)), written)
 
     def is_fresh(self, token: Token, now: float, fresh_until: float | None) -> bool:
         if fresh_until is not None:
@@ -151,3 +142,33 @@ class Refresher:
                 log.exception("%s: sink %s failed unexpectedly", self.cred.name, sink.path)
                 errors.append(SinkError(sink.path, f"internal error: {type(exc).__name__}"))
         return written, errors
+
+
+def attempt_of(
+    name: str,
+    token: Token | None,
+    fetched: bool,
+    request_error: TokenRequestError | None,
+    sink_errors: tuple[str, ...] = (),
+    sinks_written: int = 0,
+) -> Attempt:
+    """The one record of what happened: a failed request outranks failed sinks."""
+    if request_error is not None:
+        result = Result.RETRYABLE_ERROR if request_error.retryable else Result.FATAL_ERROR
+        error: str | None = str(request_error)
+    elif sink_errors:
+        result, error = Result.RETRYABLE_ERROR, "; ".join(sink_errors)
+    else:
+        result, error = Result.SUCCESS, None
+    return Attempt(
+        name,
+        token,
+        result,
+        fetched=fetched,
+        error=error,
+        error_code=request_error.error if request_error is not None else None,
+        retry_after=request_error.retry_after if request_error is not None else None,
+        request_failed=request_error is not None,
+        sink_errors=sink_errors,
+        sinks_written=sinks_written,
+    )

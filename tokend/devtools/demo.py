@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from tokend.config import load
+from tokend.config import CredentialConfig, load
+from tokend.core.health import CredentialStatus
+from tokend.core.results import Attempt
 from tokend.core.tokens import fingerprint
 from tokend.daemon.loop import Daemon, leave
-from tokend.daemon.refresher import Outcome
+from tokend.daemon.reporting import Observer
 from tokend.devtools.idp import IdentityProvider, IdpEvent
 from tokend.io import logsetup
 from tokend.io.sinks import rfc3339
@@ -60,6 +62,22 @@ format = "json"
 """
 
 
+class Printer(Observer):
+    """The tour's own lines: each rotation, as the daemon reports it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def attempted(self, attempt: Attempt, cred: CredentialConfig, status: CredentialStatus) -> None:
+        if attempt.fetched and attempt.token is not None:
+            self.out.write(
+                f"  tokend: {cred.name} rotated to {attempt.token.fingerprint}, valid until "
+                f"{rfc3339(attempt.token.expires_at)}; {attempt.sinks_written} file(s) "
+                "replaced atomically\n"
+            )
+            self.out.flush()
+
+
 def write_demo_files(directory: Path, url: str, clients: dict[str, str]) -> Path:
     (directory / "run").mkdir(parents=True, exist_ok=True)
     for client_id, secret in clients.items():
@@ -95,15 +113,6 @@ def run_demo(
         )
         out.flush()
 
-    def on_outcome(name: str, outcome: Outcome) -> None:
-        if outcome.fetched and outcome.token is not None:
-            out.write(
-                f"  tokend: {name} rotated to {outcome.token.fingerprint}, valid until "
-                f"{rfc3339(outcome.token.expires_at)}; {outcome.sinks_written} file(s) "
-                "replaced atomically\n"
-            )
-            out.flush()
-
     with IdentityProvider(clients, lifetime=lifetime, on_event=on_event) as idp:
         config_path = write_demo_files(directory, idp.url, clients)
         rel = os.path.relpath(directory)
@@ -121,7 +130,7 @@ def run_demo(
         out.flush()
         config = load(config_path)
         logsetup.setup("warning")  # the tour prints its own lines; problems still show
-        daemon = Daemon(config, on_outcome=on_outcome)
+        daemon = Daemon(config, observers=[Printer(out)])
         code = daemon.run(stop_after=duration)
         out.write(f"\ntokend demo stopped; {rel}/ keeps the config, the last tokens and the cache.\n")
         out.flush()

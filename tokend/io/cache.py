@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokend.config import AuthStyle, CredentialConfig, WireFormat
+from tokend.config import IDENTITY_FIELDS, AuthStyle, CredentialConfig, WireFormat
 from tokend.core import identity
 from tokend.core.tokens import Token
 from tokend.io.files import FileLock, ensure_private_dir, sweep_once, write_atomic
 
 
 def cache_key(cred: CredentialConfig, client_id: str) -> str:
-    """The cache key of a validated credential (see :mod:`tokend.core.identity`)."""
-    return identity.cache_key(
-        cred.token_url, client_id, cred.scope, cred.extra_params, cred.default_expires_in
-    )
+    """The cache key of a validated credential (see :mod:`tokend.core.identity`): the fields
+    the schema marks ``identity=True``, in its order, with the client id as read."""
+    values: dict[str, Any] = {name: getattr(cred, name) for name in IDENTITY_FIELDS}
+    return identity.cache_key(*(values | {"client_id": client_id}).values())
 
 
 @dataclass(frozen=True)

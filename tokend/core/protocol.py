@@ -1,34 +1,26 @@
-"""Talk to an RFC 6749 token endpoint: build the request, send it, judge the answer.
+"""The OAuth2 token request as data: build it, judge the answer, choose what to try next.
 
-Building the request and judging the response are pure functions; :class:`TokenClient` is
-the thin IO edge around them (one ``requests.Session`` per worker). Every failure becomes a
-:class:`TokenRequestError` that says whether a retry can help, carries the server's OAuth
-``error`` / ``error_description`` and never the client secret.
+Pure functions only, no IO: :mod:`tokend.io.token_client` sends what :func:`build_request`
+builds and hands the answer to :func:`parse_token_response` or :func:`classify_failure`.
+Every failure becomes a :class:`TokenRequestError` that says whether a retry can help,
+carries the server's OAuth ``error`` / ``error_description`` and never the client secret.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import logging
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, quote_plus, urlencode
 
-import requests
-import urllib3
-
 from tokend import __version__
-from tokend.config import AuthStyle, ClientAuth, CredentialConfig, RequestFormat, WireFormat
 from tokend.core.tokens import Token, unsafe_reason, valid_token_type
 
-log = logging.getLogger("tokend.oauth")
+if TYPE_CHECKING:  # annotations only: the protocol needs no part of config at run time
+    from tokend.config.schema import AuthStyle, ClientAuth, CredentialConfig, RequestFormat, WireFormat
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EXPIRES_IN = 366 * 86400
@@ -209,7 +201,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _scrub(text: str, secrets: Iterable[str], limit: int = 300) -> str:
+def scrub(text: str, secrets: Iterable[str], limit: int = 300) -> str:
     """Server text fit for a log line: one line, bounded, and no secret of ours in it.
 
     ``secrets`` are the :func:`secret_forms`. They are replaced *before* the text is cut,
@@ -251,11 +243,11 @@ def classify_failure(
     retry_after = parse_retry_after(headers.get("Retry-After"), now)
     data = _json_object(body) or {}
     error_value, desc_value = data.get("error"), data.get("error_description")
-    error = _scrub(error_value, secrets, limit=60) if isinstance(error_value, str) else None
-    description = _scrub(desc_value, secrets) if isinstance(desc_value, str) else None
+    error = scrub(error_value, secrets, limit=60) if isinstance(error_value, str) else None
+    description = scrub(desc_value, secrets) if isinstance(desc_value, str) else None
 
     if 300 <= status < 400:
-        location = _scrub(headers.get("Location", "?"), secrets, limit=200)
+        location = scrub(headers.get("Location", "?"), secrets, limit=200)
         return TokenRequestError(
             f"HTTP {status}: the token endpoint redirects to {location}; set token_url to "
             "the final address (tokend does not resend a secret to a redirect)",
@@ -268,7 +260,7 @@ def classify_failure(
     if description:
         message += f": {description}"
     elif not error and body and not data:
-        message += ": " + _scrub(body.decode("utf-8", "replace"), secrets, limit=120)
+        message += ": " + scrub(body.decode("utf-8", "replace"), secrets, limit=120)
     return TokenRequestError(
         message,
         retryable=retryable,
@@ -357,222 +349,7 @@ def _expires_in(value: object, default: float) -> float | None:
     return float(value)
 
 
-# --------------------------------------------------------------------------- IO: the client
-
-
-# --------------------------------------------------------------------------- IO: deadlines
-
-# requests' read timeout applies to each recv(), so a server that trickles its answer a
-# byte at a time can hold a worker for ever. Each request therefore gets a deadline: when
-# it passes, a timer shuts the connection's socket down and the blocked read returns.
-_deadline = threading.local()
-
-
-class _Cutoff:
-    """Shuts a socket down when called, and remembers that it did: a response cut off
-    mid-headers looks like a complete, empty one to http.client, and must not be judged
-    as the server's answer."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.fired = False
-
-    def __call__(self) -> None:
-        self.fired = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-
-
-def _arm(sock: socket.socket | None) -> None:
-    at: float | None = getattr(_deadline, "at", None)
-    if at is None or sock is None:
-        return
-    cutoff = _Cutoff(sock)
-    timer = threading.Timer(max(0.0, at - time.monotonic()), cutoff)
-    timer.daemon = True
-    timer.start()
-    _deadline.timer, _deadline.cutoff = timer, cutoff
-
-
-def _cut_off() -> bool:
-    cutoff: _Cutoff | None = getattr(_deadline, "cutoff", None)
-    return cutoff is not None and cutoff.fired
-
-
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        _arm(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        _arm(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-class _DeadlineAdapter(requests.adapters.HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _NoNetrc(requests.auth.AuthBase):
-    """Stops requests from replacing our Authorization header with ~/.netrc credentials."""
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        return r
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    token: Token
-    style: Style  # what worked, remembered for client_auth / request_format = "auto"
-
-
-class TokenClient:
-    """Sends token requests. Not thread-safe: use one per worker thread."""
-
-    def __init__(self, session: requests.Session | None = None) -> None:
-        self.session = session or requests.Session()
-        adapter = _DeadlineAdapter()
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-
-    def close(self) -> None:
-        self.session.close()
-
-    def obtain(
-        self,
-        cred: CredentialConfig,
-        *,
-        client_id: str,
-        client_secret: str,
-        refresh_token: str | None = None,
-        learned: Style | None = None,
-    ) -> TokenResponse:
-        """A new token: by the refresh grant when there is a refresh token, else by client
-        credentials. A refresh token the server refuses is dropped and client credentials
-        are used at once; a retryable failure is raised, to be retried later."""
-        if refresh_token is not None and cred.use_refresh_token:
-            try:
-                answer = self._request(cred, client_id, client_secret, refresh_token, learned)
-            except TokenRequestError as exc:
-                if exc.retryable:
-                    raise
-                # invalid_grant is the normal end of a refresh token's life; anything else
-                # (a bad client, say) will likely fail the fallback too, and is worth a look.
-                level = logging.INFO if exc.error == "invalid_grant" else logging.WARNING
-                log.log(
-                    level, "%s: refresh token refused (%s); asking with client credentials", cred.name, exc
-                )
-            else:
-                if answer.token.refresh_token is None:
-                    # RFC 6749 §6: no new refresh token means keep using the old one.
-                    answer = TokenResponse(_with_refresh(answer.token, refresh_token), answer.style)
-                return answer
-        return self._request(cred, client_id, client_secret, None, learned)
-
-    def _request(
-        self,
-        cred: CredentialConfig,
-        client_id: str,
-        client_secret: str,
-        refresh_token: str | None,
-        learned: Style | None,
-    ) -> TokenResponse:
-        """One token request, in as many styles as the settings allow and the answers ask
-        for (at most one per style), starting with the one that worked last time."""
-        auths = auth_order(cred.client_auth, learned.auth if learned else None)
-        wires = wire_order(cred.request_format, learned.wire if learned else None)
-        style: Style | None = Style(auths[0], wires[0])
-        failed: list[tuple[Style, TokenRequestError]] = []
-        while style is not None:
-            request = build_request(
-                cred,
-                client_id=client_id,
-                client_secret=client_secret,
-                style=style,
-                refresh_token=refresh_token,
-            )
-            secrets = secret_forms((client_secret, refresh_token or ""), request)
-            try:
-                return TokenResponse(self._send(cred, request, secrets), style)
-            except TokenRequestError as exc:
-                failed.append((style, exc))
-                tried = [done for done, _ in failed]
-                style = next_style(style, exc, auths, wires, tried)
-                if style is not None:
-                    log.info("%s: %s refused (%s); trying %s", cred.name, tried[-1], exc, style)
-        raise final_error(failed, hint=basic_hint(cred, client_id, client_secret))
-
-    def _send(self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...]) -> Token:
-        sent_at = time.time()
-        deadline = time.monotonic() + cred.timeout
-        _deadline.at, _deadline.timer, _deadline.cutoff = deadline, None, None
-        try:
-            return self._exchange(cred, request, secrets, sent_at, deadline)
-        finally:
-            timer = _deadline.timer
-            if timer is not None:
-                timer.cancel()
-            _deadline.at = _deadline.timer = _deadline.cutoff = None
-
-    def _exchange(
-        self,
-        cred: CredentialConfig,
-        request: TokenRequest,
-        secrets: tuple[str, ...],
-        sent_at: float,
-        deadline: float,
-    ) -> Token:
-        verify: bool | str = str(cred.ca_bundle) if cred.ca_bundle else True
-        try:
-            response = self.session.post(
-                request.url,
-                data=request.body,
-                headers=dict(request.headers),
-                timeout=(cred.timeout, cred.timeout),
-                verify=verify,
-                allow_redirects=False,
-                stream=True,
-                auth=_NoNetrc(),
-            )
-        except requests.exceptions.SSLError as exc:
-            raise TokenRequestError(
-                f"TLS verification failed for {request.url} (set ca_bundle for a private CA): "
-                f"{_scrub(str(exc), secrets, 160)}",
-                retryable=False,
-            ) from None
-        except requests.exceptions.Timeout:
-            raise TokenRequestError(f"no answer within {cred.timeout:g}s", retryable=True) from None
-        except requests.exceptions.ConnectionError as exc:
-            if _cut_off():  # our deadline shut the socket
-                raise TokenRequestError(
-                    f"no complete answer within {cred.timeout:g}s", retryable=True
-                ) from None
-            raise TokenRequestError(f"cannot connect: {_connection_reason(exc)}", retryable=True) from None
-        except (requests.exceptions.RequestException, OSError) as exc:
-            raise TokenRequestError(
-                f"request failed: {_scrub(str(exc), secrets, 160)}", retryable=False
-            ) from None
-        with response:
-            body = _read_capped(response, deadline, cred.timeout)
-        if _cut_off():  # what arrived is the part before our deadline, not an answer
-            raise TokenRequestError(f"no complete answer within {cred.timeout:g}s", retryable=True)
-        if 200 <= response.status_code < 300:
-            return parse_token_response(
-                body, sent_at=sent_at, status=response.status_code, default_expires_in=cred.default_expires_in
-            )
-        raise classify_failure(response.status_code, response.headers, body, now=time.time(), secrets=secrets)
+# --------------------------------------------------------------------------- pure: what to try next
 
 
 def wire_order(request_format: RequestFormat, learned: WireFormat | None) -> tuple[WireFormat, ...]:
@@ -675,60 +452,4 @@ def basic_hint(cred: CredentialConfig, client_id: str, client_secret: str) -> st
         "; the client id or secret holds characters that Basic auth must percent-encode "
         '(RFC 6749 §2.3.1), and some servers do not decode them: try client_auth = "body" '
         'or "auto"'
-    )
-
-
-def _read_capped(response: requests.Response, deadline: float, timeout: float) -> bytes:
-    """The body, refusing more than 1 MiB or a server that trickles past the timeout."""
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise TokenRequestError(
-            f"response body of {int(length)} bytes is over the 1 MiB cap",
-            retryable=False,
-            status=response.status_code,
-        )
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_content(16384):
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise TokenRequestError(
-                    "response body is over the 1 MiB cap", retryable=False, status=response.status_code
-                )
-            if time.monotonic() > deadline:
-                raise TokenRequestError(
-                    f"response not complete within {timeout:g}s", retryable=True, status=response.status_code
-                )
-            chunks.append(chunk)
-    except requests.exceptions.RequestException as exc:
-        if _cut_off():  # our deadline shut the socket mid-body
-            raise TokenRequestError(
-                f"response not complete within {timeout:g}s", retryable=True, status=response.status_code
-            ) from None
-        raise TokenRequestError(
-            f"response cut short: {type(exc).__name__}", retryable=True, status=response.status_code
-        ) from None
-    return b"".join(chunks)
-
-
-def _connection_reason(exc: Exception) -> str:
-    text = str(exc)
-    for marker in (
-        "Connection refused",
-        "Name or service not known",
-        "No route to host",
-        "Connection reset",
-        "Temporary failure in name resolution",
-        "Network is unreachable",
-        "RemoteDisconnected",
-    ):
-        if marker in text:
-            return marker
-    return type(exc).__name__
-
-
-def _with_refresh(token: Token, refresh_token: str) -> Token:
-    return Token(
-        token.access_token, token.expires_at, token.obtained_at, token.token_type, token.scope, refresh_token
     )

@@ -1,4 +1,5 @@
-"""tokend/status.py: the status record's JSON form and the Nagios-style health verdict."""
+"""tokend/core/health.py: the status record's JSON form and the Nagios-style health verdict
+(and tokend/io/status_file.py reading a record an older version wrote)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from tokend.core.health import (
-    NAGIOS_CRITICAL,
-    NAGIOS_OK,
-    NAGIOS_WARNING,
-    CredentialStatus,
-    DaemonStatus,
-    health_check,
-    read_status,
-    status_path,
-)
+from tokend.core.health import CredentialStatus, DaemonStatus, health_check
+from tokend.core.results import Nagios
+from tokend.io.status_file import read_status, status_path
 
 NOW = 1_900_000_000.0
 EMPTY = "/etc/tokend/tokend.toml: no credentials configured; is this the right file?"
@@ -45,24 +39,24 @@ def daemon_status(*creds: CredentialStatus, warnings: tuple[str, ...] = ()) -> D
 
 def test_health_check_is_warning_when_the_status_carries_a_warning() -> None:
     code, line = health_check(daemon_status(warnings=(EMPTY,)), running=True, now=NOW)
-    assert code == NAGIOS_WARNING
+    assert code == Nagios.WARNING
     assert line == f"TOKEND WARNING - {EMPTY}"
 
 
 def test_health_check_warns_even_when_every_credential_is_fresh() -> None:
     code, line = health_check(daemon_status(fresh(), warnings=("something odd",)), running=True, now=NOW)
-    assert (code, line) == (NAGIOS_WARNING, "TOKEND WARNING - something odd")
+    assert (code, line) == (Nagios.WARNING, "TOKEND WARNING - something odd")
 
 
 def test_health_check_puts_an_expired_token_before_a_warning() -> None:
     expired = CredentialStatus("api", expires_at=NOW - 1, failures=2, last_error="invalid_client")
     code, line = health_check(daemon_status(expired, warnings=("something odd",)), running=True, now=NOW)
-    assert code == NAGIOS_CRITICAL and "api: no valid token" in line and "something odd" not in line
+    assert code == Nagios.CRITICAL and "api: no valid token" in line and "something odd" not in line
 
 
 def test_health_check_is_ok_without_warnings() -> None:
     code, line = health_check(daemon_status(fresh(), warnings=()), running=True, now=NOW)
-    assert code == NAGIOS_OK and line.startswith("TOKEND OK - 1 credential(s) fresh")
+    assert code == Nagios.OK and line.startswith("TOKEND OK - 1 credential(s) fresh")
 
 
 def test_warnings_survive_the_round_trip_through_json() -> None:
@@ -99,7 +93,7 @@ def test_from_json_reads_a_status_file_written_without_warnings() -> None:
     status = DaemonStatus.from_json(json.dumps(previous_version_record()).encode())
     assert status.warnings == ()
     assert status.credentials["api"] == fresh()
-    assert health_check(status, running=True, now=NOW)[0] == NAGIOS_OK
+    assert health_check(status, running=True, now=NOW)[0] == Nagios.OK
 
 
 def test_read_status_reads_a_real_file_from_the_previous_version(tmp_path: Path) -> None:

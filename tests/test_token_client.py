@@ -1,37 +1,41 @@
-"""The token client, as a real token endpoint on 127.0.0.1 sees it and answers it."""
+"""The token client, as a real token endpoint on 127.0.0.1 sees it and answers it.
+
+What the protocol decides is tested without a server in tests/test_protocol.py; here, that
+the client sends it so and judges what really arrives, within its timeout."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import email.utils
 import json
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus
+from urllib.parse import parse_qsl, unquote, unquote_plus
 
 import pytest
 from werkzeug import Response
 
-from tokend.config import CredentialConfig, parse
-from tokend.io.oauth import Style, TokenClient, TokenRequestError, parse_retry_after
+from tokend.config import CredentialConfig
+from tokend.core.protocol import Style, TokenRequestError
+from tokend.io.token_client import TokenClient
 
 from .conftest import Seen, TokenEndpoint
-
-CLIENT_ID = "app id:ü"
-SECRET = "s3cr:t&+= %"  # every character RFC 6749 §2.3.1 makes us encode
-
-
-def cred(url: str, **changes: Any) -> CredentialConfig:
-    base = parse(
-        f'[credentials.api]\ntoken_url = "{url}"\nclient_id = "x"\nclient_secret = "y"\n',
-        Path("/t/tokend.toml"),
-        environ={},
-    ).credentials["api"]
-    return dataclasses.replace(base, **changes)
+from .test_http import RawServer, silent, trickle
+from .test_protocol import (
+    CLIENT_ID,
+    FATAL,
+    MALFORMED,
+    MALFORMED_IDS,
+    NOT_SECONDS,
+    RETRYABLE,
+    SECRET,
+    cred,
+    secret_forms_of,
+)
 
 
 def obtain(client: TokenClient, c: CredentialConfig, **kw: Any) -> Any:
@@ -260,20 +264,24 @@ def test_token_fields(idp: TokenEndpoint, client: TokenClient) -> None:
     assert token.expires_at == pytest.approx(token.obtained_at + 120)
 
 
+def test_tokens_and_retry_after_dates_are_read_by_the_given_wall_clock(idp: TokenEndpoint) -> None:
+    then = 1_000_000_000.0  # 2001: far from the real clock
+    client = TokenClient(clock=lambda: then)
+    try:
+        token = obtain(client, cred(idp.url)).token
+        assert token.obtained_at == then and token.expires_at == then + 3600
+        idp.then(503, None, {"Retry-After": email.utils.formatdate(then + 30, usegmt=True)})
+        with pytest.raises(TokenRequestError) as info:
+            obtain(client, cred(idp.url))
+        assert info.value.retry_after == 30
+    finally:
+        client.close()
+
+
 def test_missing_expires_in_uses_the_default(idp: TokenEndpoint, client: TokenClient) -> None:
     idp.expires_in = None
     token = obtain(client, cred(idp.url, default_expires_in=900)).token
     assert token.lifetime == pytest.approx(900)
-
-
-FATAL = [
-    (401, {"error": "invalid_client", "error_description": "bad secret"}, "invalid_client"),
-    (400, {"error": "unauthorized_client"}, "unauthorized_client"),
-    (400, {"error": "invalid_scope"}, "invalid_scope"),
-    (400, {"error": "unsupported_grant_type"}, "unsupported_grant_type"),
-    (403, None, "Forbidden (HTTP 403)"),
-    (404, None, "Not Found (HTTP 404)"),
-]
 
 
 @pytest.mark.parametrize(("status", "body", "fragment"), FATAL, ids=[f[2] for f in FATAL])
@@ -286,17 +294,6 @@ def test_errors_a_retry_cannot_fix(
     assert not info.value.retryable and info.value.status == status
     if body:
         assert info.value.error == body["error"]
-
-
-RETRYABLE = [
-    (500, None),
-    (502, None),
-    (503, None),
-    (504, None),
-    (429, None),
-    (400, {"error": "temporarily_unavailable"}),
-    (408, None),
-]
 
 
 @pytest.mark.parametrize(("status", "body"), RETRYABLE, ids=[str(r[0]) for r in RETRYABLE])
@@ -318,39 +315,7 @@ def test_retry_after_in_seconds_and_as_a_date(idp: TokenEndpoint, client: TokenC
     assert second.value.retry_after == pytest.approx(90, abs=2)
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("0", 0.0),
-        ("120", 120.0),
-        ("soon", None),
-        ("", None),
-        (None, None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: no wait, never negative
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, now=time.time()) == expected
-
-
-MALFORMED = [
-    (b"<html>Bad gateway</html>", "not JSON"),
-    (b"", "empty body"),
-    (b"[1, 2]", "not a JSON object"),
-    (b'{"token_type": "bearer"}', "no access_token"),
-    (b'{"access_token": ""}', "no access_token"),
-    (b'{"access_token": "a b"}', "whitespace"),
-    (b'{"access_token": "a\\nb"}', "whitespace"),
-    (b'{"access_token": "a\'b"}', "which no sink format"),
-    (b'{"access_token": "a", "expires_in": 0}', "expires_in"),
-    (b'{"access_token": "a", "expires_in": -5}', "expires_in"),
-    (b'{"access_token": "a", "expires_in": "soon"}', "expires_in"),
-    (b'{"access_token": "a", "expires_in": 1000000000000}', "expires_in"),
-    (b'{"access_token": "a", "token_type": "two words"}', "token_type"),
-]
-
-
-@pytest.mark.parametrize(("raw", "fragment"), MALFORMED, ids=[m[1] + str(i) for i, m in enumerate(MALFORMED)])
+@pytest.mark.parametrize(("raw", "fragment"), MALFORMED, ids=MALFORMED_IDS)
 def test_malformed_success_bodies_are_not_retried(
     idp: TokenEndpoint, client: TokenClient, raw: bytes, fragment: str
 ) -> None:
@@ -365,6 +330,20 @@ def test_body_over_one_mebibyte_is_refused(idp: TokenEndpoint, client: TokenClie
     idp.then(200, raw=big)
     with pytest.raises(TokenRequestError, match="1 MiB"):
         obtain(client, cred(idp.url))
+
+
+def test_a_body_without_a_length_is_cut_at_one_mebibyte(client: TokenClient) -> None:
+    def endless(conn: socket.socket, _: Any) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        conn.sendall(b'{"access_token": "a", "pad": "' + b"x" * (2 * 1024 * 1024))
+
+    server = RawServer(endless)
+    try:
+        with pytest.raises(TokenRequestError, match="response body is over the 1 MiB cap") as info:
+            obtain(client, cred(server.url))
+        assert not info.value.retryable and info.value.status == 200
+    finally:
+        server.close()
 
 
 def test_redirects_are_not_followed_with_the_secret(idp: TokenEndpoint, client: TokenClient) -> None:
@@ -403,53 +382,6 @@ def test_connection_refused_is_retryable(client: TokenClient) -> None:
     assert info.value.retryable
 
 
-class RawServer:
-    """A TCP server on 127.0.0.1 that does exactly what ``behave`` does with each client."""
-
-    def __init__(self, behave: Any) -> None:
-        import threading
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.behave = behave
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/token"
-
-    def serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                try:
-                    conn.recv(65536)
-                    self.behave(conn, self.stop)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
-
-
-def trickle(head: bytes, drip: bytes) -> Any:
-    def behave(conn: socket.socket, stop: Any) -> None:
-        conn.sendall(head)
-        while not stop.wait(0.2):  # a byte every 0.2 s: each recv() is well within timeout
-            conn.sendall(drip)
-
-    return behave
-
-
 @pytest.mark.parametrize(
     ("head", "fragment"),
     [
@@ -466,11 +398,13 @@ def test_a_trickling_server_is_cut_off_at_the_timeout(
 ) -> None:
     server = RawServer(trickle(head, b"X-Slow: y\r\n" if head.endswith(b"OK\r\n") else b" "))
     try:
+        threads = threading.active_count()
         started = time.monotonic()
         with pytest.raises(TokenRequestError, match=fragment) as info:
             obtain(client, cred(server.url, timeout=1.0))
         assert info.value.retryable
-        assert time.monotonic() - started < 2.5  # bounded by timeout, not by the server
+        assert time.monotonic() - started < 1.5  # bounded by timeout, not by the server
+        assert set(server.threads_seen) == {threads}  # and not by a timer thread per request
     finally:
         server.close()
     # The same client, with its pools, still works for a well-behaved server.
@@ -492,15 +426,41 @@ def test_a_connection_reset_is_retryable(client: TokenClient) -> None:
         server.close()
 
 
-def secret_forms_of(secret: str, basic: str) -> list[str]:
-    return [
-        secret,
-        quote(secret, safe=""),
-        quote_plus(secret, safe=""),
-        json.dumps(secret)[1:-1],
-        base64.b64encode(secret.encode()).decode().rstrip("="),
-        basic.removeprefix("Basic ").rstrip("="),
-    ]
+def test_a_server_that_never_answers_is_a_retryable_timeout(client: TokenClient) -> None:
+    server = RawServer(silent)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TokenRequestError, match=r"^no answer within 0\.5s$") as info:
+            obtain(client, cred(server.url, timeout=0.5))
+        assert info.value.retryable and info.value.status is None
+        assert time.monotonic() - started < 1.0
+    finally:
+        server.close()
+
+
+def test_a_hanging_connect_is_a_retryable_timeout(client: TokenClient) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        with socket.create_connection(listener.getsockname()):  # the backlog is full now
+            started = time.monotonic()
+            with pytest.raises(TokenRequestError, match=r"^no answer within 0\.5s$") as info:
+                obtain(client, cred(f"http://127.0.0.1:{listener.getsockname()[1]}/token", timeout=0.5))
+            assert info.value.retryable
+            assert time.monotonic() - started < 1.0
+
+
+def test_headers_cut_off_mid_way_are_never_judged_as_the_answer(client: TokenClient) -> None:
+    """A status line and a few headers, then nothing: not an empty 200 ("malformed", a
+    retry cannot fix it) but no complete answer, which a retry may fix."""
+    server = RawServer(trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n", b""))
+    try:
+        with pytest.raises(TokenRequestError) as info:
+            obtain(client, cred(server.url, timeout=0.5))
+        assert str(info.value) == "no complete answer within 0.5s"
+        assert info.value.retryable
+    finally:
+        server.close()
 
 
 def echo(style: str) -> Any:
@@ -539,12 +499,7 @@ def test_no_form_of_the_secret_survives_an_echoing_server(
             assert form[:size] not in message, (form[:size], message)
 
 
-@pytest.mark.parametrize("value", ["²", "٣", "1e400", "-5"])
-def test_a_unicode_digit_in_retry_after_is_ignored_not_a_crash(value: str) -> None:
-    assert parse_retry_after(value, now=time.time()) is None
-
-
-@pytest.mark.parametrize("value", ["²", "٣", " 12 3", True, float("nan"), 10**30])
+@pytest.mark.parametrize("value", NOT_SECONDS)
 def test_an_expires_in_that_is_not_a_number_of_seconds_is_malformed(
     idp: TokenEndpoint, client: TokenClient, value: object
 ) -> None:

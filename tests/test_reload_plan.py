@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from tokend.config import parse
+from tokend.config import REFETCH_FIELDS, CredentialConfig, parse
 from tokend.core.reload_plan import ReloadPlan, plan_reload
+
+from .test_schema import api, changed
 
 BASE = """
 [credentials.{name}]
@@ -49,3 +52,20 @@ def test_each_kind_of_change() -> None:
     assert set(plan.resink) == {"sinks", "timing"}
     assert plan.unchanged == ("keep",)
     assert plan.summary() == ("1 added, 1 removed, 2 to refetch, 2 with new sinks or timing, 1 unchanged")
+
+
+def test_a_change_to_a_field_the_schema_marks_refetch_asks_for_a_token_any_other_only_resinks() -> None:
+    cred = api()
+    for f in dataclasses.fields(CredentialConfig):
+        if f.name == "name":  # a renamed credential is another credential
+            continue
+        plan = plan_reload({"api": cred}, {"api": changed(cred, f.name)})
+        expected = ReloadPlan(refetch=("api",)) if f.name in REFETCH_FIELDS else ReloadPlan(resink=("api",))
+        assert plan == expected, f.name
+
+
+def test_a_secret_file_whose_content_changed_asks_for_a_token() -> None:
+    cred = api()
+    secret = Path(cred.client_secret.value)
+    assert plan_reload({"api": cred}, {"api": cred}, {secret}) == ReloadPlan(refetch=("api",))
+    assert plan_reload({"api": cred}, {"api": cred}, {Path("/elsewhere")}) == ReloadPlan(unchanged=("api",))

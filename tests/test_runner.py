@@ -1,0 +1,197 @@
+"""The daemon's timing, in-process on a fake clock: hours of rotations, outages and clock
+steps in milliseconds. Real HTTP to a real loopback IdP, real files, the real policy; only
+time is simulated (tokend.daemon.clock and tokend.daemon.jobs are the daemon's own seams).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from werkzeug import Response
+
+from tokend.config import CredentialConfig, load
+from tokend.core import policy
+from tokend.core.health import CredentialStatus
+from tokend.core.results import Attempt, Result
+from tokend.daemon.reporting import Observer
+from tokend.daemon.runner import Runner
+from tokend.io.cache import TokenCache
+from tokend.io.token_client import TokenClient
+
+from .conftest import Seen, TokenEndpoint, answer, credential_toml, write_config
+from .support.clock import FakeClock, ManualJobs
+
+
+class Recorder(Observer):
+    def __init__(self) -> None:
+        self.attempts: list[Attempt] = []
+
+    def attempted(self, attempt: Attempt, cred: CredentialConfig, status: CredentialStatus) -> None:
+        self.attempts.append(attempt)
+
+
+class Harness:
+    """A Runner with one credential, on a fake clock that starts at the real time (the
+    test IdP stamps tokens with its own clock; it only counts them)."""
+
+    def __init__(self, idp: TokenEndpoint, tmp: Path, extra: str = "", seed: int = 1) -> None:
+        self.idp = idp
+        self.config = load(write_config(tmp, credential_toml(idp.url, tmp, extra=extra)))
+        self.clock = FakeClock()
+        self.jobs = ManualJobs(self.clock)
+        self.recorder = Recorder()
+        self.runner = Runner(
+            self.jobs,
+            self.recorder,
+            cache=TokenCache(self.config.state_dir),
+            clock=self.clock,
+            rng=random.Random(seed),
+            environ={},
+            on_ran=lambda name, first: None,
+            client_factory=lambda: TokenClient(clock=self.clock.time),
+        )
+        self.sink = tmp / "out" / "api.token"
+
+    def start(self) -> Attempt:
+        self.runner.add(self.config.credentials["api"])
+        self.jobs.run_until(self.clock.monotonic())
+        return self.last
+
+    @property
+    def last(self) -> Attempt:
+        return self.recorder.attempts[-1]
+
+    def next_in(self) -> float:
+        at = self.jobs.next_at("api")
+        assert at is not None
+        return at - self.clock.monotonic()
+
+    def run_next(self) -> Attempt:
+        """Move the clock to the next run and let it happen."""
+        count = len(self.recorder.attempts)
+        self.jobs.run_until(self.clock.monotonic() + self.next_in())
+        assert len(self.recorder.attempts) == count + 1
+        return self.last
+
+    def token_in_sink(self) -> str:
+        return self.sink.read_text().strip()
+
+
+@pytest.fixture
+def harness(idp: TokenEndpoint, tmp_path: Path) -> Callable[..., Harness]:
+    def make(extra: str = "", seed: int = 1) -> Harness:
+        return Harness(idp, tmp_path, extra, seed)
+
+    return make
+
+
+def test_an_hour_token_is_replaced_at_80_percent_give_or_take_the_jitter(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness()
+    first = h.start()
+    assert first.fetched and h.token_in_sink() == "tok-1"
+    for n in range(2, 6):  # four hours of rotations
+        wait = h.next_in()
+        assert 0.75 * 3600 <= wait <= 0.85 * 3600
+        attempt = h.run_next()
+        assert attempt.result is Result.SUCCESS and attempt.fetched
+        assert h.token_in_sink() == f"tok-{n}"
+    assert len(h.idp.seen) == 5
+
+
+def test_an_outage_backs_off_keeps_the_token_then_recovers(
+    harness: Callable[..., Harness], idp: TokenEndpoint
+) -> None:
+    h = harness('min_ttl_margin = "60s"')
+    h.start()
+    h.jobs.run_until(h.clock.monotonic() + h.next_in() - 1)  # just before the due time
+    idp.fault = answer(503)
+    delays = []
+    for _ in range(6):
+        attempt = h.run_next()
+        assert attempt.result is Result.RETRYABLE_ERROR and attempt.token is not None
+        delays.append(h.next_in())
+        assert h.token_in_sink() == "tok-1"  # still valid: readers keep working
+    ceilings = [min(policy.BACKOFF_CAP, 2.0**n) for n in range(6)]
+    assert all(d <= c for d, c in zip(delays, ceilings, strict=True)), delays
+    idp.fault = None
+    recovered = h.run_next()
+    assert recovered.result is Result.SUCCESS and h.token_in_sink() == "tok-2"
+
+
+def test_without_a_valid_token_a_long_outage_retries_within_ten_seconds(
+    harness: Callable[..., Harness], idp: TokenEndpoint
+) -> None:
+    idp.expires_in = 60
+    h = harness('min_ttl_margin = "0s"')
+    h.start()
+    idp.fault = answer(503)
+    waited = 0.0
+    while waited < 600:  # ten minutes of outage, long past the token's expiry
+        attempt = h.run_next()
+        delay = h.next_in()
+        waited += delay
+        if attempt.token is None:
+            assert delay <= policy.NO_TOKEN_CAP, (waited, delay)
+    assert h.last.token is None and h.last.failures > 20
+    idp.fault = None
+    back = h.clock.monotonic()
+    h.jobs.run_until(back + 12)
+    assert h.last.result is Result.SUCCESS and h.token_in_sink() == "tok-2"
+
+
+def test_retry_after_is_honoured(harness: Callable[..., Harness], idp: TokenEndpoint) -> None:
+    idp.then(503, None, {"Retry-After": "120"})
+    h = harness()
+    first = h.start()
+    assert first.result is Result.RETRYABLE_ERROR and first.retry_after == 120
+    assert h.next_in() == pytest.approx(120)
+    assert h.run_next().result is Result.SUCCESS
+
+
+def test_an_unfixable_error_is_retried_at_the_cap_and_at_once_after_a_reload(
+    harness: Callable[..., Harness], idp: TokenEndpoint
+) -> None:
+    idp.fault = answer(401, '{"error": "invalid_client"}')
+    h = harness()
+    attempt = h.start()
+    assert attempt.result is Result.FATAL_ERROR
+    assert h.next_in() == pytest.approx(policy.BACKOFF_CAP)
+    idp.fault = None
+    h.runner.retry_fatal(["api"])  # what an applied reload does for an unchanged credential
+    assert h.next_in() == 0
+    assert h.run_next().result is Result.SUCCESS
+
+
+def test_a_wall_clock_stepped_back_does_not_postpone_the_refresh(
+    harness: Callable[..., Harness], idp: TokenEndpoint
+) -> None:
+    idp.expires_in = 600
+    h = harness()
+    h.start()
+    due_in = h.next_in()
+    h.clock.step_wall(-7200)  # the wall clock goes back two hours; monotonic time does not
+    h.runner.rearm_all()  # what the main loop does when it sees the clocks part
+    assert h.next_in() == pytest.approx(due_in)
+    attempt = h.run_next()
+    assert attempt.fetched and h.token_in_sink() == "tok-2"  # not kept as "fresh" for 2 h more
+
+
+def test_a_sub_second_token_is_asked_for_at_most_every_five_seconds(
+    harness: Callable[..., Harness], idp: TokenEndpoint
+) -> None:
+    def tiny(_: Seen) -> Response:
+        n = len(idp.seen)
+        return Response(
+            f'{{"access_token": "tiny-{n}", "expires_in": 0.001}}', content_type="application/json"
+        )
+
+    idp.fault = tiny
+    h = harness('min_ttl_margin = "0s"')
+    h.start()
+    h.jobs.run_for(60)
+    assert 10 <= len(idp.seen) <= 13  # one every 5 s, not nine a second

@@ -1,0 +1,292 @@
+"""The schema of ``tokend.toml``: every key declared once, on the field of the frozen value it fills.
+
+A field's one declaration, ``key(...)``, says all there is to say about its key: the kind of
+value (which says how it is read), the default, the bounds, whether the field is part of the
+token's *identity* (the token cache's key: credentials with the same identity share a token)
+and whether changing it on a reload asks for a new token at once (*refetch*). The rest is
+derived from these declarations and nowhere written twice: the known keys of each table,
+the reload's field sets, which fields feed the cache key.
+
+Pure: nothing is read here. How each kind of value is read is :mod:`tokend.config.kinds`;
+what one key cannot say by itself (presets, secret sources, checks across keys, sink-path
+safety) is :mod:`tokend.config.parse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar, dataclass_transform, get_args
+
+from tokend.core.identity import DEFAULT_EXPIRES_IN
+
+_C = TypeVar("_C")
+
+SinkFormat = Literal["raw", "json", "env", "header"]
+RequestFormat = Literal["form", "json", "auto"]
+WireFormat = Literal["form", "json"]
+ClientAuth = Literal["basic", "body", "auto"]
+AuthStyle = Literal["basic", "body"]
+SecretSource = Literal["inline", "env", "file", "credential"]
+
+SINK_FORMATS: tuple[SinkFormat, ...] = ("raw", "json", "env", "header")
+REQUEST_FORMATS: tuple[RequestFormat, ...] = ("form", "json", "auto")
+CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body", "auto")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+# Bounds: beyond them a value is a typo or an attack, not a wish.
+MAX_STRING = 8192  # no config value needs more; a megabyte of "scope" is a mistake
+MAX_ID = 2**32 - 2  # uid_t/gid_t; 2**32 - 1 is -1, "leave unchanged", to chown
+MAX_EXPIRES_IN = 366 * 86400  # the longest duration any key may take
+MAX_REQUEST_TIMEOUT = 600.0
+MAX_TTL_MARGIN = 86400.0
+MAX_HOOK_TIMEOUT = 3600.0
+
+SimpleKind = Literal[
+    # Read from its one key by tokend.config.kinds, within the key's bounds:
+    "string",  # non-empty text of at most `high` characters, no NUL
+    "choice",  # one of `choices`
+    "flag",  # true or false
+    "number",  # from `low` to `high`
+    "duration",  # "30s", "1h30m", "500ms" or seconds: longer than zero (zero too if low = 0), up to `high`
+    "path",  # a string; relative to the config file, "~" expanded
+    "mode",  # an octal string such as "0640"; never writable by group or others
+    "owner",  # a user or group name, or an id from 0 to `high`
+    "scope",  # a string or a list of strings, split at whitespace
+    "argv",  # a list of strings: a program and its arguments, never a shell line
+    "signal",  # a signal name, with or without "SIG"
+    "url",  # a string; tokend.config.parse adds the preset and refuses http to remote hosts
+]
+ComposedKind = Literal[
+    # Read from several keys of the table by tokend.config.kinds:
+    "params",  # extra body parameters, audience and resource: sorted (name, value) pairs
+    "listen",  # metrics_listen = "HOST:PORT", loopback unless metrics_allow_remote = true
+]
+Kind = Literal[
+    SimpleKind,
+    ComposedKind,
+    # Read by tokend.config.parse:
+    "secret",  # exactly one of KEY, KEY_env, KEY_file, KEY_credential
+    "sinks",  # [[credentials.NAME.sink]] tables
+    "hook",  # a [credentials.NAME.on_rotate] table
+    "credentials",  # the [credentials.NAME] tables (no key of [tokend])
+    "internal",  # no key: tokend fills it (the credential's name, the file it came from)
+]
+SIMPLE_KINDS: frozenset[Kind] = frozenset(get_args(SimpleKind))
+COMPOSED_KINDS: frozenset[Kind] = frozenset(get_args(ComposedKind))
+# The bound a key of a kind gets unless its declaration says otherwise.
+DEFAULT_HIGH: Mapping[Kind, float] = {
+    **dict.fromkeys(
+        ("string", "choice", "path", "scope", "argv", "signal", "url", "secret", "params", "listen"),
+        MAX_STRING,  # characters, all values of the key together
+    ),
+    "duration": MAX_EXPIRES_IN,
+    "owner": MAX_ID,
+}
+SCHEMA = "tokend.config.schema"  # the key of a field's metadata that holds its Key
+
+
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT: Any = _NoDefault()
+"""A field's default when it has none (or a factory): the value must be given."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One field of a config value, and the TOML key (or keys) that fill it."""
+
+    kind: Kind
+    keys: tuple[str, ...] | None = None  # None: the field's own name (set when the class is made)
+    choices: tuple[str, ...] = ()
+    low: float | None = None  # inclusive bounds: of a number, a duration, an id,
+    high: float | None = None  # or a string's length
+    required: bool = False  # the key must be given (a field without a default may come from elsewhere)
+    identity: bool = False  # part of the token's identity: the token cache's key
+    refetch: bool = False  # a change on reload asks for a new token at once
+    field: str = ""  # the field's name, and its default (NO_DEFAULT: none, or a factory),
+    default: Any = NO_DEFAULT  # both filled in from the dataclass when the class is made
+
+
+def key(
+    *,
+    kind: Kind,
+    default: Any = MISSING,
+    default_factory: Any = MISSING,
+    keys: tuple[str, ...] | None = None,
+    choices: tuple[str, ...] = (),
+    low: float | None = None,
+    high: float | None = None,
+    required: bool = False,
+    identity: bool = False,
+    refetch: bool = False,
+) -> Any:
+    """Declare a field of a config value: the schema's one declaration of its key."""
+    high = DEFAULT_HIGH.get(kind) if high is None else high
+    spec = Key(kind, keys, choices, low, high, required, identity, refetch)
+    return field(default=default, default_factory=default_factory, metadata={SCHEMA: spec})
+
+
+_SCHEMAS: dict[type, tuple[Key, ...]] = {}
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(key,))
+def config_value(cls: type[_C]) -> type[_C]:
+    """A frozen, slotted dataclass whose every field is declared with :func:`key`."""
+    made = dataclass(frozen=True, slots=True)(cls)
+    specs = []
+    for f in fields(made):  # type: ignore[arg-type]
+        spec = f.metadata.get(SCHEMA)
+        # Errors, not asserts: a schema that contradicts itself must not import, even under -O.
+        if not isinstance(spec, Key):
+            raise TypeError(f"{cls.__name__}.{f.name} is not declared with key()")
+        keys = spec.keys if spec.keys is not None else () if spec.kind == "internal" else (f.name,)
+        if spec.kind in SIMPLE_KINDS and len(keys) != 1:
+            raise TypeError(f"{cls.__name__}.{f.name}: a {spec.kind} is read from exactly one key")
+        if spec.identity and not spec.refetch:
+            raise TypeError(f"{cls.__name__}.{f.name}: a field of the identity must refetch")
+        default = NO_DEFAULT if f.default is MISSING else f.default
+        specs.append(replace(spec, keys=keys, field=f.name, default=default))
+    _SCHEMAS[made] = tuple(specs)
+    return made
+
+
+def schema(cls: type) -> tuple[Key, ...]:
+    """The declarations of a config value's fields, in their order, keys and defaults resolved."""
+    return _SCHEMAS[cls]
+
+
+def toml_keys(cls: type) -> tuple[str, ...]:
+    """Every key the TOML table of a config value may hold."""
+    return tuple(name for spec in schema(cls) for name in spec.keys or ())
+
+
+# --------------------------------------------------------------------------- the values
+
+SECRET_SUFFIXES: Mapping[str, SecretSource] = {
+    "": "inline",
+    "_env": "env",
+    "_file": "file",
+    "_credential": "credential",
+}
+
+
+def secret_keys(base: str) -> tuple[str, ...]:
+    """``client_secret``, ``client_secret_env``, ``client_secret_file``, ``client_secret_credential``."""
+    return tuple(f"{base}{suffix}" for suffix in SECRET_SUFFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a client id or secret lives; the value itself is read by ``tokend.io.secret_sources``."""
+
+    key: str  # the config key that named it, for error messages: "client_secret_file"
+    source: SecretSource
+    value: str = field(repr=False)  # inline value, variable name, path or credential name
+
+
+@config_value
+class SinkConfig:
+    path: Path = key(kind="path", required=True)
+    format: SinkFormat = key(kind="choice", default="raw", choices=SINK_FORMATS)
+    mode: int = key(kind="mode", default=0o600)
+    owner: str | int | None = key(kind="owner", default=None)
+    group: str | int | None = key(kind="owner", default=None)
+    env_name: str | None = key(kind="string", default=None)  # format = "env" only: <NAME>_ACCESS_TOKEN
+    remove_on_stop: bool = key(kind="flag", default=False)
+    allow_shared_dir: bool = key(kind="flag", default=False)  # a dir chain others can write (no StrictModes)
+
+
+@config_value
+class HookConfig:
+    command: tuple[str, ...] = key(kind="argv", default=())
+    timeout: float = key(kind="duration", default=30.0, high=MAX_HOOK_TIMEOUT)
+    pid_file: Path | None = key(kind="path", default=None)
+    signal: str | None = key(kind="signal", default=None)
+    pass_token: bool = key(kind="flag", default=False)
+
+
+@config_value
+class CredentialConfig:
+    name: str = key(kind="internal")
+    source: Path = key(kind="internal")  # the config file it came from, for error messages
+    token_url: str = key(kind="url", identity=True, refetch=True)
+    client_id: SecretRef = key(kind="secret", keys=secret_keys("client_id"), identity=True, refetch=True)
+    client_secret: SecretRef = key(kind="secret", keys=secret_keys("client_secret"), refetch=True)
+    provider: str | None = key(kind="string", default=None)  # a preset: see tokend.config.parse.PRESETS
+    env_file: Path | None = key(kind="path", default=None, refetch=True)
+    scope: tuple[str, ...] = key(kind="scope", default=(), identity=True, refetch=True)
+    # Sorted (name, value) pairs; a name may repeat (RFC 8707: several `resource`). Holds
+    # `audience` and `resource` too, whichever key they were given with.
+    extra_params: tuple[tuple[str, str], ...] = key(
+        kind="params", default=(), keys=("audience", "resource", "extra_params"), identity=True, refetch=True
+    )
+    request_format: RequestFormat = key(kind="choice", default="form", choices=REQUEST_FORMATS, refetch=True)
+    client_auth: ClientAuth = key(kind="choice", default="basic", choices=CLIENT_AUTHS, refetch=True)
+    use_refresh_token: bool = key(kind="flag", default=True, refetch=True)
+    refresh_at: float = key(kind="number", default=0.8, low=0.5, high=0.95)
+    min_ttl_margin: float = key(kind="duration", default=60.0, low=0, high=MAX_TTL_MARGIN)
+    default_expires_in: float = key(kind="duration", default=DEFAULT_EXPIRES_IN, identity=True, refetch=True)
+    timeout: float = key(kind="duration", default=10.0, high=MAX_REQUEST_TIMEOUT, refetch=True)
+    ca_bundle: Path | None = key(kind="path", default=None, refetch=True)
+    allow_insecure_http: bool = key(kind="flag", default=False, refetch=True)
+    sinks: tuple[SinkConfig, ...] = key(kind="sinks", default=(), keys=("sink",))
+    on_rotate: HookConfig | None = key(kind="hook", default=None)
+
+    @property
+    def scope_string(self) -> str | None:
+        return " ".join(self.scope) if self.scope else None
+
+    def where(self, key: str) -> str:
+        return f"credentials.{self.name}.{key}"
+
+    def files(self) -> set[Path]:
+        """Files whose content this credential's token depends on (watched for changes)."""
+        found = {Path(ref.value) for ref in (self.client_id, self.client_secret) if ref.source == "file"}
+        if self.env_file is not None:
+            found.add(self.env_file)
+        return found
+
+    def secret_variables(self) -> set[str]:
+        """Environment variables this credential reads a secret from: never for a child."""
+        return {ref.value for ref in (self.client_id, self.client_secret) if ref.source == "env"}
+
+
+@config_value
+class Config:
+    path: Path = key(kind="internal")  # the config file
+    state_dir: Path = key(kind="path")  # default: $STATE_DIRECTORY and so on (parse.default_state_dir)
+    log_level: str = key(kind="choice", default="info", choices=LOG_LEVELS)
+    log_format: str = key(kind="choice", default="text", choices=LOG_FORMATS)
+    metrics_listen: tuple[str, int] | None = key(
+        kind="listen", default=None, keys=("metrics_listen", "metrics_allow_remote")
+    )
+    metrics_textfile: Path | None = key(kind="path", default=None)
+    credentials: Mapping[str, CredentialConfig] = key(kind="credentials", default_factory=dict, keys=())
+    warnings: tuple[str, ...] = key(kind="internal", default=())  # worth a log line, not a refusal
+
+    def secret_variables(self) -> frozenset[str]:
+        """Every environment variable any credential reads a secret from: no child of
+        tokend's (hook or exec) may inherit one."""
+        return frozenset(v for cred in self.credentials.values() for v in cred.secret_variables())
+
+
+# --------------------------------------------------------------------------- derived
+
+ROOT_KEYS = ("tokend", "credentials")
+GLOBAL_KEYS = toml_keys(Config)
+CREDENTIAL_KEYS = toml_keys(CredentialConfig)
+SINK_KEYS = toml_keys(SinkConfig)
+HOOK_KEYS = toml_keys(HookConfig)
+
+IDENTITY_FIELDS = tuple(spec.field for spec in schema(CredentialConfig) if spec.identity)
+"""The fields of the token's identity, in the order ``tokend.core.identity.cache_key`` takes them."""
+REFETCH_FIELDS = frozenset(spec.field for spec in schema(CredentialConfig) if spec.refetch)
+"""Changing any of these may change which token the identity provider gives, or whether it
+gives one at all: a reload fetches the credential again at once. The others change where the
+token goes or when the next one is asked for, not the token itself."""

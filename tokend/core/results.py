@@ -1,0 +1,74 @@
+"""The words tokend reports in: an attempt and its result, a credential's verdict, exit
+codes.
+
+String enums, so that what goes into logs, metrics labels and ``status.json`` is the same
+string everywhere and a typo is a NameError rather than a silently new label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+from tokend.core.tokens import Token
+
+
+class Result(StrEnum):
+    """How one refresh attempt ended (the ``outcome`` of a ``refresh`` event)."""
+
+    SUCCESS = "success"
+    RETRYABLE_ERROR = "retryable_error"  # backoff, then try again
+    FATAL_ERROR = "fatal_error"  # a retry cannot fix it: every 5 minutes, and at a reload
+
+
+class Verdict(StrEnum):
+    """A credential's health as readers see it."""
+
+    OK = "ok"
+    FAILING = "failing"  # the last attempt failed, but the token in the sinks is still valid
+    EXPIRED = "expired"  # no valid token: readers are failing now
+
+
+class ExitCode(IntEnum):
+    """What the ``tokend`` command returns (sysexits.h where one fits)."""
+
+    OK = 0
+    FAILED = 1  # a token could not be had, a sink not written; status: unhealthy
+    USAGE = 2  # the command line names something that is not there
+    LOCKED = 75  # EX_TEMPFAIL: another daemon holds the state directory
+    CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops the restart loop
+
+
+class Nagios(IntEnum):
+    """``tokend status --check``: the monitoring plugins' exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One refresh attempt of one credential: the one record that the status file, the
+    metrics, the event log, the hooks and ``tokend fetch`` all report from."""
+
+    name: str
+    token: Token | None  # what the sinks hold now; None: no valid token at all
+    result: Result = Result.SUCCESS
+    fetched: bool = False  # a new token came from the identity provider
+    error: str | None = None  # why it failed, one line, no secret in it
+    error_code: str | None = None  # the server's OAuth error code, if it sent one
+    retry_after: float | None = None
+    request_failed: bool = False  # False with an error: only sinks failed, the token is fine
+    sink_errors: tuple[str, ...] = ()
+    sinks_written: int = 0
+    # Filled in by the daemon once it has decided what comes next:
+    duration: float = 0.0
+    failures: int = 0  # failed attempts in a row, this one included
+    next_at: float | None = None  # wall time of the next attempt
+
+    @property
+    def needs_token(self) -> bool:
+        """Whether the next attempt is for a new token (else only the sinks are behind)."""
+        return self.token is None or self.request_failed

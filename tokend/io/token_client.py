@@ -1,0 +1,220 @@
+"""Send token requests: the thin IO edge around :mod:`tokend.core.protocol`.
+
+One :class:`TokenClient` (one ``requests.Session``) per worker thread. The protocol builds
+each request and judges each answer; :mod:`tokend.io.http` bounds each exchange by the
+credential's ``timeout``; this module sends, reads at most 1 MiB, and turns every transport
+failure into a :class:`~tokend.core.protocol.TokenRequestError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import requests
+
+from tokend.config import CredentialConfig
+from tokend.core.protocol import (
+    MAX_BODY_BYTES,
+    Style,
+    TokenRequest,
+    TokenRequestError,
+    auth_order,
+    basic_hint,
+    build_request,
+    classify_failure,
+    final_error,
+    next_style,
+    parse_token_response,
+    scrub,
+    secret_forms,
+    wire_order,
+)
+from tokend.core.tokens import Token
+from tokend.io.http import DeadlineExceeded, NoNetrc, deadline_session
+
+log = logging.getLogger("tokend.oauth")
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    token: Token
+    style: Style  # what worked, remembered for client_auth / request_format = "auto"
+
+
+class TokenClient:
+    """Sends token requests. Not thread-safe: use one per worker thread.
+
+    ``clock`` is the wall clock that tokens and ``Retry-After`` dates are read by (tests
+    pass a fake one); the timeout is measured by the monotonic clock regardless.
+    """
+
+    def __init__(
+        self, session: requests.Session | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.session = deadline_session(session)
+        self.clock = clock
+
+    def close(self) -> None:
+        self.session.close()
+
+    def obtain(
+        self,
+        cred: CredentialConfig,
+        *,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str | None = None,
+        learned: Style | None = None,
+    ) -> TokenResponse:
+        """A new token: by the refresh grant when there is a refresh token, else by client
+        credentials. A refresh token the server refuses is dropped and client credentials
+        are used at once; a retryable failure is raised, to be retried later."""
+        if refresh_token is not None and cred.use_refresh_token:
+            try:
+                answer = self._request(cred, client_id, client_secret, refresh_token, learned)
+            except TokenRequestError as exc:
+                if exc.retryable:
+                    raise
+                # invalid_grant is the normal end of a refresh token's life; anything else
+                # (a bad client, say) will likely fail the fallback too, and is worth a look.
+                level = logging.INFO if exc.error == "invalid_grant" else logging.WARNING
+                log.log(
+                    level, "%s: refresh token refused (%s); asking with client credentials", cred.name, exc
+                )
+            else:
+                if answer.token.refresh_token is None:
+                    # RFC 6749 §6: no new refresh token means keep using the old one.
+                    kept = dataclasses.replace(answer.token, refresh_token=refresh_token)
+                    answer = TokenResponse(kept, answer.style)
+                return answer
+        return self._request(cred, client_id, client_secret, None, learned)
+
+    def _request(
+        self,
+        cred: CredentialConfig,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str | None,
+        learned: Style | None,
+    ) -> TokenResponse:
+        """One token request, in as many styles as the settings allow and the answers ask
+        for (at most one per style), starting with the one that worked last time."""
+        auths = auth_order(cred.client_auth, learned.auth if learned else None)
+        wires = wire_order(cred.request_format, learned.wire if learned else None)
+        style: Style | None = Style(auths[0], wires[0])
+        failed: list[tuple[Style, TokenRequestError]] = []
+        while style is not None:
+            request = build_request(
+                cred,
+                client_id=client_id,
+                client_secret=client_secret,
+                style=style,
+                refresh_token=refresh_token,
+            )
+            secrets = secret_forms((client_secret, refresh_token or ""), request)
+            try:
+                return TokenResponse(self._send(cred, request, secrets), style)
+            except TokenRequestError as exc:
+                failed.append((style, exc))
+                tried = [done for done, _ in failed]
+                style = next_style(style, exc, auths, wires, tried)
+                if style is not None:
+                    log.info("%s: %s refused (%s); trying %s", cred.name, tried[-1], exc, style)
+        raise final_error(failed, hint=basic_hint(cred, client_id, client_secret))
+
+    def _send(self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...]) -> Token:
+        """One exchange, judged: a token, or the error the answer amounts to."""
+        sent_at = self.clock()  # expires_at counts from here, so it errs early, never late
+        status, headers, body = self._exchange(cred, request, secrets)
+        if 200 <= status < 300:
+            return parse_token_response(
+                body, sent_at=sent_at, status=status, default_expires_in=cred.default_expires_in
+            )
+        raise classify_failure(status, headers, body, now=self.clock(), secrets=secrets)
+
+    def _exchange(
+        self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST the request and read the whole answer within ``cred.timeout``, or raise."""
+        verify: bool | str = str(cred.ca_bundle) if cred.ca_bundle else True
+        try:
+            response = self.session.post(
+                request.url,
+                data=request.body,
+                headers=dict(request.headers),
+                timeout=cred.timeout,  # the whole exchange: see tokend.io.http
+                verify=verify,
+                allow_redirects=False,
+                stream=True,
+                auth=NoNetrc(),
+            )
+        except DeadlineExceeded as exc:
+            what = "no complete answer" if exc.received else "no answer"
+            raise TokenRequestError(f"{what} within {cred.timeout:g}s", retryable=True) from None
+        except requests.exceptions.SSLError as exc:
+            raise TokenRequestError(
+                f"TLS verification failed for {request.url} (set ca_bundle for a private CA): "
+                f"{scrub(str(exc), secrets, 160)}",
+                retryable=False,
+            ) from None
+        except requests.exceptions.Timeout:
+            raise TokenRequestError(f"no answer within {cred.timeout:g}s", retryable=True) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise TokenRequestError(f"cannot connect: {_connection_reason(exc)}", retryable=True) from None
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise TokenRequestError(
+                f"request failed: {scrub(str(exc), secrets, 160)}", retryable=False
+            ) from None
+        with response:
+            body = _read_capped(response, cred.timeout)
+        return response.status_code, response.headers, body
+
+
+def _read_capped(response: requests.Response, timeout: float) -> bytes:
+    """The body, refusing more than 1 MiB or a server that trickles past the timeout."""
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise TokenRequestError(
+            f"response body of {int(length)} bytes is over the 1 MiB cap",
+            retryable=False,
+            status=response.status_code,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(16384):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise TokenRequestError(
+                    "response body is over the 1 MiB cap", retryable=False, status=response.status_code
+                )
+            chunks.append(chunk)
+    except DeadlineExceeded:
+        raise TokenRequestError(
+            f"response not complete within {timeout:g}s", retryable=True, status=response.status_code
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        raise TokenRequestError(
+            f"response cut short: {type(exc).__name__}", retryable=True, status=response.status_code
+        ) from None
+    return b"".join(chunks)
+
+
+def _connection_reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "No route to host",
+        "Connection reset",
+        "Temporary failure in name resolution",
+        "Network is unreachable",
+        "RemoteDisconnected",
+    ):
+        if marker in text:
+            return marker
+    return type(exc).__name__
