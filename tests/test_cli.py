@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tokend.config import EX_CONFIG
+from tokend.core.exit_codes import ExitCode
 
 from .conftest import (
     SECRETS,
@@ -159,7 +159,7 @@ def test_one_broken_credential_does_not_stop_the_others(idp: TokenEndpoint, tmp_
     )
     config = write_config(tmp_path, broken, credential_toml(idp.url, tmp_path, "good"))
     result = run_tokend("fetch", "-c", config, tmp=tmp_path)
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert "credentials.broken.client_secret_file" in result.stderr
     assert (tmp_path / "out" / "good.token").read_text() == "tok-1\n"
 
@@ -199,7 +199,7 @@ def test_check_lists_every_path_problem(idp: TokenEndpoint, tmp_path: Path) -> N
     )
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
     result = run_tokend("check", "-c", config, tmp=tmp_path)
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in result.stderr
     assert "credentials.api.sink[0].path" in lines[0] and "does not exist" in lines[0]
@@ -250,7 +250,7 @@ def test_check_does_not_echo_a_secret_pasted_into_the_config(idp: TokenEndpoint,
     ):
         config = write_config(tmp_path, bad)
         result = run_tokend("check", "-c", config, tmp=tmp_path)
-        assert result.returncode == EX_CONFIG
+        assert result.returncode == ExitCode.CONFIG
         assert_one_line_error(result, key)
         assert PASTED not in result.stdout + result.stderr
 
@@ -293,7 +293,7 @@ def test_a_config_without_credentials_is_a_config_error(
     config = tmp_path / "tokend.toml"
     config.write_text(content)
     result = run_tokend(*command, "-c", config, tmp=tmp_path)
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result, str(config), NO_CREDENTIALS)
     assert result.stdout == ""
 
@@ -435,3 +435,29 @@ def test_a_byte_order_mark_at_the_start_of_the_config_is_accepted(idp: TokenEndp
     fetch = run_tokend("fetch", "-c", config, tmp=tmp_path)
     assert fetch.returncode == 0, fetch.stderr
     assert (tmp_path / "out" / "api.token").read_text() == "tok-1\n"
+
+
+@pytest.mark.parametrize("stdout", ["closed", "/dev/full"])
+def test_token_with_nowhere_to_print_it_is_a_one_line_failure(
+    idp: TokenEndpoint, tmp_path: Path, stdout: str
+) -> None:
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
+    for attempt in ("fast path", "validated path"):  # the second: the fast path's memo removed
+        target = "" if stdout == "closed" else " > /dev/full"
+        redirect = " >&-" if stdout == "closed" else target
+        result = subprocess.run(  # noqa: S602 (the shell closes or redirects stdout)
+            f"{sys.executable} -m tokend token -c {config} api{redirect}",
+            shell=True,
+            capture_output=False,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(tmp_path),
+            cwd=tmp_path,
+            timeout=60,
+        )
+        SECRETS.output("tokend token stderr", result.stderr)
+        assert result.returncode == 1, (attempt, result.stderr)
+        assert "Traceback" not in result.stderr and "cannot write to standard output" in result.stderr
+        for memo in (tmp_path / "state").glob("fastpath/*"):
+            memo.unlink()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import EX_CONFIG
+from tokend.core.exit_codes import ExitCode
 
 from .conftest import (
     SECRETS,
@@ -105,5 +105,5 @@ def test_check_reports_an_unsafe_pid_file(idp: TokenEndpoint, tmp_path: Path, un
         os.chown(path, 65534, 65534)
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path) + pid_hook(tmp_path))
     result = run_tokend("check", "-c", config, tmp=tmp_path, timeout=20)
-    assert result.returncode == EX_CONFIG, result.stdout + result.stderr
+    assert result.returncode == ExitCode.CONFIG, result.stdout + result.stderr
     assert_one_line_error(result, "credentials.api.on_rotate.pid_file", str(path), expected)

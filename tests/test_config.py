@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from tokend.config import (
-    EX_CONFIG,
     ConfigError,
     default_config_path,
     default_state_dir,
@@ -16,6 +15,7 @@ from tokend.config import (
     parse_duration,
     parse_mode,
 )
+from tokend.core.exit_codes import ExitCode
 
 from .conftest import assert_one_line_error, run_tokend
 
@@ -258,13 +258,13 @@ def test_the_cli_exits_78_with_one_line_and_no_traceback(tmp_path: Path) -> None
     path.write_text(BASE + '[[credentials.api.sink]]\npath = "/run/a"\nmode = 640\n')
     for command in (["check"], ["fetch"], ["token", "api"]):
         result = run_tokend(*command, "-c", path, tmp=tmp_path)
-        assert result.returncode == EX_CONFIG
+        assert result.returncode == ExitCode.CONFIG
         assert_one_line_error(result, str(path), "credentials.api.sink[0].mode")
 
 
 def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     result = run_tokend("check", "-c", tmp_path / "nope.toml", tmp=tmp_path)
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result, "nope.toml", "no such file")
 
 
@@ -273,3 +273,20 @@ def test_the_shipped_example_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "tokend.toml.example"
     config = load(example, environ={})
     assert set(config.credentials) == {"eventbookings", "keycloak"}
+
+
+@pytest.mark.parametrize("target", ["secret", "sink", "config"])
+def test_the_metrics_textfile_may_not_sit_on_a_file_tokend_reads_or_writes(
+    tmp_path: Path, target: str
+) -> None:
+    """Pointed at the secret file, it replaced the secret once a second (and the watch then
+    refetched, forever)."""
+    config = tmp_path / "tokend.toml"
+    path = {"secret": tmp_path / "api.secret", "sink": tmp_path / "api.token", "config": config}[target]
+    text = (
+        f'[tokend]\nmetrics_textfile = "{path}"\n\n[credentials.api]\ntoken_url = "https://idp.example/t"\n'
+        f'client_id = "id"\nclient_secret_file = "{tmp_path}/api.secret"\n'
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/api.token"\n'
+    )
+    with pytest.raises(ConfigError, match=r"tokend\.metrics_textfile: .* tokend would overwrite it"):
+        parse(text, config, environ={})

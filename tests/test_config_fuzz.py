@@ -828,6 +828,7 @@ class Fed:
         self.config = tmp / "tokend.toml"
         self.offset = 0  # where the log of the current step starts
         self.put(base.encode())
+        self.state_dir = load(self.config, environ=env).state_dir
         self.daemon = self.launch()
 
     def launch(self) -> DaemonProcess:
@@ -900,6 +901,8 @@ def daemon_problems(fed: Fed, case: Case, predicted: Outcome, expect: Expect | N
         problems.append(f"no 'reload applied/rejected' within 5 s of SIGHUP: {log[-300:]!r}")
     else:
         wanted = {"config": "applied", "error": "rejected"}.get(predicted.kind)
+        if predicted.config is not None and predicted.config.state_dir != fed.state_dir:
+            wanted = "rejected"  # a running daemon keeps its state directory (lock, cache, status)
         if expect == "reject" and outcome != "rejected":
             problems.append(f"reload {outcome}; must be rejected")
         elif wanted is not None and outcome != wanted:

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from tokend.core.exit_codes import Nagios
 from tokend.core.health import CredentialStatus, DaemonStatus, health_check
-from tokend.core.results import Nagios
 from tokend.io.status_file import read_status, status_path
 
 NOW = 1_900_000_000.0

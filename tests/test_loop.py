@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from werkzeug import Response
 
+from tokend.core.exit_codes import ExitCode
+
 from .conftest import (
     SECRETS,
     DaemonProcess,
@@ -494,7 +496,7 @@ def test_a_second_daemon_on_the_same_state_dir_exits_naming_the_first(
     first = daemons(config, tmp_path)
     wait_for(lambda: token_in(tmp_path / "out" / "api.token") is not None, 10, "the first token")
     second = daemons(config, tmp_path)
-    assert second.proc.wait(10) == 75  # EX_TEMPFAIL: not a config error
+    assert second.proc.wait(10) == ExitCode.LOCKED  # EX_TEMPFAIL: not a config error
     assert f"another tokend (pid {first.proc.pid}) is running" in second.log
     assert "Traceback" not in second.log
     assert len(idp.seen) == 1 and first.proc.poll() is None
@@ -600,3 +602,20 @@ def test_remove_on_stop_that_cannot_remove_is_logged_and_the_daemon_lives(
     wait_for(lambda: daemon.log.count("SIGHUP") >= 2, 10, "a second reload")
     assert daemon.proc.poll() is None
     out.chmod(0o755)
+
+
+def test_a_reload_cannot_move_the_state_directory_under_a_running_daemon(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    """The lock, the cache and the status live there: moving them would let a second
+    daemon start on the new directory while this one runs."""
+    block = credential_toml(idp.url, tmp_path)
+    config = write_config(tmp_path, block)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: token_in(tmp_path / "out" / "api.token") is not None, 10, "the first token")
+    config.write_text(f'[tokend]\nstate_dir = "{tmp_path}/elsewhere"\n\n{block}')
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "reload rejected" in daemon.log, 10, "the rejection")
+    assert "tokend.state_dir: cannot change" in daemon.log
+    assert not (tmp_path / "elsewhere").exists()  # nothing moved: cache, lock, status stay
+    assert daemon.proc.poll() is None

@@ -157,3 +157,13 @@ def test_a_millisecond_token_is_not_refreshed_nine_times_a_second() -> None:
         policy.next_attempt(now, failures=0, token_due=due, min_interval=policy.refresh_floor(short.lifetime))
         == due
     )
+
+
+def test_a_token_stamped_ahead_of_this_clock_is_neither_fresh_nor_valid() -> None:
+    """Obtained while the wall clock was two hours fast: its real expiry is unknown."""
+    now = T0
+    ahead = Token("t", expires_at=now + 7200 + 600, obtained_at=now + 7200)
+    assert not is_fresh(ahead, now, refresh_at=0.8, min_ttl_margin=60)
+    assert not is_valid(ahead, now)
+    slightly = Token("t", expires_at=now + 30 + 600, obtained_at=now + 30)  # within the slack
+    assert is_fresh(slightly, now, refresh_at=0.8, min_ttl_margin=60)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import email.utils
+import html
 import json
 import re
 from pathlib import Path
@@ -191,15 +192,17 @@ def secret_forms_of(secret: str, basic: str) -> list[str]:
         quote(secret, safe=""),
         quote_plus(secret, safe=""),
         json.dumps(secret)[1:-1],
+        html.escape(secret),
         base64.b64encode(secret.encode()).decode().rstrip("="),
         basic.removeprefix("Basic ").rstrip("="),
     ]
 
 
-def echo_text(style: str, request: TokenRequest) -> str:
+def echo_text(style: str, request: TokenRequest, secret: str = "") -> str:
     """An IdP in debug mode: its error text repeats what it was sent."""
     raw = request.body.decode()
     return {
+        "html": f"<html><p>client secret {html.escape(secret)} is wrong; body {html.escape(raw)}</p></html>",
         "headers": f"bad client; headers were {dict(request.headers)}",
         "body": f"bad request body: {raw}",
         "json": json.dumps({"error": "invalid_client", "error_description": f"got {raw}"}),
@@ -209,14 +212,14 @@ def echo_text(style: str, request: TokenRequest) -> str:
 
 
 @pytest.mark.parametrize("auth", ["basic", "body"])
-@pytest.mark.parametrize("style", ["headers", "body", "json", "cut"])
+@pytest.mark.parametrize("style", ["headers", "body", "json", "cut", "html"])
 def test_no_form_of_the_secret_survives_an_echo(auth: Any, style: str) -> None:
     secret = 'p@ss w0rd+/ü"x'
     request = build(
         cred(), Style(auth, "json" if style == "json" else "form"), client_id="app", client_secret=secret
     )
     error = classify_failure(
-        401, {}, echo_text(style, request).encode(), now=NOW, secrets=secret_forms((secret,), request)
+        401, {}, echo_text(style, request, secret).encode(), now=NOW, secrets=secret_forms((secret,), request)
     )
     message = str(error)
     for form_ in secret_forms_of(secret, request.headers.get("Authorization", "")):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import EX_CONFIG, ConfigError, CredentialConfig, parse
+from tokend.config import ConfigError, CredentialConfig, parse
+from tokend.core.exit_codes import ExitCode
 from tokend.io.secret_sources import read_secret
 
 from .conftest import (
@@ -100,7 +101,7 @@ def test_check_reports_a_missing_secret_file_with_exit_78(tmp_path: Path) -> Non
         'client_id = "id"\nclient_secret_file = "missing.secret"\n'
     )
     result = run_tokend("check", "-c", config, tmp=tmp_path)
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(
         result, str(config), "credentials.api.client_secret_file", "missing.secret: no such file"
     )
@@ -117,7 +118,7 @@ def test_check_reports_an_unreadable_secret_file(tmp_path: Path) -> None:
         f'client_secret_file = "{secret_file}"\n'
     )
     result = run_tokend("check", "-c", config, tmp=tmp_path, prefix=as_plain_user())
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result, "credentials.api.client_secret_file", "Permission denied")
     assert "s3cret" not in result.stderr + result.stdout
 
@@ -157,7 +158,7 @@ def test_check_refuses_a_fifo_as_secret_source_at_once_in_one_line(
     started = time.monotonic()
     result = check_within(check_config(tmp_path, lines), tmp_path)
     assert time.monotonic() - started < 5
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result, f"credentials.api.{key}", "api.secret", "not a regular file (a FIFO)")
 
 
@@ -177,7 +178,7 @@ def test_a_pasted_secret_in_place_of_a_variable_name_is_not_echoed(tmp_path: Pat
     pasted = "Zq8 pasted secret xK2/+="
     SECRETS.add(pasted, "Zq8 pasted")
     result = check_within(check_config(tmp_path, f'client_secret_env = "{pasted}"'), tmp_path)
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result, "credentials.api.client_secret_env", "is not an environment variable name")
     assert "Zq8" not in result.stderr + result.stdout
 
@@ -199,7 +200,7 @@ def test_an_unset_variable_is_named_only_when_it_looks_like_a_conventional_name(
     env.pop(name, None)
     config = check_config(tmp_path, f'client_secret_env = "{name}"')
     result = run_tokend("check", "-c", config, tmp=tmp_path, env=env, timeout=10)
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result, "credentials.api.client_secret_env", "is not set in the environment")
     assert (f"${name} is not set" in result.stderr) is shown
     assert (name in result.stderr + result.stdout) is shown

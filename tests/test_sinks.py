@@ -17,7 +17,8 @@ import pytest
 from dotenv import dotenv_values
 from pytest_httpserver import HTTPServer
 
-from tokend.config import EX_CONFIG, SinkConfig, SinkFormat
+from tokend.config import SinkConfig, SinkFormat
+from tokend.core.exit_codes import ExitCode
 from tokend.core.tokens import Token
 from tokend.io.sinks import SinkError, write_sink
 
@@ -291,7 +292,7 @@ def test_check_reports_a_sink_on_a_fifo_and_one_in_an_unsafe_directory_one_line_
     )
     config = write_config(tmp_path, credential_toml("https://idp.example.com/t", tmp_path, sinks=sinks))
     result = run_tokend("check", "-c", config, tmp=tmp_path, timeout=10)
-    assert result.returncode == EX_CONFIG, result.stderr
+    assert result.returncode == ExitCode.CONFIG, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 2, result.stderr

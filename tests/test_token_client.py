@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import html
 import json
 import re
 import socket
@@ -463,11 +464,12 @@ def test_headers_cut_off_mid_way_are_never_judged_as_the_answer(client: TokenCli
         server.close()
 
 
-def echo(style: str) -> Any:
+def echo(style: str, secret: str = "") -> Any:
     """An IdP in debug mode: its error text repeats what it was sent."""
 
     def answer(seen: Seen) -> Response:
         text = {
+            "html": f"<html><p>secret {html.escape(secret)} rejected</p></html>",
             "headers": f"bad client; headers were {seen.headers}",
             "body": f"bad request body: {seen.raw.decode()}",
             "json": json.dumps({"error": "invalid_client", "error_description": f"got {seen.raw.decode()}"}),
@@ -480,12 +482,12 @@ def echo(style: str) -> Any:
 
 
 @pytest.mark.parametrize("auth", ["basic", "body"])
-@pytest.mark.parametrize("style", ["headers", "body", "json", "cut"])
+@pytest.mark.parametrize("style", ["headers", "body", "json", "cut", "html"])
 def test_no_form_of_the_secret_survives_an_echoing_server(
     idp: TokenEndpoint, client: TokenClient, auth: str, style: str
 ) -> None:
     secret = 'p@ss w0rd+/ü"x'
-    idp.script.append(echo(style))
+    idp.script.append(echo(style, secret))
     with pytest.raises(TokenRequestError) as info:
         client.obtain(
             cred(idp.url, client_auth=auth, request_format="json" if style == "json" else "form"),
@@ -513,3 +515,20 @@ def test_a_trailing_newline_in_the_access_token_is_refused(idp: TokenEndpoint, c
     idp.then(200, {"access_token": "abc\n", "expires_in": 60})
     with pytest.raises(TokenRequestError, match="access_token contains whitespace"):
         obtain(client, cred(idp.url))
+
+
+def test_plain_http_never_goes_through_an_environment_proxy(
+    idp: TokenEndpoint, client: TokenClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http:// is allowed only to this machine: $HTTP_PROXY must not see the secret."""
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(8)
+        proxy.settimeout(0.2)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        answer = obtain(client, cred(idp.url))
+        with pytest.raises(TimeoutError):
+            proxy.accept()  # nobody came to the proxy
+    assert answer.token.access_token == "tok-1" and len(idp.seen) == 1

@@ -24,7 +24,7 @@ from tokend.config import (
     load,
     locate_state_dir,
 )
-from tokend.core.results import ExitCode
+from tokend.core.exit_codes import ExitCode
 from tokend.core.tokens import Token
 from tokend.io import logsetup
 from tokend.io.cache import TokenCache
@@ -159,8 +159,9 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
 
 
 def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
+    from tokend.core.exit_codes import Nagios
     from tokend.core.health import describe, health_check, verdict
-    from tokend.core.results import Nagios, Verdict
+    from tokend.core.results import Verdict
     from tokend.io.files import pid_alive
     from tokend.io.status_file import read_status
 

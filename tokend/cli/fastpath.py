@@ -494,8 +494,9 @@ def cached_entry(raw: bytes) -> tuple[str, float, float]:
 def is_fresh(
     expires_at: float, obtained_at: float, now: float, refresh_at: float, min_ttl_margin: float
 ) -> bool:
-    """:func:`tokend.core.policy.is_fresh`, the same arithmetic on the same floats."""
+    """:func:`tokend.core.policy.is_fresh`, the same arithmetic on the same floats (the
+    jitter at zero; a token stamped more than a minute ahead of this clock is not fresh)."""
     lifetime = expires_at - obtained_at
-    due = obtained_at + lifetime * (refresh_at + 0.05 * 0.0)  # policy's jitter, at zero
+    due = obtained_at + lifetime * refresh_at
     margin = min_ttl_margin if min_ttl_margin < lifetime / 2 else lifetime / 2
-    return now < min(due, expires_at - margin)
+    return now < min(due, expires_at - margin) and not obtained_at > now + 60.0

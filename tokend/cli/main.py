@@ -14,7 +14,8 @@ import sys
 
 from tokend import __version__
 from tokend.cli import fastpath
-from tokend.cli.selection import UsageError, cached_token, select
+from tokend.cli.selection import UsageError
+from tokend.core.exit_codes import ExitCode
 
 TYPE_CHECKING = False  # not typing's: this module is on the fast path
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
-EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
 REMEMBERED = ("fetch", "token", "exec")  # commands after which the fast path may serve the config
 
 
@@ -167,6 +167,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        if "token" in words:
+            return stdout_failed("standard output is closed")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     request = fastpath.token_request(words)
     if request is not None:
         try:
@@ -174,17 +178,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             if token is not None:
                 sys.stdout.write(token + "\n")
                 sys.stdout.flush()
-                return EX_OK
+                return ExitCode.OK
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:
             return reader_left()
+        except OSError as exc:  # a full disk or a bad descriptor behind stdout
+            return stdout_failed(exc.strerror or str(exc))
     return run_command(words)
+
+
+def stdout_failed(why: str) -> int:
+    try:  # noqa: SIM105 (contextlib would cost the fast path an import)
+        os.write(2, f"tokend: cannot write to standard output: {why}\n".encode())
+    except OSError:
+        pass  # stderr is gone too: the exit code says it
+    return ExitCode.FAILED
 
 
 def run_command(words: list[str]) -> int:
     """Every command, through argparse and the validated config."""
-    from tokend.config import EX_CONFIG, ConfigError
+    from tokend.config import ConfigError
 
     # Everything after the first "--" is exec's command, options and all.
     command = words[words.index("--") + 1 :] if "--" in words else []
@@ -202,14 +216,20 @@ def run_command(words: list[str]) -> int:
         return code
     except ConfigError as exc:
         print(f"tokend: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return ExitCode.CONFIG
     except UsageError as exc:
         print(f"tokend: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return reader_left()
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.EBADF, errno.ENOSPC, errno.EIO):
+            raise
+        return stdout_failed(exc.strerror or str(exc))
 
 
 def reader_left() -> int:
@@ -217,7 +237,7 @@ def reader_left() -> int:
     # interpreter's own flush of stdout at exit either.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    return EX_FAILED
+    return ExitCode.FAILED
 
 
 def load_config(path: Path, command: str) -> Config:
@@ -250,13 +270,6 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
         commands.setup_logging(None)
         return commands.cmd_status(path, as_json=args.json, check=args.check)
     config = load_config(path, args.command)
-    if args.command == "token":
-        (cred,) = select(config, [args.name])
-        token = cached_token(config, cred)  # no logging, no requests
-        if token is not None:
-            sys.stdout.write(token.access_token + "\n")
-            return EX_OK
-
     from tokend.cli import commands
 
     commands.setup_logging(config, quiet=args.command in ("token", "exec"))

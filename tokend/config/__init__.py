@@ -14,7 +14,6 @@ from tokend.config.kinds import (
     parse_mode,
 )
 from tokend.config.parse import (
-    EX_CONFIG,
     MAX_CONFIG_BYTES,
     ConfigError,
     default_config_path,
@@ -48,7 +47,6 @@ __all__ = [
     "CONVENTIONAL_ENV_NAME_RE",
     "CREDENTIAL_KEYS",
     "ENV_NAME_RE",
-    "EX_CONFIG",
     "GLOBAL_KEYS",
     "HOOK_KEYS",
     "IDENTITY_FIELDS",

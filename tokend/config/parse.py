@@ -49,9 +49,6 @@ from tokend.config.schema import (
 )
 from tokend.io.files import read_regular
 
-EX_CONFIG = 78
-"""sysexits.h EX_CONFIG: systemd's ``RestartPreventExitStatus=78`` stops the restart loop."""
-
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 PRESETS: Mapping[str, Mapping[str, str]] = {
@@ -176,7 +173,9 @@ class _Parser:
         if not isinstance(creds_table, dict):
             raise self.fail("credentials", f"must be a table, not {kind_of(creds_table)}")
         credentials = {name: self.credential(name, body) for name, body in creds_table.items()}
-        check_sink_paths(self.file, credentials.values(), values["state_dir"], self.environ)
+        check_sink_paths(
+            self.file, credentials.values(), values["state_dir"], self.environ, values.get("metrics_textfile")
+        )
         return Config(
             path=self.file,
             credentials=credentials,
@@ -282,10 +281,15 @@ class _Parser:
 
 
 def check_sink_paths(
-    file: Path, credentials: Iterable[CredentialConfig], state_dir: Path, environ: Mapping[str, str]
+    file: Path,
+    credentials: Iterable[CredentialConfig],
+    state_dir: Path,
+    environ: Mapping[str, str],
+    metrics_textfile: Path | None = None,
 ) -> None:
-    """No two sinks on one file, and no sink on a file tokend reads or keeps for itself:
-    a sink on the secret file would overwrite the secret with the access token."""
+    """No two files tokend writes (sinks, the metrics textfile) on one path, and none on a
+    file tokend reads or keeps for itself: a sink on the secret file would overwrite the
+    secret with the access token, a metrics textfile there would do it once a second."""
     credentials = tuple(credentials)
     protected: dict[str, str] = {os.path.realpath(file): "the config file"}
     for cred in credentials:
@@ -313,6 +317,15 @@ def check_sink_paths(
             if real == state or real.startswith(state + os.sep):
                 raise ConfigError(file, f"{sink.path} is inside the state directory {state_dir}", where=where)
             seen[real] = where
+    if metrics_textfile is not None:
+        real = os.path.realpath(metrics_textfile)
+        taken = protected.get(real) or (f"written by {seen[real]}" if real in seen else None)
+        if taken is not None:
+            raise ConfigError(
+                file,
+                f"{metrics_textfile} is {taken}; tokend would overwrite it",
+                where="tokend.metrics_textfile",
+            )
 
 
 def parse(text: str, file: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -11,7 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tokend.core.results import Nagios, Verdict
+from tokend.core.exit_codes import Nagios
+from tokend.core.results import Verdict
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,15 @@ def refresh_due_at(
     return min(due, token.expires_at - margin)
 
 
+FUTURE_SLACK = 60.0
+"""A cached token stamped more than this after ``now`` was obtained under a wall clock that
+has since been stepped back: its real expiry is unknown, so it is neither fresh nor valid."""
+
+
+def from_the_future(token: Token, now: float) -> bool:
+    return token.obtained_at > now + FUTURE_SLACK
+
+
 def is_fresh(token: Token, now: float, *, refresh_at: float, min_ttl_margin: float) -> bool:
     """Whether a cached token may be handed out again instead of asking the IdP.
 
@@ -39,12 +48,12 @@ def is_fresh(token: Token, now: float, *, refresh_at: float, min_ttl_margin: flo
     get a token that runs out in the middle of its work.
     """
     due = refresh_due_at(token, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin)
-    return now < due
+    return now < due and not from_the_future(token, now)
 
 
 def is_valid(token: Token, now: float) -> bool:
-    """Still accepted by the API (not yet expired)."""
-    return now < token.expires_at
+    """Still accepted by the API (not yet expired), as far as this clock can tell."""
+    return now < token.expires_at and not from_the_future(token, now)
 
 
 BACKOFF_BASE = 1.0

@@ -9,6 +9,7 @@ carries the server's OAuth ``error`` / ``error_description`` and never the clien
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -156,8 +157,9 @@ def json_params(params: Sequence[tuple[str, str]]) -> dict[str, str | list[str]]
 
 def secret_forms(secrets: Iterable[str], request: TokenRequest | None = None) -> tuple[str, ...]:
     """Every form in which a secret of ours may come back in a server's error text:
-    plain, URL-encoded both ways, JSON-escaped, base64 (alone, and the whole Basic value).
-    Longest first, so a form that contains another is replaced whole."""
+    plain, URL-encoded both ways, JSON-escaped, HTML-escaped (an error page echoing the
+    request), base64 (alone, and the whole Basic value). Longest first, so a form that
+    contains another is replaced whole."""
     forms: set[str] = set()
     for secret in secrets:
         if not secret:
@@ -171,6 +173,9 @@ def secret_forms(secrets: Iterable[str], request: TokenRequest | None = None) ->
                 quote_plus(secret),
                 json.dumps(secret)[1:-1],
                 json.dumps(secret, ensure_ascii=False)[1:-1],
+                html.escape(secret),
+                html.escape(secret, quote=False),
+                html.escape(quote_plus(secret, safe="")),
                 base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("="),
             }
         )

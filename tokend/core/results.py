@@ -1,5 +1,5 @@
-"""The words tokend reports in: an attempt and its result, a credential's verdict, exit
-codes.
+"""The words tokend reports in: an attempt and its result, a credential's verdict. (Exit
+codes are in :mod:`tokend.core.exit_codes`, which the fast path can afford.)
 
 String enums, so that what goes into logs, metrics labels and ``status.json`` is the same
 string everywhere and a typo is a NameError rather than a silently new label.
@@ -8,7 +8,7 @@ string everywhere and a typo is a NameError rather than a silently new label.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 
 from tokend.core.tokens import Token
 
@@ -27,25 +27,6 @@ class Verdict(StrEnum):
     OK = "ok"
     FAILING = "failing"  # the last attempt failed, but the token in the sinks is still valid
     EXPIRED = "expired"  # no valid token: readers are failing now
-
-
-class ExitCode(IntEnum):
-    """What the ``tokend`` command returns (sysexits.h where one fits)."""
-
-    OK = 0
-    FAILED = 1  # a token could not be had, a sink not written; status: unhealthy
-    USAGE = 2  # the command line names something that is not there
-    LOCKED = 75  # EX_TEMPFAIL: another daemon holds the state directory
-    CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops the restart loop
-
-
-class Nagios(IntEnum):
-    """``tokend status --check``: the monitoring plugins' exit codes."""
-
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    UNKNOWN = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tokend.config import Config, ConfigError, load
+from tokend.core.exit_codes import ExitCode
 from tokend.core.health import DaemonStatus, summary
-from tokend.core.results import ExitCode
 from tokend.daemon.clock import Clock, SystemClock
 from tokend.daemon.jobs import APSchedulerJobs, Jobs
 from tokend.daemon.reloader import Reloader
@@ -264,6 +264,14 @@ class Daemon:
         was_ready = self.ready
         self.observers.reloading()
         new = self.reloader.load(self.config.path)
+        if not isinstance(new, ConfigError) and new.state_dir != self.config.state_dir:
+            # The lock, the cache and the status live there: moving them under a running
+            # daemon would let a second daemon start on the new directory.
+            new = ConfigError(
+                self.config.path,
+                f"cannot change from {self.config.state_dir} while running; restart tokend to move it",
+                where="tokend.state_dir",
+            )
         if isinstance(new, ConfigError):
             self.config_error = str(new)
             log.error("reload rejected, still running the last good config: %s", new)
@@ -280,8 +288,6 @@ class Daemon:
     def apply(self, new: Config, changed_files: frozenset[Path] | set[Path] = frozenset()) -> None:
         self.config_error = None
         logsetup.setup(new.log_level, new.log_format, environ=self.environ)
-        if new.state_dir != self.config.state_dir:
-            self.runner.cache = TokenCache(new.state_dir)
         old, self.config = self.config, new
         self.observers.configured(new)
         plan = self.reloader.apply(self.runner, old, new, changed_files)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import cast
 
 import requests
 
@@ -43,6 +44,9 @@ log = logging.getLogger("tokend.oauth")
 class TokenResponse:
     token: Token
     style: Style  # what worked, remembered for client_auth / request_format = "auto"
+
+
+NO_PROXY: dict[str, str | None] = {"http": None, "https": None}  # None removes the environment's
 
 
 class TokenClient:
@@ -151,6 +155,11 @@ class TokenClient:
                 allow_redirects=False,
                 stream=True,
                 auth=NoNetrc(),
+                # Plain http is allowed only because it stays on this machine (or the
+                # operator said so): an $HTTP_PROXY must not carry the secret elsewhere.
+                proxies=cast("MutableMapping[str, str]", NO_PROXY)
+                if request.url.lower().startswith("http://")
+                else None,
             )
         except DeadlineExceeded as exc:
             what = "no complete answer" if exc.received else "no answer"
