@@ -23,6 +23,7 @@ import pytest
 import tokend.config
 from tokend.cli import fastpath as fp
 from tokend.cli import main as cli
+from tokend.cli import memo
 from tokend.config import ConfigError, load, parse_duration
 from tokend.config.parse import PRESETS
 from tokend.core import identity, policy
@@ -821,11 +822,11 @@ def test_an_edit_that_breaks_the_config_still_exits_78(
 
 def test_a_memo_is_not_written_for_a_config_edited_while_it_was_validated(seeded: Seeded) -> None:
     config = load(seeded.path, seeded.environ)
-    fp.remember(
+    memo.remember(
         str(seeded.path), CONFIG.replace("read write", "read").encode(), config.state_dir, seeded.environ
     )
     assert seeded.fast() is None
-    fp.remember(str(seeded.path), CONFIG.encode(), config.state_dir, seeded.environ)
+    memo.remember(str(seeded.path), CONFIG.encode(), config.state_dir, seeded.environ)
     assert seeded.fast() == "tok-1"
 
 
@@ -940,7 +941,7 @@ def test_fast_path_reads_env_files_and_systemd_credentials(
     (creds / "api-id").write_text("client-1")
     environ = {**seeded.environ, "CREDENTIALS_DIRECTORY": str(creds)}
     seeded.edit(CONFIG.replace('client_id_file = "api.id"', 'client_id_credential = "api-id"'))
-    fp.remember(str(seeded.path), seeded.path.read_bytes(), load(seeded.path, environ).state_dir, environ)
+    memo.remember(str(seeded.path), seeded.path.read_bytes(), load(seeded.path, environ).state_dir, environ)
     assert seeded.fast(environ) == "tok-1"
 
 
@@ -949,4 +950,4 @@ def test_a_config_it_cannot_read_is_left_to_the_validated_path(tmp_path: Path) -
         (tmp_path / "t.toml").write_bytes(content)
         assert fp.fresh_token(str(tmp_path / "t.toml"), "api", {}) is None
     assert fp.fresh_token(str(tmp_path / "missing.toml"), "api", {}) is None
-    assert fp.read_config(str(tmp_path / "missing.toml")) is None
+    assert memo.read_config(str(tmp_path / "missing.toml")) is None

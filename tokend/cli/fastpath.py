@@ -46,7 +46,6 @@ from tokend.core.identity import DEFAULT_EXPIRES_IN, cache_key
 TYPE_CHECKING = False  # not typing's: importing typing costs as much as the rest of this module
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
     from typing import Any
 
 
@@ -126,49 +125,6 @@ def _fresh_token(config: str | None, name: str, environ: Mapping[str, str]) -> s
     if is_fresh(expires_at, obtained_at, time.time(), refresh_at, min_ttl_margin):
         return access
     return None
-
-
-def remember(config: str, before: bytes | None, state_dir: Path, environ: Mapping[str, str]) -> None:
-    """Let the fast path serve this config: called once ``load`` has accepted it.
-
-    ``before`` is the file as read just before ``load``; the memo is written only if the
-    file still holds exactly that, so an edit racing the validation is never vouched for.
-    Nothing here may fail a command: the memo is an optimisation.
-    """
-    try:
-        if before is None:
-            return
-        file = absolute(config)
-        if read_regular(file, MAX_CONFIG_BYTES) != before:
-            return
-        data = parse_toml(decode(before).removeprefix("\ufeff"))
-        derived = state_dir_of(data, file, environ)
-        from pathlib import Path
-
-        if Path(derived) != state_dir:  # the fast path would look elsewhere: leave it
-            return
-        digest = config_digest(file, before, environ)
-        memo = memo_path(derived, file)
-        try:
-            if read_regular(memo, 1024).decode("ascii").strip() == digest:
-                return
-        except (OSError, ValueError):
-            pass
-        from tokend.io.files import ensure_private_dir, write_atomic
-
-        ensure_private_dir(state_dir)
-        ensure_private_dir(state_dir / MEMO_DIR)
-        write_atomic(Path(memo), f"{digest}\n".encode("ascii"), mode=0o600, durable=False)
-    except Exception:  # noqa: S110 (no memo only means no fast path)
-        pass
-
-
-def read_config(config: str) -> bytes | None:
-    """The config file's bytes as the fast path reads them, or None (see :func:`remember`)."""
-    try:
-        return read_regular(absolute(config), MAX_CONFIG_BYTES)
-    except (GiveUp, OSError):
-        return None
 
 
 def config_digest(file: str, raw: bytes, environ: Mapping[str, str]) -> str:

@@ -242,13 +242,14 @@ def reader_left() -> int:
 
 def load_config(path: Path, command: str) -> Config:
     """The validated config; after ``fetch``, ``token`` and ``exec``, remembered for the
-    fast path (see :func:`tokend.cli.fastpath.remember`)."""
+    fast path (see :func:`tokend.cli.memo.remember`)."""
+    from tokend.cli import memo
     from tokend.config import load
 
-    before = fastpath.read_config(str(path)) if command in REMEMBERED else None
+    before = memo.read_config(str(path)) if command in REMEMBERED else None
     config = load(path)
     if before is not None:
-        fastpath.remember(str(path), before, config.state_dir, os.environ)
+        memo.remember(str(path), before, config.state_dir, os.environ)
     return config
 
 

@@ -92,7 +92,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.notifier = Notifier(self.environ)
-        self.observers = Observers([*standard_observers(config, self.notifier), *observers])
+        self.observers = Observers([*standard_observers(config, self.notifier, self.environ), *observers])
         self.runner = Runner(
             jobs or APSchedulerJobs(self.clock),
             self.observers,

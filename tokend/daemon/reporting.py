@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -231,10 +231,13 @@ class Hooks(Observer):
         self.runner.shutdown()
 
 
-def standard_observers(config: Config, notifier: Notifier) -> list[Observer]:
+def standard_observers(
+    config: Config, notifier: Notifier, environ: Mapping[str, str] | None = None
+) -> list[Observer]:
     """The daemon's own: the event log, the status file, systemd, hooks, and metrics when
     the config asks for them (otherwise prometheus_client is never imported)."""
-    observers: list[Observer] = [EventLog(), StatusFile(config.state_dir), SystemdNotify(notifier), Hooks()]
+    hooks = Hooks(HookRunner(environ=environ))
+    observers: list[Observer] = [EventLog(), StatusFile(config.state_dir), SystemdNotify(notifier), hooks]
     if config.metrics_listen is not None or config.metrics_textfile is not None:
         from tokend.io.metrics import Metrics
 

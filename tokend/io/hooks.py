@@ -84,8 +84,14 @@ def child_environment(base: Mapping[str, str], secret_variables: Collection[str]
     return {key: value for key, value in base.items() if key not in secret_variables and key not in PRIVATE}
 
 
-def run_command(name: str, token: Token, hook: HookConfig, secret_variables: Collection[str] = ()) -> bool:
-    env = hook_environment(name, token, hook, os.environ, secret_variables)
+def run_command(
+    name: str,
+    token: Token,
+    hook: HookConfig,
+    secret_variables: Collection[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> bool:
+    env = hook_environment(name, token, hook, os.environ if environ is None else environ, secret_variables)
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -171,10 +177,16 @@ def send_signal(name: str, hook: HookConfig) -> bool:
     return True
 
 
-def run_hook(name: str, token: Token, hook: HookConfig, secret_variables: Collection[str] = ()) -> bool:
+def run_hook(
+    name: str,
+    token: Token,
+    hook: HookConfig,
+    secret_variables: Collection[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> bool:
     ok = True
     if hook.command:
-        ok = run_command(name, token, hook, secret_variables) and ok
+        ok = run_command(name, token, hook, secret_variables, environ) and ok
     if hook.pid_file is not None:
         ok = send_signal(name, hook) and ok
     return ok
@@ -188,7 +200,8 @@ class HookRunner:
     would grow without bound and run hooks for tokens long expired.
     """
 
-    def __init__(self, workers: int = 4) -> None:
+    def __init__(self, workers: int = 4, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = environ  # what the hooks' allow-list draws from (None: os.environ)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hook")
         self.lock = threading.Lock()
         self.waiting: dict[str, tuple[Token, HookConfig, frozenset[str]]] = {}
@@ -218,7 +231,7 @@ class HookRunner:
                     return
             token, hook, secret_variables = item
             try:
-                run_hook(name, token, hook, secret_variables)
+                run_hook(name, token, hook, secret_variables, self.environ)
             except Exception:
                 log.exception("%s: on_rotate failed unexpectedly", name)
 
