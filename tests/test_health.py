@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from tokend.core.exit_codes import Nagios
-from tokend.core.health import CredentialStatus, DaemonStatus, health_check
+from tokend.core.health import CredentialStatus, DaemonStatus, describe, health_check
 from tokend.io.status_file import read_status, status_path
 
 NOW = 1_900_000_000.0
@@ -103,3 +103,9 @@ def test_read_status_reads_a_real_file_from_the_previous_version(tmp_path: Path)
     os.chmod(status_path(state), 0o644)
     status = read_status(state)
     assert status.warnings == () and status.pid == 4242 and list(status.credentials) == ["api"]
+
+
+def test_a_stopped_daemon_promises_no_next_refresh() -> None:
+    status = fresh().updated(next_refresh=NOW + 4)
+    assert "next refresh in 4s" in describe(status, NOW)
+    assert "next refresh" not in describe(status, NOW, running=False)

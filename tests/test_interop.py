@@ -137,6 +137,24 @@ class Server:
     url: str
 
 
+_npm_ci: list[str] = []  # the outcome of this run's one `npm ci` ("" when it worked)
+
+
+def install_node_servers() -> str:
+    """`npm ci` from the lock file, once per run, as .ci/run does: the README's test
+    command then needs no third step. Returns why it failed, or ""."""
+    if not _npm_ci:
+        result = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        _npm_ci.append("" if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1])
+    return _npm_ci[0]
+
+
 def _command(name: str) -> tuple[list[str], str]:
     """How to start one server, and its token endpoint's path; skips when node is missing."""
     if name == "authlib":
@@ -146,7 +164,9 @@ def _command(name: str) -> tuple[list[str], str]:
         pytest.skip(f"{' and '.join(missing)} not installed: cannot run the npm servers")
     package = {"node-oauth2-server": "@node-oauth/oauth2-server", "oidc-provider": "oidc-provider"}
     if not (NODE_DIR / "node_modules" / package[name] / "package.json").is_file():
-        pytest.skip(f"{package[name]} not installed: run `npm ci` in {NODE_DIR}")
+        failure = install_node_servers()
+        if failure:
+            pytest.skip(f"{package[name]} not installed, and `npm ci` in {NODE_DIR} failed: {failure}")
     script = {"node-oauth2-server": "oauth2_server.js", "oidc-provider": "oidc_provider.mjs"}
     return ["node", str(NODE_DIR / script[name])], "/token"
 

@@ -210,7 +210,7 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
     for warning in status.warnings:
         print(f"warning: {warning}")
     for cred in status.credentials.values():
-        print(describe(cred, now))
+        print(describe(cred, now, running=running))
     return ExitCode.OK if healthy else ExitCode.FAILED
 
 

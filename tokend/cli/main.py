@@ -85,8 +85,9 @@ def _status(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "success and last error; exit 1 when any is failing or "
         "expired, or the daemon is not running.",
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument(
+    output = status.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="machine-readable output")
+    output.add_argument(
         "--check",
         action="store_true",
         help="one line and a Nagios exit code: 0 OK, 1 WARNING (a refresh is "

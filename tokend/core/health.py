@@ -91,8 +91,9 @@ def human_duration(seconds: float) -> str:
     return f"{sign}{n // 3600}h{(n % 3600) // 60:02d}m"
 
 
-def describe(cred: CredentialStatus, now: float) -> str:
-    """One line for a terminal: verdict, expiry, next refresh, last success, last error."""
+def describe(cred: CredentialStatus, now: float, *, running: bool = True) -> str:
+    """One line for a terminal: verdict, expiry, next refresh (only while the daemon runs:
+    a stopped one refreshes nothing), last success, last error."""
     parts = [f"{cred.name}: {verdict(cred, now)}"]
     if cred.expires_at is not None:
         remaining = cred.expires_at - now
@@ -104,7 +105,7 @@ def describe(cred: CredentialStatus, now: float) -> str:
         parts.append(f"token {cred.token_fingerprint}")
     else:
         parts.append("no token")
-    if cred.next_refresh is not None:
+    if cred.next_refresh is not None and running:
         parts.append(f"next refresh in {human_duration(max(0.0, cred.next_refresh - now))}")
     if cred.last_success is not None:
         parts.append(f"last success {human_duration(now - cred.last_success)} ago")
