@@ -11,23 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def token_of(path: Path, data: bytes) -> str:
-    """The token a program reading this sink gets; raises ValueError on a partial read."""
-    text = data.decode()
-    if not text.endswith("\n") and path.suffix != ".resp":
-        raise ValueError("no final newline")
-    if path.suffix in (".json", ".resp"):  # tokend's json sink, or a raw token response
-        return str(json.loads(text)["access_token"])
-    if path.suffix == ".env":
-        line = text.splitlines()[0]
-        return line.split("=", 1)[1].strip("'")
-    if path.suffix == ".header":
-        prefix = "Authorization: Bearer "
-        if not text.startswith(prefix):
-            raise ValueError("not a header")
-        return text[len(prefix) :].strip()
-    return text.strip()
+from tests.support.sinks import token_of  # the one sink parser the tests use too
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from .conftest import (
     run_tokend,
     wait_for,
 )
+from .support.sinks import read_token
 
 LONG = os.environ.get("TOKEND_LONG_STORMS") == "1"
 FORMATS = ("raw", "json", "env", "header")
@@ -75,16 +76,10 @@ def expiry_ms(token: str) -> int:
 
 
 def sink_token(path: Path) -> str:
-    """Parse a sink the way its readers do; raises on anything partial."""
-    text = path.read_text()
-    if path.suffix == ".json":
-        return str(json.loads(text)["access_token"])
-    assert text.endswith("\n"), f"{path.name}: no final newline: {text!r}"
-    if path.suffix == ".env":
-        return text.splitlines()[0].split("=", 1)[1].strip("'")
-    if path.suffix == ".header":
-        return text.removeprefix("Authorization: Bearer ").strip()
-    return text.strip()
+    """The token in a sink that must be there, parsed as its readers do."""
+    token = read_token(path)
+    assert token is not None, f"{path} is missing"
+    return token
 
 
 # --------------------------------------------------------------------------- kill -9

@@ -32,6 +32,7 @@ from .conftest import (
     wait_for,
     write_config,
 )
+from .support.sinks import read_token
 
 FORMATS = ("raw", "json", "env", "header")
 FAST = 'min_ttl_margin = "0s"\nrefresh_at = 0.6'  # 2 s tokens due after ~1.1-1.3 s
@@ -41,24 +42,6 @@ def sinks(tmp: Path, name: str = "api") -> str:
     return "".join(
         f'[[credentials.{name}.sink]]\npath = "{tmp}/out/{name}.{fmt}"\nformat = "{fmt}"\n' for fmt in FORMATS
     )
-
-
-def token_in(path: Path) -> str | None:
-    """The token a reader of this sink gets, parsed the way its format is read."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    fmt = path.suffix.lstrip(".")
-    if fmt == "json":
-        return str(json.loads(text)["access_token"])
-    if fmt == "env":
-        return text.splitlines()[0].split("=", 1)[1].strip("'")
-    if fmt == "header":
-        assert text.startswith("Authorization: Bearer ") and text.endswith("\n")
-        return text[len("Authorization: Bearer ") : -1]
-    assert text.endswith("\n")
-    return text[:-1]
 
 
 class Readers:
@@ -75,7 +58,7 @@ class Readers:
     def loop(self, path: Path) -> None:
         while not self.stop.is_set():
             try:
-                token = token_in(path)
+                token = read_token(path)
             except Exception as exc:  # a partial file would land here
                 self.problems.append(f"{path.name}: unreadable: {exc!r}")
                 continue
@@ -130,12 +113,12 @@ def test_old_token_kept_through_an_outage_then_replaced(
     )
     daemon = daemons(config, tmp_path)
     sink = tmp_path / "out" / "api.token"
-    wait_for(lambda: token_in(sink) == "tok-1", 10, "the first token")
+    wait_for(lambda: read_token(sink) == "tok-1", 10, "the first token")
     idp.fault = answer(503)
     wait_for(lambda: len(idp.seen) >= 3, 10, "refreshes failing during the outage")
-    assert token_in(sink) == "tok-1"  # still valid: readers keep working
+    assert read_token(sink) == "tok-1"  # still valid: readers keep working
     idp.fault = None
-    wait_for(lambda: token_in(sink) == "tok-2", 10, "a new token once the IdP is back")
+    wait_for(lambda: read_token(sink) == "tok-2", 10, "a new token once the IdP is back")
     assert "refresh failed" in daemon.log and "keeping token" in daemon.log
 
 
@@ -179,7 +162,7 @@ def test_restart_reuses_the_cached_token(idp: TokenEndpoint, tmp_path: Path, dae
     (tmp_path / "out" / "api.token").unlink()
     second = daemons(config, tmp_path)
     wait_for(lambda: (tmp_path / "out" / "api.token").exists(), 10, "the sink restored")
-    assert token_in(tmp_path / "out" / "api.token") == "tok-1"
+    assert read_token(tmp_path / "out" / "api.token") == "tok-1"
     assert len(idp.seen) == 1
     assert second.proc.poll() is None
 
@@ -191,11 +174,11 @@ def test_sighup_applies_a_good_config_and_rejects_a_bad_one(
     block = credential_toml(idp.url, tmp_path, extra=FAST)
     config = write_config(tmp_path, block)
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: token_in(tmp_path / "out" / "api.token") is not None, 10, "the first token")
+    wait_for(lambda: read_token(tmp_path / "out" / "api.token") is not None, 10, "the first token")
 
     write_config(tmp_path, block, credential_toml(idp.url, tmp_path, "extra", extra='scope = "x"'))
     daemon.signal(signal.SIGHUP)
-    wait_for(lambda: token_in(tmp_path / "out" / "extra.token") is not None, 10, "the added credential")
+    wait_for(lambda: read_token(tmp_path / "out" / "extra.token") is not None, 10, "the added credential")
 
     config.write_text(config.read_text() + "\n[credentials.api.oops]\n")
     daemon.signal(signal.SIGHUP)
@@ -400,7 +383,7 @@ def test_demo_rotates_files(tmp_path: Path) -> None:
     assert result.stdout.count("rfc6749 rotated") >= 3
     assert "(json body)" in result.stdout and "(form body)" in result.stdout
     run = tmp_path / "demo" / "run"
-    assert token_in(run / "eventbookings.token") is not None
+    assert read_token(run / "eventbookings.token") is not None
     assert json.loads((run / "rfc6749.json").read_text())["access_token"].startswith("demo-")
     secret = (tmp_path / "demo" / "eventbookings.secret").read_text().strip()
     assert secret not in result.stdout + result.stderr
@@ -494,7 +477,7 @@ def test_a_second_daemon_on_the_same_state_dir_exits_naming_the_first(
 ) -> None:
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     first = daemons(config, tmp_path)
-    wait_for(lambda: token_in(tmp_path / "out" / "api.token") is not None, 10, "the first token")
+    wait_for(lambda: read_token(tmp_path / "out" / "api.token") is not None, 10, "the first token")
     second = daemons(config, tmp_path)
     assert second.proc.wait(10) == ExitCode.LOCKED  # EX_TEMPFAIL: not a config error
     assert f"another tokend (pid {first.proc.pid}) is running" in second.log
@@ -533,7 +516,7 @@ def test_fetch_beside_the_daemon_reuses_its_token_instead_of_asking_again(
         _, err = fetch.communicate(timeout=30)
         assert fetch.returncode == 0, err
     assert len(idp.seen) == 1
-    assert token_in(tmp_path / "out" / "api.token") == "slow-token"
+    assert read_token(tmp_path / "out" / "api.token") == "slow-token"
 
 
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -612,7 +595,7 @@ def test_a_reload_cannot_move_the_state_directory_under_a_running_daemon(
     block = credential_toml(idp.url, tmp_path)
     config = write_config(tmp_path, block)
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: token_in(tmp_path / "out" / "api.token") is not None, 10, "the first token")
+    wait_for(lambda: read_token(tmp_path / "out" / "api.token") is not None, 10, "the first token")
     config.write_text(f'[tokend]\nstate_dir = "{tmp_path}/elsewhere"\n\n{block}')
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: "reload rejected" in daemon.log, 10, "the rejection")

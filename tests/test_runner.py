@@ -23,6 +23,7 @@ from tokend.io.token_client import TokenClient
 
 from .conftest import Seen, TokenEndpoint, answer, credential_toml, write_config
 from .support.clock import FakeClock, ManualJobs
+from .support.sinks import read_token
 
 
 class Recorder(Observer):
@@ -76,8 +77,8 @@ class Harness:
         assert len(self.recorder.attempts) == count + 1
         return self.last
 
-    def token_in_sink(self) -> str:
-        return self.sink.read_text().strip()
+    def token_in_sink(self) -> str | None:
+        return read_token(self.sink)
 
 
 @pytest.fixture
