@@ -18,17 +18,9 @@ from tokend.config import load, parse
 from tokend.core.tokens import Token
 from tokend.io.cache import CacheEntry, TokenCache, cache_key
 
-from .conftest import (
-    SECRETS,
-    DaemonProcess,
-    Seen,
-    TokenEndpoint,
-    clean_env,
-    credential_toml,
-    run_tokend,
-    wait_for,
-    write_config,
-)
+from .support.configs import credential_toml, write_config
+from .support.endpoint import SECRETS, Seen, TokenEndpoint
+from .support.processes import DaemonProcess, clean_env, run_tokend, wait_for
 
 CRED = parse(
     '[credentials.api]\ntoken_url = "https://i/t"\nclient_id = "id"\nclient_secret = "s"\n',

@@ -16,17 +16,9 @@ import pytest
 
 from tokend.core.exit_codes import ExitCode
 
-from .conftest import (
-    SECRETS,
-    DaemonProcess,
-    TokenEndpoint,
-    assert_one_line_error,
-    clean_env,
-    credential_toml,
-    run_tokend,
-    wait_for,
-    write_config,
-)
+from .support.configs import credential_toml, write_config
+from .support.endpoint import SECRETS, TokenEndpoint
+from .support.processes import DaemonProcess, assert_one_line_error, clean_env, run_tokend, wait_for
 
 SECRET = "s3cret-value"
 

@@ -12,15 +12,9 @@ import pytest
 
 from tokend.core.exit_codes import ExitCode
 
-from .conftest import (
-    SECRETS,
-    TokenEndpoint,
-    assert_one_line_error,
-    clean_env,
-    credential_toml,
-    run_tokend,
-    write_config,
-)
+from .support.configs import credential_toml, write_config
+from .support.endpoint import SECRETS, TokenEndpoint
+from .support.processes import assert_one_line_error, clean_env, run_tokend
 
 EXEC_SECRET = "exec-env-secret-0xBADC0DE"
 OTHER_SECRET = "other-env-secret-0xFEEDFACE"

@@ -17,7 +17,7 @@ from tokend.config import (
 )
 from tokend.core.exit_codes import ExitCode
 
-from .conftest import assert_one_line_error, run_tokend
+from .support.processes import assert_one_line_error, run_tokend
 
 BASE = """
 [credentials.api]

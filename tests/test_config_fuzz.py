@@ -46,7 +46,8 @@ import pytest
 import tokend
 from tokend.config import CREDENTIAL_KEYS, GLOBAL_KEYS, HOOK_KEYS, SINK_KEYS, Config, ConfigError, load
 
-from .conftest import DaemonProcess, TokenEndpoint, clean_env, run_tokend
+from .support.endpoint import TokenEndpoint
+from .support.processes import DaemonProcess, clean_env, run_tokend
 
 IN_PROCESS_CASES = 300
 CHECK_CASES = 30

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,23 +26,13 @@ from werkzeug import Response
 
 from tokend.devtools.idp import IdentityProvider
 
-from .conftest import (
-    REPO,
-    DaemonProcess,
-    Seen,
-    TokenEndpoint,
-    answer,
-    as_plain_user,
-    clean_env,
-    fill,
-    run_tokend,
-    wait_for,
-)
+from .support.disks import fill
+from .support.endpoint import Seen, TokenEndpoint, answer
+from .support.processes import REPO, Start, as_plain_user, clean_env, run_tokend, wait_for
 from .support.sinks import read_token
 
 LONG = os.environ.get("TOKEND_LONG_STORMS") == "1"
 FORMATS = ("raw", "json", "env", "header")
-Start = Callable[..., DaemonProcess]
 
 
 def config_for(

@@ -21,17 +21,9 @@ from tokend.config import HookConfig
 from tokend.core.tokens import Token
 from tokend.io import hooks
 
-from .conftest import (
-    SECRETS,
-    DaemonProcess,
-    TokenEndpoint,
-    clean_env,
-    credential_toml,
-    wait_for,
-    write_config,
-)
-
-Start = Callable[..., DaemonProcess]
+from .support.configs import credential_toml, write_config
+from .support.endpoint import SECRETS, TokenEndpoint
+from .support.processes import Start, clean_env, wait_for
 
 HOOK_SECRET = "env-secret-for-hooks-0xC0FFEE"  # distinctive: grep-able wherever it leaks
 

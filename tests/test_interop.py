@@ -33,17 +33,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, SECRETS, DaemonProcess, clean_env, run_tokend, wait_for
+from .support.endpoint import SECRETS
+from .support.processes import REPO, Start, clean_env, run_tokend, wait_for
 
 NODE_DIR = REPO / "tests" / "thirdparty" / "node"
 LIFETIME = 2  # seconds: short tokens, so rotation shows within a test
-Start = Callable[..., DaemonProcess]
 
 # One client per kind of secret, registered at every server.
 CLIENTS = {

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +19,9 @@ from werkzeug import Response
 
 from tokend.core.exit_codes import ExitCode
 
-from .conftest import (
-    SECRETS,
-    DaemonProcess,
-    Seen,
-    TokenEndpoint,
-    answer,
-    as_plain_user,
-    clean_env,
-    credential_toml,
-    run_tokend,
-    wait_for,
-    write_config,
-)
+from .support.configs import credential_toml, write_config
+from .support.endpoint import SECRETS, Seen, TokenEndpoint, answer
+from .support.processes import Start, as_plain_user, clean_env, run_tokend, wait_for
 from .support.sinks import read_token
 
 FORMATS = ("raw", "json", "env", "header")
@@ -84,9 +74,6 @@ class Readers:
         self.stop.set()
         for t in self.threads:
             t.join()
-
-
-Start = Callable[..., DaemonProcess]
 
 
 def test_rotates_before_expiry_and_readers_never_see_a_bad_token(

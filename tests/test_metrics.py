@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tokend.config import ConfigError, parse
 
-from .conftest import (
-    DaemonProcess,
-    TokenEndpoint,
-    answer,
-    credential_toml,
-    run_tokend,
-    wait_for,
-    write_config,
-)
+from .support.configs import credential_toml, write_config
+from .support.endpoint import TokenEndpoint, answer
+from .support.processes import Start, run_tokend, wait_for
 
-Start = Callable[..., DaemonProcess]
 SECRET = "s3cret-value"
 
 

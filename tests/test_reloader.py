@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import TokenEndpoint, credential_toml, write_config
+from .support.configs import credential_toml, write_config
+from .support.endpoint import TokenEndpoint
 from .test_watch import two_credentials
 
 

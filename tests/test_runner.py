@@ -21,8 +21,9 @@ from tokend.daemon.runner import Runner
 from tokend.io.cache import TokenCache
 from tokend.io.token_client import TokenClient
 
-from .conftest import Seen, TokenEndpoint, answer, credential_toml, write_config
 from .support.clock import FakeClock, ManualJobs
+from .support.configs import credential_toml, write_config
+from .support.endpoint import Seen, TokenEndpoint, answer
 from .support.sinks import read_token
 
 

@@ -13,16 +13,9 @@ from tokend.config import ConfigError, CredentialConfig, parse
 from tokend.core.exit_codes import ExitCode
 from tokend.io.secret_sources import read_secret
 
-from .conftest import (
-    SECRETS,
-    TokenEndpoint,
-    as_plain_user,
-    assert_one_line_error,
-    clean_env,
-    credential_toml,
-    run_tokend,
-    write_config,
-)
+from .support.configs import credential_toml, write_config
+from .support.endpoint import SECRETS, TokenEndpoint
+from .support.processes import as_plain_user, assert_one_line_error, clean_env, run_tokend
 
 
 def credential(tmp: Path, secret_line: str, extra: str = "") -> CredentialConfig:

@@ -22,7 +22,10 @@ from tokend.core.exit_codes import ExitCode
 from tokend.core.tokens import Token
 from tokend.io.sinks import SinkError, write_sink
 
-from .conftest import TokenEndpoint, credential_toml, fill, run_tokend, write_config
+from .support.configs import credential_toml, write_config
+from .support.disks import fill
+from .support.endpoint import TokenEndpoint
+from .support.processes import run_tokend
 
 # Every character a real bearer token (RFC 6750 b64token, JWT) may carry.
 ACCESS = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.sig-_~+/ab=="

@@ -22,7 +22,7 @@ import pytest
 
 from tokend.devtools.idp import IdentityProvider
 
-from .conftest import REPO, wait_for
+from .support.processes import REPO, wait_for
 
 ROOT = Path(os.environ.get("TOKEND_NSPAWN_ROOT", "/var/cache/tokend-nspawn/bookworm"))
 SECRET = "e2e-secret-value"

@@ -8,18 +8,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, DaemonProcess, clean_env, run_tokend, wait_for
+from .support.processes import REPO, Start, clean_env, run_tokend, wait_for
 
 pytest.importorskip("oauth2_provider")
 
 CLIENT_ID = "tokend-client"
 SECRET = "s3cr:t&+= x"  # every character that RFC 6749 §2.3.1's encoding must get right
-Start = Callable[..., DaemonProcess]
 
 
 @pytest.fixture(scope="module")

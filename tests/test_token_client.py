@@ -24,7 +24,7 @@ from tokend.config import CredentialConfig
 from tokend.core.protocol import Style, TokenRequestError
 from tokend.io.token_client import TokenClient
 
-from .conftest import Seen, TokenEndpoint
+from .support.endpoint import Seen, TokenEndpoint
 from .test_http import RawServer, silent, trickle
 from .test_protocol import (
     CLIENT_ID,

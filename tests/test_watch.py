@@ -11,7 +11,9 @@ import pytest
 
 from tokend.io.watch import Debouncer, FileState, Watcher, read_state, watch_points
 
-from .conftest import DaemonProcess, TokenEndpoint, credential_toml, wait_for, write_config
+from .support.configs import credential_toml, write_config
+from .support.endpoint import TokenEndpoint
+from .support.processes import DaemonProcess, Start, wait_for
 
 # --------------------------------------------------------------------------- the parts
 
@@ -186,8 +188,6 @@ def test_a_dead_observer_is_restarted(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the daemon
-
-Start = Callable[..., DaemonProcess]
 
 
 def requests_for(idp: TokenEndpoint, scope: str) -> int:
