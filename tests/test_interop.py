@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from .support.endpoint import SECRETS
-from .support.processes import REPO, Start, clean_env, run_tokend, wait_for
+from .support.processes import REPO, Start, clean_env, distinct_tokens, run_tokend
 
 NODE_DIR = REPO / "tests" / "thirdparty" / "node"
 LIFETIME = 2  # seconds: short tokens, so rotation shows within a test
@@ -302,18 +301,8 @@ def test_short_lived_tokens_rotate(server: Server, tmp_path: Path, daemons: Star
         tmp_path, server.url, kind="plain", auth="basic", extra='min_ttl_margin = "0s"\nrefresh_at = 0.6'
     )
     daemons(path, tmp_path, clean_env(tmp_path))
-    sink = tmp_path / "out" / "idp.header"
-    seen: set[str] = set()
-
-    def three_tokens() -> bool:
-        if sink.exists():
-            seen.add(sink.read_text())
-        return len(seen) >= 3
-
-    started = time.monotonic()
-    wait_for(three_tokens, 20, f"three tokens from {server.name}")
-    assert time.monotonic() - started < 15
-    SECRETS.add(*(header.split()[-1] for header in seen))
+    tokens = distinct_tokens(tmp_path / "out" / "idp.header", 3, 15, f"three tokens from {server.name}")
+    SECRETS.add(*tokens)
 
 
 def test_every_server_is_in_every_table() -> None:

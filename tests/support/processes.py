@@ -135,3 +135,20 @@ class DaemonProcess:
 
 Start = Callable[..., "DaemonProcess"]
 """The ``daemons`` fixture: start(config, tmp, env=None, prefix=None) -> DaemonProcess."""
+
+
+def distinct_tokens(sink: Path, count: int, timeout: float, what: str) -> set[str]:
+    """Wait until ``sink`` has held ``count`` different tokens (a rotating daemon's proof),
+    and return them; each read is parsed as the sink's readers parse it."""
+    from .sinks import read_token
+
+    seen: set[str] = set()
+
+    def enough() -> bool:
+        token = read_token(sink)
+        if token is not None:
+            seen.add(token)
+        return len(seen) >= count
+
+    wait_for(enough, timeout, what)
+    return seen

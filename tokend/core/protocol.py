@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus, urlencode
 
 from tokend import __version__
@@ -25,21 +25,7 @@ if TYPE_CHECKING:  # annotations only: the protocol needs no part of config at r
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EXPIRES_IN = 366 * 86400
-GrantType = Literal["client_credentials", "refresh_token"]
 
-# RFC 6749 §5.2 codes that a retry will not fix; the rest of the 4xx family is treated alike.
-FATAL_ERRORS = frozenset(
-    {
-        "invalid_client",
-        "unauthorized_client",
-        "invalid_scope",
-        "unsupported_grant_type",
-        "invalid_request",
-        "invalid_grant",
-        "access_denied",
-        "invalid_target",
-    }
-)
 # Codes some servers send with a 4xx that mean "later", not "never".
 RETRYABLE_ERRORS = frozenset({"temporarily_unavailable", "slow_down", "server_error"})
 RETRYABLE_STATUS = frozenset({408, 425, 429})

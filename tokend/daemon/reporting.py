@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,39 +63,39 @@ class Observers(Observer):
     def __init__(self, observers: Iterable[Observer]) -> None:
         self.observers = list(observers)
 
-    def _each(self, method: str, *args: object, **kwargs: object) -> None:
+    def _each(self, event: str, call: Callable[[Observer], None]) -> None:
         for observer in self.observers:
             try:
-                getattr(observer, method)(*args, **kwargs)
+                call(observer)
             except Exception:
-                log.exception("%s failed in %s; carrying on", type(observer).__name__, method)
+                log.exception("%s failed in %s; carrying on", type(observer).__name__, event)
 
     def configured(self, config: Config) -> None:
-        self._each("configured", config)
+        self._each("configured", lambda o: o.configured(config))
 
     def credential_added(self, name: str) -> None:
-        self._each("credential_added", name)
+        self._each("credential_added", lambda o: o.credential_added(name))
 
     def credential_removed(self, name: str) -> None:
-        self._each("credential_removed", name)
+        self._each("credential_removed", lambda o: o.credential_removed(name))
 
     def attempted(self, attempt: Attempt, cred: CredentialConfig, status: CredentialStatus) -> None:
-        self._each("attempted", attempt, cred, status)
+        self._each("attempted", lambda o: o.attempted(attempt, cred, status))
 
     def ready(self, summary: str) -> None:
-        self._each("ready", summary)
+        self._each("ready", lambda o: o.ready(summary))
 
     def reloading(self) -> None:
-        self._each("reloading")
+        self._each("reloading", lambda o: o.reloading())
 
     def reloaded(self, error: str | None, summary: str, *, was_ready: bool) -> None:
-        self._each("reloaded", error, summary, was_ready=was_ready)
+        self._each("reloaded", lambda o: o.reloaded(error, summary, was_ready=was_ready))
 
     def status(self, snapshot: DaemonStatus, summary: str, *, ready: bool) -> None:
-        self._each("status", snapshot, summary, ready=ready)
+        self._each("status", lambda o: o.status(snapshot, summary, ready=ready))
 
     def stopping(self) -> None:
-        self._each("stopping")
+        self._each("stopping", lambda o: o.stopping())
 
 
 class EventLog(Observer):
