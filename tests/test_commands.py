@@ -63,6 +63,28 @@ def test_exec_child_keeps_the_callers_environment_but_no_secret_variable(
     assert child["API_ACCESS_TOKEN_EXPIRES_AT"].isdigit()
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--on-rotate", "SIGFOO"], "--on-rotate 'SIGFOO' is not a signal name"),
+        (["--on-rotate", "\u0661\u0665"], "is not a signal name"),  # Arabic-Indic 15
+        (["--on-rotate", "KILL"], "cannot be caught"),
+        (["--on-rotate", "restart", "--stop-signal", "TERMINATE"], "--stop-signal 'TERMINATE'"),
+        (["--on-rotate", "restart", "--stop-timeout", "2h"], "over an hour"),
+        (["--on-rotate", "restart", "--stop-timeout", "\u0663s"], "not a duration"),
+        (["--stop-timeout", "5s"], "need --on-rotate restart or a signal"),
+    ],
+)
+def test_exec_refuses_bad_supervision_options_in_one_line(
+    idp: TokenEndpoint, tmp_path: Path, options: list[str], expected: str
+) -> None:
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    result = run_tokend("exec", "-c", config, "api", *options, "--", "true", tmp=tmp_path)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert_one_line_error(result, expected)
+    assert not idp.seen  # refused before anything was asked
+
+
 def pid_hook(tmp: Path) -> str:
     return f'[credentials.api.on_rotate]\npid_file = "{tmp}/consumer.pid"\nsignal = "HUP"\n'
 

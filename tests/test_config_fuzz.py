@@ -811,7 +811,7 @@ def safe_to_apply(config: Config, tmp: Path) -> bool:
     for cred in config.credentials.values():
         paths += [sink.path for sink in cred.sinks]
         paths += [cred.env_file, cred.ca_bundle, cred.on_rotate.pid_file if cred.on_rotate else None]
-        paths += [Path(ref.value) for ref in (cred.client_id, cred.client_secret) if ref.source == "file"]
+        paths += [Path(ref.value) for ref in cred.secret_refs() if ref.source == "file"]
     return config.log_level in ("debug", "info") and all(under(p, tmp) for p in paths)
 
 

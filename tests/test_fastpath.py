@@ -69,17 +69,25 @@ def test_the_mirrored_values_match_the_validated_ones() -> None:
     assert fp.MAX_TOKEN_CHARS == MAX_TOKEN_CHARS
     presets = {name: preset["token_url"] for name, preset in PRESETS.items()}
     assert presets == fp.PRESET_TOKEN_URLS
-    # The identity: the fast path passes these five, in this order.
+    # The identity: the fast path passes these six, in this order.
     assert list(inspect.signature(identity.cache_key).parameters) == [
         "token_url",
         "client_id",
         "scope",
         "params",
         "default_expires_in",
+        "issuer",
     ]
     identity_fields = getattr(tokend.config, "IDENTITY_FIELDS", None)
     if identity_fields is not None:
-        assert identity_fields == ("token_url", "client_id", "scope", "extra_params", "default_expires_in")
+        assert identity_fields == (
+            "token_url",
+            "client_id",
+            "scope",
+            "extra_params",
+            "default_expires_in",
+            "issuer",
+        )
     bare = tokend.config.parse(MINIMAL, Path("/t.toml"))
     cred = bare.credentials["a"]
     assert (cred.refresh_at, cred.min_ttl_margin, cred.default_expires_in) == (
@@ -388,7 +396,10 @@ class Generated:
         provider = rng.random() < 0.2
         if provider:
             body += self.line("provider", self.string("eventbookings"))
-        if not provider or rng.random() < 0.5:
+        if rng.random() < 0.2:  # discovery: the issuer instead of a token_url (and a preset's)
+            issuers = ["https://idp.example", "https://idp.example/realms/a/", "http://127.0.0.1:8080/x"]
+            body += self.line("issuer", self.string(rng.choice(issuers)))
+        elif not provider or rng.random() < 0.5:
             url = rng.choice(
                 [
                     "https://idp.example/token",
@@ -506,6 +517,24 @@ def test_the_cache_key_is_the_validated_one_over_generated_configs(
             assert fp.timing(tbl) == (cred.refresh_at, cred.min_ttl_margin), text
             checked += 1
     assert checked >= 40
+
+
+def test_an_issuer_is_an_identity_of_its_own(tmp_path: Path) -> None:
+    """A credential found by discovery never shares a cache entry with one configured by a
+    token_url, even one equal to the issuer, and the fast path computes its key as the
+    validated path does (so it can never serve another identity's token)."""
+    file = tmp_path / "t.toml"
+    keys = set()
+    for where in ('issuer = "https://idp.example"', 'token_url = "https://idp.example"'):
+        text = f'[credentials.a]\n{where}\nclient_id = "i"\nclient_secret = "s"\n'
+        cred = tokend.config.parse(text, file, environ={}).credentials["a"]
+        expected = cache_key(cred, "i")
+        assert fp.credential_key(tomllib.loads(text)["credentials"]["a"], str(file), {}) == expected
+        keys.add(expected)
+    assert len(keys) == 2
+    both = {"issuer": "https://idp.example", "token_url": "https://idp.example", "client_id": "i"}
+    with pytest.raises(fp.GiveUp):
+        fp.credential_key(both, str(file), {})
 
 
 # --------------------------------------------------------------------------- env files, cache entries

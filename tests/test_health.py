@@ -109,3 +109,23 @@ def test_a_stopped_daemon_promises_no_next_refresh() -> None:
     status = fresh().updated(next_refresh=NOW + 4)
     assert "next refresh in 4s" in describe(status, NOW)
     assert "next refresh" not in describe(status, NOW, running=False)
+
+
+def test_fleet_mode_adds_a_role_and_the_fleets_health_and_old_files_still_read(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    status = DaemonStatus(
+        pid=1,
+        updated_at=NOW,
+        config="/etc/tokend/tokend.toml",
+        credentials={"api": replace(fresh(), role="follower")},
+        fleet={"redis": "redis://r:6379/0", "reachable": True, "received": 3},
+    )
+    again = DaemonStatus.from_json(status.to_json())
+    assert again.credentials["api"].role == "follower" and again.fleet == status.fleet
+    assert describe(again.credentials["api"], NOW).startswith("api: ok (follower), expires in")
+    assert describe(fresh(), NOW).startswith("api: ok, expires in")  # no fleet: as before
+    older = json.loads(status.to_json())
+    del older["fleet"], older["credentials"]["api"]["role"]
+    old = DaemonStatus.from_json(json.dumps(older).encode())
+    assert old.fleet is None and old.credentials["api"].role is None

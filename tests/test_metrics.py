@@ -204,3 +204,33 @@ def test_json_log_lines_have_stable_keys(idp: TokenEndpoint, tmp_path: Path, dae
     }
     assert success["token"].startswith("sha256:") and success["next_refresh"].endswith("Z")
     assert "tok-1" not in daemon.log and SECRET not in daemon.log
+
+
+def test_fleet_events_are_counted_from_the_first_event() -> None:
+    from tokend.io.metrics import Metrics
+
+    metrics = Metrics()
+    families = {f.name for f in text_string_to_metric_families(exposition(metrics))}
+    assert "tokend_fleet_events" not in families or not fleet_samples(metrics, "tokend_fleet_events_total")
+    metrics.fleet_event("received")
+    metrics.fleet_event("received")
+    metrics.fleet_event("leader_change")
+    metrics.fleet_reachable(False)
+    counted = fleet_samples(metrics, "tokend_fleet_events_total")
+    assert counted == {"received": 2.0, "leader_change": 1.0, "fallback": 0.0}
+    assert fleet_samples(metrics, "tokend_fleet_redis_up") == {"": 0.0}
+
+
+def exposition(metrics: object) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()  # type: ignore[attr-defined]
+
+
+def fleet_samples(metrics: object, name: str) -> dict[str, float]:
+    return {
+        s.labels.get("event", ""): s.value
+        for family in text_string_to_metric_families(exposition(metrics))
+        for s in family.samples
+        if s.name == name
+    }

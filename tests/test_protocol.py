@@ -487,3 +487,59 @@ def test_the_basic_hint_is_for_plain_basic_when_the_encoding_changed_something()
     assert hint not in str(body_fail)
     other = final_error([(Style("basic", "form"), err(400, "invalid_scope"))], hint=hint)
     assert hint not in str(other)
+
+
+# --------------------------------------------------------------------------- key-based client auth
+
+
+ASSERTION = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl"
+
+
+def test_private_key_jwt_sends_the_assertion_and_no_secret() -> None:
+    request = build_request(
+        cred(client_auth="private_key_jwt", client_secret=None),
+        client_id=CLIENT_ID,
+        client_secret=None,
+        style=Style("private_key_jwt", "form"),
+        client_assertion=ASSERTION,
+    )
+    params = dict(parse_qsl(request.body.decode()))
+    assert params == {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_ID,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": ASSERTION,
+    }
+    assert "Authorization" not in request.headers
+
+
+def test_tls_client_auth_sends_only_the_client_id_to_the_discovered_endpoint() -> None:
+    request = build_request(
+        cred(client_auth="tls_client_auth", client_secret=None, token_url=None),
+        client_id=CLIENT_ID,
+        client_secret=None,
+        style=Style("tls_client_auth", "form"),
+        token_url="https://mtls.idp.example/token",
+    )
+    assert dict(parse_qsl(request.body.decode())) == {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_ID,
+    }
+    assert request.url == "https://mtls.idp.example/token" and "Authorization" not in request.headers
+
+
+def test_a_key_based_method_is_never_tried_with_another() -> None:
+    for method in ("private_key_jwt", "tls_client_auth"):
+        assert auth_order(method, "basic") == (method,)
+        failed = TokenRequestError(
+            "invalid_client (HTTP 401)", retryable=False, status=401, error="invalid_client"
+        )
+        style = Style(method, "form")
+        assert next_style(style, failed, (method,), ("form", "json"), [style]) is None
+
+
+def test_an_echoed_assertion_is_scrubbed() -> None:
+    request = TokenRequest(URL, {}, b"")
+    body = json.dumps({"error": "invalid_client", "error_description": f"bad assertion {ASSERTION}"}).encode()
+    error = classify_failure(401, {}, body, now=NOW, secrets=secret_forms(("", "", ASSERTION), request))
+    assert ASSERTION not in str(error) and "[redacted]" in str(error)

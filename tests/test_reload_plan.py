@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from tokend.config import REFETCH_FIELDS, CredentialConfig, parse
+from tokend.config import REFETCH_FIELDS, CredentialConfig, SinkConfig, parse
 from tokend.core.reload_plan import ReloadPlan, plan_reload
 
 from .test_schema import api, changed
@@ -66,6 +66,25 @@ def test_a_change_to_a_field_the_schema_marks_refetch_asks_for_a_token_any_other
 
 def test_a_secret_file_whose_content_changed_asks_for_a_token() -> None:
     cred = api()
+    assert cred.client_secret is not None
     secret = Path(cred.client_secret.value)
     assert plan_reload({"api": cred}, {"api": cred}, {secret}) == ReloadPlan(refetch=("api",))
     assert plan_reload({"api": cred}, {"api": cred}, {Path("/elsewhere")}) == ReloadPlan(unchanged=("api",))
+
+
+def test_an_edited_template_file_re_sinks_and_never_asks_for_a_token() -> None:
+    """The template's text is in the sink's config (read at load): an edit is a new sink."""
+    cred = api()
+    tmpl = Path("/etc/tokend/api.netrc.tmpl")
+    sink = SinkConfig(
+        path=Path("/run/tokend/api.netrc"),
+        format="template",
+        template_file=tmpl,
+        template_text="machine a password ${access_token}\n",
+        credential="api",
+    )
+    old = dataclasses.replace(cred, sinks=(sink,))
+    edited = dataclasses.replace(sink, template_text="machine b password ${access_token}\n")
+    new = dataclasses.replace(cred, sinks=(edited,))
+    assert plan_reload({"api": old}, {"api": new}, {tmpl}) == ReloadPlan(resink=("api",))
+    assert plan_reload({"api": old}, {"api": old}, {tmpl}) == ReloadPlan(unchanged=("api",))

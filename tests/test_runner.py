@@ -14,10 +14,13 @@ from werkzeug import Response
 
 from tokend.config import CredentialConfig, load
 from tokend.core import policy
+from tokend.core.fleet import Role
 from tokend.core.health import CredentialStatus
 from tokend.core.results import Attempt, Result
+from tokend.core.tokens import Token
 from tokend.daemon.reporting import Observer
 from tokend.daemon.runner import Runner
+from tokend.daemon.token_source import ASK, STANDALONE, Offer, TokenSource
 from tokend.io.cache import TokenCache
 from tokend.io.token_client import TokenClient
 
@@ -39,7 +42,9 @@ class Harness:
     """A Runner with one credential, on a fake clock that starts at the real time (the
     test IdP stamps tokens with its own clock; it only counts them)."""
 
-    def __init__(self, idp: TokenEndpoint, tmp: Path, extra: str = "", seed: int = 1) -> None:
+    def __init__(
+        self, idp: TokenEndpoint, tmp: Path, extra: str = "", seed: int = 1, source: TokenSource = STANDALONE
+    ) -> None:
         self.idp = idp
         self.config = load(write_config(tmp, credential_toml(idp.url, tmp, extra=extra)))
         self.clock = FakeClock()
@@ -54,6 +59,7 @@ class Harness:
             environ={},
             on_ran=lambda name, first: None,
             client_factory=lambda: TokenClient(clock=self.clock.time),
+            source=source,
         )
         self.sink = tmp / "out" / "api.token"
 
@@ -197,3 +203,73 @@ def test_a_sub_second_token_is_asked_for_at_most_every_five_seconds(
     h.start()
     h.jobs.run_for(60)
     assert 10 <= len(idp.seen) <= 13  # one every 5 s, not nine a second
+
+
+# --------------------------------------------------------------------------- fleet mode's seam
+
+
+class ScriptedSource(TokenSource):
+    """The fleet's side of the seam, scripted: what Redis would offer (tests/test_fleet.py
+    runs the real one against a real redis-server)."""
+
+    def __init__(self) -> None:
+        self.offers: list[Offer] = []
+        self.as_role: Role | None = Role.FOLLOWER
+        self.look: float | None = None
+        self.obtained_tokens: list[Token] = []
+
+    def offer(
+        self, cred: CredentialConfig, identity: str, ours: Token | None, now: float, *, due: bool
+    ) -> Offer:
+        return self.offers.pop(0) if self.offers else ASK
+
+    def obtained(self, cred: CredentialConfig, identity: str, token: Token) -> None:
+        self.obtained_tokens.append(token)
+
+    def role(self, name: str) -> Role | None:
+        return self.as_role
+
+    def next_look(self, name: str) -> float | None:
+        return self.look
+
+
+def test_a_token_from_the_fleet_goes_to_the_sinks_and_is_due_by_its_own_age(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    source = ScriptedSource()
+    h = Harness(idp, tmp_path, source=source)
+    clock = h.clock
+    shared = Token("tok-shared", clock.time() + 2400, clock.time() - 1200)  # a third of its life gone
+    source.offers = [Offer(shared)]
+    attempt = h.start()
+    assert attempt.result is Result.SUCCESS and not attempt.fetched and idp.seen == []
+    assert h.token_in_sink() == "tok-shared"
+    status = h.runner.slots["api"].status
+    assert status.role == "follower" and status.last_success == clock.time()
+    # Due at 80 % of its life counted from when the leader got it, in the late half of
+    # the jitter (the leader's is the early half): 1680 s to 1800 s from now.
+    assert 0.8 * 3600 - 1200 <= h.next_in() <= 0.85 * 3600 - 1200
+    assert source.obtained_tokens == []
+
+
+def test_a_follower_waits_for_its_leader_and_a_leader_comes_due_first(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    source = ScriptedSource()
+    source.as_role = Role.LEADER
+    h = Harness(idp, tmp_path, source=source)
+    clock = h.clock
+    first = h.start()
+    assert first.fetched and source.obtained_tokens == [first.token]  # the leader publishes
+    assert 0.75 * 3600 <= h.next_in() <= 0.8 * 3600  # the early half of the jitter
+    # Now a follower: at its due time the leader is on it; it keeps its token and looks
+    # again when the source says, asking nobody.
+    source.as_role = Role.FOLLOWER
+    source.offers = [Offer(follow=True)]
+    due = h.next_in()
+    source.look = clock.time() + due + 7.5
+    attempt = h.run_next()
+    assert attempt.result is Result.SUCCESS and not attempt.fetched and len(idp.seen) == 1
+    assert h.token_in_sink() == "tok-1"
+    assert h.next_in() == pytest.approx(7.5)
+    assert h.runner.slots["api"].status.role == "follower"

@@ -30,18 +30,27 @@ from tokend.config import (
     CredentialConfig,
     HookConfig,
     Key,
+    SecretRef,
     SinkConfig,
     parse,
     schema,
 )
 from tokend.config.kinds import READERS, TABLE_READERS
-from tokend.config.schema import COMPOSED_KINDS, NO_DEFAULT, SIMPLE_KINDS, config_value, key, toml_keys
+from tokend.config.schema import (
+    COMPOSED_KINDS,
+    NO_DEFAULT,
+    SIMPLE_KINDS,
+    FleetConfig,
+    config_value,
+    key,
+    toml_keys,
+)
 from tokend.core import identity
 from tokend.core.reload_plan import TOKEN_FIELDS
 from tokend.io.cache import cache_key
 
 FILE = Path("/etc/tokend/tokend.toml")
-VALUES = (Config, CredentialConfig, SinkConfig, HookConfig)
+VALUES = (Config, CredentialConfig, SinkConfig, HookConfig, FleetConfig)
 # Each TOML table, the value it becomes, and the smallest valid content of it.
 TABLES: dict[str, tuple[type, dict[str, str]]] = {
     "tokend": (Config, {}),
@@ -55,6 +64,7 @@ TABLES: dict[str, tuple[type, dict[str, str]]] = {
     ),
     "credentials.api.sink": (SinkConfig, {"path": '"/run/tokend/api.token"'}),
     "credentials.api.on_rotate": (HookConfig, {"command": '["true"]'}),
+    "fleet": (FleetConfig, {"redis_url": '"redis://127.0.0.1:6379/0"'}),
 }
 
 
@@ -116,6 +126,7 @@ def test_the_known_keys_of_each_table_are_the_schemas() -> None:
     assert renamed == {
         "client_id": tuple(f"client_id{s}" for s in ("", "_env", "_file", "_credential")),
         "client_secret": tuple(f"client_secret{s}" for s in ("", "_env", "_file", "_credential")),
+        "private_key": ("private_key_file", "private_key_credential"),
         "extra_params": ("audience", "resource", "extra_params"),
         "sinks": ("sink",),
         "metrics_listen": ("metrics_listen", "metrics_allow_remote"),
@@ -167,7 +178,7 @@ def test_what_python_O_derives_is_what_python_derives() -> None:
 
 
 def test_loading_the_config_imports_nothing_heavy() -> None:
-    heavy = "{'requests', 'logging', 'apscheduler', 'watchdog'}"
+    heavy = "{'requests', 'logging', 'apscheduler', 'watchdog', 'redis', 'cryptography'}"
     code = f"import sys, tokend.config; print(sorted({heavy} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -185,10 +196,13 @@ def test_a_key_left_out_takes_the_default_its_field_declares() -> None:
         CredentialConfig: cred,
         SinkConfig: cred.sinks[0],
         HookConfig: cred.on_rotate,
+        FleetConfig: config.fleet,
     }
     set_here = {name for _, body in TABLES.values() for name in body} | {"sink", "on_rotate"}
     for cls, value in given.items():
         for spec in schema(cls):
+            if spec.field == "fleet" and cls is Config:
+                continue  # the [fleet] table is given here
             if spec.default is not NO_DEFAULT and set_here.isdisjoint(spec.keys or ()):
                 assert getattr(value, spec.field) == spec.default, f"{cls.__name__}.{spec.field}"
     assert (cred.refresh_at, cred.min_ttl_margin, cred.timeout) == (0.8, 60.0, 10.0)
@@ -202,13 +216,20 @@ def test_a_key_left_out_takes_the_default_its_field_declares() -> None:
 def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime() -> None:
     """README, "Reloading", and tokend.io.cache: tokens are keyed by what makes them
     interchangeable; never the name, the secret or where the token goes."""
-    assert IDENTITY_FIELDS == ("token_url", "client_id", "scope", "extra_params", "default_expires_in")
+    assert IDENTITY_FIELDS == (
+        "token_url",
+        "client_id",
+        "scope",
+        "extra_params",
+        "default_expires_in",
+        "issuer",  # instead of token_url, for a credential that discovers its endpoint
+    )
     # ...in the order identity.cache_key takes them (`params` being the extra parameters).
     parameters = list(inspect.signature(identity.cache_key).parameters)
-    assert parameters == ["token_url", "client_id", "scope", "params", "default_expires_in"]
+    assert parameters == ["token_url", "client_id", "scope", "params", "default_expires_in", "issuer"]
     cred = api()
     assert cache_key(cred, "id") == identity.cache_key(
-        cred.token_url, "id", cred.scope, cred.extra_params, cred.default_expires_in
+        cred.token_url, "id", cred.scope, cred.extra_params, cred.default_expires_in, cred.issuer
     )
 
 
@@ -231,8 +252,16 @@ CHANGES: dict[str, Any] = {  # a different value for every field of a credential
     "timeout": 3.0,
     "ca_bundle": Path("/etc/ssl/other.pem"),
     "allow_insecure_http": True,
+    "issuer": "https://other.example.com",
+    "private_key": SecretRef("private_key_file", "file", "/etc/tokend/other.key"),
+    "key_id": "other",
+    "signing_alg": "ES256",
+    "assertion_audience": "https://other.example.com",
+    "tls_cert_file": Path("/etc/tokend/other.crt"),
+    "tls_key_file": Path("/etc/tokend/other.key"),
     "sinks": (SinkConfig(path=Path("/run/other")),),
     "on_rotate": HookConfig(command=("true",)),
+    "fleet": False,
 }
 
 
@@ -257,10 +286,17 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "timeout",
         "ca_bundle",
         "allow_insecure_http",
-        # the client and its secret's source
+        "issuer",
+        # the client and its secret's source, or its key and certificate
         "client_id",
         "client_secret",
         "env_file",
+        "private_key",
+        "key_id",
+        "signing_alg",
+        "assertion_audience",
+        "tls_cert_file",
+        "tls_key_file",
         # what is asked for
         "scope",
         "extra_params",
@@ -269,7 +305,16 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
     }
     assert refetch == REFETCH_FIELDS
     others = {f.name for f in dataclasses.fields(CredentialConfig)} - REFETCH_FIELDS
-    assert others == {"name", "source", "provider", "refresh_at", "min_ttl_margin", "sinks", "on_rotate"}
+    assert others == {
+        "name",
+        "source",
+        "provider",
+        "refresh_at",
+        "min_ttl_margin",
+        "sinks",
+        "on_rotate",
+        "fleet",
+    }
     assert set(CHANGES) == {f.name for f in dataclasses.fields(CredentialConfig)}
 
 
@@ -362,7 +407,13 @@ def example_keys() -> dict[type, set[str]]:
             parts = header.group(1).split(".")
             kinds = {1: Config, 2: CredentialConfig}
             tail = {"sink": SinkConfig, "on_rotate": HookConfig}
-            cls = tail[parts[2]] if len(parts) == 3 else kinds[len(parts)]
+            cls = (
+                tail[parts[2]]
+                if len(parts) == 3
+                else FleetConfig
+                if parts == ["fleet"]
+                else kinds[len(parts)]
+            )
             if len(parts) == 3:  # [[credentials.NAME.sink]] is the credential's key "sink"
                 found[CredentialConfig].add(parts[2])
         elif (assignment := ASSIGNMENT.match(line)) and cls is not None:

@@ -27,6 +27,7 @@ def credential(tmp: Path, secret_line: str, extra: str = "") -> CredentialConfig
 
 
 def secret(cred: CredentialConfig, environ: dict[str, str] | None = None) -> str:
+    assert cred.client_secret is not None
     return read_secret(cred, cred.client_secret, environ or {})
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import netrc
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ from pytest_httpserver import HTTPServer
 
 from tokend.config import SinkConfig, SinkFormat
 from tokend.core.exit_codes import ExitCode
+from tokend.core.templates import check
 from tokend.core.tokens import Token
 from tokend.io.sinks import SinkError, write_sink
 
@@ -121,6 +124,81 @@ def test_json_has_the_documented_fields(tmp_path: Path) -> None:
 def test_no_format_carries_the_refresh_token(tmp_path: Path, fmt: SinkFormat) -> None:
     write_sink(token(), sink(tmp_path / "t", fmt))
     assert REFRESH not in (tmp_path / "t").read_text()
+
+
+# --------------------------------------------------------------------------- template sinks
+
+
+def template(path: Path, text: str, **kw: object) -> SinkConfig:
+    """A template sink as the config makes it: the template checked, its credential named."""
+    check(text)
+    return SinkConfig(path=path, format="template", template=text, template_text=text, credential="api", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_a_netrc_template_is_read_by_curl_and_by_python(tmp_path: Path, httpserver: HTTPServer) -> None:
+    basic = base64.b64encode(f"oauth:{ACCESS}".encode()).decode()
+    httpserver.expect_request("/api", headers={"Authorization": f"Basic {basic}"}).respond_with_data("ok")
+    host = httpserver.host
+    netrc_file = tmp_path / "netrc"
+    write_sink(
+        token(), template(netrc_file, f"machine {host}\n  login oauth\n  password ${{access_token}}\n")
+    )
+    assert netrc.netrc(netrc_file).authenticators(host) == ("oauth", "", ACCESS)
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "--netrc-file", str(netrc_file), httpserver.url_for("/api")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stdout) == (0, "ok"), out.stderr
+    assert stat.S_IMODE(netrc_file.stat().st_mode) == 0o600
+
+
+def test_a_docker_config_template_parses_back_as_json(tmp_path: Path) -> None:
+    t = token()
+    text = (
+        '{\n  "auths": {\n    "registry.example.com": {\n'
+        '      "registrytoken": ${access_token_json}\n'
+        '    }\n  },\n  "x-expires-at": ${expires_at_unix}, "x-by": "tokend ${credential} ★"\n}\n'
+    )
+    write_sink(t, template(tmp_path / "config.json", text, mode=0o640))
+    data = json.loads((tmp_path / "config.json").read_bytes())
+    assert data["auths"]["registry.example.com"] == {"registrytoken": ACCESS}
+    assert data["x-expires-at"] == int(t.expires_at) and data["x-by"] == "tokend api ★"  # UTF-8 kept
+    assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o640
+
+
+def test_a_template_using_every_placeholder_carries_no_refresh_token(tmp_path: Path) -> None:
+    from tokend.core.templates import PLACEHOLDERS
+
+    write_sink(token(), template(tmp_path / "t", "".join(f"${{{name}}}\n" for name in PLACEHOLDERS)))
+    assert REFRESH not in (tmp_path / "t").read_text() and ACCESS in (tmp_path / "t").read_text()
+
+
+def test_an_unchanged_rendering_is_not_rewritten_and_a_new_one_is_renamed_in(tmp_path: Path) -> None:
+    t, path = token(), tmp_path / "t.netrc"
+    netrc_sink = template(path, "machine a password ${access_token}\n")
+    assert write_sink(t, netrc_sink).written
+    before = os.stat(path)
+    assert not write_sink(t, netrc_sink).written
+    after = os.stat(path)
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert write_sink(t, template(path, "machine b password ${access_token}\n")).written  # same token
+    assert os.stat(path).st_ino != before.st_ino and path.read_text() == f"machine b password {ACCESS}\n"
+    assert temp_files(tmp_path) == []
+
+
+def test_a_template_that_cannot_render_fails_that_sink_and_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "t"
+    write_sink(token(), template(path, "scope ${scope}\n"))
+    evil = Token(ACCESS, time.time() + 60, time.time(), scope="a\nmachine evil password x")
+    with pytest.raises(SinkError, match="control characters"):
+        write_sink(evil, template(path, "scope ${scope}\n"))
+    assert path.read_text() == "scope api\n"
+    with pytest.raises(SinkError, match="without a template"):  # only the config makes them
+        write_sink(token(), SinkConfig(path=path, format="template"))
+    assert path.read_text() == "scope api\n"
 
 
 def test_mode_is_applied_exactly_whatever_the_umask(tmp_path: Path) -> None:

@@ -532,3 +532,51 @@ def test_plain_http_never_goes_through_an_environment_proxy(
         with pytest.raises(TimeoutError):
             proxy.accept()  # nobody came to the proxy
     assert answer.token.access_token == "tok-1" and len(idp.seen) == 1
+
+
+# --------------------------------------------------------------------------- private_key_jwt
+
+
+def test_an_assertion_the_server_echoes_is_scrubbed_and_each_request_signs_anew(
+    idp: TokenEndpoint, client: TokenClient, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tokend.config import SecretRef
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "k.pem").write_bytes(pem)
+    c = dataclasses.replace(
+        cred(idp.url),
+        client_auth="private_key_jwt",
+        client_secret=None,
+        private_key=SecretRef("private_key_file", "file", str(tmp_path / "k.pem")),
+    )
+
+    def echo(seen: Seen) -> Response:
+        body = {
+            "error": "invalid_client",
+            "error_description": f"replayed: {seen.params['client_assertion']}",
+        }
+        return Response(json.dumps(body), status=401, content_type="application/json")
+
+    idp.fault = echo
+    with pytest.raises(TokenRequestError) as info:
+        client.obtain(c, client_id="c1", client_secret=None)
+    idp.fault = None
+    answer = client.obtain(c, client_id="c1", client_secret=None)
+    assert answer.token.access_token == "tok-1" and answer.style == Style("private_key_jwt", "form")
+    first, second = (seen.params["client_assertion"] for seen in idp.seen)
+    assert first not in str(info.value) and "[redacted]" in str(info.value)
+    assert info.value.error == "invalid_client"
+    claims = [
+        jwt.decode(a, key.public_key(), algorithms=["ES256"], audience=idp.url) for a in (first, second)
+    ]
+    assert claims[0]["jti"] != claims[1]["jti"] and claims[0]["iss"] == claims[0]["sub"] == "c1"

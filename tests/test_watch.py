@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tokend.io.watch import Debouncer, FileState, Watcher, read_state, watch_points
+from tokend.config import load
+from tokend.io.watch import Debouncer, FileState, Watcher, read_state, watch_points, watched_files
 
 from .support.configs import credential_toml, write_config
 from .support.endpoint import TokenEndpoint
@@ -60,6 +61,24 @@ def test_watch_points_include_every_symlink_on_the_way(tmp_path: Path) -> None:
     points = watch_points(tmp_path / "password")
     assert points == {tmp_path / "password", tmp_path / "..data", tmp_path / "..v1" / "password"}
     assert watch_points(tmp_path / "missing") == {tmp_path / "missing"}
+
+
+def test_template_files_are_watched_beside_the_config_and_secrets(tmp_path: Path) -> None:
+    (tmp_path / "netrc.tmpl").write_text("machine x password ${access_token}\n")
+    sinks = (
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.netrc"\n'
+        'format = "template"\ntemplate_file = "netrc.tmpl"\n'
+        f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.json"\nformat = "template"\n'
+        'template = "${access_token_json}"\n'
+    )
+    config = load(
+        write_config(tmp_path, credential_toml("https://idp.example.com/token", tmp_path, sinks=sinks))
+    )
+    assert watched_files(config) == {
+        tmp_path / "tokend.toml",
+        tmp_path / "api.secret",
+        tmp_path / "netrc.tmpl",
+    }
 
 
 def test_state_hashes_only_when_the_stat_changes(tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ from tokend.io.sinks import rfc3339
 
 if TYPE_CHECKING:
     from tokend.core.results import Attempt
+    from tokend.daemon.supervisor import Supervision
+    from tokend.io.token_client import TokenClient
 
 
 log = logging.getLogger("tokend")
@@ -133,19 +135,29 @@ def cmd_token(config: Config, name: str) -> int:
     return ExitCode.OK
 
 
-def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | None) -> int:
+def cmd_exec(
+    config: Config,
+    name: str,
+    command: list[str],
+    *,
+    env_name: str | None,
+    on_rotate: str = "none",
+    stop_signal: str | None = None,
+    stop_timeout: str | None = None,
+) -> int:
+    """Run CMD with the token in its environment: by ``execvpe`` (``--on-rotate none``), or
+    as its parent, restarting or signalling it on each new token (see daemon/supervisor)."""
     (cred,) = select(config, [name])
     variable = env_name or default_env_name(cred.name)
     if not ENV_NAME_RE.fullmatch(variable):
         raise UsageError(f"--env-name {variable!r} is not a valid variable name")
+    supervision = exec_supervision(on_rotate, stop_signal, stop_timeout)
+    if supervision is not None:
+        return supervise(config, cred, command, variable, supervision)
     token = valid_token(config, cred)
     if token is None:
         return ExitCode.FAILED
-    from tokend.io.hooks import child_environment
-
-    env = child_environment(os.environ, config.secret_variables())
-    env[variable] = token.access_token
-    env[f"{variable}_EXPIRES_AT"] = str(int(token.expires_at))
+    env = exec_environment(config, variable, token)
     sys.stdout.flush()
     try:
         os.execvpe(command[0], command, env)  # noqa: S606 (argv by design, no shell)
@@ -153,6 +165,70 @@ def cmd_exec(config: Config, name: str, command: list[str], *, env_name: str | N
         print(f"tokend: exec {command[0]}: {exc.strerror}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126
     raise AssertionError("unreachable: execvpe returned")
+
+
+def exec_environment(config: Config, variable: str, token: Token) -> dict[str, str]:
+    """The child's: the caller's environment minus secrets, plus the token and its expiry."""
+    from tokend.io.hooks import child_environment
+
+    env = child_environment(os.environ, config.secret_variables())
+    env[variable] = token.access_token
+    env[f"{variable}_EXPIRES_AT"] = str(int(token.expires_at))
+    return env
+
+
+def exec_supervision(on_rotate: str, stop_signal: str | None, stop_timeout: str | None) -> Supervision | None:
+    """The options as one value, or None for a plain exec (which then imports nothing more)."""
+    if on_rotate.strip().lower() == "none" and stop_signal is None and stop_timeout is None:
+        return None
+    import dataclasses
+
+    from tokend.daemon.supervisor import parse_on_rotate, parse_signal, parse_stop_timeout
+
+    try:
+        supervision = parse_on_rotate(on_rotate)
+        if supervision is None:
+            raise ValueError("--stop-signal and --stop-timeout need --on-rotate restart or a signal")
+        if stop_signal is not None:
+            supervision = dataclasses.replace(
+                supervision, stop_signal=parse_signal(stop_signal, "--stop-signal")
+            )
+        if stop_timeout is not None:
+            supervision = dataclasses.replace(supervision, stop_timeout=parse_stop_timeout(stop_timeout))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return supervision
+
+
+def supervise(
+    config: Config, cred: CredentialConfig, command: list[str], variable: str, supervision: Supervision
+) -> int:
+    """Stay the parent: the first token as ``fetch`` gets it (sinks written, so a child
+    that reads them finds it), then the daemon's runner keeps it fresh."""
+    from tokend.daemon.refresher import Refresher
+    from tokend.daemon.supervisor import Supervisor, leave
+    from tokend.io.token_client import TokenClient
+
+    # Long-lived now, like the daemon: its log level, not exec's quiet one.
+    logsetup.setup(config.log_level, config.log_format)
+    cache = TokenCache(config.state_dir)
+    client = TokenClient()
+    try:
+        first = Refresher(cred, cache).refresh(client)
+    finally:
+        client.close()
+    if first.token is None:  # the refresher has said why, in one line
+        return ExitCode.FAILED
+    sys.stdout.flush()
+    supervisor = Supervisor(
+        cred,
+        command,
+        lambda token: exec_environment(config, variable, token),
+        supervision,
+        first.token,
+        cache=cache,
+    )
+    return leave(supervisor, supervisor.run())
 
 
 # --------------------------------------------------------------------------- status
@@ -221,12 +297,14 @@ def cmd_check(config: Config, *, online: bool) -> int:
     """Report every problem found, one line each, instead of stopping at the first."""
     select(config, ())  # none at all: exit 78, it is almost surely the wrong file
     problems: list[str] = []
-    secrets: dict[str, tuple[str, str]] = {}
+    secrets: dict[str, tuple[str, str | None]] = {}
     for cred in config.credentials.values():
         try:
-            secrets[cred.name] = (read_secret(cred, cred.client_id), read_secret(cred, cred.client_secret))
+            ref = cred.client_secret
+            secrets[cred.name] = (read_secret(cred, cred.client_id), read_secret(cred, ref) if ref else None)
         except ConfigError as exc:
             problems.append(str(exc))
+        problems.extend(check_keys(cred))
         problems.extend(check_paths(cred))
     problems.extend(check_state_dir(config))
     for problem in problems:
@@ -235,10 +313,22 @@ def cmd_check(config: Config, *, online: bool) -> int:
         return ExitCode.CONFIG
     for cred in config.credentials.values():
         print(
-            f"ok: {cred.name}: {cred.token_url} ({cred.request_format}, {cred.client_auth}), "
+            f"ok: {cred.name}: {cred.token_url or f'issuer {cred.issuer}'} "
+            f"({cred.request_format}, {cred.client_auth}), "
             f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}"
         )
     return check_online(config, secrets) if online else ExitCode.OK
+
+
+def check_keys(cred: CredentialConfig) -> list[str]:
+    """The private key and client certificate parse, suit signing_alg and belong together."""
+    from tokend.io.token_client import key_auth
+
+    try:
+        key_auth(cred)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def check_paths(cred: CredentialConfig) -> list[str]:
@@ -291,7 +381,7 @@ def check_state_dir(config: Config) -> list[str]:
     return []
 
 
-def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
+def check_online(config: Config, secrets: dict[str, tuple[str, str | None]]) -> int:
     from tokend.core.protocol import TokenRequestError
     from tokend.io.token_client import TokenClient
 
@@ -301,10 +391,18 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
         for cred in config.credentials.values():
             client_id, secret = secrets[cred.name]
             try:
-                answer = client.obtain(cred, client_id=client_id, client_secret=secret)
+                if cred.issuer is not None:
+                    show_discovery(client, cred, config.state_dir)
+                answer = client.obtain(
+                    cred, client_id=client_id, client_secret=secret, state_dir=config.state_dir
+                )
             except TokenRequestError as exc:
-                print(f"tokend: {cred.name}: {cred.token_url}: {exc}", file=sys.stderr)
-                worst = ExitCode.FAILED
+                print(f"tokend: {cred.name}: {cred.token_url or cred.issuer}: {exc}", file=sys.stderr)
+                worst = max(worst, ExitCode.FAILED)
+                continue
+            except ConfigError as exc:  # discovery refused the issuer's metadata
+                print(f"tokend: {exc}", file=sys.stderr)
+                worst = ExitCode.CONFIG
                 continue
             token = answer.token
             print(
@@ -313,4 +411,42 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str]]) -> int:
             )
     finally:
         client.close()
-    return worst
+    return max(worst, check_fleet(config))
+
+
+def check_fleet(config: Config) -> int:
+    """``--online`` with ``[fleet]``: Redis answers a PING with the configured password."""
+    if config.fleet is None:
+        return ExitCode.OK
+    from tokend.daemon.fleet import fleet_imports
+
+    fleet_imports(config.path)
+    from tokend.io.fleet_store import FleetStore, RedisDown
+
+    store = FleetStore(config.fleet, config.path)  # a password it cannot read: ConfigError
+    try:
+        store.ping()
+    except RedisDown as exc:
+        print(f"tokend: fleet: {config.fleet.redis_url.split('?', 1)[0]}: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    finally:
+        store.close()
+    print(f"online: fleet: Redis {config.fleet.redis_url.split('?', 1)[0]} answers")
+    return ExitCode.OK
+
+
+def show_discovery(client: TokenClient, cred: CredentialConfig, state_dir: Path) -> None:
+    """What the issuer's metadata says (fetched now), and a warning for each setting of
+    the credential it does not list as supported."""
+    from tokend.core.protocol import discovery_warnings
+    from tokend.io.token_client import key_auth
+
+    found, _ = client.discover(cred, state_dir, refresh=True)
+    keys = key_auth(cred)
+    endpoint = found.endpoint(mtls=keys.tls is not None)
+    methods = ", ".join(found.auth_methods) if found.auth_methods is not None else "not listed"
+    print(
+        f"discovered: {cred.name}: issuer {found.issuer}: token endpoint {endpoint}; auth methods: {methods}"
+    )
+    for warning in discovery_warnings(found, cred.client_auth, keys.signer.alg if keys.signer else None):
+        print(f"tokend: warning: {cred.name}: {warning}", file=sys.stderr)

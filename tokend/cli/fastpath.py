@@ -232,16 +232,24 @@ def credential_key(tbl: dict[str, Any], file: str, environ: Mapping[str, str]) -
     if provider is not None and (not isinstance(provider, str) or provider not in PRESET_TOKEN_URLS):
         raise GiveUp("unknown provider")
     token_url = tbl.get("token_url")
-    if token_url is None and provider is not None:
+    issuer = tbl.get("issuer")
+    if issuer is not None:
+        # Discovered endpoint: the issuer, exactly as written, is the identity (and the
+        # validated path refuses token_url beside it; a preset's is not used).
+        if token_url is not None or not isinstance(issuer, str) or not issuer.strip():
+            raise GiveUp("issuer with token_url, or not a string")
+    elif token_url is None and provider is not None:
         token_url = PRESET_TOKEN_URLS[provider]
-    if not isinstance(token_url, str) or not token_url.strip():
+    if issuer is None and (not isinstance(token_url, str) or not token_url.strip()):
         raise GiveUp("no token_url")
     default_expires_in = DEFAULT_EXPIRES_IN
     if "default_expires_in" in tbl:
         default_expires_in = duration(tbl["default_expires_in"])
         if not 0 < default_expires_in <= MAX_EXPIRES_IN:
             raise GiveUp("default_expires_in out of bounds")
-    return cache_key(token_url, client_id(tbl, file, environ), scope(tbl), params(tbl), default_expires_in)
+    return cache_key(
+        token_url, client_id(tbl, file, environ), scope(tbl), params(tbl), default_expires_in, issuer
+    )
 
 
 def scope(tbl: dict[str, Any]) -> tuple[str, ...]:

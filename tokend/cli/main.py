@@ -101,12 +101,31 @@ def _exec(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "exec",
         parents=[common],
         help="run a command with the token in its environment",
-        usage="tokend exec [-c FILE] [--env-name VAR] NAME -- CMD [ARG ...]",
+        usage="tokend exec [-c FILE] [--env-name VAR] [--on-rotate restart|SIGNAL|none] "
+        "[--stop-signal SIGNAL] [--stop-timeout DURATION] NAME -- CMD [ARG ...]",
         description="Run CMD with NAME's valid access token in its environment "
-        "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise).",
+        "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise). With --on-rotate "
+        "restart or a signal, tokend stays CMD's parent, keeps the token fresh, and "
+        "restarts CMD with each new token or sends it the signal; SIGTERM, SIGINT, SIGHUP "
+        "and SIGQUIT are passed on, and CMD's exit code is tokend's.",
     )
     exec_.add_argument("name", metavar="NAME")
     exec_.add_argument("--env-name", metavar="VAR", help="variable to put the token in")
+    exec_.add_argument(
+        "--on-rotate",
+        default="none",
+        metavar="restart|SIGNAL|none",
+        help="on a new token: restart CMD, send it SIGNAL (after the sinks are written), "
+        "or (none, the default) exec CMD once and let it be",
+    )
+    exec_.add_argument(
+        "--stop-signal", metavar="SIGNAL", help="how a restart asks CMD to stop (default SIGTERM)"
+    )
+    exec_.add_argument(
+        "--stop-timeout",
+        metavar="DURATION",
+        help="how long a restart waits for CMD before SIGKILL (default 10s, at most 1h)",
+    )
 
 
 def _demo(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -282,5 +301,13 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
     if args.command == "check":
         return commands.cmd_check(config, online=args.online)
     if args.command == "exec":
-        return commands.cmd_exec(config, args.name, command, env_name=args.env_name)
+        return commands.cmd_exec(
+            config,
+            args.name,
+            command,
+            env_name=args.env_name,
+            on_rotate=args.on_rotate,
+            stop_signal=args.stop_signal,
+            stop_timeout=args.stop_timeout,
+        )
     raise AssertionError(f"unhandled command {args.command}")

@@ -109,6 +109,10 @@ def _duration(value: object, key: Key) -> float:
     seconds = parse_duration(value)
     if key.low is None and seconds <= 0:
         raise ValueError("must be longer than zero")
+    if key.low is not None and seconds < key.low:  # a floor above zero ([fleet] lease)
+        raise ValueError(
+            f"must be between {human(key.low)} and {human(key.high or seconds)}, got {human(seconds)}"
+        )
     if key.high is not None and seconds > key.high:
         raise ValueError(f"must be at most {human(key.high)}, got {human(seconds)}")
     return seconds

@@ -13,6 +13,7 @@ costs no more than parsing it.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -34,20 +35,25 @@ from tokend.config.kinds import (
 )
 from tokend.config.schema import (
     CREDENTIAL_KEYS,
+    FLEET_KEYS,
     GLOBAL_KEYS,
     HOOK_KEYS,
+    KEY_AUTHS,
     ROOT_KEYS,
     SECRET_SUFFIXES,
     SINK_KEYS,
     Config,
     CredentialConfig,
+    FleetConfig,
     HookConfig,
     SecretRef,
     SinkConfig,
     schema,
     secret_keys,
 )
-from tokend.io.files import read_regular
+from tokend.core.templates import MAX_TEMPLATE_BYTES, TemplateError
+from tokend.core.templates import check as check_template
+from tokend.io.files import read_regular, trusted_uids, unsafe_directory_chain, untrusted_writer
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -59,6 +65,10 @@ PRESETS: Mapping[str, Mapping[str, str]] = {
         "client_auth": "body",
     },
 }
+
+
+# The keys of client_auth = "private_key_jwt" alone.
+KEY_JWT_KEYS = ("private_key_file", "private_key_credential", "key_id", "signing_alg", "assertion_audience")
 
 
 class ConfigError(Exception):
@@ -176,12 +186,45 @@ class _Parser:
         check_sink_paths(
             self.file, credentials.values(), values["state_dir"], self.environ, values.get("metrics_textfile")
         )
+        credentials = read_template_files(
+            self.file, credentials, values["state_dir"], self.environ, values.get("metrics_textfile")
+        )
+        fleet = self.fleet(data["fleet"]) if "fleet" in data else None
         return Config(
             path=self.file,
             credentials=credentials,
+            fleet=fleet,
             warnings=tuple(self.warnings),
             **values,
         )
+
+    def fleet(self, body: object) -> FleetConfig:
+        """``[fleet]``: the Redis URL must carry no password (it would reach logs and
+        ``tokend status``); the password comes from password_file or password_env."""
+        tbl = self.table(body, "fleet", FLEET_KEYS)
+        fleet = FleetConfig(**self.values(FleetConfig, tbl, "fleet"))
+        url = fleet.redis_url
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise self.fail("fleet.redis_url", "must be a redis://, rediss:// or unix:// URL")
+        if "@" in url.split("?", 1)[0]:
+            # Not echoed: what sits before the @ is most often the password itself.
+            raise self.fail(
+                "fleet.redis_url", "must not carry a user or password (user:password@); use password_file"
+            )
+        if any(ch.isspace() or not ch.isprintable() for ch in url):
+            raise self.fail("fleet.redis_url", "must not contain whitespace or control characters")
+        if fleet.password_file is not None and fleet.password_env is not None:
+            raise self.fail("fleet.password_env", "conflicts with password_file; set only one")
+        if fleet.password_env is not None and not ENV_NAME_RE.fullmatch(fleet.password_env):
+            raise self.fail(
+                "fleet.password_env",
+                "is not an environment variable name (the value is not shown: it may be a "
+                "password pasted here by mistake)",
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", fleet.key_prefix):
+            raise self.fail("fleet.key_prefix", "may only use letters, digits, '_', '.' and '-'")
+        return fleet
 
     def credential(self, name: str, body: object) -> CredentialConfig:
         where = f"credentials.{name}"
@@ -193,9 +236,15 @@ class _Parser:
         provider = values.get("provider")
         if provider is not None and provider not in PRESETS:
             raise self.fail(f"{where}.provider", f"unknown provider; known: {', '.join(PRESETS)}")
-        values = {**PRESETS.get(provider or "", {}), **values}  # what is set overrides the preset
-        if "token_url" not in values:
-            raise self.fail(f"{where}.token_url", "is required (or set a provider)")
+        preset = dict(PRESETS.get(provider or "", {}))
+        if "issuer" in values:  # discovery finds the token endpoint: no preset's, no second one
+            if "token_url" in values:
+                raise self.fail(f"{where}.token_url", "conflicts with issuer; set only one")
+            preset.pop("token_url", None)
+        values = {**preset, **values}  # what is set overrides the preset
+        if "token_url" not in values and "issuer" not in values:
+            raise self.fail(f"{where}.token_url", "is required (or set issuer, or a provider)")
+        values.setdefault("token_url", None)
         on_rotate = self.hook(tbl["on_rotate"], f"{where}.on_rotate") if "on_rotate" in tbl else None
         sinks = tbl.get("sink", [])
         if isinstance(sinks, dict):
@@ -206,16 +255,62 @@ class _Parser:
             name=name,
             source=self.file,
             client_id=self.secret_ref(tbl, "client_id", where),
-            client_secret=self.secret_ref(tbl, "client_secret", where),
+            client_secret=self.client_secret_ref(tbl, values.get("client_auth", "basic"), where),
+            private_key=self.private_key_ref(tbl, where),
             sinks=tuple(self.sink(name, item, f"{where}.sink[{i}]") for i, item in enumerate(sinks)),
             on_rotate=on_rotate,
             **values,
         )
-        try:
-            check_token_url(cred.token_url, allow_insecure_http=cred.allow_insecure_http)
-        except ValueError as exc:
-            raise self.fail(f"{where}.token_url", str(exc)) from None
+        for name, url in (("token_url", cred.token_url), ("issuer", cred.issuer)):
+            try:
+                if url is not None:
+                    check_token_url(url, allow_insecure_http=cred.allow_insecure_http)
+            except ValueError as exc:
+                raise self.fail(f"{where}.{name}", str(exc)) from None
+        if cred.issuer is not None and ("?" in cred.issuer or "#" in cred.issuer):
+            raise self.fail(f"{where}.issuer", "must have no query or fragment (RFC 8414 §2)")
+        self.check_key_auth(cred, tbl, where)
         return cred
+
+    def client_secret_ref(self, tbl: Mapping[str, Any], client_auth: str, where: str) -> SecretRef | None:
+        """Required for the secret-based methods; refused for the key-based ones, whose
+        key or certificate is the secret (a secret beside it would never be sent)."""
+        if client_auth not in KEY_AUTHS:
+            return self.secret_ref(tbl, "client_secret", where)
+        for name in secret_keys("client_secret"):
+            if name in tbl:
+                raise self.fail(
+                    f"{where}.{name}", f'is not used with client_auth = "{client_auth}"; remove it'
+                )
+        return None
+
+    def private_key_ref(self, tbl: Mapping[str, Any], where: str) -> SecretRef | None:
+        """``private_key_file`` or ``private_key_credential`` (a PEM key: never inline, never
+        in the environment), located here and read at request time."""
+        given = [name for name in ("private_key_file", "private_key_credential") if name in tbl]
+        if not given:
+            return None
+        if len(given) > 1:
+            raise self.fail(f"{where}.{given[1]}", f"conflicts with {given[0]}; set only one")
+        value = self.string(tbl, given[0], where) or ""
+        if given[0] == "private_key_file":
+            return SecretRef(given[0], "file", str(self.resolve(value, f"{where}.{given[0]}")))
+        if "/" in value or value in (".", "..") or not value.isprintable():
+            raise self.fail(f"{where}.{given[0]}", "must be a systemd credential name, not a path")
+        return SecretRef(given[0], "credential", value)
+
+    def check_key_auth(self, cred: CredentialConfig, tbl: Mapping[str, Any], where: str) -> None:
+        """The keys of private_key_jwt and mutual TLS go with their method, and only with it."""
+        if cred.client_auth == "private_key_jwt" and cred.private_key is None:
+            raise self.fail(f"{where}.private_key_file", 'is required with client_auth = "private_key_jwt"')
+        if cred.client_auth != "private_key_jwt":
+            for name in KEY_JWT_KEYS:
+                if name in tbl:
+                    raise self.fail(f"{where}.{name}", 'only applies to client_auth = "private_key_jwt"')
+        if cred.client_auth == "tls_client_auth" and cred.tls_cert_file is None:
+            raise self.fail(f"{where}.tls_cert_file", 'is required with client_auth = "tls_client_auth"')
+        if cred.tls_key_file is not None and cred.tls_cert_file is None:
+            raise self.fail(f"{where}.tls_key_file", "needs tls_cert_file (the certificate for this key)")
 
     def secret_ref(self, tbl: Mapping[str, Any], base: str, where: str) -> SecretRef:
         keys = secret_keys(base)
@@ -260,6 +355,8 @@ class _Parser:
         tbl = self.table(body, where, SINK_KEYS)
         values = self.values(SinkConfig, tbl, where)
         sink = SinkConfig(**{**values, "path": Path(os.path.normpath(values["path"]))})
+        if sink.format == "template" or sink.template is not None or sink.template_file is not None:
+            return self.template_sink(replace(sink, credential=credential), where)
         if sink.env_name is not None and sink.format != "env":
             raise self.fail(f"{where}.env_name", f'only applies to format = "env", not {sink.format!r}')
         if sink.format != "env":
@@ -268,6 +365,27 @@ class _Parser:
         if not ENV_NAME_RE.fullmatch(env_name):
             raise self.fail(f"{where}.env_name", f"{shown(env_name)} is not a valid variable name")
         return sink if env_name == sink.env_name else replace(sink, env_name=env_name)
+
+    def template_sink(self, sink: SinkConfig, where: str) -> SinkConfig:
+        """A template sink: one of template and template_file. An inline template is
+        checked here; a file is read by :func:`read_template_files`, once every path a
+        template must not be is known."""
+        if sink.format != "template":
+            name = "template" if sink.template is not None else "template_file"
+            raise self.fail(f"{where}.{name}", f'only applies to format = "template", not {sink.format!r}')
+        if sink.env_name is not None:
+            raise self.fail(f"{where}.env_name", f'only applies to format = "env", not {sink.format!r}')
+        if sink.template is not None and sink.template_file is not None:
+            raise self.fail(f"{where}.template_file", "conflicts with template; set only one")
+        if sink.template is None:
+            if sink.template_file is None:
+                raise self.fail(where, 'format = "template" needs a template or a template_file')
+            return sink
+        try:
+            check_template(sink.template)
+        except TemplateError as exc:
+            raise self.fail(f"{where}.template", str(exc)) from None
+        return replace(sink, template_text=sink.template)
 
     def hook(self, body: object, where: str) -> HookConfig:
         tbl = self.table(body, where, HOOK_KEYS)
@@ -278,6 +396,21 @@ class _Parser:
         if not hook.command and hook.pid_file is None:
             raise self.fail(where, "needs a command, or a pid_file and signal")
         return hook
+
+
+def protected_files(
+    file: Path, credentials: Iterable[CredentialConfig], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The files tokend reads secrets from (real paths), each with what it is."""
+    protected: dict[str, str] = {os.path.realpath(file): "the config file"}
+    for cred in credentials:
+        for path in cred.files():
+            protected[os.path.realpath(path)] = f"a file {cred.where('')[:-1]} reads"
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        for ref in cred.secret_refs():
+            if ref.source == "credential" and directory:
+                protected[os.path.realpath(Path(directory) / ref.value)] = "a systemd credential"
+    return protected
 
 
 def check_sink_paths(
@@ -291,14 +424,7 @@ def check_sink_paths(
     file tokend reads or keeps for itself: a sink on the secret file would overwrite the
     secret with the access token, a metrics textfile there would do it once a second."""
     credentials = tuple(credentials)
-    protected: dict[str, str] = {os.path.realpath(file): "the config file"}
-    for cred in credentials:
-        for path in cred.files():
-            protected[os.path.realpath(path)] = f"a file {cred.where('')[:-1]} reads"
-        directory = environ.get("CREDENTIALS_DIRECTORY")
-        for ref in (cred.client_id, cred.client_secret):
-            if ref.source == "credential" and directory:
-                protected[os.path.realpath(Path(directory) / ref.value)] = "a systemd credential"
+    protected = protected_files(file, credentials, environ)
     state = os.path.realpath(state_dir)
     seen: dict[str, str] = {}
     for cred in credentials:
@@ -326,6 +452,96 @@ def check_sink_paths(
                 f"{metrics_textfile} is {taken}; tokend would overwrite it",
                 where="tokend.metrics_textfile",
             )
+
+
+KERNEL_TREES = ("/proc", "/sys", "/dev")  # their "files" are the host's state, never a template
+
+
+def read_template_files(
+    file: Path,
+    credentials: Mapping[str, CredentialConfig],
+    state_dir: Path,
+    environ: Mapping[str, str],
+    metrics_textfile: Path | None = None,
+) -> dict[str, CredentialConfig]:
+    """The credentials with every ``template_file`` read and checked into ``template_text``.
+
+    A template's text goes into a file others read, so it must not be one that holds what
+    they must not see (the config, a secret, the token cache, a file tokend writes: the
+    placeholders exist so that nothing else can get in) and no one but tokend's user or
+    root may be able to change it or redirect it (they would choose what the consumer
+    does with the token). Checked before reading, so that a refusal never quotes it.
+    """
+    protected = protected_files(file, credentials.values(), environ)
+    written = {os.path.realpath(s.path) for c in credentials.values() for s in c.sinks}
+    if metrics_textfile is not None:
+        written.add(os.path.realpath(metrics_textfile))
+    state = os.path.realpath(state_dir)
+    read: dict[str, CredentialConfig] = {}
+    for name, cred in credentials.items():
+        sinks = list(cred.sinks)
+        for i, sink in enumerate(sinks):
+            if sink.template_file is None:
+                continue
+            where = cred.where(f"sink[{i}].template_file")
+            path = Path(os.path.normpath(sink.template_file))
+            try:
+                text = _template_text(path, protected, written, state, sink.allow_shared_dir)
+            except ValueError as exc:
+                raise ConfigError(file, f"{path}: {exc}", where=where) from None
+            sinks[i] = replace(sink, template_file=path, template_text=text)
+        read[name] = replace(cred, sinks=tuple(sinks)) if sinks != list(cred.sinks) else cred
+    return read
+
+
+def _template_text(
+    path: Path, protected: Mapping[str, str], written: set[str], state: str, shared: bool
+) -> str:
+    """The checked text of one template file; ValueError says why not."""
+    real = os.path.realpath(path)
+    if real in protected:
+        raise ValueError(f"is {protected[real]}; a template there would copy it into the sink")
+    if real in written:
+        raise ValueError("is a file tokend writes; a template must be a file of its own")
+    if real == state or real.startswith(state + os.sep):
+        raise ValueError("is inside the state directory, which holds refresh tokens")
+    if any(real == tree or real.startswith(tree + os.sep) for tree in KERNEL_TREES):
+        raise ValueError("is a kernel file, not a template")
+    if not shared:
+        # Where the path is, and where it leads: a symlink into a directory someone else
+        # can change would let them swap the target after this check.
+        chain = unsafe_directory_chain(path.parent) or unsafe_directory_chain(Path(real).parent)
+        try:
+            owner = untrusted_writer(path.stat(), trusted_uids())
+        except FileNotFoundError:
+            raise ValueError("no such file") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read: {exc.strerror}") from None
+        reason = f"directory path is not safe: {chain}" if chain else f"is {owner}" if owner else None
+        if reason:
+            raise ValueError(
+                f"{reason} (someone else could choose what the sink says; fix the modes, "
+                "or set allow_shared_dir = true to accept it)"
+            )
+    try:
+        raw = read_regular(path, MAX_TEMPLATE_BYTES)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_TEMPLATE_BYTES:
+        raise ValueError(f"larger than {MAX_TEMPLATE_BYTES // 1024} KiB; is this the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"line {line}: not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise ValueError("is empty")
+    if "\0" in text:
+        raise ValueError(f"line {text.count(chr(10), 0, text.index(chr(0))) + 1}: contains a NUL byte")
+    check_template(text)  # a TemplateError is a ValueError: "line N: unknown placeholder ..."
+    return text
 
 
 def parse(text: str, file: Path, environ: Mapping[str, str] | None = None) -> Config:

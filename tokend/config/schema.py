@@ -20,19 +20,24 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, dataclass_transform, get_args
 
 from tokend.core.identity import DEFAULT_EXPIRES_IN
+from tokend.core.templates import MAX_TEMPLATE_BYTES
 
 _C = TypeVar("_C")
 
-SinkFormat = Literal["raw", "json", "env", "header"]
+SinkFormat = Literal["raw", "json", "env", "header", "template"]
 RequestFormat = Literal["form", "json", "auto"]
 WireFormat = Literal["form", "json"]
-ClientAuth = Literal["basic", "body", "auto"]
-AuthStyle = Literal["basic", "body"]
+ClientAuth = Literal["basic", "body", "auto", "private_key_jwt", "tls_client_auth"]
+AuthStyle = Literal["basic", "body", "private_key_jwt", "tls_client_auth"]
+# RFC 7518 §3.1, the asymmetric ones: what a private key may sign a client assertion with.
+SigningAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 SecretSource = Literal["inline", "env", "file", "credential"]
 
-SINK_FORMATS: tuple[SinkFormat, ...] = ("raw", "json", "env", "header")
+SINK_FORMATS: tuple[SinkFormat, ...] = ("raw", "json", "env", "header", "template")
 REQUEST_FORMATS: tuple[RequestFormat, ...] = ("form", "json", "auto")
-CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body", "auto")
+CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body", "auto", "private_key_jwt", "tls_client_auth")
+KEY_AUTHS: tuple[ClientAuth, ...] = ("private_key_jwt", "tls_client_auth")  # no client secret
+SIGNING_ALGS: tuple[SigningAlg, ...] = get_args(SigningAlg)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -200,6 +205,12 @@ class SinkConfig:
     env_name: str | None = key(kind="string", default=None)  # format = "env" only: <NAME>_ACCESS_TOKEN
     remove_on_stop: bool = key(kind="flag", default=False)
     allow_shared_dir: bool = key(kind="flag", default=False)  # a dir chain others can write (no StrictModes)
+    # format = "template" only, one of the two (tokend.core.templates). The file's text is
+    # read when the config is loaded, and watched: an edit reloads, re-rendering with no request.
+    template: str | None = key(kind="string", default=None, high=MAX_TEMPLATE_BYTES)
+    template_file: Path | None = key(kind="path", default=None)
+    template_text: str | None = key(kind="internal", default=None)  # the template, checked
+    credential: str | None = key(kind="internal", default=None)  # its credential, for ${credential}
 
 
 @config_value
@@ -215,9 +226,10 @@ class HookConfig:
 class CredentialConfig:
     name: str = key(kind="internal")
     source: Path = key(kind="internal")  # the config file it came from, for error messages
-    token_url: str = key(kind="url", identity=True, refetch=True)
+    token_url: str | None = key(kind="url", identity=True, refetch=True)  # None: discovered from issuer
     client_id: SecretRef = key(kind="secret", keys=secret_keys("client_id"), identity=True, refetch=True)
-    client_secret: SecretRef = key(kind="secret", keys=secret_keys("client_secret"), refetch=True)
+    # None with client_auth = "private_key_jwt" or "tls_client_auth": the key is the secret.
+    client_secret: SecretRef | None = key(kind="secret", keys=secret_keys("client_secret"), refetch=True)
     provider: str | None = key(kind="string", default=None)  # a preset: see tokend.config.parse.PRESETS
     env_file: Path | None = key(kind="path", default=None, refetch=True)
     scope: tuple[str, ...] = key(kind="scope", default=(), identity=True, refetch=True)
@@ -235,8 +247,22 @@ class CredentialConfig:
     timeout: float = key(kind="duration", default=10.0, high=MAX_REQUEST_TIMEOUT, refetch=True)
     ca_bundle: Path | None = key(kind="path", default=None, refetch=True)
     allow_insecure_http: bool = key(kind="flag", default=False, refetch=True)
+    # Discovery (RFC 8414 / OIDC Discovery) instead of token_url; part of the identity.
+    issuer: str | None = key(kind="url", default=None, identity=True, refetch=True)
+    # private_key_jwt (RFC 7523): a PEM key, read at request time like a secret.
+    private_key: SecretRef | None = key(
+        kind="secret", default=None, keys=("private_key_file", "private_key_credential"), refetch=True
+    )
+    key_id: str | None = key(kind="string", default=None, high=256, refetch=True)
+    signing_alg: SigningAlg | None = key(kind="choice", default=None, choices=SIGNING_ALGS, refetch=True)
+    assertion_audience: str | None = key(kind="string", default=None, refetch=True)
+    # Mutual TLS (RFC 8705): the client certificate, with any client_auth.
+    tls_cert_file: Path | None = key(kind="path", default=None, refetch=True)
+    tls_key_file: Path | None = key(kind="path", default=None, refetch=True)  # unless the cert file holds it
     sinks: tuple[SinkConfig, ...] = key(kind="sinks", default=(), keys=("sink",))
     on_rotate: HookConfig | None = key(kind="hook", default=None)
+    # Share this credential's token through [fleet] (when that table exists): the default.
+    fleet: bool = key(kind="flag", default=True)
 
     @property
     def scope_string(self) -> str | None:
@@ -247,14 +273,35 @@ class CredentialConfig:
 
     def files(self) -> set[Path]:
         """Files whose content this credential's token depends on (watched for changes)."""
-        found = {Path(ref.value) for ref in (self.client_id, self.client_secret) if ref.source == "file"}
-        if self.env_file is not None:
-            found.add(self.env_file)
+        found = {Path(ref.value) for ref in self.secret_refs() if ref.source == "file"}
+        found |= {path for path in (self.env_file, self.tls_cert_file, self.tls_key_file) if path is not None}
         return found
+
+    def secret_refs(self) -> tuple[SecretRef, ...]:
+        """Every secret this credential reads: client id, client secret, private key."""
+        refs = (self.client_id, self.client_secret, self.private_key)
+        return tuple(ref for ref in refs if ref is not None)
 
     def secret_variables(self) -> set[str]:
         """Environment variables this credential reads a secret from: never for a child."""
-        return {ref.value for ref in (self.client_id, self.client_secret) if ref.source == "env"}
+        return {ref.value for ref in self.secret_refs() if ref.source == "env"}
+
+
+MIN_LEASE = 1.0  # a shorter lease is renewed more often than a Redis round trip can promise
+MAX_LEASE = 3600.0
+
+
+@config_value
+class FleetConfig:
+    """``[fleet]``: daemons on many hosts share one token per identity through Redis."""
+
+    redis_url: str = key(kind="url", required=True)  # redis://, rediss:// or unix://
+    # The Redis password: from a file or the environment, never inline (never logged).
+    password_file: Path | None = key(kind="path", default=None)
+    password_env: str | None = key(kind="string", default=None, high=256)
+    username: str | None = key(kind="string", default=None, high=256)  # a Redis 6 ACL user
+    lease: float = key(kind="duration", default=15.0, low=MIN_LEASE, high=MAX_LEASE)
+    key_prefix: str = key(kind="string", default="tokend", high=64)
 
 
 @config_value
@@ -268,17 +315,22 @@ class Config:
     )
     metrics_textfile: Path | None = key(kind="path", default=None)
     credentials: Mapping[str, CredentialConfig] = key(kind="credentials", default_factory=dict, keys=())
+    fleet: FleetConfig | None = key(kind="internal", default=None)  # the [fleet] table, read by parse
     warnings: tuple[str, ...] = key(kind="internal", default=())  # worth a log line, not a refusal
 
     def secret_variables(self) -> frozenset[str]:
         """Every environment variable any credential reads a secret from: no child of
         tokend's (hook or exec) may inherit one."""
-        return frozenset(v for cred in self.credentials.values() for v in cred.secret_variables())
+        found = {v for cred in self.credentials.values() for v in cred.secret_variables()}
+        if self.fleet is not None and self.fleet.password_env is not None:
+            found.add(self.fleet.password_env)  # the Redis password is a secret too
+        return frozenset(found)
 
 
 # --------------------------------------------------------------------------- derived
 
-ROOT_KEYS = ("tokend", "credentials")
+ROOT_KEYS = ("tokend", "credentials", "fleet")
+FLEET_KEYS = toml_keys(FleetConfig)
 GLOBAL_KEYS = toml_keys(Config)
 CREDENTIAL_KEYS = toml_keys(CredentialConfig)
 SINK_KEYS = toml_keys(SinkConfig)

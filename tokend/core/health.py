@@ -27,6 +27,7 @@ class CredentialStatus:
     last_error: str | None = None
     last_error_retryable: bool | None = None
     failures: int = 0  # consecutive failed attempts (token request or sink write)
+    role: str | None = None  # fleet mode: leader, follower or standalone; None without it
 
     def updated(self, **changes: Any) -> CredentialStatus:
         return replace(self, **changes)
@@ -40,6 +41,7 @@ class DaemonStatus:
     config_error: str | None = None
     credentials: dict[str, CredentialStatus] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # not failures, but worth a look (an empty config, say)
+    fleet: dict[str, Any] | None = None  # fleet mode's health: Redis reachable, counts
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -94,7 +96,7 @@ def human_duration(seconds: float) -> str:
 def describe(cred: CredentialStatus, now: float, *, running: bool = True) -> str:
     """One line for a terminal: verdict, expiry, next refresh (only while the daemon runs:
     a stopped one refreshes nothing), last success, last error."""
-    parts = [f"{cred.name}: {verdict(cred, now)}"]
+    parts = [f"{cred.name}: {verdict(cred, now)}" + (f" ({cred.role})" if cred.role else "")]
     if cred.expires_at is not None:
         remaining = cred.expires_at - now
         parts.append(

@@ -15,11 +15,12 @@ DEFAULT_EXPIRES_IN = 3600.0
 
 
 def cache_key(
-    token_url: str,
+    token_url: str | None,
     client_id: str,
     scope: Iterable[str],
     params: Iterable[tuple[str, str]],
     default_expires_in: float = DEFAULT_EXPIRES_IN,
+    issuer: str | None = None,
 ) -> str:
     """Endpoint, client, scope and parameters, never the secret: renaming a credential
     keeps its token, and two credentials asking for the same thing share one.
@@ -27,8 +28,14 @@ def cache_key(
     ``params`` are the extra body parameters as sorted (name, value) pairs. The default
     lifetime counts only when it is not the default, so caches written before it counted
     stay valid.
+
+    ``issuer`` is given instead of ``token_url`` when the endpoint is discovered: the
+    issuer, not whatever endpoint its metadata names today, says whose token it is. It is
+    tagged, so that no configuration by token_url can ever give the same key.
     """
     identity: list[object] = [token_url, client_id, sorted(scope), [list(p) for p in params]]
-    if default_expires_in != DEFAULT_EXPIRES_IN:
+    if default_expires_in != DEFAULT_EXPIRES_IN or issuer is not None:
         identity.append(default_expires_in)
+    if issuer is not None:
+        identity.append({"issuer": issuer})
     return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]

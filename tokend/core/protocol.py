@@ -37,6 +37,8 @@ AUTH_STATUS = frozenset({401, 403})
 # headline when several attempts failed.
 FORMAT_ERRORS = frozenset({"invalid_request", "unsupported_grant_type"})
 _ASCII_SECONDS = re.compile(r"[0-9]{1,10}")
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 60  # seconds; RFC 7523 wants it short, the issue at most 5 minutes
 
 
 class TokenRequestError(Exception):
@@ -103,10 +105,14 @@ def build_request(
     cred: CredentialConfig,
     *,
     client_id: str,
-    client_secret: str,
+    client_secret: str | None,
     style: Style,
     refresh_token: str | None = None,
+    token_url: str | None = None,
+    client_assertion: str | None = None,
 ) -> TokenRequest:
+    """The request for ``style``: ``token_url`` is the discovered endpoint when the
+    credential names an issuer; ``client_assertion`` the signed JWT of private_key_jwt."""
     params: list[tuple[str, str]] = []
     if refresh_token is not None:
         params += [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
@@ -120,7 +126,20 @@ def build_request(
         "User-Agent": f"tokend/{__version__}",
         "Cache-Control": "no-store",
     }
-    if style.auth == "basic":
+    if style.auth == "private_key_jwt":
+        if client_assertion is None:
+            raise ValueError("private_key_jwt needs a client assertion")
+        # RFC 7523 §2.2; client_id too (RFC 7521 §4.2 allows it, Entra ID wants it).
+        params += [
+            ("client_id", client_id),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", client_assertion),
+        ]
+    elif style.auth == "tls_client_auth":
+        params.append(("client_id", client_id))  # RFC 8705 §2: the certificate does the rest
+    elif client_secret is None:
+        raise ValueError(f"{style.auth} auth needs a client secret")
+    elif style.auth == "basic":
         headers["Authorization"] = basic_credentials(client_id, client_secret)
     else:
         params += [("client_id", client_id), ("client_secret", client_secret)]
@@ -130,7 +149,10 @@ def build_request(
     else:
         headers["Content-Type"] = "application/x-www-form-urlencoded"
         body = urlencode(params).encode("ascii")  # a repeated name is sent repeated
-    return TokenRequest(cred.token_url, headers, body)
+    url = token_url or cred.token_url
+    if url is None:
+        raise ValueError("no token endpoint: discover it from the issuer first")
+    return TokenRequest(url, headers, body)
 
 
 def json_params(params: Sequence[tuple[str, str]]) -> dict[str, str | list[str]]:
@@ -434,13 +456,196 @@ def final_error(failed: Sequence[tuple[Style, TokenRequestError]], *, hint: str 
     )
 
 
-def basic_hint(cred: CredentialConfig, client_id: str, client_secret: str) -> str:
+def basic_hint(cred: CredentialConfig, client_id: str, client_secret: str | None) -> str:
     """For plain ``basic`` only: a server that does not decode Basic credentials refuses
     an id or secret that the RFC's encoding changed. Say so, rather than "wrong secret"."""
-    if cred.client_auth != "basic" or not basic_encoding_changes(client_id, client_secret):
+    if (
+        cred.client_auth != "basic"
+        or client_secret is None
+        or not basic_encoding_changes(client_id, client_secret)
+    ):
         return ""
     return (
         "; the client id or secret holds characters that Basic auth must percent-encode "
         '(RFC 6749 §2.3.1), and some servers do not decode them: try client_auth = "body" '
         'or "auto"'
     )
+
+
+# --------------------------------------------------------------------------- pure: key-based client auth
+
+
+class KeyMismatch(ValueError):
+    """A signing algorithm that the key cannot sign with (the message names neither key nor content)."""
+
+
+# The family each algorithm needs, and for EC the curve: ES256 is P-256 only (RFC 7518 §3.4).
+_ALG_FAMILY: Mapping[str, tuple[str, str | None]] = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "EdDSA": ("OKP", None),
+}
+_DEFAULT_ALG: Mapping[tuple[str, str | None], str] = {
+    ("EC", "P-256"): "ES256",
+    ("EC", "P-384"): "ES384",
+    ("EC", "P-521"): "ES512",
+}
+
+
+def signing_alg(family: str, curve: str | None, configured: str | None) -> str:
+    """The JWS algorithm for a key of ``family`` ("RSA", "EC", "OKP") and ``curve``
+    (P-256, P-384, P-521 for EC): the configured one if the key can sign with it, else
+    the key's natural one (RS256, ES256/ES384/ES512 by curve, EdDSA). Raises KeyMismatch."""
+    if configured is not None:
+        want_family, want_curve = _ALG_FAMILY.get(configured, ("?", None))
+        if want_family != family or (want_curve is not None and want_curve != curve):
+            key = f"an {family} key" if family in ("RSA", "EC") else f"a {family} key"
+            if curve is not None:
+                key += f" on {curve}"
+            raise KeyMismatch(f"signing_alg {configured} cannot be used with {key}")
+        return configured
+    if family == "RSA":
+        return "RS256"
+    if family == "OKP":
+        return "EdDSA"
+    alg = _DEFAULT_ALG.get((family, curve))
+    if alg is None:
+        raise KeyMismatch(f"no JWS algorithm signs with a {family} key on {curve or 'this curve'}")
+    return alg
+
+
+def assertion_claims(client_id: str, audience: str, *, now: float, jti: str) -> dict[str, object]:
+    """RFC 7523 §3 claims of a client assertion: issued by and about the client, for the
+    token endpoint (or the audience the IdP asks for), once (``jti``), briefly."""
+    issued = int(now)
+    return {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "jti": jti,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ASSERTION_LIFETIME,
+    }
+
+
+# --------------------------------------------------------------------------- pure: discovery
+
+
+DISCOVERY_MAX_AGE = 86400.0  # metadata is fetched again after a day (or on a 404)
+# What each client_auth is called in token_endpoint_auth_methods_supported.
+AUTH_METHOD_NAMES: Mapping[str, tuple[str, ...]] = {
+    "basic": ("client_secret_basic",),
+    "body": ("client_secret_post",),
+    "auto": ("client_secret_basic", "client_secret_post"),
+    "private_key_jwt": ("private_key_jwt",),
+    "tls_client_auth": ("tls_client_auth",),
+}
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """What tokend uses of an authorization server's metadata (RFC 8414 §2)."""
+
+    issuer: str
+    token_endpoint: str
+    mtls_token_endpoint: str | None = None
+    auth_methods: tuple[str, ...] | None = None  # token_endpoint_auth_methods_supported
+    signing_algs: tuple[str, ...] | None = None  # token_endpoint_auth_signing_alg_values_supported
+
+    def endpoint(self, *, mtls: bool) -> str:
+        """RFC 8705 §5: with a client certificate, the mTLS alias when there is one."""
+        return self.mtls_token_endpoint if mtls and self.mtls_token_endpoint else self.token_endpoint
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "issuer": self.issuer,
+            "token_endpoint": self.token_endpoint,
+            "mtls_endpoint_aliases": {"token_endpoint": self.mtls_token_endpoint}
+            if self.mtls_token_endpoint
+            else {},
+            "token_endpoint_auth_methods_supported": self.auth_methods,
+            "token_endpoint_auth_signing_alg_values_supported": self.signing_algs,
+        }
+
+
+class BadMetadata(ValueError):
+    """Metadata that cannot be used: not for this issuer, or without a token endpoint."""
+
+
+def well_known_urls(issuer: str) -> tuple[str, ...]:
+    """Where the metadata may be, in order: OpenID Connect Discovery's (appended to the
+    issuer), RFC 8414's (inserted between host and path), and the appended RFC 8414 form
+    that some servers use for an issuer with a path."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    base = issuer.rstrip("/")
+    urls = [
+        f"{base}/.well-known/openid-configuration",
+        urlunsplit((parts.scheme, parts.netloc, f"/.well-known/oauth-authorization-server{path}", "", "")),
+        f"{base}/.well-known/oauth-authorization-server",
+    ]
+    return tuple(dict.fromkeys(urls))
+
+
+def _strings(value: object) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def parse_metadata(data: object, issuer: str) -> Discovered:
+    """Judge a metadata document for ``issuer``. The issuer in it must be the configured
+    one *exactly* (RFC 8414 §3.3, OIDC Discovery §4.3): metadata served for another
+    issuer (a mix-up, a hostile host) must never give tokend a token endpoint."""
+    if not isinstance(data, dict):
+        raise BadMetadata("the metadata is not a JSON object")
+    found = data.get("issuer")
+    if found != issuer:
+        shown = repr(found)[:120] if isinstance(found, str) else "none"
+        raise BadMetadata(f"the metadata is for issuer {shown}, not {issuer!r}")
+    endpoint = data.get("token_endpoint")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise BadMetadata("the metadata names no token_endpoint")
+    aliases = data.get("mtls_endpoint_aliases")
+    mtls = aliases.get("token_endpoint") if isinstance(aliases, dict) else None
+    return Discovered(
+        issuer=issuer,
+        token_endpoint=endpoint,
+        mtls_token_endpoint=mtls if isinstance(mtls, str) and mtls else None,
+        auth_methods=_strings(data.get("token_endpoint_auth_methods_supported")),
+        signing_algs=_strings(data.get("token_endpoint_auth_signing_alg_values_supported")),
+    )
+
+
+def metadata_is_stale(fetched_at: float, now: float) -> bool:
+    """Fetched more than a day ago (or in the future: a clock that was wrong)."""
+    return not fetched_at <= now < fetched_at + DISCOVERY_MAX_AGE
+
+
+def discovery_warnings(found: Discovered, client_auth: str, alg: str | None = None) -> list[str]:
+    """What the metadata says this credential's settings will not get: worth a warning,
+    not a refusal (the list is optional and servers accept more than they advertise)."""
+    warnings = []
+    names = AUTH_METHOD_NAMES.get(client_auth, (client_auth,))
+    if found.auth_methods is not None and not any(name in found.auth_methods for name in names):
+        supported = ", ".join(found.auth_methods) or "none"
+        warnings.append(
+            f'client_auth = "{client_auth}" ({" or ".join(names)}) is not in the issuer\'s '
+            f"token_endpoint_auth_methods_supported ({supported})"
+        )
+    if alg is not None and found.signing_algs is not None and alg not in found.signing_algs:
+        warnings.append(
+            f"signing alg {alg} is not in the issuer's token_endpoint_auth_signing_alg_values_supported "
+            f"({', '.join(found.signing_algs) or 'none'})"
+        )
+    return warnings

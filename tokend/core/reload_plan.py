@@ -47,7 +47,11 @@ def plan_reload(
     new: Mapping[str, CredentialConfig],
     changed_files: Set[Path] = frozenset(),
 ) -> ReloadPlan:
-    """``changed_files``: secret and env files whose content changed (a rotated secret)."""
+    """``changed_files``: secret and env files whose content changed (a rotated secret).
+
+    A template file is not among what a token depends on: its text is in its sink's
+    config, read at load, so an edit to it makes the sink differ and is a re-sink, which
+    renders the current token again with no request."""
     added, removed, refetch, resink, unchanged = [], [], [], [], []
     for name in old:
         if name not in new:

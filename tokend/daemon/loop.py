@@ -32,6 +32,7 @@ from tokend.daemon.jobs import APSchedulerJobs, Jobs
 from tokend.daemon.reloader import Reloader
 from tokend.daemon.reporting import Observer, Observers, standard_observers
 from tokend.daemon.runner import Runner
+from tokend.daemon.token_source import STANDALONE, TokenSource
 from tokend.io import logsetup
 from tokend.io.cache import TokenCache
 from tokend.io.files import FileLock, ensure_private_dir
@@ -93,6 +94,7 @@ class Daemon:
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.notifier = Notifier(self.environ)
         self.observers = Observers([*standard_observers(config, self.notifier, self.environ), *observers])
+        self.source = token_source(config, self.environ, self.observers)
         self.runner = Runner(
             jobs or APSchedulerJobs(self.clock),
             self.observers,
@@ -102,6 +104,7 @@ class Daemon:
             environ=self.environ,
             on_ran=lambda name, first: self.events.put(Ran(name, first)),
             client_factory=client_factory,
+            source=self.source,
         )
         self.reloader = Reloader(self.environ, lambda: self.events.put(FilesTouched()))
         self.config_error: str | None = None
@@ -133,6 +136,7 @@ class Daemon:
 
     def start(self) -> None:
         self.runner.jobs.start()
+        self.source.start(self.runner.wake)
         self.reloader.watch(self.config)
         self.observers.configured(self.config)
         self.starting = set(self.config.credentials)
@@ -220,6 +224,7 @@ class Daemon:
         self.observers.stopping()
         self.reloader.stop()
         self.runner.stop(STOP_GRACE)
+        self.source.stop()  # releases fleet leases: a follower takes over at once
         if self.runner.abandoned:
             log.warning(
                 "%d refresh(es) still in flight; leaving them (every write is atomic)", self.runner.abandoned
@@ -278,6 +283,8 @@ class Daemon:
             self.flush_status()  # rare and important: not worth coalescing
             self.observers.reloaded(self.config_error, self.summary(), was_ready=was_ready)
             return False
+        if new.fleet != self.config.fleet:
+            log.warning("[fleet] changed: the new settings take effect when tokend restarts")
         self.apply(new, changed_files)
         for warning in new.warnings:
             log.warning("%s", warning)
@@ -308,7 +315,9 @@ class Daemon:
             config=str(self.config.path),
             config_error=self.config_error,
             credentials={name: slot.status for name, slot in self.runner.slots.items()},
-            warnings=() if self.config.credentials else (no_credentials_warning(self.config),),
+            warnings=(() if self.config.credentials else (no_credentials_warning(self.config),))
+            + self.source.warnings(),
+            fleet=self.source.health(),
         )
 
     def flush_status(self) -> None:
@@ -320,6 +329,16 @@ class Daemon:
         if self.config_error:
             return f"config rejected: {self.config_error}"
         return summary({name: slot.status for name, slot in self.runner.slots.items()}, self.clock.time())
+
+
+def token_source(config: Config, environ: Mapping[str, str], observers: Observer) -> TokenSource:
+    """Standalone, or fleet mode when the config has ``[fleet]`` (only then are redis-py
+    and cryptography imported)."""
+    if config.fleet is None:
+        return STANDALONE
+    from tokend.daemon.fleet import Fleet
+
+    return Fleet(config.fleet, config.path, environ=environ, report=observers.fleet_event)
 
 
 def no_credentials_warning(config: Config) -> str:
@@ -373,8 +392,8 @@ def run(
             config.state_dir,
         )
         return ExitCode.LOCKED
-    daemon = Daemon(config, environ=environ)
     try:
+        daemon = Daemon(config, environ=environ)  # [fleet]: a password it cannot read is a ConfigError
         return leave(daemon, daemon.run(stop_after=stop_after))
     finally:
         lock.release()

@@ -17,6 +17,7 @@ from tokend.core import policy
 from tokend.core.protocol import Style, TokenRequestError
 from tokend.core.results import Attempt, Result
 from tokend.core.tokens import Token
+from tokend.daemon.token_source import STANDALONE, TokenSource
 from tokend.io.cache import CacheEntry, StateError, TokenCache, cache_key
 from tokend.io.secret_sources import read_secret
 from tokend.io.sinks import SinkError, rfc3339, write_sink
@@ -26,7 +27,7 @@ log = logging.getLogger("tokend.refresher")
 
 
 class Refresher:
-    __slots__ = ("cache", "clock", "cred", "environ")
+    __slots__ = ("cache", "clock", "cred", "environ", "origin", "source")
 
     def __init__(
         self,
@@ -35,11 +36,14 @@ class Refresher:
         *,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        source: TokenSource = STANDALONE,
     ) -> None:
         self.cred = cred
         self.cache = cache
         self.environ = environ
         self.clock = clock
+        self.source = source  # where a due token may come from before the IdP (fleet mode)
+        self.origin = "cache"  # where the last refresh's token came from: cache, idp or fleet
 
     def refresh(
         self,
@@ -64,12 +68,31 @@ class Refresher:
         with self.cache.exclusive(key, wait=2 * cred.timeout + 5):
             entry = self.cache.load(key)
             now = self.clock()
-            if entry is not None and not force and self.is_fresh(entry.token, now, fresh_until):
-                token: Token | None = entry.token
-                log.debug("%s: cached token %s is fresh", cred.name, entry.token.fingerprint)
+            ours = entry.token if entry is not None else None
+            due = force or ours is None or not self.is_fresh(ours, now, fresh_until)
+            offer = self.source.offer(cred, key, ours, now, due=due)
+            self.origin = "cache"
+            token: Token | None
+            if offer.token is not None:  # a newer token from the fleet's leader
+                token, self.origin = offer.token, "fleet"
+                self.remember(
+                    key,
+                    CacheEntry(offer.token, entry.wire, entry.auth) if entry else CacheEntry(offer.token),
+                    client_id,
+                )
+            elif not due or (offer.follow and ours is not None and policy.is_valid(ours, now)):
+                token = ours  # fresh, or the fleet's leader is getting the next one
+                log.debug(
+                    "%s: cached token %s is %s",
+                    cred.name,
+                    ours and ours.fingerprint,
+                    "kept" if due else "fresh",
+                )
             else:
                 try:
-                    secret = read_secret(cred, cred.client_secret, self.environ)
+                    # None for a key-based client_auth: obtain reads the key or certificate.
+                    ref = cred.client_secret
+                    secret = read_secret(cred, ref, self.environ) if ref is not None else None
                     learned = (
                         Style(entry.auth or "basic", entry.wire or "form")
                         if entry is not None and (entry.auth or entry.wire)
@@ -81,6 +104,8 @@ class Refresher:
                         client_secret=secret,
                         refresh_token=entry.token.refresh_token if entry else None,
                         learned=learned,
+                        state_dir=self.cache.state_dir,  # discovery's metadata is kept there
+                        environ=self.environ,
                     )
                 except TokenRequestError as exc:
                     request_error = exc
@@ -96,7 +121,7 @@ class Refresher:
                     else:
                         log.error("%s: no token: %s", cred.name, exc)
                 else:
-                    token, fetched = answer.token, True
+                    token, fetched, self.origin = answer.token, True, "idp"
                     log.debug(
                         "%s: new token %s, valid %ds until %s",
                         cred.name,
@@ -113,11 +138,18 @@ class Refresher:
                         )
                     except StateError as exc:  # the token is good; it just will not be remembered
                         log.warning("%s: %s", cred.name, exc)
+                    self.source.obtained(cred, key, token)  # fleet mode: the leader publishes it
 
         if token is None or not write_sinks:
             return attempt_of(cred.name, token, fetched, request_error)
         written, errors = self.write_sinks(token)
         return attempt_of(cred.name, token, fetched, request_error, tuple(map(str, errors)), written)
+
+    def remember(self, key: str, entry: CacheEntry, client_id: str) -> None:
+        try:
+            self.cache.save(key, entry, cred=self.cred, client_id=client_id)
+        except StateError as exc:  # the token is good; it just will not be remembered
+            log.warning("%s: %s", self.cred.name, exc)
 
     def is_fresh(self, token: Token, now: float, fresh_until: float | None) -> bool:
         if fresh_until is not None:

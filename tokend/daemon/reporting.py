@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokend.config import Config, CredentialConfig
+from tokend.core.fleet import FleetEvent
 from tokend.core.health import CredentialStatus, DaemonStatus
 from tokend.core.policy import BACKOFF_CAP
 from tokend.core.results import Attempt, Result
@@ -55,6 +56,10 @@ class Observer:
         """The coalesced status flush: at most once a second, and at every milestone."""
 
     def stopping(self) -> None: ...
+
+    def fleet_event(self, event: FleetEvent, name: str | None) -> None:
+        """Fleet mode: a lease taken or lost, a fallback to standalone, a token received.
+        From the fleet's listener thread or a worker."""
 
 
 class Observers(Observer):
@@ -96,6 +101,9 @@ class Observers(Observer):
 
     def stopping(self) -> None:
         self._each("stopping", lambda o: o.stopping())
+
+    def fleet_event(self, event: FleetEvent, name: str | None) -> None:
+        self._each("fleet_event", lambda o: o.fleet_event(event, name))
 
 
 class EventLog(Observer):
@@ -206,7 +214,12 @@ class MetricsReporter(Observer):
         self.metrics.flush()  # rare and watched for: not left to the next status flush
 
     def status(self, snapshot: DaemonStatus, summary: str, *, ready: bool) -> None:
+        if snapshot.fleet is not None:
+            self.metrics.fleet_reachable(bool(snapshot.fleet.get("reachable")))
         self.metrics.flush()
+
+    def fleet_event(self, event: FleetEvent, name: str | None) -> None:
+        self.metrics.fleet_event(str(event))
 
 
 class Hooks(Observer):

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 
 from tokend.config import ConfigError, CredentialConfig
 from tokend.core import policy
+from tokend.core.fleet import jitter_for
 from tokend.core.health import CredentialStatus
 from tokend.core.results import Attempt, Result
 from tokend.daemon.clock import Clock
 from tokend.daemon.jobs import Jobs
 from tokend.daemon.refresher import Refresher
 from tokend.daemon.reporting import Observer
+from tokend.daemon.token_source import STANDALONE, TokenSource
 from tokend.io.cache import TokenCache
 from tokend.io.token_client import TokenClient
 
@@ -44,11 +46,15 @@ class Slot:
     next_mono: float | None = None  # when the next run is armed for
     armed: tuple[bool, bool] = (False, False)  # (force, first) of the armed run
     warned_floor: bool = False
+    woken: bool = False  # fleet news came while a run was in flight: run again right after
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def record(status: CredentialStatus, attempt: Attempt, *, now: float) -> CredentialStatus:
-    """The credential's status after one attempt."""
+def record(
+    status: CredentialStatus, attempt: Attempt, *, now: float, received: bool = False, role: str | None = None
+) -> CredentialStatus:
+    """The credential's status after one attempt. ``received``: its token came from the
+    fleet's leader just now (a success as good as our own request)."""
     failed = attempt.result is not Result.SUCCESS
     status = status.updated(
         last_attempt=now,
@@ -56,6 +62,7 @@ def record(status: CredentialStatus, attempt: Attempt, *, now: float) -> Credent
         failures=attempt.failures,
         last_error=attempt.error if failed else None,
         last_error_retryable=(attempt.result is Result.RETRYABLE_ERROR) if failed else None,
+        role=role,
     )
     token = attempt.token
     if token is None:
@@ -63,7 +70,7 @@ def record(status: CredentialStatus, attempt: Attempt, *, now: float) -> Credent
     status = status.updated(
         token_fingerprint=token.fingerprint, expires_at=token.expires_at, obtained_at=token.obtained_at
     )
-    if attempt.fetched:
+    if attempt.fetched or received:
         return status.updated(last_success=now)
     if status.last_success is None:
         return status.updated(last_success=token.obtained_at)  # a cached token: when it came
@@ -85,8 +92,10 @@ class Runner:
         environ: Mapping[str, str] | None,
         on_ran: Callable[[str, bool], None],
         client_factory: Callable[[], TokenClient] = TokenClient,
+        source: TokenSource = STANDALONE,
     ) -> None:
         self.jobs, self.observers, self.cache = jobs, observers, cache
+        self.source = source  # standalone, or fleet mode's Redis
         self.clock, self.rng, self.environ, self.on_ran = clock, rng, environ, on_ran
         self.client_factory = client_factory
         self.slots: dict[str, Slot] = {}
@@ -106,7 +115,9 @@ class Runner:
         self.generation += 1
         slot = Slot(
             cred=cred,
-            refresher=Refresher(cred, self.cache, environ=self.environ, clock=self.clock.time),
+            refresher=Refresher(
+                cred, self.cache, environ=self.environ, clock=self.clock.time, source=self.source
+            ),
             generation=self.generation,
             status=previous.status if previous else CredentialStatus(cred.name),
             due_mono=None if force or previous is None else previous.due_mono,
@@ -119,6 +130,7 @@ class Runner:
     def remove(self, name: str) -> Slot:
         slot = self.slots.pop(name)
         self.jobs.cancel(name)
+        self.source.forget(name)
         self.observers.credential_removed(name)
         return slot
 
@@ -129,6 +141,14 @@ class Runner:
         with self._due_lock:
             heapq.heappush(self._due, (slot.next_mono, slot.generation, slot.cred.name))
         self.jobs.schedule(slot.cred.name, delay, self.run, slot.cred.name, slot.generation, force, first)
+
+    def wake(self, name: str) -> None:
+        """Run a credential now: the fleet's leader published a token for it (called from
+        the fleet's listener thread)."""
+        slot = self.slots.get(name)
+        if slot is not None and not self.stopping:
+            slot.woken = True  # if a run is in flight, it runs again when done
+            self.arm(slot, 0.0)
 
     def rearm_all(self) -> None:
         """The wall clock stepped: re-arm every run at its monotonic moment."""
@@ -177,6 +197,7 @@ class Runner:
             return  # removed or replaced by a reload since this run was armed
         if not slot.lock.acquire(blocking=False):
             return  # the run that holds it will re-arm
+        slot.woken = False
         with self._inflight_done:
             self._inflight += 1
         try:
@@ -197,12 +218,14 @@ class Runner:
         # made in wall time (the policy's frame), anchored to the monotonic clock.
         now, now_mono = clock.time(), clock.monotonic()
         token = attempt.token
-        if token is not None and (attempt.fetched or slot.due_mono is None):
+        received = slot.refresher.origin == "fleet"
+        role = self.source.role(cred.name)
+        if token is not None and (attempt.fetched or received or slot.due_mono is None):
             due = policy.refresh_due_at(
                 token,
                 refresh_at=cred.refresh_at,
                 min_ttl_margin=cred.min_ttl_margin,
-                jitter=self.rng.uniform(-1, 1),
+                jitter=jitter_for(role, self.rng.uniform(-1, 1)),  # a fleet's leader comes due first
             )
             # A new token's life counts from its request, by the monotonic clock (the wall
             # clock may step while the request is out); a cached one's only from the wall.
@@ -220,6 +243,9 @@ class Runner:
             has_token=token is not None,
             min_interval=policy.refresh_floor(token.lifetime) if token else policy.MIN_DELAY,
         )
+        look = self.source.next_look(cred.name)
+        if look is not None and not failed:
+            when = max(when, look)  # a follower: the leader is getting the next token
         if token is not None and token.lifetime < policy.MIN_SANE_LIFETIME and not slot.warned_floor:
             slot.warned_floor = True
             log.warning(
@@ -231,11 +257,11 @@ class Runner:
         attempt = dataclasses.replace(
             attempt, duration=clock.monotonic() - started, failures=failures, next_at=when
         )
-        slot.status = record(slot.status, attempt, now=now)
+        slot.status = record(slot.status, attempt, now=now, received=received, role=role)
         self.observers.attempted(attempt, cred, slot.status)
         if not self.stopping and self.slots.get(cred.name) is slot:
             try:
-                self.arm(slot, when - now)
+                self.arm(slot, 0.0 if slot.woken else when - now)
             except Exception:  # the jobs may be shutting down
                 log.debug("%s: not re-armed (stopping)", cred.name)
 

@@ -25,6 +25,7 @@ from tokend import __version__
 log = logging.getLogger("tokend.metrics")
 
 RESULTS = ("success", "retryable_error", "fatal_error")
+FLEET_EVENTS = ("leader_change", "fallback", "received")
 
 
 class Metrics:
@@ -32,6 +33,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.textfile = textfile
         self.dirty = threading.Event()
+        self.fleet_started = False  # fleet series appear only in fleet mode
         r = self.registry
         self.expiry = Gauge(
             "tokend_token_expiry_timestamp_seconds",
@@ -66,6 +68,15 @@ class Metrics:
             "tokend_config_last_reload_success_timestamp_seconds",
             "When a config was last loaded and applied (unix time).",
             registry=r,
+        )
+        self.fleet_events = Counter(
+            "tokend_fleet_events",
+            "Fleet mode: leader changes, fallbacks to standalone (Redis unreachable), tokens received.",
+            ["event"],
+            registry=r,
+        )
+        self.fleet_up = Gauge(
+            "tokend_fleet_redis_up", "Fleet mode: 1 while Redis answers, 0 while on our own.", registry=r
         )
         Info("tokend_build", "tokend's version.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
@@ -132,6 +143,24 @@ class Metrics:
         self.reloads.labels("success" if ok else "failure").inc()
         if ok:
             self.last_reload.set(at)
+        self.dirty.set()
+
+    def fleet_event(self, event: str) -> None:
+        if event not in FLEET_EVENTS:
+            return
+        if not self.fleet_started:
+            self.fleet_started = True
+            for name in FLEET_EVENTS:
+                self.fleet_events.labels(name)  # every series from the first, at 0
+        self.fleet_events.labels(event).inc()
+        self.dirty.set()
+
+    def fleet_reachable(self, up: bool) -> None:
+        if not self.fleet_started:
+            self.fleet_started = True
+            for name in FLEET_EVENTS:
+                self.fleet_events.labels(name)
+        self.fleet_up.set(1 if up else 0)
         self.dirty.set()
 
     def flush(self) -> None:

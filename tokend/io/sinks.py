@@ -1,7 +1,9 @@
-"""The files other programs read: four formats, each written atomically and only on change.
+"""The files other programs read: four formats and templates, each written atomically and
+only on change.
 
 Rendering is pure (:func:`render`); :func:`write_sink` is the IO edge. The refresh token
-and the client secret have no way in: :func:`render` only sees what a reader needs.
+and the client secret have no way in: :func:`render` only sees what a reader needs, and a
+template only the placeholders of :mod:`tokend.core.templates`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from tokend.config import SinkConfig
+from tokend.core import templates
+from tokend.core.templates import rfc3339 as rfc3339
 from tokend.core.tokens import Token, unsafe_reason
 from tokend.io.files import file_kind, sweep_once, unsafe_directory_chain, write_atomic
 
@@ -28,10 +31,6 @@ class SinkError(Exception):
         self.reason = reason
 
 
-def rfc3339(unix: float) -> str:
-    return datetime.fromtimestamp(int(unix), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def authorization_scheme(token_type: str) -> str:
     # RFC 6750 spells it "Bearer"; servers often say "bearer".
     return "Bearer" if token_type.lower() == "bearer" else token_type
@@ -42,6 +41,11 @@ def render(token: Token, sink: SinkConfig) -> bytes:
     if reason:  # the client rejects these already; this guards every other way in
         raise ValueError(f"access token {reason}")
     value = token.access_token
+    if sink.format == "template":
+        if sink.template_text is None:  # the config always fills it; a SinkError, never a crash
+            raise ValueError("template sink without a template")
+        # The template's own characters may be any UTF-8; the token's fields are ASCII.
+        return templates.render(sink.template_text, token, sink.credential or "").encode("utf-8")
     if sink.format == "raw":
         text = f"{value}\n"
     elif sink.format == "header":

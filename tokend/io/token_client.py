@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import cast
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import requests
 
@@ -37,7 +38,32 @@ from tokend.core.protocol import (
 from tokend.core.tokens import Token
 from tokend.io.http import DeadlineExceeded, NoNetrc, deadline_session
 
+if TYPE_CHECKING:
+    from tokend.core.protocol import Discovered
+    from tokend.io.assertion import SigningKey, TlsIdentity
+
 log = logging.getLogger("tokend.oauth")
+
+
+@dataclass(frozen=True)
+class KeyAuth:
+    """What a request authenticates with besides a secret, read at request time: the key
+    that signs client assertions, the client certificate."""
+
+    signer: SigningKey | None = None
+    tls: TlsIdentity | None = None
+
+
+def key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -> KeyAuth:
+    """Read the credential's key and certificate now (a rotated file is used at once).
+    Raises ConfigError; imports nothing for a credential without them."""
+    if cred.private_key is None and cred.tls_cert_file is None:
+        return KeyAuth()
+    from tokend.io.assertion import signing_key, tls_identity
+
+    signer = signing_key(cred, environ) if cred.client_auth == "private_key_jwt" else None
+    tls = tls_identity(cred) if cred.tls_cert_file is not None else None
+    return KeyAuth(signer, tls)
 
 
 @dataclass(frozen=True)
@@ -70,16 +96,58 @@ class TokenClient:
         cred: CredentialConfig,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None,
         refresh_token: str | None = None,
         learned: Style | None = None,
+        state_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> TokenResponse:
         """A new token: by the refresh grant when there is a refresh token, else by client
         credentials. A refresh token the server refuses is dropped and client credentials
-        are used at once; a retryable failure is raised, to be retried later."""
+        are used at once; a retryable failure is raised, to be retried later.
+
+        The private key and client certificate are read now (ConfigError if they cannot
+        be); a credential with an ``issuer`` finds its token endpoint by discovery, its
+        metadata kept in ``state_dir``, and fetched again if the endpoint answers 404."""
+        keys = key_auth(cred, environ)
+        if cred.issuer is None:
+            return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, None)
+        found, fetched = self.discover(cred, state_dir)
+        endpoint = found.endpoint(mtls=keys.tls is not None)
+        try:
+            return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, endpoint)
+        except TokenRequestError as exc:
+            if exc.status != 404 or fetched:
+                raise
+            found, _ = self.discover(cred, state_dir, refresh=True)
+            moved = found.endpoint(mtls=keys.tls is not None)
+            if moved == endpoint:
+                raise
+            log.info("%s: %s answered 404; the issuer's metadata now says %s", cred.name, endpoint, moved)
+            return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, moved)
+
+    def discover(
+        self, cred: CredentialConfig, state_dir: Path | None, *, refresh: bool = False
+    ) -> tuple[Discovered, bool]:
+        """The issuer's metadata (see :mod:`tokend.io.discovery`), and whether it is new."""
+        from tokend.io.discovery import discover
+
+        return discover(cred, lambda url: self._get(cred, url), state_dir, now=self.clock(), refresh=refresh)
+
+    def _obtain(
+        self,
+        cred: CredentialConfig,
+        client_id: str,
+        client_secret: str | None,
+        refresh_token: str | None,
+        learned: Style | None,
+        keys: KeyAuth,
+        endpoint: str | None,
+    ) -> TokenResponse:
+        """The refresh grant, then client credentials, at ``endpoint`` (else token_url)."""
         if refresh_token is not None and cred.use_refresh_token:
             try:
-                answer = self._request(cred, client_id, client_secret, refresh_token, learned)
+                answer = self._request(cred, client_id, client_secret, refresh_token, learned, keys, endpoint)
             except TokenRequestError as exc:
                 if exc.retryable:
                     raise
@@ -95,15 +163,17 @@ class TokenClient:
                     kept = dataclasses.replace(answer.token, refresh_token=refresh_token)
                     answer = TokenResponse(kept, answer.style)
                 return answer
-        return self._request(cred, client_id, client_secret, None, learned)
+        return self._request(cred, client_id, client_secret, None, learned, keys, endpoint)
 
     def _request(
         self,
         cred: CredentialConfig,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None,
         refresh_token: str | None,
         learned: Style | None,
+        keys: KeyAuth,
+        endpoint: str | None,
     ) -> TokenResponse:
         """One token request, in as many styles as the settings allow and the answers ask
         for (at most one per style), starting with the one that worked last time."""
@@ -112,16 +182,22 @@ class TokenClient:
         style: Style | None = Style(auths[0], wires[0])
         failed: list[tuple[Style, TokenRequestError]] = []
         while style is not None:
+            assertion = None
+            if style.auth == "private_key_jwt" and keys.signer is not None:
+                audience = cred.assertion_audience or endpoint or cred.token_url or ""
+                assertion = keys.signer.sign(client_id, audience, now=self.clock())
             request = build_request(
                 cred,
                 client_id=client_id,
                 client_secret=client_secret,
                 style=style,
                 refresh_token=refresh_token,
+                token_url=endpoint,
+                client_assertion=assertion,
             )
-            secrets = secret_forms((client_secret, refresh_token or ""), request)
+            secrets = secret_forms((client_secret or "", refresh_token or "", assertion or ""), request)
             try:
-                return TokenResponse(self._send(cred, request, secrets), style)
+                return TokenResponse(self._send(cred, request, secrets, keys.tls), style)
             except TokenRequestError as exc:
                 failed.append((style, exc))
                 tried = [done for done, _ in failed]
@@ -130,28 +206,56 @@ class TokenClient:
                     log.info("%s: %s refused (%s); trying %s", cred.name, tried[-1], exc, style)
         raise final_error(failed, hint=basic_hint(cred, client_id, client_secret))
 
-    def _send(self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...]) -> Token:
+    def _send(
+        self,
+        cred: CredentialConfig,
+        request: TokenRequest,
+        secrets: tuple[str, ...],
+        tls: TlsIdentity | None = None,
+    ) -> Token:
         """One exchange, judged: a token, or the error the answer amounts to."""
         sent_at = self.clock()  # expires_at counts from here, so it errs early, never late
-        status, headers, body = self._exchange(cred, request, secrets)
+        status, headers, body = self._exchange(cred, request, secrets, tls)
         if 200 <= status < 300:
             return parse_token_response(
                 body, sent_at=sent_at, status=status, default_expires_in=cred.default_expires_in
             )
         raise classify_failure(status, headers, body, now=self.clock(), secrets=secrets)
 
+    def _get(self, cred: CredentialConfig, url: str) -> tuple[int, bytes]:
+        """GET (discovery's metadata) within ``cred.timeout``: status and body, or raise."""
+        status, _, body = self._exchange(
+            cred, TokenRequest(url, {"Accept": "application/json"}, b""), (), method="GET"
+        )
+        return status, body
+
     def _exchange(
-        self, cred: CredentialConfig, request: TokenRequest, secrets: tuple[str, ...]
+        self,
+        cred: CredentialConfig,
+        request: TokenRequest,
+        secrets: tuple[str, ...],
+        tls: TlsIdentity | None = None,
+        *,
+        method: str = "POST",
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """POST the request and read the whole answer within ``cred.timeout``, or raise."""
+        """Send the request and read the whole answer within ``cred.timeout``, or raise.
+
+        With a client certificate the connection is not kept: TLS authenticates the
+        client once per connection, and a certificate rotated on disk must be the one
+        the next request presents (requests reads the files for each new connection)."""
         verify: bool | str = str(cred.ca_bundle) if cred.ca_bundle else True
+        headers = dict(request.headers)
+        if tls is not None:
+            headers["Connection"] = "close"
         try:
-            response = self.session.post(
+            response = self.session.request(
+                method,
                 request.url,
-                data=request.body,
-                headers=dict(request.headers),
+                data=request.body or None,
+                headers=headers,
                 timeout=cred.timeout,  # the whole exchange: see tokend.io.http
                 verify=verify,
+                cert=tls.requests_cert if tls is not None else None,
                 allow_redirects=False,
                 stream=True,
                 auth=NoNetrc(),
@@ -165,8 +269,10 @@ class TokenClient:
             what = "no complete answer" if exc.received else "no answer"
             raise TokenRequestError(f"{what} within {cred.timeout:g}s", retryable=True) from None
         except requests.exceptions.SSLError as exc:
+            what = "TLS failed" if tls is not None else "TLS verification failed"
             raise TokenRequestError(
-                f"TLS verification failed for {request.url} (set ca_bundle for a private CA): "
+                f"{what} for {request.url} (set ca_bundle for a private CA"
+                f"{'; is the client certificate one the server accepts?' if tls is not None else ''}): "
                 f"{scrub(str(exc), secrets, 160)}",
                 retryable=False,
             ) from None

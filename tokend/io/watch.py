@@ -1,4 +1,4 @@
-"""Notice when the config, an env file or a secret file may have changed.
+"""Notice when the config, an env file, a secret file or a template file may have changed.
 
 Editors save by writing a temp file and renaming it over the original, ``sed -i`` does the
 same, config management swaps whole directories, Kubernetes flips a ``..data`` symlink. A
@@ -63,9 +63,12 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 
 
 def watched_files(config: Config) -> set[Path]:
+    """The config, the files its credentials' tokens depend on, and the template files of
+    template sinks (a change there re-renders the sinks, with no request)."""
     files = {config.path}
     for cred in config.credentials.values():
         files |= cred.files()
+        files |= {sink.template_file for sink in cred.sinks if sink.template_file is not None}
     return files
 
 

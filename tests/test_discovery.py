@@ -1,0 +1,175 @@
+"""tokend/io/discovery.py (and the pure half in tokend/core/protocol.py): a credential
+configured by its issuer, against metadata served over real HTTP on 127.0.0.1 (the
+pytest-httpserver behind the ``idp`` fixture serves both the metadata and the token
+endpoint). Discovery against oidc-provider itself is in tests/test_keyauth.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from tokend.config import parse
+from tokend.core.protocol import BadMetadata, Discovered, discovery_warnings, parse_metadata, well_known_urls
+from tokend.io.discovery import cache_path
+from tokend.io.token_client import TokenClient
+
+from .support.endpoint import TokenEndpoint
+from .support.processes import assert_one_line_error, run_tokend
+
+OIDC = "/.well-known/openid-configuration"
+
+
+def base(httpserver: HTTPServer) -> str:
+    return httpserver.url_for("/").rstrip("/")
+
+
+def metadata(issuer: str, token_endpoint: str, **more: Any) -> dict[str, Any]:
+    return {"issuer": issuer, "token_endpoint": token_endpoint, **more}
+
+
+def issuer_config(tmp: Path, issuer: str) -> Path:
+    (tmp / "out").mkdir(exist_ok=True)
+    (tmp / "api.secret").write_text("s3cret-value\n")
+    path = tmp / "tokend.toml"
+    path.write_text(
+        f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.api]\nissuer = "{issuer}"\n'
+        f'client_id = "client-1"\nclient_secret_file = "{tmp}/api.secret"\n\n'
+        f'[[credentials.api.sink]]\npath = "{tmp}/out/api.token"\n'
+    )
+    return path
+
+
+def test_metadata_for_another_issuer_is_refused(
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    issuer = base(httpserver)
+    httpserver.expect_request(OIDC).respond_with_json(metadata(f"{issuer}/elsewhere", idp.url))
+    path = issuer_config(tmp_path, issuer)
+    result = run_tokend("fetch", "-c", path, tmp=tmp_path)
+    assert result.returncode == 78
+    assert_one_line_error(result, "credentials.api.issuer", "discovery refused", f"{issuer}/elsewhere")
+    assert idp.seen == []  # no secret went to an endpoint another issuer's metadata named
+    assert not (tmp_path / "out" / "api.token").exists()
+
+
+def test_rfc8414_metadata_is_the_fallback(idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path) -> None:
+    issuer = f"{base(httpserver)}/tenant"
+    httpserver.expect_request(f"/tenant{OIDC}").respond_with_data("", status=404)
+    httpserver.expect_request("/.well-known/oauth-authorization-server/tenant").respond_with_json(
+        metadata(issuer, idp.url, token_endpoint_auth_methods_supported=["client_secret_basic"])
+    )
+    result = run_tokend("fetch", "-c", issuer_config(tmp_path, issuer), tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "api.token").read_text().strip() == "tok-1"
+    assert [seen.basic_auth for seen in idp.seen] == [("client-1", "s3cret-value")]
+
+
+def test_the_metadata_is_fetched_again_when_the_endpoint_answers_404(
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    issuer = base(httpserver)
+    httpserver.expect_request("/moved-away").respond_with_data("", status=404)
+    httpserver.expect_request(OIDC).respond_with_json(metadata(issuer, idp.url))
+    # What an earlier discovery kept, an hour ago: the endpoint the IdP has since moved.
+    cached = cache_path(tmp_path / "state", issuer)
+    cached.parent.mkdir(parents=True)
+    old = {"version": 1, "fetched_at": __import__("time").time() - 3600}
+    cached.write_text(json.dumps(old | {"metadata": metadata(issuer, f"{issuer}/moved-away")}))
+    result = run_tokend("fetch", "-c", issuer_config(tmp_path, issuer), tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(idp.seen) == 1
+    assert json.loads(cached.read_text())["metadata"]["token_endpoint"] == idp.url
+
+
+def test_the_metadata_is_kept_for_a_day(idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path) -> None:
+    issuer = base(httpserver)
+    httpserver.expect_request(OIDC).respond_with_json(metadata(issuer, idp.url))
+    (tmp_path / "s").write_text("s3cret-value\n")
+    text = f'[credentials.a]\nissuer = "{issuer}"\nclient_id = "c"\nclient_secret_file = "{tmp_path}/s"\n'
+    cred = parse(text, tmp_path / "t.toml", environ={}).credentials["a"]
+    now = [1_000_000.0]
+    client = TokenClient(clock=lambda: now[0])
+    fetches = []
+    try:
+        for step in (0, 3600, 82000, 1000):  # the last a day and 200 s after the first
+            now[0] += step
+            found, fetched = client.discover(cred, tmp_path / "state")
+            assert found.token_endpoint == idp.url
+            fetches.append(fetched)
+    finally:
+        client.close()
+    assert fetches == [True, False, False, True]
+    assert sum(1 for request, _ in httpserver.log if request.path == OIDC) == 2
+
+
+def test_check_online_shows_the_discovery_and_warns_of_an_unlisted_method(
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    issuer = base(httpserver)
+    served = metadata(
+        issuer, idp.url, token_endpoint_auth_methods_supported=["private_key_jwt", "tls_client_auth"]
+    )
+    httpserver.expect_request(OIDC).respond_with_json(served)
+    result = run_tokend("check", "--online", "-c", issuer_config(tmp_path, issuer), tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"discovered: api: issuer {issuer}: token endpoint {idp.url}" in result.stdout
+    assert "auth methods: private_key_jwt, tls_client_auth" in result.stdout
+    assert 'warning: api: client_auth = "basic" (client_secret_basic)' in result.stderr
+    assert "online: api: token" in result.stdout
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_where_the_metadata_is_looked_for() -> None:
+    assert well_known_urls("https://idp.example") == (
+        "https://idp.example/.well-known/openid-configuration",
+        "https://idp.example/.well-known/oauth-authorization-server",
+    )
+    assert well_known_urls("https://idp.example/realms/a/") == (
+        "https://idp.example/realms/a/.well-known/openid-configuration",
+        "https://idp.example/.well-known/oauth-authorization-server/realms/a",
+        "https://idp.example/realms/a/.well-known/oauth-authorization-server",
+    )
+
+
+def test_the_issuer_must_match_exactly() -> None:
+    issuer = "https://idp.example/realms/a"
+    assert (
+        parse_metadata(metadata(issuer, "https://idp.example/t"), issuer).token_endpoint
+        == "https://idp.example/t"
+    )
+    for other in (issuer + "/", "https://IDP.example/realms/a", None, 7):
+        with pytest.raises(BadMetadata, match="the metadata is for issuer"):
+            parse_metadata(metadata(other, "https://idp.example/t"), issuer)  # type: ignore[arg-type]
+    with pytest.raises(BadMetadata, match="no token_endpoint"):
+        parse_metadata({"issuer": issuer}, issuer)
+    with pytest.raises(BadMetadata, match="not a JSON object"):
+        parse_metadata([issuer], issuer)
+
+
+def test_a_client_certificate_uses_the_mtls_alias() -> None:
+    issuer = "https://idp.example"
+    found = parse_metadata(
+        metadata(
+            issuer, f"{issuer}/token", mtls_endpoint_aliases={"token_endpoint": "https://mtls.idp.example/t"}
+        ),
+        issuer,
+    )
+    assert found.endpoint(mtls=True) == "https://mtls.idp.example/t"
+    assert found.endpoint(mtls=False) == f"{issuer}/token"
+    assert (
+        parse_metadata(metadata(issuer, f"{issuer}/token"), issuer).endpoint(mtls=True) == f"{issuer}/token"
+    )
+
+
+def test_warnings_for_what_the_metadata_does_not_list() -> None:
+    found = Discovered("https://i", "https://i/t", auth_methods=("private_key_jwt",), signing_algs=("RS256",))
+    assert discovery_warnings(found, "private_key_jwt", "RS256") == []
+    assert len(discovery_warnings(found, "private_key_jwt", "ES256")) == 1
+    assert "client_secret_basic or client_secret_post" in discovery_warnings(found, "auto")[0]
+    assert discovery_warnings(Discovered("https://i", "https://i/t"), "basic") == []  # nothing listed
