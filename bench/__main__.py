@@ -18,13 +18,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tokend.devtools.idp import IdentityProvider
 
+from .fleet import fleet_figures
+from .fleet_sim import fleet_simulation
 from .harness import (
     PYTHON,
     Daemon,
@@ -33,6 +35,7 @@ from .harness import (
     cleanup,
     cpu_seconds,
     credentials_config,
+    figure,
     install,
     machine,
     rss_kib,
@@ -51,35 +54,6 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 # clients of the fan-out baseline, connecting at once on a busy machine, overflowed it and
 # got connections reset (or waited for SYN retries). Real identity providers queue more.
 http.server.ThreadingHTTPServer.request_queue_size = 128
-
-
-def figure(
-    name: str,
-    unit: str,
-    value: Sequence[float],
-    *,
-    baseline: Sequence[float] | None = None,
-    baseline_name: str = "",
-    target: str,
-    met: bool | None,
-    extra: dict[str, Any] | None = None,
-    ratio: float | None = None,
-) -> dict[str, Any]:
-    result: dict[str, Any] = {"figure": name, "unit": unit, "value": summary(value), "target": target}
-    if baseline is not None:
-        result["baseline"] = {"name": baseline_name, **summary(baseline)}
-        base = summary(baseline)["median"]
-        if ratio is None and base > 0:
-            ratio = summary(value)["median"] / base
-        if ratio is not None:
-            result["ratio"] = ratio
-    result["met"] = met
-    if extra:
-        result.update(extra)
-    return result
-
-
-# --------------------------------------------------------------------------- the figures
 
 
 def token_cached(idp: IdentityProvider, runs: int) -> dict[str, Any]:
@@ -418,6 +392,9 @@ def cell(stats: dict[str, float], unit: str) -> str:
     return f"{fmt(stats['median'])} [{fmt(stats['min'])}..{fmt(stats['max'])}]"
 
 
+MET = {True: "yes", False: "NO", None: "-"}  # None: reported, no target to meet
+
+
 def table(results: list[dict[str, Any]]) -> str:
     rows = [("figure", "tokend (median [min..max])", "baseline", "ratio", "target", "met")]
     for r in results:
@@ -429,14 +406,14 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{v['missing']} missing"
             )
             base = f"{b['name']}: {b['reads']:,} reads: {b['partial']} partial, {b['expired']} expired"
-            rows.append((r["figure"], value, base, "", r["target"], "yes" if r["met"] else "NO"))
+            rows.append((r["figure"], value, base, "", r["target"], MET[r["met"]]))
             continue
         value = cell(r["value"], unit) + ("" if unit == "s" else f" {unit}")
         base = f"{r['baseline']['name']}: {cell(r['baseline'], unit)}" if "baseline" in r else ""
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
         if "kib_per_credential" in r:
             ratio += f" (+{r['kib_per_credential']:.2f} KiB/cred)"
-        rows.append((r["figure"], value, base, ratio, r["target"], "yes" if r["met"] else "NO"))
+        rows.append((r["figure"], value, base, ratio, r["target"], MET[r["met"]]))
     return "\n".join(
         "| " + " | ".join(row) + " |" + ("\n|" + "---|" * 6 if i == 0 else "") for i, row in enumerate(rows)
     )
@@ -461,6 +438,8 @@ def main() -> int:
         ("reload", lambda idp: reload_latency(idp, 3 if args.quick else 7)),
         ("idle", lambda idp: idle_cpu(20 if args.quick else 60)),
         ("storm", lambda idp: reader_storm(5 if args.quick else 15)),
+        ("fleet", lambda idp: fleet_figures(idp, args.quick)),
+        ("fleet-sim", lambda idp: fleet_simulation(args.quick)),
     ]
     results: list[dict[str, Any]] = []
     started = time.monotonic()

@@ -142,7 +142,8 @@ def make_venv(venv: Path, source: Path) -> None:
     else:
         run_quietly([PYTHON, "-m", "venv", str(venv)])
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
-    run_quietly([*pip, "install", "--quiet", "--disable-pip-version-check", str(source)])
+    # [fleet]: redis-py and cryptography, for the fleet figures; imported only by [fleet].
+    run_quietly([*pip, "install", "--quiet", "--disable-pip-version-check", f"{source}[fleet]"])
 
 
 def run_quietly(command: Sequence[str]) -> None:
@@ -338,3 +339,32 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "kernel": os.uname().release,
     }
+
+
+def figure(
+    name: str,
+    unit: str,
+    value: Sequence[float],
+    *,
+    baseline: Sequence[float] | None = None,
+    baseline_name: str = "",
+    target: str,
+    met: bool | None,
+    extra: dict[str, Any] | None = None,
+    ratio: float | None = None,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"figure": name, "unit": unit, "value": summary(value), "target": target}
+    if baseline is not None:
+        result["baseline"] = {"name": baseline_name, **summary(baseline)}
+        base = summary(baseline)["median"]
+        if ratio is None and base > 0:
+            ratio = summary(value)["median"] / base
+        if ratio is not None:
+            result["ratio"] = ratio
+    result["met"] = met
+    if extra:
+        result.update(extra)
+    return result
+
+
+# --------------------------------------------------------------------------- the figures

@@ -23,12 +23,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, tmp: Path, password: str | None = None) -> None:
+    def __init__(self, tmp: Path, password: str | None = None, extra: tuple[str, ...] = ()) -> None:
         if not Path(REDIS_SERVER).exists():
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.tmp = tmp
         self.port = free_port()
         self.password = password
+        self.extra = extra  # more redis-server options (the benchmark's --maxclients)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / f"redis-{self.port}.log"
 
@@ -51,6 +52,7 @@ class RedisServer:
         args += ["--dir", str(self.tmp), "--logfile", str(self.log)]
         if self.password is not None:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.answers, 10, f"redis-server on port {self.port}")
 
