@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from werkzeug import Response
 
 from tokend.config import load, parse
@@ -195,3 +196,41 @@ def test_two_fetches_started_at_once_make_one_token_request(tmp_path: Path, idp:
     )
     assert hows == ["cached token", "new token"]
     assert (tmp_path / "out" / "api.token").read_text() == "slow-tok-1\n"
+
+
+# --------------------------------------------------------------------------- issue 14 review
+
+
+def test_the_client_certificate_joins_the_key_by_its_thumbprint(tmp_path: Path) -> None:
+    """Two credentials for one client with different certificates never share a token, and
+    a certificate replaced on disk (same path) is a new identity: the token bound to the old
+    one is not served for it. Without a certificate the key is the one it always was."""
+    from tokend.config import ConfigError
+    from tokend.io.assertion import certificate_thumbprint
+
+    from .thirdparty.tls_front import Pki
+
+    pki = Pki(tmp_path)
+    (cert_a, key_a), (cert_b, key_b) = pki.issue("svc", "a"), pki.issue("svc", "b")
+    SECRETS.add(key_a.read_text(), key_b.read_text())
+    with_a = dataclasses.replace(CRED, tls_cert_file=cert_a, tls_key_file=key_a)
+    with_b = dataclasses.replace(CRED, tls_cert_file=cert_b, tls_key_file=key_b)
+    key_of_a = cache_key(with_a, "id")
+    assert len({cache_key(CRED, "id"), key_of_a, cache_key(with_b, "id")}) == 3
+    assert cache_key(CRED, "id") == KEY_BEFORE_DEFAULT_EXPIRES_IN
+    assert len(certificate_thumbprint(with_a)) == 64
+
+    cert_a.write_bytes(cert_b.read_bytes())  # replaced in place
+    assert cache_key(with_a, "id") == cache_key(with_b, "id") != key_of_a
+
+    cert_a.unlink()
+    with pytest.raises(ConfigError, match="tls_cert_file") as raised:
+        cache_key(with_a, "id")
+    assert str(cert_a) in str(raised.value)
+
+
+def test_an_entry_nested_too_deep_is_a_miss_not_a_crash(tmp_path: Path) -> None:
+    cache = TokenCache(tmp_path)
+    cache.directory.mkdir()
+    cache.path("k").write_bytes(b"[" * 200_000)
+    assert cache.load("k") is None

@@ -12,13 +12,21 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
-from tokend.config import parse
-from tokend.core.protocol import BadMetadata, Discovered, discovery_warnings, parse_metadata, well_known_urls
-from tokend.io.discovery import cache_path
+from tokend.config import ConfigError, CredentialConfig, parse
+from tokend.core.protocol import (
+    BadMetadata,
+    Discovered,
+    TokenRequestError,
+    discovery_warnings,
+    parse_metadata,
+    well_known_urls,
+)
+from tokend.io.discovery import cache_path, judge
 from tokend.io.token_client import TokenClient
 
-from .support.endpoint import TokenEndpoint
+from .support.endpoint import SECRETS, TokenEndpoint
 from .support.processes import assert_one_line_error, run_tokend
+from .thirdparty.tls_front import Pki, TlsFront
 
 OIDC = "/.well-known/openid-configuration"
 
@@ -110,14 +118,15 @@ def test_check_online_shows_the_discovery_and_warns_of_an_unlisted_method(
     idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
 ) -> None:
     issuer = base(httpserver)
-    served = metadata(
-        issuer, idp.url, token_endpoint_auth_methods_supported=["private_key_jwt", "tls_client_auth"]
-    )
+    # An entry with a terminal escape in it is not a method name: never printed.
+    listed = ["private_key_jwt", "\x1b]0;pwned\x07\x1b[2J", "tls_client_auth"]
+    served = metadata(issuer, idp.url, token_endpoint_auth_methods_supported=listed)
     httpserver.expect_request(OIDC).respond_with_json(served)
     result = run_tokend("check", "--online", "-c", issuer_config(tmp_path, issuer), tmp=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"discovered: api: issuer {issuer}: token endpoint {idp.url}" in result.stdout
     assert "auth methods: private_key_jwt, tls_client_auth" in result.stdout
+    assert "\x1b" not in result.stdout + result.stderr
     assert 'warning: api: client_auth = "basic" (client_secret_basic)' in result.stderr
     assert "online: api: token" in result.stdout
 
@@ -173,3 +182,122 @@ def test_warnings_for_what_the_metadata_does_not_list() -> None:
     assert len(discovery_warnings(found, "private_key_jwt", "ES256")) == 1
     assert "client_secret_basic or client_secret_post" in discovery_warnings(found, "auto")[0]
     assert discovery_warnings(Discovered("https://i", "https://i/t"), "basic") == []  # nothing listed
+
+
+# --------------------------------------------------------------------------- issue 14 review
+
+DEEP = b"[" * 200_000  # under the 1 MiB cap, and past the JSON parser's recursion limit
+
+
+def stale_cache(state: Path, issuer: str, token_endpoint: str, *, now: float) -> Path:
+    """What an earlier discovery kept, two days before ``now``."""
+    cached = cache_path(state, issuer)
+    cached.parent.mkdir(parents=True)
+    record = {"version": 1, "fetched_at": now - 2 * 86400, "metadata": metadata(issuer, token_endpoint)}
+    cached.write_text(json.dumps(record))
+    return cached
+
+
+def secret_credential(tmp: Path, issuer: str, extra: str = "") -> CredentialConfig:
+    (tmp / "s").write_text("s3cret-value\n")
+    text = f'[credentials.a]\nissuer = "{issuer}"\nclient_id = "c"\nclient_secret_file = "{tmp}/s"\n{extra}'
+    return parse(text, tmp / "t.toml", environ={}).credentials["a"]
+
+
+def test_metadata_nested_too_deep_is_a_one_line_failure(httpserver: HTTPServer, tmp_path: Path) -> None:
+    issuer = base(httpserver)
+    for path in (OIDC, "/.well-known/oauth-authorization-server"):
+        httpserver.expect_request(path).respond_with_data(DEEP, content_type="application/json")
+    result = run_tokend("fetch", "-c", issuer_config(tmp_path, issuer), tmp=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr
+    assert f"discovery found no metadata for issuer {issuer}" in result.stderr
+    assert f"{issuer}{OIDC}: not JSON" in result.stderr
+
+
+def test_a_metadata_cache_that_cannot_be_read_is_discarded_and_fetched_again(
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    """A tampered discovery cache (nested too deep) used to raise RecursionError at every
+    refresh, for ever: now it is removed, and fetched again as soon as the issuer answers."""
+    issuer = base(httpserver)
+    cred = secret_credential(tmp_path, issuer)
+    cached = cache_path(tmp_path / "state", issuer)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(DEEP)
+    httpserver.expect_oneshot_request(OIDC).respond_with_data("", status=503)  # the issuer is down
+    httpserver.expect_request(OIDC).respond_with_json(metadata(issuer, idp.url))
+    client = TokenClient()
+    try:
+        with pytest.raises(TokenRequestError, match="discovery found no metadata"):
+            client.discover(cred, tmp_path / "state")
+        assert not cached.exists()
+        found, fetched = client.discover(cred, tmp_path / "state")
+        assert (found.token_endpoint, fetched) == (idp.url, True)
+        assert json.loads(cached.read_text())["metadata"]["token_endpoint"] == idp.url
+    finally:
+        client.close()
+
+
+def test_stale_metadata_is_used_while_the_issuer_answers_an_error_but_never_another_issuers(
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    issuer = base(httpserver)
+    cred = secret_credential(tmp_path, issuer)
+    now = 1_000_000_000.0
+    stale_cache(tmp_path / "state", issuer, idp.url, now=now)
+    httpserver.expect_oneshot_request(OIDC).respond_with_data("", status=403)
+    httpserver.expect_oneshot_request("/.well-known/oauth-authorization-server").respond_with_data(
+        "", status=302, headers={"Location": "https://elsewhere.example/"}
+    )
+    httpserver.expect_request(OIDC).respond_with_json(metadata(f"{issuer}/other", idp.url))
+    client = TokenClient(clock=lambda: now)
+    try:
+        found, fetched = client.discover(cred, tmp_path / "state")  # 403, then 302: the cache
+        assert (found.token_endpoint, fetched) == (idp.url, False)
+        with pytest.raises(ConfigError, match="discovery refused: the metadata is for issuer"):
+            client.discover(cred, tmp_path / "state")  # another issuer's: a hard failure
+    finally:
+        client.close()
+
+
+def test_an_https_issuers_endpoints_must_be_https(tmp_path: Path) -> None:
+    issuer = "https://idp.example"
+    cred = secret_credential(tmp_path, issuer, "allow_insecure_http = true\n")
+    assert judge(cred, metadata(issuer, "https://idp.example/t")).token_endpoint == "https://idp.example/t"
+    for served in (
+        metadata(issuer, "http://127.0.0.1:8080/t"),
+        metadata(issuer, "https://idp.example/t", mtls_endpoint_aliases={"token_endpoint": "http://[::1]/t"}),
+    ):
+        with pytest.raises(ConfigError, match="token_endpoint is not https, as the issuer is"):
+            judge(cred, served)
+    plain = secret_credential(tmp_path, "http://127.0.0.1:8080")  # loopback http stays as it was
+    assert judge(plain, metadata("http://127.0.0.1:8080", "http://127.0.0.1:8080/t")).token_endpoint
+
+
+def test_discovery_presents_the_client_certificate(
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    """Behind a server that demands a client certificate on every connection, the metadata
+    request needs it as much as the token request."""
+    pki = Pki(tmp_path)
+    cert, key = pki.issue("tokend-svc", "svc")
+    SECRETS.add(key.read_text())
+    front = TlsFront(httpserver.port, pki)
+    try:
+        issuer = f"https://127.0.0.1:{front.port}"
+        httpserver.expect_request(OIDC).respond_with_json(metadata(issuer, f"{issuer}/connect/token"))
+        extra = f'ca_bundle = "{pki.ca_file}"\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n'
+        cred = secret_credential(tmp_path, issuer, extra)
+        client = TokenClient()
+        try:
+            answer = client.obtain(
+                cred, client_id="c", client_secret="s3cret-value", state_dir=tmp_path / "state"
+            )
+        finally:
+            client.close()
+    finally:
+        front.close()
+    assert answer.token.access_token == "tok-1"
+    assert front.subjects == ["CN=tokend-svc", "CN=tokend-svc"]  # the metadata, then the token
+    assert [request.path for request, _ in httpserver.log] == [OIDC, "/connect/token"]

@@ -69,7 +69,8 @@ def test_the_mirrored_values_match_the_validated_ones() -> None:
     assert fp.MAX_TOKEN_CHARS == MAX_TOKEN_CHARS
     presets = {name: preset["token_url"] for name, preset in PRESETS.items()}
     assert presets == fp.PRESET_TOKEN_URLS
-    # The identity: the fast path passes these six, in this order.
+    # The identity: the fast path passes these six, in this order (the seventh, the
+    # client certificate's thumbprint, it never passes: it gives up on a certificate).
     assert list(inspect.signature(identity.cache_key).parameters) == [
         "token_url",
         "client_id",
@@ -77,6 +78,7 @@ def test_the_mirrored_values_match_the_validated_ones() -> None:
         "params",
         "default_expires_in",
         "issuer",
+        "tls_cert",
     ]
     identity_fields = getattr(tokend.config, "IDENTITY_FIELDS", None)
     if identity_fields is not None:
@@ -87,6 +89,7 @@ def test_the_mirrored_values_match_the_validated_ones() -> None:
             "extra_params",
             "default_expires_in",
             "issuer",
+            "tls_cert_file",
         )
     bare = tokend.config.parse(MINIMAL, Path("/t.toml"))
     cred = bare.credentials["a"]
@@ -980,3 +983,32 @@ def test_a_config_it_cannot_read_is_left_to_the_validated_path(tmp_path: Path) -
         assert fp.fresh_token(str(tmp_path / "t.toml"), "api", {}) is None
     assert fp.fresh_token(str(tmp_path / "missing.toml"), "api", {}) is None
     assert memo.read_config(str(tmp_path / "missing.toml")) is None
+
+
+def test_a_client_certificate_goes_the_validated_way(
+    seeded: Seeded, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 review: the certificate's thumbprint is part of the key, and the fast path
+    does not read certificates: it gives up, and the validated path serves the token cached
+    for this certificate."""
+    from .support.endpoint import SECRETS
+    from .thirdparty.tls_front import Pki
+
+    (seeded.tmp / "pki").mkdir()
+    cert, key = Pki(seeded.tmp / "pki").issue("svc", "svc")
+    SECRETS.add(key.read_text())
+    seeded.edit(
+        CONFIG.replace(
+            'scope = "read write"', f'scope = "read write"\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"'
+        )
+    )
+    seeded.cache("tok-cert")
+    seeded.remember()
+    assert seeded.fast() is None
+    with pytest.raises(fp.GiveUp):
+        fp.credential_key(
+            {"token_url": "https://idp.example/token", "client_id": "i", "tls_cert_file": str(cert)},
+            str(seeded.path),
+            {},
+        )
+    assert run_main(["token", "api", "-c", str(seeded.path)], capsys) == (0, "tok-cert\n", "")

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tokend.core.exit_codes import Nagios
 from tokend.core.health import CredentialStatus, DaemonStatus, describe, health_check
 from tokend.io.status_file import read_status, status_path
@@ -129,3 +131,11 @@ def test_fleet_mode_adds_a_role_and_the_fleets_health_and_old_files_still_read(t
     del older["fleet"], older["credentials"]["api"]["role"]
     old = DaemonStatus.from_json(json.dumps(older).encode())
     assert old.fleet is None and old.credentials["api"].role is None
+
+
+def test_a_status_file_nested_too_deep_is_unrecognised_not_a_crash(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    status_path(state).write_bytes(b"[" * 200_000)
+    with pytest.raises(ValueError, match="nested too deep"):
+        read_status(state)

@@ -30,3 +30,17 @@ def test_a_repeated_parameter_is_part_of_the_key() -> None:
     one = cache_key(url, client, scope, (("resource", "https://a"),))
     two = cache_key(url, client, scope, (("resource", "https://a"), ("resource", "https://b")))
     assert one != two
+
+
+def test_the_client_certificate_is_part_of_the_key_and_leaves_the_others_as_they_were() -> None:
+    """Issue 14 review: a token is bound to the certificate that asked for it (RFC 8705), so
+    two credentials with different certificates, or a replaced one, get keys of their own;
+    a credential without a certificate keeps the key it always had."""
+    key = cache_key(*BASE)
+    assert cache_key(*BASE, DEFAULT_EXPIRES_IN, None, None) == key
+    one = cache_key(*BASE, tls_cert="a" * 64)
+    two = cache_key(*BASE, tls_cert="b" * 64)
+    assert len({key, one, two}) == 3
+    # Tagged: no issuer, lifetime or other part can stand in for a thumbprint.
+    assert cache_key(*BASE, DEFAULT_EXPIRES_IN, "a" * 64) != one
+    assert cache_key(*BASE, DEFAULT_EXPIRES_IN, "https://i", "a" * 64) not in (one, key)

@@ -24,7 +24,8 @@ from tokend.config import ConfigError, parse
 from tokend.core.protocol import ASSERTION_TYPE, KeyMismatch, signing_alg
 from tokend.io.assertion import public_key_fingerprint, signing_key
 
-from .support.endpoint import SECRETS
+from .support.configs import credential_toml, write_config
+from .support.endpoint import SECRETS, TokenEndpoint
 from .support.processes import (
     REPO,
     Start,
@@ -432,3 +433,68 @@ def test_a_key_from_a_systemd_credential(tmp_path: Path) -> None:
     assert signing_key(cred, {"CREDENTIALS_DIRECTORY": str(directory)}).alg == "ES384"
     with pytest.raises(ConfigError, match=r"private_key_credential: \$CREDENTIALS_DIRECTORY is not set"):
         signing_key(cred, {})
+
+
+# --------------------------------------------------------------------------- issue 14 review
+
+
+def test_each_client_certificate_gets_its_own_token_and_a_replaced_one_a_new_one(
+    idp: TokenEndpoint, pki: Pki, tmp_path: Path
+) -> None:
+    """Certificate-bound tokens (RFC 8705 §3): two credentials for one client and endpoint
+    with different certificates must not share a cached token, and a certificate replaced
+    on disk must not be served the token bound to the old one."""
+    front = TlsFront(idp.server.port, pki)
+    try:
+        files = {}
+        for name, cn in (("a", "svc-a"), ("b", "svc-b"), ("c", "svc-c")):
+            cert, key = pki.issue(cn, f"{tmp_path.name}-{name}")
+            SECRETS.add(key.read_text())
+            files[name] = (cert, key)
+        blocks = []
+        for name in ("a", "b"):
+            cert, key = files[name]
+            (tmp_path / f"{name}.crt").write_bytes(cert.read_bytes())
+            extra = (
+                f'ca_bundle = "{pki.ca_file}"\n'
+                f'tls_cert_file = "{tmp_path}/{name}.crt"\ntls_key_file = "{tmp_path}/{name}.key"\n'
+            )
+            (tmp_path / f"{name}.key").write_bytes(key.read_bytes())
+            blocks.append(
+                credential_toml(f"https://127.0.0.1:{front.port}/connect/token", tmp_path, name, extra)
+            )
+        config = write_config(tmp_path, *blocks)
+
+        def sunk() -> dict[str, str]:
+            return {name: (tmp_path / "out" / f"{name}.token").read_text().strip() for name in ("a", "b")}
+
+        assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
+        first = sunk()
+        assert first["a"] != first["b"]
+        assert sorted(front.subjects) == ["CN=svc-a", "CN=svc-b"]
+
+        # a's certificate (and key) replaced in place: a new token for a, b's kept.
+        cert, key = files["c"]
+        (tmp_path / "a.key").write_bytes(key.read_bytes())
+        (tmp_path / "a.crt").write_bytes(cert.read_bytes())
+        assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
+        second = sunk()
+        assert second["b"] == first["b"] and second["a"] not in first.values()
+        assert sorted(front.subjects) == ["CN=svc-a", "CN=svc-b", "CN=svc-c"]
+    finally:
+        front.close()
+
+
+def test_an_rsa_key_under_2048_bits_is_a_one_line_config_error(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 (the point)
+    key_file = write_key(tmp_path / "idp.key", weak)
+    path = key_config(
+        tmp_path, where='token_url = "https://idp.example.com/token"', client_id="c", key=key_file
+    )
+    result = run_tokend("check", "-c", path, tmp=tmp_path)
+    assert result.returncode == 78
+    assert_one_line_error(
+        result, "credentials.idp.private_key_file", str(key_file), "RSA key of 1024 bits", "2048 bits or more"
+    )

@@ -543,3 +543,48 @@ def test_an_echoed_assertion_is_scrubbed() -> None:
     body = json.dumps({"error": "invalid_client", "error_description": f"bad assertion {ASSERTION}"}).encode()
     error = classify_failure(401, {}, body, now=NOW, secrets=secret_forms(("", "", ASSERTION), request))
     assert ASSERTION not in str(error) and "[redacted]" in str(error)
+
+
+# --------------------------------------------------------------------------- issue 14 review
+
+
+def test_json_nested_too_deep_is_a_malformed_answer_not_a_crash() -> None:
+    """200,000 brackets fit well under the 1 MiB cap and exhaust the parser's recursion."""
+    deep = b"[" * 200_000
+    with pytest.raises(TokenRequestError, match="malformed token response") as raised:
+        parse_token_response(deep, sent_at=NOW, default_expires_in=3600)
+    assert not raised.value.retryable
+    error = classify_failure(400, {}, deep, now=NOW)
+    assert error.status == 400 and not error.retryable and error.error is None
+    assert classify_failure(503, {}, b'{"a":' * 100_000, now=NOW).retryable
+
+
+def test_metadata_names_are_printable_ascii_and_bounded() -> None:
+    """``check --online`` prints token_endpoint_auth_methods_supported: an entry with a
+    terminal escape (or any non-ASCII, control or blank) is dropped, and at most 32 kept."""
+    from tokend.core.protocol import MAX_METADATA_NAMES, parse_metadata
+
+    issuer = "https://idp.example"
+    listed = [
+        "private_key_jwt",
+        "\x1b]0;owned\x07",
+        "tls\x1b[2J",
+        "a b",
+        "",
+        "\uff50kj",
+        7,
+        "x" * 65,
+        "RS256",
+    ]
+    found = parse_metadata(
+        {
+            "issuer": issuer,
+            "token_endpoint": f"{issuer}/t",
+            "token_endpoint_auth_methods_supported": listed + [f"m{i}" for i in range(100)],
+            "token_endpoint_auth_signing_alg_values_supported": ["ES256", "\x9b31m"],
+        },
+        issuer,
+    )
+    assert found.auth_methods is not None and len(found.auth_methods) == MAX_METADATA_NAMES == 32
+    assert found.auth_methods[:3] == ("private_key_jwt", "RS256", "m0")
+    assert found.signing_algs == ("ES256",)

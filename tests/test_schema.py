@@ -223,10 +223,19 @@ def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime()
         "extra_params",
         "default_expires_in",
         "issuer",  # instead of token_url, for a credential that discovers its endpoint
+        "tls_cert_file",  # by the certificate's thumbprint, read when the key is wanted
     )
     # ...in the order identity.cache_key takes them (`params` being the extra parameters).
     parameters = list(inspect.signature(identity.cache_key).parameters)
-    assert parameters == ["token_url", "client_id", "scope", "params", "default_expires_in", "issuer"]
+    assert parameters == [
+        "token_url",
+        "client_id",
+        "scope",
+        "params",
+        "default_expires_in",
+        "issuer",
+        "tls_cert",
+    ]
     cred = api()
     assert cache_key(cred, "id") == identity.cache_key(
         cred.token_url, "id", cred.scope, cred.extra_params, cred.default_expires_in, cred.issuer
@@ -318,11 +327,16 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
     assert set(CHANGES) == {f.name for f in dataclasses.fields(CredentialConfig)}
 
 
-def test_each_field_changes_the_cache_key_exactly_when_it_is_of_the_identity() -> None:
+def test_each_field_changes_the_cache_key_exactly_when_it_is_of_the_identity(tmp_path: Path) -> None:
+    from .thirdparty.tls_front import Pki
+
     cred = api()
     key_before = cache_key(cred, "id")
+    cert, _ = Pki(tmp_path).issue("svc", "svc")  # a certificate counts by its thumbprint: a real one
     for f in dataclasses.fields(CredentialConfig):
         after = changed(cred, f.name)
+        if f.name == "tls_cert_file":
+            after = dataclasses.replace(cred, tls_cert_file=cert)
         client_id = "other-id" if f.name == "client_id" else "id"
         assert (cache_key(after, client_id) != key_before) == (f.name in IDENTITY_FIELDS), f.name
 

@@ -227,7 +227,10 @@ def decode(raw: bytes) -> str:
 
 def credential_key(tbl: dict[str, Any], file: str, environ: Mapping[str, str]) -> str:
     """The cache key of a credential's raw table: as :func:`tokend.io.cache.cache_key` of
-    the validated credential with its client id read."""
+    the validated credential with its client id read. A client certificate gives up: its
+    thumbprint is part of the key, and reading it needs ``cryptography``."""
+    if "tls_cert_file" in tbl:
+        raise GiveUp("a client certificate")
     provider = tbl.get("provider")
     if provider is not None and (not isinstance(provider, str) or provider not in PRESET_TOKEN_URLS):
         raise GiveUp("unknown provider")

@@ -21,6 +21,7 @@ def cache_key(
     params: Iterable[tuple[str, str]],
     default_expires_in: float = DEFAULT_EXPIRES_IN,
     issuer: str | None = None,
+    tls_cert: str | None = None,
 ) -> str:
     """Endpoint, client, scope and parameters, never the secret: renaming a credential
     keeps its token, and two credentials asking for the same thing share one.
@@ -32,10 +33,17 @@ def cache_key(
     ``issuer`` is given instead of ``token_url`` when the endpoint is discovered: the
     issuer, not whatever endpoint its metadata names today, says whose token it is. It is
     tagged, so that no configuration by token_url can ever give the same key.
+
+    ``tls_cert`` is the SHA-256 thumbprint of the client certificate (hex), read when the
+    key is wanted: an IdP binds the token to the certificate that asked for it (RFC 8705
+    §3), so two credentials with different certificates, or one whose certificate was
+    replaced, must not share a token. Also tagged; without one the key is as before.
     """
     identity: list[object] = [token_url, client_id, sorted(scope), [list(p) for p in params]]
     if default_expires_in != DEFAULT_EXPIRES_IN or issuer is not None:
         identity.append(default_expires_in)
     if issuer is not None:
         identity.append({"issuer": issuer})
+    if tls_cert is not None:
+        identity.append({"tls_cert_sha256": tls_cert})
     return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -236,9 +237,12 @@ def scrub(text: str, secrets: Iterable[str], limit: int = 300) -> str:
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:
+    """The body as a JSON object, or None. Nesting deep enough to exhaust the parser's
+    recursion (``[`` a hundred thousand times fits well under the 1 MiB cap) is just
+    another body that is not a token response, never a crash."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -597,10 +601,22 @@ def well_known_urls(issuer: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))
 
 
+MAX_METADATA_NAMES = 32  # of a list in the metadata: more is a server to distrust, not to print
+MAX_METADATA_NAME = 64
+
+
 def _strings(value: object) -> tuple[str, ...] | None:
+    """A metadata list of names (auth methods, algorithms): only the names that are
+    printable ASCII words, at most 32 of them. They end up on a terminal (``check
+    --online``) and in logs, and a name with an escape sequence in it is no name."""
     if not isinstance(value, list):
         return None
-    return tuple(v for v in value if isinstance(v, str))
+    names = (
+        v
+        for v in value
+        if isinstance(v, str) and 0 < len(v) <= MAX_METADATA_NAME and all("!" <= c <= "~" for c in v)
+    )
+    return tuple(itertools.islice(names, MAX_METADATA_NAMES))
 
 
 def parse_metadata(data: object, issuer: str) -> Discovered:

@@ -25,6 +25,7 @@ from tokend.core.protocol import KeyMismatch, assertion_claims, signing_alg
 from tokend.io.files import read_regular
 
 MAX_KEY_BYTES = 64 * 1024
+MIN_RSA_BITS = 2048
 EXTRA = "pip install 'tokend[keys]'"
 
 
@@ -133,9 +134,18 @@ def signing_key(cred: CredentialConfig, environ: Mapping[str, str] | None = None
     algorithm checked against it (RS256 / ES256 / ES384 / ES512 / EdDSA by default)."""
     import os
 
-    key, raw = _load_private_key(cred, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    key, raw = _load_private_key(cred, environ)
     assert cred.private_key is not None
     family, curve = _family(key)
+    if family == "RSA" and key.key_size < MIN_RSA_BITS:
+        # RFC 7518 §3.3 asks for 2048 at least; PyJWT would sign anyway, with a warning.
+        raise ConfigError(
+            cred.source,
+            f"{_key_path(cred, cred.private_key, environ)}: an RSA key of {key.key_size} bits is too "
+            f"short to sign with; use one of {MIN_RSA_BITS} bits or more",
+            where=cred.where(cred.private_key.key),
+        )
     try:
         alg = signing_alg(family, curve, cred.signing_alg)
     except KeyMismatch as exc:
@@ -247,6 +257,26 @@ class TlsIdentity:
     @property
     def requests_cert(self) -> str | tuple[str, str]:
         return str(self.cert_file) if self.key_file is None else (str(self.cert_file), str(self.key_file))
+
+
+def certificate_thumbprint(cred: CredentialConfig) -> str:
+    """SHA-256 of the client certificate (DER), hex, read now: what an IdP binds a token
+    to (RFC 8705 §3.1), so part of the token's identity. Raises ConfigError naming the file."""
+    cert_file = cred.tls_cert_file
+    if cert_file is None:
+        raise ConfigError(cred.source, "no client certificate configured", where=cred.where("tls_cert_file"))
+    serialization = _crypto(cred, "tls_cert_file")
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(_read(cred, "tls_cert_file", cert_file))
+    except ConfigError:
+        raise
+    except Exception:
+        raise ConfigError(
+            cred.source, f"{cert_file}: is not a PEM certificate", where=cred.where("tls_cert_file")
+        ) from None
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def tls_identity(cred: CredentialConfig) -> TlsIdentity:

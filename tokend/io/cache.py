@@ -2,9 +2,9 @@
 reuses a valid token instead of asking the identity provider again.
 
 Entries are keyed by what makes a token interchangeable (endpoint, client, scope, extra
-parameters), not by credential name, so renaming a credential keeps its token and two
-credentials that ask for the same thing share one. Files are 0600 in a 0700 directory:
-they hold refresh tokens.
+parameters, the client certificate's thumbprint), not by credential name, so renaming a
+credential keeps its token and two credentials that ask for the same thing share one.
+Files are 0600 in a 0700 directory: they hold refresh tokens.
 """
 
 from __future__ import annotations
@@ -24,9 +24,17 @@ from tokend.io.files import FileLock, ensure_private_dir, sweep_once, write_atom
 
 def cache_key(cred: CredentialConfig, client_id: str) -> str:
     """The cache key of a validated credential (see :mod:`tokend.core.identity`): the fields
-    the schema marks ``identity=True``, in its order, with the client id as read."""
+    the schema marks ``identity=True``, in its order, with the client id as read and the
+    client certificate by its thumbprint, read now (a certificate replaced on disk is
+    another identity: the token bound to the old one is not served for it). Raises
+    ConfigError when the certificate cannot be read, as a secret that cannot be."""
     values: dict[str, Any] = {name: getattr(cred, name) for name in IDENTITY_FIELDS}
-    return identity.cache_key(*(values | {"client_id": client_id}).values())
+    values["client_id"] = client_id
+    if cred.tls_cert_file is not None:
+        from tokend.io.assertion import certificate_thumbprint
+
+        values["tls_cert_file"] = certificate_thumbprint(cred)
+    return identity.cache_key(*values.values())
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class TokenCache:
             token = Token.from_dict(data.get("token") if isinstance(data, dict) else None)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             import logging  # rare, and off `tokend token`'s fast path otherwise
 
             logging.getLogger("tokend.state").warning("ignoring unreadable token cache %s: %s", path, exc)

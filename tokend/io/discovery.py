@@ -11,6 +11,7 @@ issuer that cannot be reached is a retryable failure, and stale metadata is used
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -60,7 +61,10 @@ def discover(
     try:
         found = fetch(cred, get)
     except TokenRequestError as exc:
-        if cached is None or not exc.retryable:
+        # Any failure to refresh, a 4xx or a redirect as much as an outage: the metadata
+        # we have was judged good, and stays good until the issuer gives better. (Metadata
+        # for another issuer is a ConfigError, never caught here.)
+        if cached is None:
             raise
         log.warning(
             "%s: cannot refresh the metadata of %s (%s); using what was fetched before",
@@ -92,7 +96,7 @@ def fetch(cred: CredentialConfig, get: Get) -> Discovered:
             continue
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: not metadata
             failures.append(f"{url}: not JSON")
             continue
         return judge(cred, data)
@@ -102,8 +106,11 @@ def fetch(cred: CredentialConfig, get: Get) -> Discovered:
 
 
 def judge(cred: CredentialConfig, data: object) -> Discovered:
-    """The metadata, if it is the configured issuer's and names endpoints tokend may use."""
+    """The metadata, if it is the configured issuer's and names endpoints tokend may use.
+    An https issuer's endpoints must be https too, loopback or not: what came over TLS
+    must not send the secret over plain http."""
     assert cred.issuer is not None
+    secure = cred.issuer.lower().startswith("https://")
     try:
         found = parse_metadata(data, cred.issuer)
         for what, url in (
@@ -111,6 +118,8 @@ def judge(cred: CredentialConfig, data: object) -> Discovered:
             ("mtls token_endpoint", found.mtls_token_endpoint),
         ):
             if url is not None:
+                if secure and not url.lower().startswith("https://"):
+                    raise BadMetadata(f"the metadata's {what} is not https, as the issuer is")
                 try:
                     check_token_url(url, allow_insecure_http=cred.allow_insecure_http)
                 except ValueError as exc:
@@ -121,6 +130,9 @@ def judge(cred: CredentialConfig, data: object) -> Discovered:
 
 
 def _load(cred: CredentialConfig, state_dir: Path | None, issuer: str) -> tuple[Discovered, float] | None:
+    """The cached metadata and when it was fetched, or None. A file that cannot be used
+    (tampered, truncated, nested too deep, for metadata no longer acceptable) is removed,
+    so that it is fetched again and not read again at every refresh."""
     if state_dir is None:
         return None
     path = cache_path(state_dir, issuer)
@@ -130,12 +142,15 @@ def _load(cred: CredentialConfig, state_dir: Path | None, issuer: str) -> tuple[
         record = json.loads(read_regular(path, MAX_CACHE_BYTES))
         fetched_at = record["fetched_at"]
         if not isinstance(fetched_at, int | float):
-            return None
+            raise TypeError("fetched_at is not a number")
         return judge(cred, record["metadata"]), float(fetched_at)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:  # fetched again
-        log.debug("%s: ignoring the cached metadata %s: %s", cred.name, path, exc)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, ConfigError) as exc:
+        log.debug("%s: discarding the cached metadata %s: %s", cred.name, path, exc)
+        if not isinstance(exc, OSError):  # a file that could not be read may be fine
+            with contextlib.suppress(OSError):
+                path.unlink()
         return None
 
 

@@ -29,3 +29,5 @@ def read_status(state_dir: Path) -> DaemonStatus:
         return DaemonStatus.from_json(read_regular(status_path(state_dir), MAX_STATUS_BYTES))
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"unrecognised status file: {exc}") from None
+    except RecursionError:  # nested past the parser's depth: not ours
+        raise ValueError("unrecognised status file: nested too deep") from None

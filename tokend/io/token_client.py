@@ -112,14 +112,14 @@ class TokenClient:
         keys = key_auth(cred, environ)
         if cred.issuer is None:
             return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, None)
-        found, fetched = self.discover(cred, state_dir)
+        found, fetched = self.discover(cred, state_dir, tls=keys.tls)
         endpoint = found.endpoint(mtls=keys.tls is not None)
         try:
             return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, endpoint)
         except TokenRequestError as exc:
             if exc.status != 404 or fetched:
                 raise
-            found, _ = self.discover(cred, state_dir, refresh=True)
+            found, _ = self.discover(cred, state_dir, refresh=True, tls=keys.tls)
             moved = found.endpoint(mtls=keys.tls is not None)
             if moved == endpoint:
                 raise
@@ -127,12 +127,21 @@ class TokenClient:
             return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, moved)
 
     def discover(
-        self, cred: CredentialConfig, state_dir: Path | None, *, refresh: bool = False
+        self,
+        cred: CredentialConfig,
+        state_dir: Path | None,
+        *,
+        refresh: bool = False,
+        tls: TlsIdentity | None = None,
     ) -> tuple[Discovered, bool]:
-        """The issuer's metadata (see :mod:`tokend.io.discovery`), and whether it is new."""
+        """The issuer's metadata (see :mod:`tokend.io.discovery`), and whether it is new.
+        ``tls``: the client certificate (see :func:`key_auth`), presented to the issuer
+        too: a server that demands one on every connection answers nothing without it."""
         from tokend.io.discovery import discover
 
-        return discover(cred, lambda url: self._get(cred, url), state_dir, now=self.clock(), refresh=refresh)
+        return discover(
+            cred, lambda url: self._get(cred, url, tls), state_dir, now=self.clock(), refresh=refresh
+        )
 
     def _obtain(
         self,
@@ -222,10 +231,10 @@ class TokenClient:
             )
         raise classify_failure(status, headers, body, now=self.clock(), secrets=secrets)
 
-    def _get(self, cred: CredentialConfig, url: str) -> tuple[int, bytes]:
+    def _get(self, cred: CredentialConfig, url: str, tls: TlsIdentity | None = None) -> tuple[int, bytes]:
         """GET (discovery's metadata) within ``cred.timeout``: status and body, or raise."""
         status, _, body = self._exchange(
-            cred, TokenRequest(url, {"Accept": "application/json"}, b""), (), method="GET"
+            cred, TokenRequest(url, {"Accept": "application/json"}, b""), (), tls, method="GET"
         )
         return status, body
 
