@@ -441,8 +441,8 @@ def show_discovery(client: TokenClient, cred: CredentialConfig, state_dir: Path)
     from tokend.core.protocol import discovery_warnings
     from tokend.io.token_client import key_auth
 
-    found, _ = client.discover(cred, state_dir, refresh=True)
     keys = key_auth(cred)
+    found, _ = client.discover(cred, state_dir, refresh=True, tls=keys.tls)  # the certificate too
     endpoint = found.endpoint(mtls=keys.tls is not None)
     methods = ", ".join(found.auth_methods) if found.auth_methods is not None else "not listed"
     print(

@@ -257,7 +257,8 @@ class CredentialConfig:
     signing_alg: SigningAlg | None = key(kind="choice", default=None, choices=SIGNING_ALGS, refetch=True)
     assertion_audience: str | None = key(kind="string", default=None, refetch=True)
     # Mutual TLS (RFC 8705): the client certificate, with any client_auth.
-    tls_cert_file: Path | None = key(kind="path", default=None, refetch=True)
+    # Of the identity by its certificate's thumbprint (tokend.io.cache), not by its path.
+    tls_cert_file: Path | None = key(kind="path", default=None, identity=True, refetch=True)
     tls_key_file: Path | None = key(kind="path", default=None, refetch=True)  # unless the cert file holds it
     sinks: tuple[SinkConfig, ...] = key(kind="sinks", default=(), keys=("sink",))
     on_rotate: HookConfig | None = key(kind="hook", default=None)
