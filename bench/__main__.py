@@ -428,6 +428,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 10,000 credentials")
     parser.add_argument("--only", help="run only figures whose name contains this")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"where the JSON goes (default: {shown(RESULTS)})"
+    )
     args = parser.parse_args()
     steps: list[tuple[str, Callable[[IdentityProvider], Any]]] = [
         # 50 ms a pair: enough pairs for a median that does not move by the run
@@ -462,14 +465,14 @@ def main() -> int:
         "install": installed.describe(),
         "figures": results,
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"tokend benchmark, {report['date']}, {machine()['cpus']} CPUs ({machine()['cpu']}), "
         f"Python {machine()['python']}, {report['seconds']} s; tokend from a regular install "
         f"(pip install ., not editable) in {shown(installed.venv)}\n"
     )
     print(table(results))
-    print(f"\nwritten to {RESULTS}")
+    print(f"\nwritten to {args.out}")
     return 0
 
 
