@@ -4,8 +4,9 @@ Ten thousand tokend daemons on two cores would measure the two cores, not the de
 one fleet member costs Redis is known exactly (``tokend/io/fleet_store.py``): two
 connections (commands, and a subscription to its identity's channel); nothing at all
 between rotations but the leader's three lease renewals per lease; per rotation, the
-leader's ``GET``, then ``SET PX`` + ``PUBLISH`` of the sealed token in one round trip, and
-the message itself carries the token to every follower (no follower sends a command).
+leader's bounded read (``STRLEN`` + ``GETRANGE`` + ``PTTL``, one round trip), then ``SET PX``
++ ``PUBLISH`` of the sealed token in one round trip, and the message itself carries the
+token to every follower (no follower sends a command).
 
 So this opens those connections for real, 2 x 1,000 and 2 x 10,000 of them, against a real
 ``redis-server``, and plays the leader's rotation with a real sealed token: Redis's memory
@@ -33,7 +34,7 @@ from tokend.core.tokens import Token
 from .harness import figure, workdir
 
 IDENTITY = "0" * 64  # a cache key's length
-COMMANDS_PER_ROTATION = 3  # the leader's GET, SET PX, PUBLISH
+COMMANDS_PER_ROTATION = 5  # the leader's STRLEN, GETRANGE, PTTL, then SET PX, PUBLISH
 RENEWALS_PER_LEASE = 3  # the leader's EVALSHA, every third of the lease
 LEASE = 15.0  # the default
 
@@ -90,7 +91,11 @@ def one_rotation(client: Any, subscribers: list[socket.socket], blob: bytes) -> 
     sent_before = int(client.info("stats")["total_net_output_bytes"])
     cpu_before = redis_cpu(client)
     started = time.perf_counter()
-    client.get(token_key)
+    read = client.pipeline(transaction=False)
+    read.strlen(token_key)
+    read.getrange(token_key, 0, 16383)
+    read.pttl(token_key)
+    read.execute()
     pipe = client.pipeline(transaction=False)
     pipe.set(token_key, blob, px=3_600_000)
     pipe.publish(channel, blob)

@@ -8,6 +8,7 @@ argument, so every rule is tested without Redis and without sleeping.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,7 +17,12 @@ from typing import Any
 from tokend.core import policy
 from tokend.core.tokens import Token
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2  # 2: carries ``remaining`` (the lifetime left, by the leader's clock)
+MAX_BLOB_BYTES = 16 * 1024
+"""The largest blob a host reads or accepts (a sealed token is ~300 bytes plus the token):
+anything bigger in the token key or on the channel is refused unread."""
+LOOK_SLACK = 0.05
+"""How long after the leader's lease would lapse a waiting follower looks again."""
 
 
 class Role(StrEnum):
@@ -43,6 +49,9 @@ class Shared:
     identity: str
     token: Token
     issuer_host: str
+    # Seconds the token had left when published, by the leader's clock (None: not known
+    # yet; encoded as its whole lifetime, an upper bound).
+    remaining: float | None = None
 
 
 def encode(shared: Shared) -> bytes:
@@ -58,6 +67,7 @@ def encode(shared: Shared) -> bytes:
             "obtained_at": t.obtained_at,
             "scope": t.scope,
             "issuer_host": shared.issuer_host,
+            "remaining": t.lifetime if shared.remaining is None else shared.remaining,
         },
         separators=(",", ":"),
     ).encode("utf-8")
@@ -75,17 +85,50 @@ def decode(raw: bytes) -> Shared:
     identity, host = data.get("identity"), data.get("issuer_host")
     if not isinstance(identity, str) or not isinstance(host, str):
         raise ValueError("bad identity or issuer host")
+    remaining = data.get("remaining")
+    if isinstance(remaining, bool) or not isinstance(remaining, int | float) or remaining != remaining:
+        raise ValueError("bad remaining lifetime")
     fields = {k: data.get(k) for k in ("access_token", "token_type", "expires_at", "obtained_at", "scope")}
-    return Shared(identity, Token.from_dict(fields), host)
+    return Shared(identity, Token.from_dict(fields), host, float(remaining))
 
 
-def judge(shared: Shared, *, identity: str, ours: Token | None, now: float) -> str | None:
+def localize(shared: Shared, now: float, *, ttl: float | None = None) -> Shared:
+    """The shared token on this host's clock. Its expiry travels two ways: the leader's
+    absolute ``expires_at`` (its clock) and what was left of it (``remaining`` when
+    published; ``ttl``, the token key's PTTL, when read with GET: the key expires with the
+    token, on Redis's clock). The expiry used is the earliest of the three, and the time
+    obtained is moved with it (the lifetime is the leader's, which no clock skews). So a
+    leader whose clock runs ahead can never lengthen a token, one that runs behind only
+    shortens it, and an old blob replayed on the channel keeps its old expiry."""
+    token = shared.token
+    expires = token.expires_at if shared.remaining is None else min(token.expires_at, now + shared.remaining)
+    if ttl is not None:
+        expires = min(expires, now + ttl)
+    local = dataclasses.replace(token, expires_at=expires, obtained_at=expires - token.lifetime)
+    return dataclasses.replace(shared, token=local)
+
+
+NOT_NEWER = "it is not newer than ours"
+
+
+def judge(
+    shared: Shared,
+    *,
+    identity: str,
+    ours: Token | None,
+    now: float,
+    refresh_at: float,
+    min_ttl_margin: float,
+) -> str | None:
     """Why a token read from the fleet must not be used, or None to use it.
 
-    Used only when it is for this identity, not expired (a sink never receives an
-    expired token), not stamped in the future (a clock we cannot trust) and newer than the
-    one this host holds: "newer" is a later expiry, so two leaders at once (a lease race,
-    a paused VM) can only hand out good tokens, never go backwards.
+    ``shared`` is on this host's clock (:func:`localize`). Used only when it is for this
+    identity, not expired (a sink never receives an expired token), not stamped in the
+    future (a clock we cannot trust), fresh by the credential's own policy (``refresh_at``,
+    ``min_ttl_margin``: a replayed old blob, or one about to expire, would be replaced at
+    once, so it is never adopted) and newer than the one this host holds: "newer" is a
+    later expiry, so two leaders at once (a lease race, a paused VM) can only hand out
+    good tokens, never go backwards.
     """
     token = shared.token
     if shared.identity != identity:
@@ -93,26 +136,46 @@ def judge(shared: Shared, *, identity: str, ours: Token | None, now: float) -> s
     if not policy.is_valid(token, now):
         return "it has expired" if now >= token.expires_at else "it was stamped in the future"
     if ours is not None and policy.is_valid(ours, now) and token.expires_at <= ours.expires_at:
-        return "it is not newer than ours"
+        return NOT_NEWER  # first: the usual answer (our own token, read back), said quietly
+    if not policy.is_fresh(token, now, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin):
+        return "it is already due for refresh (an old token, or about to expire)"
     return None
 
 
-def follow_until(now: float, *, lease: float, ours: Token | None) -> float:
+def follow_deadline(ours: Token, *, refresh_at: float, min_ttl_margin: float) -> float:
+    """The last moment a follower keeps ``ours`` waiting for its leader: the credential's
+    own margin before expiry (``min_ttl_margin``), but never before the token's due time,
+    jitter included (at most half of what ``refresh_at`` leaves for short tokens). A
+    leader that never delivers then costs each follower its own request while its token
+    still has the margin the operator asked for, never a token about to expire."""
+    return ours.expires_at - min(min_ttl_margin, ours.lifetime * (1 - refresh_at) / 2)
+
+
+def may_follow(ours: Token | None, now: float, *, refresh_at: float, min_ttl_margin: float) -> bool:
+    """Whether a follower keeps its token and waits for the leader (see :func:`follow_deadline`)."""
+    if ours is None or not policy.is_valid(ours, now):
+        return False
+    return now < follow_deadline(ours, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin)
+
+
+def follow_until(
+    now: float,
+    *,
+    lease: float,
+    lease_left: float | None,
+    ours: Token | None,
+    refresh_at: float,
+    min_ttl_margin: float,
+) -> float:
     """When a follower that found the lease held looks at Redis again by itself (the
-    leader's publication normally wakes it sooner): within half a lease, so a dead
-    leader's lease is taken over soon after it runs out, and before our token expires."""
-    look = now + lease / 2
-    if ours is not None and ours.expires_at > now:
-        look = min(look, now + max(policy.MIN_DELAY, (ours.expires_at - now) / 2))
+    leader's publication normally wakes it sooner): just after the lease would lapse
+    (``lease_left``, the lease key's PTTL; a full lease when unknown), so a dead leader is
+    replaced within its lease; and no later than our token's :func:`follow_deadline`."""
+    wait = lease if lease_left is None else min(lease, max(0.0, lease_left))
+    look = now + wait + LOOK_SLACK
+    if ours is not None:
+        look = min(look, follow_deadline(ours, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin))
     return max(now + policy.MIN_DELAY, look)
-
-
-def may_follow(ours: Token | None, now: float, *, lease: float) -> bool:
-    """Whether a follower keeps its token and waits for the leader: only while that token
-    has more than half a lease to live. A leader that never delivers (hung, or a lease
-    held by someone who never publishes) then costs each follower its own request before
-    its token runs out, never an expired token in a sink."""
-    return ours is not None and ours.expires_at - now > lease / 2
 
 
 def jitter_for(role: Role | None, jitter: float) -> float:

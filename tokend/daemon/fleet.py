@@ -9,19 +9,26 @@ so a lost message costs nothing. The rules (see the README's "Fleet mode"):
 - availability first: Redis unreachable → every credential refreshes on its own, logged
   once, and rejoins when Redis answers again;
 - a follower without any valid token waits at most one lease for the leader, then asks
-  the identity provider itself;
-- a token read from Redis is used only if it decrypts, is for this identity, has not
-  expired and is newer than ours (:func:`tokend.core.fleet.judge`); one that cannot be
-  decrypted (another secret) makes this host refresh on its own, saying why.
+  the identity provider itself; one with a token waits until the credential's own margin
+  (:func:`tokend.core.fleet.follow_deadline`), looking again when the lease would lapse;
+- a token read from Redis is used only if it decrypts, is for this identity, is fresh by
+  the credential's policy and newer than ours (:func:`tokend.core.fleet.judge`), its
+  expiry taken on this host's clock (:func:`tokend.core.fleet.localize`); one that cannot
+  be decrypted (another secret) makes this host refresh on its own, saying why;
+- a lease is held only while it is wanted: released when the credential leaves the
+  config, opts out, changes identity, or its request to the identity provider fails.
 
-The listener thread renews the leases (every third of a lease), listens to pub/sub and,
-while Redis is away, probes it with backoff. It never dies of an exception.
+The listener thread renews the leases (every third of a lease), listens to pub/sub (a
+bounded batch at a time; a publication that does not open with our key never wakes a
+credential) and, while Redis is away, probes it with backoff. A lost pub/sub connection
+with the commands still answering is not an outage: the leases are kept. It never dies
+of an exception.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -31,7 +38,16 @@ from typing import Any
 
 from tokend.config import ConfigError, CredentialConfig
 from tokend.config.schema import FleetConfig
-from tokend.core.fleet import FleetEvent, Role, Shared, follow_until, judge, may_follow
+from tokend.core.fleet import (
+    NOT_NEWER,
+    FleetEvent,
+    Role,
+    Shared,
+    follow_until,
+    judge,
+    localize,
+    may_follow,
+)
 from tokend.core.tokens import Token
 from tokend.daemon.token_source import ASK, Offer, TokenSource
 
@@ -39,6 +55,8 @@ log = logging.getLogger("tokend.fleet")
 
 PROBE_BACKOFF = (0.25, 5.0)  # first and longest pause between looks at an absent Redis
 WAIT_POLL = 0.25  # a follower without a token re-reads Redis this often while it waits
+WARN_EVERY = 60.0  # one warning of a kind per identity this often, however many causes
+PUBSUB_PAUSE = 0.1  # before subscribing again after the pub/sub connection was dropped
 
 
 def fleet_imports(config_path: Path) -> None:
@@ -64,6 +82,7 @@ class Fleet(TokenSource):
     ) -> None:
         fleet_imports(config_path)
         from tokend.io import fleet_crypto
+        from tokend.io.fleet_secret import read_password
         from tokend.io.fleet_store import FleetStore
 
         self.fleet = fleet
@@ -71,15 +90,17 @@ class Fleet(TokenSource):
         self.environ = environ
         self.report = report
         self.clock = clock
-        self.store = FleetStore(fleet, config_path, environ)  # reads the password: ConfigError
+        password = read_password(fleet, config_path, os.environ if environ is None else environ)
+        self.store = FleetStore(fleet, password)  # a password it cannot read: ConfigError above
         self.host = socket.gethostname()
         self.lock = threading.Condition()
-        self.identities: dict[str, str] = {}  # credential name -> identity
+        self.identities: dict[str, str] = {}  # credential name -> identity (fleet credentials only)
+        self.creds: dict[str, tuple[CredentialConfig, bytes]] = {}  # identity -> credential, key material
         self.roles: dict[str, Role] = {}
         self.looks: dict[str, float] = {}
-        self.inbox: dict[str, bytes] = {}  # identity -> the last blob published
+        self.inbox: dict[str, bytes] = {}  # identity -> the last blob published (already checked)
         self.sent: dict[str, bytes] = {}  # identity -> the last blob we published
-        self.warned: set[tuple[str, str]] = set()  # (identity, blob digest) already explained
+        self.warned: dict[tuple[str, str], float] = {}  # (identity, kind) -> last warned (monotonic)
         self.reachable = True
         self.changed_at = clock()
         self.last_error: str | None = None
@@ -108,11 +129,25 @@ class Fleet(TokenSource):
         self.store.release_all()  # a follower takes over at once, not a lease later
         self.store.close()
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str, why: str = "removed from the config") -> None:
+        """The credential left the config (or fleet mode): its lease goes at once (unless
+        another credential shares the identity)."""
         with self.lock:
-            self.identities.pop(name, None)
-            self.roles.pop(name, None)
+            identity = self.identities.pop(name, None)
+            role = self.roles.pop(name, None)
             self.looks.pop(name, None)
+        if role is Role.LEADER:
+            self.leader_change(name, f"no longer the fleet's leader ({why})")
+        if identity is not None:
+            self.release_unused(identity)
+
+    def release_unused(self, identity: str) -> None:
+        """Release the identity's lease when no credential of ours wants it any more."""
+        with self.lock:
+            if identity in self.identities.values():
+                return
+            self.creds.pop(identity, None)
+        self.store.release(identity)
 
     def store_timeout(self) -> float:
         from tokend.io.fleet_store import SOCKET_TIMEOUT
@@ -120,7 +155,7 @@ class Fleet(TokenSource):
         return SOCKET_TIMEOUT
 
     def redis_name(self) -> str:
-        """The Redis URL without its query (it holds no password: the parser refuses one)."""
+        """The Redis URL (the parser refuses a password, any user and any query in it)."""
         return self.fleet.redis_url.split("?", 1)[0]
 
     # ----------------------------------------------------------------- the seam
@@ -130,25 +165,37 @@ class Fleet(TokenSource):
     ) -> Offer:
         name = cred.name
         if not cred.fleet:
+            self.forget(name, "fleet = false")  # a reload opted it out: no lease, no subscription
             return ASK
+        material = self.crypto.key_material(cred, self.environ)
         with self.lock:
+            previous = self.identities.get(name)
             self.identities[name] = identity
+            self.creds[identity] = (cred, material)
             self.looks.pop(name, None)
             pushed = self.inbox.pop(identity, None)
-        from tokend.io.fleet_store import RedisDown
+        if previous is not None and previous != identity:
+            if self.roles.get(name) is Role.LEADER:
+                self.set_role(name, Role.FOLLOWER)
+            self.release_unused(previous)  # the credential's identity changed (a reload)
+        from tokend.io.fleet_store import RedisDown, TooLarge
 
-        material = self.crypto.key_material(cred, self.environ)
         if pushed is not None:
-            token = self.adopt(cred, identity, pushed, material, ours, now)
+            token = self.adopt(cred, identity, pushed, material, ours, now, due=due)
             if isinstance(token, Token):
                 return Offer(token)
         if not due:
             return ASK  # the refresher keeps ours
         try:
-            stored = self.store.get(identity)
+            try:
+                stored = self.store.get(identity)
+            except TooLarge as exc:
+                self.warn(identity, "large", f"{name}: ignoring the fleet's stored token: {exc}")
+                stored = None
             self.up()
             if stored is not None:
-                token = self.adopt(cred, identity, stored, material, ours, now)
+                blob, ttl = stored
+                token = self.adopt(cred, identity, blob, material, ours, now, ttl=ttl, due=True)
                 if isinstance(token, Token):
                     return Offer(token)
                 if token is UNREADABLE:
@@ -158,17 +205,24 @@ class Fleet(TokenSource):
                 self.set_role(name, Role.LEADER, identity)
                 return ASK
             self.set_role(name, Role.FOLLOWER, identity)
-            if may_follow(ours, now, lease=self.fleet.lease):
+            if may_follow(ours, now, refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin):
+                look = follow_until(
+                    now,
+                    lease=self.fleet.lease,
+                    lease_left=self.store.lease_left(identity),
+                    ours=ours,
+                    refresh_at=cred.refresh_at,
+                    min_ttl_margin=cred.min_ttl_margin,
+                )
                 with self.lock:
-                    self.looks[name] = follow_until(now, lease=self.fleet.lease, ours=ours)
+                    self.looks[name] = look
                 return Offer(follow=True)
             if ours is not None and ours.expires_at > now:
-                log.warning(
-                    "%s: the fleet's leader has not delivered and our token %s expires in %.1fs; "
-                    "asking the identity provider ourselves",
-                    name,
-                    ours.fingerprint,
-                    ours.expires_at - now,
+                self.warn(
+                    identity,
+                    "late",
+                    f"{name}: the fleet's leader has not delivered and our token {ours.fingerprint} "
+                    f"expires in {ours.expires_at - now:.1f}s; asking the identity provider ourselves",
                 )
                 return ASK
             return self.wait_for_leader(cred, identity, material)
@@ -178,34 +232,40 @@ class Fleet(TokenSource):
             return ASK
 
     def wait_for_leader(self, cred: CredentialConfig, identity: str, material: bytes) -> Offer:
-        """No valid token of our own: give the leader one lease, then ask ourselves."""
-        from tokend.io.fleet_store import RedisDown
+        """No valid token of our own: give the leader one lease, then ask ourselves. The
+        answer says how long it waited (the token asked for after it lives from then)."""
+        from tokend.io.fleet_store import RedisDown, TooLarge
 
-        deadline = time.monotonic() + self.fleet.lease
+        started = time.monotonic()
+        deadline = started + self.fleet.lease
         while (left := deadline - time.monotonic()) > 0:
             with self.lock:
                 self.lock.wait_for(lambda: identity in self.inbox, timeout=min(WAIT_POLL, left))
                 blob = self.inbox.pop(identity, None)
+            ttl = None
             if blob is None:
                 try:
-                    blob = self.store.get(identity)
+                    stored = self.store.get(identity)
+                except TooLarge:
+                    stored = None
                 except RedisDown as exc:
                     self.down(str(exc))
                     self.set_role(cred.name, Role.STANDALONE)
-                    return ASK
+                    return Offer(waited=time.monotonic() - started)
+                blob, ttl = stored if stored is not None else (None, None)
             if blob is not None:
-                token = self.adopt(cred, identity, blob, material, None, self.clock())
+                token = self.adopt(cred, identity, blob, material, None, self.clock(), ttl=ttl, due=True)
                 if isinstance(token, Token):
-                    return Offer(token)
+                    return Offer(token, waited=time.monotonic() - started)
                 if token is UNREADABLE:
                     self.set_role(cred.name, Role.STANDALONE)
-                    return ASK
+                    return Offer(waited=time.monotonic() - started)
         log.warning(
             "%s: no token from the fleet's leader within %gs; asking the identity provider ourselves",
             cred.name,
             self.fleet.lease,
         )
-        return ASK
+        return Offer(waited=time.monotonic() - started)
 
     def obtained(self, cred: CredentialConfig, identity: str, token: Token) -> None:
         """The leader seals and publishes what it got; nobody else does."""
@@ -213,17 +273,26 @@ class Fleet(TokenSource):
             return
         from tokend.io.fleet_store import RedisDown
 
-        shared = Shared(identity, token, self.host)
+        remaining = token.expires_at - self.clock()
+        shared = Shared(identity, token, self.host, remaining)
         blob = self.crypto.seal(shared, self.crypto.key_material(cred, self.environ))
         with self.lock:
             self.sent[identity] = blob  # before it echoes back through our own subscription
         try:
-            self.store.publish(identity, blob, token.expires_at - self.clock())
+            self.store.publish(identity, blob, remaining)
         except RedisDown as exc:
             self.down(str(exc))
             self.set_role(cred.name, Role.STANDALONE)
             return
         log.info("%s: published token %s to the fleet", cred.name, token.fingerprint)
+
+    def failed(self, cred: CredentialConfig, identity: str) -> None:
+        """Our request failed: a leader lets go of its lease, so a host whose request may
+        work takes over instead of every follower waiting until its own margin."""
+        if not cred.fleet or not self.store.holds(identity):
+            return
+        self.store.release(identity)
+        self.set_role(cred.name, Role.FOLLOWER)
 
     def adopt(
         self,
@@ -233,35 +302,40 @@ class Fleet(TokenSource):
         material: bytes,
         ours: Token | None,
         now: float,
+        *,
+        ttl: float | None = None,
+        due: bool,
     ) -> Token | object | None:
-        """The token in ``blob`` if this host may use it; else None (or UNREADABLE), and a
-        log line once per blob saying why."""
-        digest = hashlib.sha256(blob).hexdigest()[:16]
+        """The token in ``blob`` (on our clock) if this host may use it; else None (or
+        UNREADABLE), and a log line saying why, at most once a minute per kind."""
         try:
             shared = self.crypto.unseal(blob, material, identity)
         except self.crypto.Undecryptable as exc:
-            self.explain_once(
+            self.warn(
                 identity,
-                digest,
-                logging.WARNING,
-                f"{cred.name}: cannot use the fleet's token ({exc}: another client secret?); "
-                "refreshing on our own",
+                "unreadable",
+                f"{cred.name}: cannot use the fleet's token ({exc}: another client secret?)"
+                + ("; refreshing on our own" if due else ""),
             )
             return UNREADABLE
         except ValueError as exc:
-            self.explain_once(
-                identity, digest, logging.WARNING, f"{cred.name}: ignoring the fleet's token: {exc}"
-            )
+            self.warn(identity, "invalid", f"{cred.name}: ignoring the fleet's token: {exc}")
             return None
-        reason = judge(shared, identity=identity, ours=ours, now=now)
+        shared = localize(shared, now, ttl=ttl)
+        reason = judge(
+            shared,
+            identity=identity,
+            ours=ours,
+            now=now,
+            refresh_at=cred.refresh_at,
+            min_ttl_margin=cred.min_ttl_margin,
+        )
         if reason is not None:
-            level = logging.DEBUG if reason == "it is not newer than ours" else logging.WARNING
-            self.explain_once(
-                identity,
-                digest,
-                level,
-                f"{cred.name}: ignoring the fleet's token {shared.token.fingerprint}: {reason}",
-            )
+            message = f"{cred.name}: ignoring the fleet's token {shared.token.fingerprint}: {reason}"
+            if reason == NOT_NEWER:
+                log.debug("%s", message)
+            else:
+                self.warn(identity, reason, message)
             return None
         with self.lock:
             self.counts[FleetEvent.RECEIVED] += 1
@@ -276,14 +350,18 @@ class Fleet(TokenSource):
         )
         return shared.token
 
-    def explain_once(self, identity: str, digest: str, level: int, message: str) -> None:
+    def warn(self, identity: str, kind: str, message: str) -> None:
+        """A WARNING, at most one per (identity, kind) every WARN_EVERY seconds: a flood of
+        bad publications costs one line a minute, not one each."""
+        now = time.monotonic()
         with self.lock:
-            if (identity, digest) in self.warned:
+            last = self.warned.get((identity, kind))
+            if last is not None and now - last < WARN_EVERY:
                 return
             if len(self.warned) > 1000:
                 self.warned.clear()
-            self.warned.add((identity, digest))
-        log.log(level, "%s", message)
+            self.warned[(identity, kind)] = now
+        log.warning("%s", message)
 
     # ----------------------------------------------------------------- roles and health
 
@@ -323,7 +401,8 @@ class Fleet(TokenSource):
             names = [n for n, r in self.roles.items() if r is Role.LEADER]
             for name in self.roles:
                 self.roles[name] = Role.STANDALONE
-        self.store.drop(list(self.identities.values()))
+            held = list(self.identities.values())
+        self.store.drop(held)
         if was:
             self.report(FleetEvent.FALLBACK, None)
             log.warning(
@@ -363,8 +442,10 @@ class Fleet(TokenSource):
     # ----------------------------------------------------------------- the listener thread
 
     def listen_forever(self) -> None:
-        """Renew leases, take publications, probe an absent Redis; never dies."""
-        from tokend.io.fleet_store import RedisDown
+        """Renew leases, take publications, probe an absent Redis; never dies. Each turn
+        renews first (when due), then takes one bounded batch of publications, so no
+        flood on a channel can make a lease lapse."""
+        from tokend.io.fleet_store import PubSubLost, RedisDown
 
         interval = self.fleet.lease / 3
         next_renew = time.monotonic() + interval
@@ -376,7 +457,9 @@ class Fleet(TokenSource):
                     self.up()
                 if time.monotonic() >= next_renew:
                     next_renew = time.monotonic() + interval
-                    for identity in self.store.renew():
+                    with self.lock:
+                        wanted = set(self.identities.values())
+                    for identity in self.store.renew(wanted):
                         for name in self.names_of(identity):
                             self.set_role(name, Role.FOLLOWER)
                 with self.lock:
@@ -385,7 +468,14 @@ class Fleet(TokenSource):
                     self.stopping.wait(min(1.0, interval))
                     continue
                 timeout = max(0.01, min(1.0, next_renew - time.monotonic()))
-                for identity, blob in self.store.listen(identities, timeout):
+                try:
+                    found = self.store.listen(identities, timeout)
+                except PubSubLost as exc:
+                    self.store.ping()  # the commands fail too (RedisDown): that is an outage
+                    self.warn("", "pubsub", f"fleet: {exc}; subscribing again (the leases are kept)")
+                    self.stopping.wait(PUBSUB_PAUSE)
+                    continue
+                for identity, blob in found.items():
                     self.deliver(identity, blob)
                 pause = PROBE_BACKOFF[0]
             except RedisDown as exc:
@@ -403,12 +493,41 @@ class Fleet(TokenSource):
             return [name for name, ident in self.identities.items() if ident == identity]
 
     def deliver(self, identity: str, blob: bytes) -> None:
+        """A publication: wake the identity's credentials only for a token they would take
+        (it opens with our key, is for this identity, fresh and unexpired); anything else
+        costs one unseal and, at most once a minute, a warning."""
         with self.lock:
             if self.sent.get(identity) == blob:
                 return  # our own publication
+            known = self.creds.get(identity)
+        self.up()
+        if known is None:
+            return  # no credential has run yet: its first run reads Redis anyway
+        cred, material = known
+        now = self.clock()
+        try:
+            shared = localize(self.crypto.unseal(blob, material, identity), now)
+        except ValueError as exc:  # Undecryptable included: garbage, or another secret
+            self.warn(
+                identity, "published", f"{cred.name}: ignoring a publication on the fleet's channel: {exc}"
+            )
+            return
+        reason = judge(
+            shared,
+            identity=identity,
+            ours=None,
+            now=now,
+            refresh_at=cred.refresh_at,
+            min_ttl_margin=cred.min_ttl_margin,
+        )
+        if reason is not None:
+            self.warn(
+                identity, "published", f"{cred.name}: ignoring a publication on the fleet's channel: {reason}"
+            )
+            return
+        with self.lock:
             self.inbox[identity] = blob
             self.lock.notify_all()
-        self.up()
         for name in self.names_of(identity):
             self.on_news(name)
 

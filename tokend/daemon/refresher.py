@@ -27,7 +27,7 @@ log = logging.getLogger("tokend.refresher")
 
 
 class Refresher:
-    __slots__ = ("cache", "clock", "cred", "environ", "origin", "source")
+    __slots__ = ("cache", "clock", "cred", "environ", "origin", "source", "waited")
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class Refresher:
         self.clock = clock
         self.source = source  # where a due token may come from before the IdP (fleet mode)
         self.origin = "cache"  # where the last refresh's token came from: cache, idp or fleet
+        self.waited = 0.0  # seconds the last refresh waited for the fleet's leader
 
     def refresh(
         self,
@@ -71,7 +72,7 @@ class Refresher:
             ours = entry.token if entry is not None else None
             due = force or ours is None or not self.is_fresh(ours, now, fresh_until)
             offer = self.source.offer(cred, key, ours, now, due=due)
-            self.origin = "cache"
+            self.origin, self.waited = "cache", offer.waited
             token: Token | None
             if offer.token is not None:  # a newer token from the fleet's leader
                 token, self.origin = offer.token, "fleet"
@@ -109,6 +110,7 @@ class Refresher:
                     )
                 except TokenRequestError as exc:
                     request_error = exc
+                    self.source.failed(cred, key)  # fleet mode: a failed leader lets go of its lease
                     token = entry.token if entry and policy.is_valid(entry.token, now) else None
                     if token is not None:
                         log.warning(

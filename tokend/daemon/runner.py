@@ -229,7 +229,9 @@ class Runner:
             )
             # A new token's life counts from its request, by the monotonic clock (the wall
             # clock may step while the request is out); a cached one's only from the wall.
-            slot.due_mono = started + (due - token.obtained_at) if attempt.fetched else now_mono + (due - now)
+            # A wait for the fleet's leader came before the request: not part of the token's life.
+            asked = started + slot.refresher.waited
+            slot.due_mono = asked + (due - token.obtained_at) if attempt.fetched else now_mono + (due - now)
         due_at = None if slot.due_mono is None else now + (slot.due_mono - now_mono)
         failed = attempt.result is not Result.SUCCESS
         failures = slot.status.failures + 1 if failed else 0

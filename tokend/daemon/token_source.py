@@ -20,10 +20,13 @@ from tokend.core.tokens import Token
 @dataclass(frozen=True, slots=True)
 class Offer:
     """The source's answer. ``token``: a newer token, use it and ask nobody. ``follow``:
-    another host is getting one, keep ours meanwhile. Neither: ask the identity provider."""
+    another host is getting one, keep ours meanwhile. Neither: ask the identity provider.
+    ``waited``: seconds the source made the caller wait (for a leader) before answering,
+    so a token asked for afterwards counts its life from after the wait."""
 
     token: Token | None = None
     follow: bool = False
+    waited: float = 0.0
 
 
 ASK = Offer()
@@ -48,6 +51,10 @@ class TokenSource:
 
     def obtained(self, cred: CredentialConfig, identity: str, token: Token) -> None:
         """This host got ``token`` from the identity provider."""
+
+    def failed(self, cred: CredentialConfig, identity: str) -> None:
+        """This host's request to the identity provider failed (fleet mode: a leader that
+        cannot get a token lets another host try)."""
 
     def role(self, name: str) -> Role | None:
         """leader/follower/standalone in fleet mode; None without it."""

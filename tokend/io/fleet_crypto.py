@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tokend.config import ConfigError
 from tokend.config.schema import CredentialConfig
-from tokend.core.fleet import Shared, decode, encode
+from tokend.core.fleet import MAX_BLOB_BYTES, Shared, decode, encode
 from tokend.io.secret_sources import read_secret
 
 MAGIC = b"tokend-fleet-v1:"
@@ -68,7 +68,10 @@ def seal(shared: Shared, material: bytes) -> bytes:
 
 def unseal(blob: bytes, material: bytes, identity: str) -> Shared:
     """Raises :class:`Undecryptable` for a blob this host cannot open, ValueError for one
-    that opens but holds something unusable."""
+    that opens but holds something unusable. A blob over :data:`MAX_BLOB_BYTES` is
+    refused before any work (a flood of big ones costs nothing but reading them)."""
+    if len(blob) > MAX_BLOB_BYTES:
+        raise Undecryptable(f"larger than {MAX_BLOB_BYTES} bytes")
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + NONCE_BYTES + 16:
         raise Undecryptable("not a tokend fleet blob")
     nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]

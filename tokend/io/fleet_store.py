@@ -3,9 +3,16 @@
 redis-py does the work: the lease is its :class:`redis.lock.Lock` (``SET key token NX PX``
 to take it, a Lua compare-and-``PEXPIRE`` to renew it, a Lua compare-and-``DEL`` to
 release it, so a stale leader can never renew or release another's lease). The token is
-one ``SET key blob PX ttl`` and one ``PUBLISH``. Every call has a short socket timeout and
-no retry: a hung or absent Redis costs a refresh at most :data:`SOCKET_TIMEOUT`, and the
-daemon then carries on alone.
+one ``SET key blob PX ttl`` and one ``PUBLISH``; it is read back with a bound (``STRLEN``,
+``GETRANGE 0 16383`` and ``PTTL`` in one round trip: a huge value is never read whole).
+Every call has a short socket timeout and no retry: a hung or absent Redis costs a
+refresh at most :data:`SOCKET_TIMEOUT`, and the daemon then carries on alone.
+
+Pub/sub is drained a bounded batch at a time (:data:`DRAIN_MESSAGES`,
+:data:`DRAIN_SECONDS`), keeping only the last blob per identity, so a flood on a channel
+can neither starve the lease renewals nor grow memory. A lost pub/sub connection
+(:class:`PubSubLost`; Redis drops a subscriber that reads too slowly) is not "Redis down":
+the caller checks the commands before it gives up its leases.
 
 Keys (``{prefix}`` is ``[fleet] key_prefix``, ``{identity}`` the token cache key):
 ``{prefix}:lease:{identity}``, ``{prefix}:token:{identity}``, channel
@@ -16,52 +23,38 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+import time
+from collections.abc import Iterable
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError, RedisError, ResponseError
 from redis.lock import Lock
 from redis.retry import Retry
 
-from tokend.config import ConfigError
 from tokend.config.schema import FleetConfig
-from tokend.core.fleet import redis_keys
-from tokend.io.files import read_regular
+from tokend.core.fleet import MAX_BLOB_BYTES, redis_keys
 
 log = logging.getLogger("tokend.fleet")
 
 SOCKET_TIMEOUT = 1.0
 """Seconds any one Redis call may take (connect, or an answer). Never blocks a refresh longer."""
-MAX_PASSWORD_BYTES = 4096
+DRAIN_MESSAGES = 256
+DRAIN_SECONDS = 0.1
+"""One :meth:`FleetStore.listen` takes at most this many messages, or this long, after the first."""
 
 
 class RedisDown(Exception):
     """Redis cannot be reached or did not answer; the message is one line, no secret."""
 
 
-def read_password(fleet: FleetConfig, path: Path, environ: Mapping[str, str]) -> str | None:
-    """The Redis password from password_file or password_env; a ConfigError naming the key."""
-    if fleet.password_file is not None:
-        try:
-            raw = read_regular(fleet.password_file, MAX_PASSWORD_BYTES)
-        except OSError as exc:
-            raise ConfigError(
-                path, f"{fleet.password_file}: cannot read: {exc.strerror}", where="fleet.password_file"
-            ) from None
-        password = raw.decode("utf-8", "replace").strip("\r\n")
-        if not password:
-            raise ConfigError(path, f"{fleet.password_file} is empty", where="fleet.password_file")
-        return password
-    if fleet.password_env is not None:
-        from_env = environ.get(fleet.password_env)
-        if not from_env:
-            raise ConfigError(path, f"${fleet.password_env} is not set", where="fleet.password_env")
-        return from_env
-    return None
+class PubSubLost(Exception):
+    """The pub/sub connection failed; the commands may still work (ask with a PING)."""
+
+
+class TooLarge(Exception):
+    """The token key holds more than :data:`~tokend.core.fleet.MAX_BLOB_BYTES`: not read."""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -73,13 +66,13 @@ def describe_error(exc: BaseException) -> str:
 class FleetStore:
     """One Redis connection pool, the leases this daemon holds, and a pub/sub listener."""
 
-    def __init__(self, fleet: FleetConfig, path: Path, environ: Mapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
+    def __init__(self, fleet: FleetConfig, password: str | None) -> None:
+        """``password``: from :func:`tokend.io.fleet_secret.read_password`."""
         self.fleet = fleet
         self.client = redis.Redis.from_url(
             fleet.redis_url,
             username=fleet.username,
-            password=read_password(fleet, path, environ),
+            password=password,
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
@@ -106,10 +99,31 @@ class FleetStore:
     def ping(self) -> None:
         self._call("PING", self.client.ping)
 
-    def get(self, identity: str) -> bytes | None:
-        """The stored blob (one GET)."""
-        value = self._call("GET", self.client.get, self.keys(identity)[1])
-        return value if isinstance(value, bytes) else None
+    def get(self, identity: str) -> tuple[bytes, float | None] | None:
+        """The stored blob and the seconds its key has left (None: no expiry), or None when
+        there is none. Read with a bound (STRLEN, GETRANGE, PTTL: one round trip); more
+        than MAX_BLOB_BYTES raises :class:`TooLarge`, unread."""
+        token_key = self.keys(identity)[1]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.strlen(token_key)
+        pipe.getrange(token_key, 0, MAX_BLOB_BYTES - 1)
+        pipe.pttl(token_key)
+        answers: list[object] = self._call(  # type: ignore[assignment]
+            "STRLEN+GETRANGE+PTTL", pipe.execute, raise_on_error=False
+        )
+        size, value, pttl = answers
+        if isinstance(size, ResponseError) or not isinstance(size, int) or not isinstance(value, bytes):
+            return None  # absent, or not a string (WRONGTYPE): nothing to use
+        if not size:
+            return None
+        if size > MAX_BLOB_BYTES:
+            raise TooLarge(f"{size} bytes, more than {MAX_BLOB_BYTES}")
+        return value, (pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None)
+
+    def lease_left(self, identity: str) -> float | None:
+        """Seconds until the identity's lease lapses (PTTL), or None (none held, no expiry)."""
+        pttl = self._call("PTTL", self.client.pttl, self.keys(identity)[0])
+        return pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None
 
     def publish(self, identity: str, blob: bytes, ttl: float) -> None:
         """Store the blob until the token expires and tell the followers (SET PX + PUBLISH,
@@ -143,10 +157,24 @@ class FleetStore:
         with self.lock:
             return identity in self.held
 
-    def renew(self) -> list[str]:
-        """Renew every lease held (one EVALSHA each); returns the identities lost. A Redis
-        failure drops them all (a lease we cannot renew may already be another's) and
-        raises RedisDown."""
+    def release(self, identity: str) -> None:
+        """Give up one lease at once (compare-and-delete), so another host may lead."""
+        with self.lock:
+            lease = self.held.pop(identity, None)
+        if lease is not None:
+            with contextlib.suppress(LockError, RedisError, OSError):  # else it runs out by itself
+                lease.release()
+
+    def renew(self, wanted: Iterable[str]) -> list[str]:
+        """Renew the leases held for ``wanted`` identities (one EVALSHA each) and release
+        the others (a credential removed, opted out or changed identity must not keep
+        its lease forever); returns the identities lost. A Redis failure drops them all
+        (a lease we cannot renew may already be another's) and raises RedisDown."""
+        wanted = set(wanted)
+        with self.lock:
+            unwanted = [identity for identity in self.held if identity not in wanted]
+        for identity in unwanted:
+            self.release(identity)
         with self.lock:
             held = dict(self.held)
         lost: list[str] = []
@@ -177,13 +205,17 @@ class FleetStore:
 
     # ---------------------------------------------------------------- pub/sub
 
-    def listen(self, identities: Iterable[str], timeout: float) -> list[tuple[str, bytes]]:
+    def listen(self, identities: Iterable[str], timeout: float) -> dict[str, bytes]:
         """Subscribe to exactly these identities' channels, then wait up to ``timeout`` for
-        messages: (identity, blob) pairs. Called from the listener thread only."""
+        a message and take what follows, at most DRAIN_MESSAGES or DRAIN_SECONDS: the last
+        blob per identity (none over MAX_BLOB_BYTES). Raises :class:`PubSubLost`. Called
+        from the listener thread only."""
         wanted = {self.keys(i)[2]: i for i in identities}
         try:
             if self.pubsub is None:
-                self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                # Confirmations are not ignored: redis-py answers None for an ignored one,
+                # which would end a drain early; only "message" counts below.
+                self.pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
                 self.subscribed = set()
             pubsub = self.pubsub
             new = set(wanted) - self.subscribed
@@ -194,20 +226,29 @@ class FleetStore:
                 pubsub.unsubscribe(*sorted(gone))
             self.subscribed = set(wanted)
             if not self.subscribed:
-                return []
-            found: list[tuple[str, bytes]] = []
+                return {}
+            found: dict[str, bytes] = {}
             message = pubsub.get_message(timeout=timeout)
+            until, taken = time.monotonic() + DRAIN_SECONDS, 0
             while message is not None:
+                taken += 1
                 channel, data = message.get("channel"), message.get("data")
                 if isinstance(channel, bytes):
                     channel = channel.decode("utf-8", "replace")
-                if message.get("type") == "message" and channel in wanted and isinstance(data, bytes):
-                    found.append((wanted[channel], data))
+                if (
+                    message.get("type") == "message"
+                    and channel in wanted
+                    and isinstance(data, bytes)
+                    and len(data) <= MAX_BLOB_BYTES
+                ):
+                    found[wanted[channel]] = data  # only the last one counts
+                if taken >= DRAIN_MESSAGES or time.monotonic() >= until:
+                    break  # the rest waits for the next call: the renewals come first
                 message = pubsub.get_message(timeout=0)
             return found
         except (RedisError, OSError) as exc:
             self.reset_pubsub()
-            raise RedisDown(f"SUBSCRIBE: {describe_error(exc)}") from None
+            raise PubSubLost(f"pub/sub: {describe_error(exc)}") from None
 
     def reset_pubsub(self) -> None:
         pubsub, self.pubsub, self.subscribed = self.pubsub, None, set()
