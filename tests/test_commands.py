@@ -69,6 +69,9 @@ def test_exec_child_keeps_the_callers_environment_but_no_secret_variable(
         (["--on-rotate", "SIGFOO"], "--on-rotate 'SIGFOO' is not a signal name"),
         (["--on-rotate", "\u0661\u0665"], "is not a signal name"),  # Arabic-Indic 15
         (["--on-rotate", "KILL"], "cannot be caught"),
+        (["--on-rotate", "TERM"], "--on-rotate 'TERM' would stop the program, not reload it; use restart"),
+        (["--on-rotate", "sigint"], "use restart"),
+        (["--on-rotate", "3"], "use restart"),  # SIGQUIT
         (["--on-rotate", "restart", "--stop-signal", "TERMINATE"], "--stop-signal 'TERMINATE'"),
         (["--on-rotate", "restart", "--stop-timeout", "2h"], "over an hour"),
         (["--on-rotate", "restart", "--stop-timeout", "\u0663s"], "not a duration"),
@@ -83,6 +86,17 @@ def test_exec_refuses_bad_supervision_options_in_one_line(
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert_one_line_error(result, expected)
     assert not idp.seen  # refused before anything was asked
+
+
+def test_exec_refuses_a_rotation_signal_for_a_credential_without_sinks(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    """The signal asks the program to re-read a sink: with none, it would never see a new token."""
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=""))
+    result = run_tokend("exec", "-c", config, "api", "--on-rotate", "HUP", "--", "true", tmp=tmp_path)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert_one_line_error(result, "--on-rotate HUP", "credential 'api' has no sinks", "use restart")
+    assert not idp.seen
 
 
 def pid_hook(tmp: Path) -> str:

@@ -63,6 +63,7 @@ def token(access: str = "tok-a", obtained: float = NOW, life: float = 60.0) -> T
 
 
 POLICY = {"refresh_at": 0.8, "min_ttl_margin": 60.0}  # the defaults: a 60 s token is due at 30 s
+FOLLOW = {**POLICY, "timeout": 10.0}  # and the request's timeout, for a follower's deadline
 
 
 def test_a_stored_token_is_used_only_when_for_us_unexpired_fresh_and_newer() -> None:
@@ -139,22 +140,30 @@ def test_a_follower_looks_again_when_the_lease_would_lapse_and_keeps_its_margin(
     hour = token(life=3600)
 
     def look(lease_left: float | None, ours: Token | None = hour, lease: float = 10) -> float:
-        return follow_until(NOW, lease=lease, lease_left=lease_left, ours=ours, **POLICY)
+        return follow_until(NOW, lease=lease, lease_left=lease_left, ours=ours, **FOLLOW)
 
     assert look(0.3) == pytest.approx(NOW + 0.35)  # the lease lapses in 0.3 s: look then
     assert look(None) == pytest.approx(NOW + 10.05)  # unknown: one lease
     assert look(60) == pytest.approx(NOW + 10.05)  # never longer than a lease
     assert look(0) == NOW + 0.1  # at least MIN_DELAY
     short = token(life=3, obtained=NOW - 1.6)  # due at 1.5 s; kept until 2.7 s (0.3 s margin)
-    assert follow_deadline(short, **POLICY) == pytest.approx(NOW + 1.1)
+    assert follow_deadline(short, **FOLLOW) == pytest.approx(NOW + 1.1)
     assert look(5, ours=short) == pytest.approx(NOW + 1.1)
     # Keeps its token while it has more than min_ttl_margin left: an hour-long token is
     # waited on until 60 s before expiry, a short one (1.5 s due) until 0.3 s before.
-    assert may_follow(token(obtained=NOW - 3500, life=3600), NOW, **POLICY)
-    assert not may_follow(token(obtained=NOW - 3545, life=3600), NOW, **POLICY)  # 55 s left
-    assert may_follow(short, NOW, **POLICY)
-    assert not may_follow(token(life=3, obtained=NOW - 2.8), NOW, **POLICY)
-    assert not may_follow(None, NOW, **POLICY)
+    assert may_follow(token(obtained=NOW - 3500, life=3600), NOW, **FOLLOW)
+    assert not may_follow(token(obtained=NOW - 3545, life=3600), NOW, **FOLLOW)  # 55 s left
+    assert may_follow(short, NOW, **FOLLOW)
+    assert not may_follow(token(life=3, obtained=NOW - 2.8), NOW, **FOLLOW)
+    assert not may_follow(None, NOW, **FOLLOW)
+    # min_ttl_margin = 0 still keeps back one request's timeout (the bench's 4 s tokens
+    # once sat expired in every follower's sink, waiting for a leader that had died).
+    no_margin = {**FOLLOW, "min_ttl_margin": 0.0}
+    assert follow_deadline(hour, **no_margin) == pytest.approx(hour.expires_at - 10)
+    four = token(life=4, obtained=NOW - 3.2)  # due at 3.2 s: kept until 0.4 s before expiry
+    assert follow_deadline(four, **no_margin) == pytest.approx(four.expires_at - 0.4)
+    assert may_follow(four, NOW, **no_margin)
+    assert not may_follow(four, NOW + 0.5, **no_margin)
     assert jitter_for(Role.LEADER, 0.7) == -0.7 and jitter_for(Role.LEADER, -0.7) == -0.7
     assert jitter_for(Role.FOLLOWER, -0.7) == 0.7
     assert jitter_for(None, -0.7) == jitter_for(Role.STANDALONE, -0.7) == -0.7

@@ -105,7 +105,7 @@ def test_a_rotation_is_a_new_valid_token_and_in_signal_mode_one_every_sink_holds
 # The child: records each start (pid, token, whether a secret variable reached it), and on
 # SIGUSR1 the token it reads from the sink then. SIGTERM: records it and exits 0.
 CHILD = r"""
-import os, signal, sys
+import os, signal, sys, time
 record, sink, mode = sys.argv[1:4]
 def note(*words):
     with open(record, "a") as f:
@@ -116,9 +116,22 @@ def on_usr1(signum, frame):
 def on_term(signum, frame):
     note("term", os.getpid())
     sys.exit(0)
+if mode == "late":  # a program slow to start: its handler comes late
+    note("start", os.getpid(), os.environ["API_ACCESS_TOKEN"], "API_CLIENT_SECRET" in os.environ)
+    time.sleep(1.2)
 signal.signal(signal.SIGUSR1, on_usr1)
 signal.signal(signal.SIGTERM, on_term)
-note("start", os.getpid(), os.environ["API_ACCESS_TOKEN"], "API_CLIENT_SECRET" in os.environ)
+if mode != "late":
+    note("start", os.getpid(), os.environ["API_ACCESS_TOKEN"], "API_CLIENT_SECRET" in os.environ)
+if mode == "master":  # gunicorn-like: a worker that leaves SIGHUP at its default (death)
+    worker = os.fork()
+    if worker == 0:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        note("worker", os.getpid())
+        while True:
+            signal.pause()
+    signal.signal(signal.SIGHUP, lambda signum, frame: note("hup", os.getpid()))
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if mode.startswith("exit"):
@@ -134,7 +147,14 @@ SECRET = "supervised-secret-0xC0FFEE"
 class Exec:
     """``tokend exec --on-rotate …`` in the background, its output kept in a file."""
 
-    def __init__(self, tmp: Path, config: Path, options: list[str], mode: str = "wait") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config: Path,
+        options: list[str],
+        mode: str = "wait",
+        command: list[str] | None = None,
+    ) -> None:
         self.record = tmp / f"child-{time.monotonic_ns()}.log"
         self.record.touch()
         self.log_path = tmp / f"exec-{time.monotonic_ns()}.log"
@@ -142,6 +162,8 @@ class Exec:
         sink = tmp / "out" / "api.token"
         tokend = [sys.executable, "-m", "tokend", "exec", "-c", str(config), "api", *options]
         child = [sys.executable, "-S", "-c", CHILD, str(self.record), str(sink), mode]  # -S: quick to listen
+        if command is not None:
+            child = [*command, str(self.record)]
         self.proc = subprocess.Popen(
             [*tokend, "--", *child],
             stdout=self._log,
@@ -169,6 +191,9 @@ class Exec:
             for pid in {int(words[0]) for words in self.lines("start")}:  # no child left behind
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
+            for pid in {int(words[0]) for words in self.lines("grand") + self.lines("worker")}:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             self._log.close()
             SECRETS.output("tokend exec log", self.log)
 
@@ -184,8 +209,8 @@ def supervised(idp: TokenEndpoint, tmp_path: Path) -> Iterator[Callable[..., Exe
     config = write_config(tmp_path, block)
     started: list[Exec] = []
 
-    def start(*options: str, mode: str = "wait") -> Exec:
-        process = Exec(tmp_path, config, list(options), mode)
+    def start(*options: str, mode: str = "wait", command: list[str] | None = None) -> Exec:
+        process = Exec(tmp_path, config, list(options), mode, command)
         started.append(process)
         return process
 
@@ -195,11 +220,13 @@ def supervised(idp: TokenEndpoint, tmp_path: Path) -> Iterator[Callable[..., Exe
 
 
 def alive(pid: int) -> bool:
+    """Running: a zombie (ended, waiting for whichever init adopted it to reap it) is not."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def test_restart_mode_restarts_the_child_with_each_new_token(supervised: Callable[..., Exec]) -> None:
@@ -230,9 +257,9 @@ def test_a_child_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout(
     assert "killing it" in tokend.log
     first, second = tokend.lines("start")[:2]
     assert not alive(int(first[0])) and second[1] != first[1]
-    # Ctrl-C: passed on, and the child's death by SIGINT is tokend's exit, 128 + 2.
+    # Ctrl-C: passed on, and the child's death by SIGINT is tokend's own (a shell says 130).
     tokend.proc.send_signal(signal.SIGINT)
-    assert tokend.proc.wait(10) == 130
+    assert tokend.proc.wait(10) == -signal.SIGINT
 
 
 def test_signal_mode_signals_the_child_after_the_sink_holds_the_new_token(
@@ -262,8 +289,10 @@ def test_sigterm_to_tokend_reaches_the_child_and_both_exit_promptly(
     assert not alive(int(pid))
 
 
-@pytest.mark.parametrize(("mode", "code"), [("exit7", 7), ("kill", 137)])
+@pytest.mark.parametrize(("mode", "code"), [("exit7", 7), ("kill", -signal.SIGKILL)])
 def test_the_childs_exit_passes_through(idp: TokenEndpoint, tmp_path: Path, mode: str, code: int) -> None:
+    """An exit code is tokend's exit code; a death by signal N is tokend's death by N (as a
+    plain exec would give: systemd counts SIGTERM clean, exit 143 a failure)."""
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
     record, sink = tmp_path / "child.log", tmp_path / "out" / "api.token"
     result = run_tokend(
@@ -301,3 +330,99 @@ def test_a_command_that_cannot_start_is_127_like_a_shell(idp: TokenEndpoint, tmp
     )  # fmt: skip
     assert result.returncode == 127, result.stderr
     assert "no-such-program" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_child_killed_by_sigterm_makes_tokend_die_of_sigterm(idp: TokenEndpoint, tmp_path: Path) -> None:
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    result = run_tokend(
+        "exec", "-c", config, "api", "--on-rotate", "restart", "--", sys.executable, "-S", "-c", suicide,
+        tmp=tmp_path, timeout=20,
+    )  # fmt: skip
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# The program a wrapper script starts: records its pid and whether an earlier one (the one
+# a restart replaced) is still running; a SIGTERM is recorded and ignored (a slow stop).
+GRANDCHILD = r"""
+import os, signal, sys
+record = sys.argv[1]
+def note(*words):
+    with open(record, "a") as f:
+        f.write(" ".join(map(str, words)) + "\n")
+with open(record) as f:
+    earlier = [int(line.split()[1]) for line in f if line.startswith("grand ")]
+for pid in earlier:
+    try:
+        os.kill(pid, 0)
+        note("overlap", pid, os.getpid())
+    except ProcessLookupError:
+        pass
+note("grand", os.getpid(), os.environ["API_ACCESS_TOKEN"])
+signal.signal(signal.SIGTERM, lambda signum, frame: note("term", os.getpid()))
+while True:
+    signal.pause()
+"""
+
+
+def test_a_restart_waits_for_the_childs_own_children_and_kills_them_at_the_stop_timeout(
+    supervised: Callable[..., Exec], idp: TokenEndpoint
+) -> None:
+    """``sh -c 'prog & wait'``: the shell exits on SIGTERM at once, its program does not.
+    The next child starts only when the old group is empty (SIGKILL at the stop timeout),
+    and tokend leaves nothing behind when it exits."""
+    idp.expires_in = 2
+    wrapper = ["sh", "-c", 'trap "exit 0" TERM; "$0" -S -c "$1" "$2" & wait', sys.executable, GRANDCHILD]
+    tokend = supervised("--on-rotate", "restart", "--stop-timeout", "500ms", command=wrapper)
+    wait_for(lambda: len(tokend.lines("grand")) >= 2, 20, "a restart of the wrapped program")
+    assert not tokend.lines("overlap"), tokend.record.read_text()  # never two at once
+    grand = [int(words[0]) for words in tokend.lines("grand")]
+    assert not alive(grand[0])
+    assert "killing it" in tokend.log  # the stop timeout applied to the grandchild
+    tokend.proc.send_signal(signal.SIGTERM)  # the shell exits 0; its program ignores SIGTERM
+    assert tokend.proc.wait(10) == 0
+    assert not any(alive(pid) for pid in grand), tokend.record.read_text()
+
+
+def test_signals_passed_on_reach_the_childs_pid_not_its_workers(
+    supervised: Callable[..., Exec], idp: TokenEndpoint
+) -> None:
+    """A gunicorn-like master passes SIGHUP on to its workers itself; sent to the whole
+    group, a worker that leaves SIGHUP at its default would die of it."""
+    idp.expires_in = 3600
+    tokend = supervised("--on-rotate", "restart", mode="master")
+    wait_for(lambda: tokend.lines("worker"), 10, "the master's worker")
+    ((worker,),) = tokend.lines("worker")
+    tokend.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: tokend.lines("hup"), 10, "the master's SIGHUP")
+    assert alive(int(worker)), "the worker got SIGHUP too"
+    tokend.proc.send_signal(signal.SIGTERM)  # the master exits 0, leaving its worker: stopped too
+    assert tokend.proc.wait(10) == 0
+    assert not alive(int(worker))
+
+
+def test_a_sigkilled_tokend_takes_its_child_with_it(
+    supervised: Callable[..., Exec], idp: TokenEndpoint
+) -> None:
+    idp.expires_in = 3600
+    tokend = supervised("--on-rotate", "restart")
+    wait_for(lambda: tokend.lines("start"), 10, "the child's start")
+    ((pid, *_),) = tokend.lines("start")
+    tokend.proc.kill()
+    tokend.proc.wait(5)
+    wait_for(lambda: not alive(int(pid)), 5, "the orphaned child's end")
+    assert tokend.lines("term") == [[pid]]  # it was asked to stop (the stop signal), not killed
+
+
+def test_a_rotation_signal_waits_until_the_program_has_started(
+    supervised: Callable[..., Exec], idp: TokenEndpoint
+) -> None:
+    """A program that installs its handler 1.2 s after start, on 1 s tokens: a rotation
+    signal sent before would kill it (SIGUSR1's default action); it is held."""
+    idp.expires_in = 1
+    tokend = supervised("--on-rotate", "SIGUSR1", mode="late")
+    wait_for(lambda: tokend.lines("signal"), 15, "a rotation signal")
+    (start,) = tokend.lines("start")  # the one program, alive throughout
+    assert alive(int(start[0])) and tokend.proc.poll() is None
+    assert "held until pid" in tokend.log

@@ -97,6 +97,10 @@ def test_a_json_template_parses_back_with_the_token_and_its_times() -> None:
         ("${ access_token }", 1, "starts no placeholder"),
         ("${access_token", 1, "starts no placeholder"),
         ("one\ntwo $", 2, "line 2, column 5: '$' starts no placeholder"),
+        # string.Template's names are ASCII; the error names the word as written, not "${acc}".
+        ("x\n$acc\u00e9ss", 2, "unknown placeholder ${acc\u00e9ss};"),
+        ("${acc\u00e9ss}", 1, "unknown placeholder ${acc\u00e9ss};"),
+        ("$access_token\u00c4", 1, "unknown placeholder ${access_token\u00c4};"),
     ],
 )
 def test_a_bad_placeholder_is_named_with_its_line(text: str, line: int, fragment: str) -> None:
@@ -235,6 +239,38 @@ def test_a_template_file_that_is_a_file_tokend_protects_or_writes_is_refused(tmp
     (tmp_path / "state" / "cache.json").write_text("{}")
     assert "inside the state directory" in refusal(tmp_path, tmp_path / "state" / "cache.json")
     assert "is a kernel file" in refusal(tmp_path, "/proc/self/environ")
+
+
+def test_fleet_password_file_and_hard_links_to_protected_files_are_refused(tmp_path: Path) -> None:
+    """[fleet]'s password_file is a secret like the client secret's file, and a hard link
+    to either has a path of its own: the inode says it is the same file."""
+    password = tmp_path / "redis.password"
+    password.write_text("redis-password-0xFEED\n")
+    password.chmod(0o600)
+    fleet = f'\n[fleet]\nredis_url = "redis://127.0.0.1:6379"\npassword_file = "{password}"\n'
+
+    def fleet_config(sink: str) -> Path:
+        block = credential_toml(OFFLINE_URL, tmp_path, sinks=f"[[credentials.api.sink]]\n{sink}\n")
+        return write_config(tmp_path, block + fleet)
+
+    def error(config: Path) -> str:
+        with pytest.raises(ConfigError) as info:
+            load(config)
+        assert "\n" not in str(info.value) and "redis-password" not in str(info.value)
+        return str(info.value)
+
+    as_template = f'path = "{tmp_path}/out/api.netrc"\nformat = "template"\ntemplate_file = "{password}"'
+    assert "template_file: " in (message := error(fleet_config(as_template)))
+    assert "is [fleet]'s password_file; a template there would copy it" in message
+    assert "is [fleet]'s password_file; a sink there would overwrite it" in error(
+        fleet_config(f'path = "{password}"')
+    )
+    os.link(tmp_path / "api.secret", tmp_path / "hard-link")
+    assert "is a file credentials.api reads" in refusal(tmp_path, tmp_path / "hard-link")
+    os.link(password, tmp_path / "out" / "pw-link")
+    assert "is [fleet]'s password_file; a sink there" in error(
+        fleet_config(f'path = "{tmp_path}/out/pw-link"')
+    )
 
 
 def test_a_template_file_that_is_not_a_small_utf8_file_tokend_alone_controls_is_refused(

@@ -10,9 +10,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokend.cli.selection import UsageError, cached_token, select
 from tokend.config import (
@@ -32,6 +32,7 @@ from tokend.io.secret_sources import read_secret
 from tokend.io.sinks import rfc3339
 
 if TYPE_CHECKING:
+    from tokend.core.health import CredentialStatus
     from tokend.core.results import Attempt
     from tokend.daemon.supervisor import Supervision
     from tokend.io.token_client import TokenClient
@@ -153,6 +154,11 @@ def cmd_exec(
         raise UsageError(f"--env-name {variable!r} is not a valid variable name")
     supervision = exec_supervision(on_rotate, stop_signal, stop_timeout)
     if supervision is not None:
+        if supervision.rotate_signal is not None and not cred.sinks:
+            raise UsageError(
+                f"--on-rotate {on_rotate.strip()}: credential {cred.name!r} has no sinks, so the "
+                "signal would bring the program no new token; add a sink or use restart"
+            )
         return supervise(config, cred, command, variable, supervision)
     token = valid_token(config, cred)
     if token is None:
@@ -285,9 +291,26 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
         print(f"config rejected (still running the last good one): {status.config_error}")
     for warning in status.warnings:
         print(f"warning: {warning}")
+    if status.fleet is not None:
+        print(fleet_line(status.fleet, status.credentials.values(), now))
     for cred in status.credentials.values():
         print(describe(cred, now, running=running))
     return ExitCode.OK if healthy else ExitCode.FAILED
+
+
+def fleet_line(fleet: Mapping[str, Any], creds: Iterable[CredentialStatus], now: float) -> str:
+    """Fleet mode's health in one line: Redis reachable (or since when not, and why) and
+    each credential's role."""
+    from tokend.core.health import human_duration
+
+    since = fleet.get("since")
+    ago = f" since {human_duration(max(0.0, now - since))} ago" if isinstance(since, int | float) else ""
+    if fleet.get("reachable"):
+        state = "reachable"
+    else:
+        state = f"UNREACHABLE{ago} ({fleet.get('last_error') or 'no answer'}); every credential on its own"
+    roles = ", ".join(f"{c.name} {c.role}" for c in creds if c.role)
+    return f"fleet: Redis {fleet.get('redis')} {state}" + (f"; {roles}" if roles else "")
 
 
 # --------------------------------------------------------------------------- check
@@ -307,6 +330,7 @@ def cmd_check(config: Config, *, online: bool) -> int:
         problems.extend(check_keys(cred))
         problems.extend(check_paths(cred))
     problems.extend(check_state_dir(config))
+    problems.extend(check_fleet_password(config))
     for problem in problems:
         print(f"tokend: {problem}", file=sys.stderr)
     if problems:
@@ -414,6 +438,19 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str | None]]) -> 
     return max(worst, check_fleet(config))
 
 
+def check_fleet_password(config: Config) -> list[str]:
+    """Offline too: the Redis password can be read (``run`` would exit 78 on it)."""
+    if config.fleet is None:
+        return []
+    from tokend.io.fleet_secret import read_password
+
+    try:
+        read_password(config.fleet, config.path, os.environ)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
 def check_fleet(config: Config) -> int:
     """``--online`` with ``[fleet]``: Redis answers a PING with the configured password."""
     if config.fleet is None:
@@ -421,9 +458,10 @@ def check_fleet(config: Config) -> int:
     from tokend.daemon.fleet import fleet_imports
 
     fleet_imports(config.path)
+    from tokend.io.fleet_secret import read_password
     from tokend.io.fleet_store import FleetStore, RedisDown
 
-    store = FleetStore(config.fleet, config.path)  # a password it cannot read: ConfigError
+    store = FleetStore(config.fleet, read_password(config.fleet, config.path, os.environ))
     try:
         store.ping()
     except RedisDown as exc:

@@ -106,8 +106,9 @@ def _exec(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         description="Run CMD with NAME's valid access token in its environment "
         "(as <NAME>_ACCESS_TOKEN unless --env-name says otherwise). With --on-rotate "
         "restart or a signal, tokend stays CMD's parent, keeps the token fresh, and "
-        "restarts CMD with each new token or sends it the signal; SIGTERM, SIGINT, SIGHUP "
-        "and SIGQUIT are passed on, and CMD's exit code is tokend's.",
+        "restarts CMD (and whatever CMD started) with each new token or sends it the "
+        "signal; SIGTERM, SIGINT, SIGHUP and SIGQUIT are passed on to CMD, and CMD's end "
+        "is tokend's (its exit code, or death by the same signal).",
     )
     exec_.add_argument("name", metavar="NAME")
     exec_.add_argument("--env-name", metavar="VAR", help="variable to put the token in")
@@ -115,7 +116,8 @@ def _exec(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "--on-rotate",
         default="none",
         metavar="restart|SIGNAL|none",
-        help="on a new token: restart CMD, send it SIGNAL (after the sinks are written), "
+        help="on a new token: restart CMD, send it SIGNAL (after the sinks are written; "
+        "a reload signal such as HUP or USR1, not TERM, INT or QUIT), "
         "or (none, the default) exec CMD once and let it be",
     )
     exec_.add_argument(

@@ -12,6 +12,7 @@ costs no more than parsing it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -183,13 +184,24 @@ class _Parser:
         if not isinstance(creds_table, dict):
             raise self.fail("credentials", f"must be a table, not {kind_of(creds_table)}")
         credentials = {name: self.credential(name, body) for name, body in creds_table.items()}
+        # [fleet] first: its password_file is as protected as a client secret's file.
+        fleet = self.fleet(data["fleet"]) if "fleet" in data else None
         check_sink_paths(
-            self.file, credentials.values(), values["state_dir"], self.environ, values.get("metrics_textfile")
+            self.file,
+            credentials.values(),
+            values["state_dir"],
+            self.environ,
+            values.get("metrics_textfile"),
+            fleet=fleet,
         )
         credentials = read_template_files(
-            self.file, credentials, values["state_dir"], self.environ, values.get("metrics_textfile")
+            self.file,
+            credentials,
+            values["state_dir"],
+            self.environ,
+            values.get("metrics_textfile"),
+            fleet=fleet,
         )
-        fleet = self.fleet(data["fleet"]) if "fleet" in data else None
         return Config(
             path=self.file,
             credentials=credentials,
@@ -203,17 +215,8 @@ class _Parser:
         ``tokend status``); the password comes from password_file or password_env."""
         tbl = self.table(body, "fleet", FLEET_KEYS)
         fleet = FleetConfig(**self.values(FleetConfig, tbl, "fleet"))
-        url = fleet.redis_url
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme not in ("redis", "rediss", "unix"):
-            raise self.fail("fleet.redis_url", "must be a redis://, rediss:// or unix:// URL")
-        if "@" in url.split("?", 1)[0]:
-            # Not echoed: what sits before the @ is most often the password itself.
-            raise self.fail(
-                "fleet.redis_url", "must not carry a user or password (user:password@); use password_file"
-            )
-        if any(ch.isspace() or not ch.isprintable() for ch in url):
-            raise self.fail("fleet.redis_url", "must not contain whitespace or control characters")
+        if (problem := redis_url_problem(fleet.redis_url)) is not None:
+            raise self.fail("fleet.redis_url", problem)
         if fleet.password_file is not None and fleet.password_env is not None:
             raise self.fail("fleet.password_env", "conflicts with password_file; set only one")
         if fleet.password_env is not None and not ENV_NAME_RE.fullmatch(fleet.password_env):
@@ -398,19 +401,47 @@ class _Parser:
         return hook
 
 
+# A protected file by its real path, and by (st_dev, st_ino) when it exists: a hard link
+# to a secret has a path of its own, and only the inode says it is the same file.
+Protected = dict[str | tuple[int, int], str]
+
+
 def protected_files(
-    file: Path, credentials: Iterable[CredentialConfig], environ: Mapping[str, str]
-) -> dict[str, str]:
-    """The files tokend reads secrets from (real paths), each with what it is."""
-    protected: dict[str, str] = {os.path.realpath(file): "the config file"}
+    file: Path,
+    credentials: Iterable[CredentialConfig],
+    environ: Mapping[str, str],
+    fleet: FleetConfig | None = None,
+) -> Protected:
+    """The files tokend reads secrets from, each with what it is (see :func:`protected_as`)."""
+    protected: Protected = {}
+
+    def add(path: Path | str, what: str) -> None:
+        protected[os.path.realpath(path)] = what
+        with contextlib.suppress(OSError, ValueError):
+            st = Path(path).stat()
+            protected[(st.st_dev, st.st_ino)] = what
+
+    add(file, "the config file")
     for cred in credentials:
         for path in cred.files():
-            protected[os.path.realpath(path)] = f"a file {cred.where('')[:-1]} reads"
+            add(path, f"a file {cred.where('')[:-1]} reads")
         directory = environ.get("CREDENTIALS_DIRECTORY")
         for ref in cred.secret_refs():
             if ref.source == "credential" and directory:
-                protected[os.path.realpath(Path(directory) / ref.value)] = "a systemd credential"
+                add(Path(directory) / ref.value, "a systemd credential")
+    if fleet is not None and fleet.password_file is not None:
+        add(fleet.password_file, "[fleet]'s password_file")
     return protected
+
+
+def protected_as(protected: Protected, path: Path | str) -> str | None:
+    """What a protected file ``path`` is (by its real path, or as a hard link), or None."""
+    what = protected.get(os.path.realpath(path))
+    if what is None:
+        with contextlib.suppress(OSError, ValueError):
+            st = Path(path).stat()
+            what = protected.get((st.st_dev, st.st_ino))
+    return what
 
 
 def check_sink_paths(
@@ -419,12 +450,14 @@ def check_sink_paths(
     state_dir: Path,
     environ: Mapping[str, str],
     metrics_textfile: Path | None = None,
+    *,
+    fleet: FleetConfig | None = None,
 ) -> None:
     """No two files tokend writes (sinks, the metrics textfile) on one path, and none on a
     file tokend reads or keeps for itself: a sink on the secret file would overwrite the
     secret with the access token, a metrics textfile there would do it once a second."""
     credentials = tuple(credentials)
-    protected = protected_files(file, credentials, environ)
+    protected = protected_files(file, credentials, environ, fleet)
     state = os.path.realpath(state_dir)
     seen: dict[str, str] = {}
     for cred in credentials:
@@ -433,11 +466,10 @@ def check_sink_paths(
             real = os.path.realpath(sink.path)
             if real in seen:
                 raise ConfigError(file, f"{sink.path} is already written by {seen[real]}", where=where)
-            if real in protected:
+            if (what := protected_as(protected, sink.path)) is not None:
                 raise ConfigError(
                     file,
-                    f"{sink.path} is {protected[real]}; a sink there would "
-                    "overwrite it with the access token",
+                    f"{sink.path} is {what}; a sink there would overwrite it with the access token",
                     where=where,
                 )
             if real == state or real.startswith(state + os.sep):
@@ -445,7 +477,9 @@ def check_sink_paths(
             seen[real] = where
     if metrics_textfile is not None:
         real = os.path.realpath(metrics_textfile)
-        taken = protected.get(real) or (f"written by {seen[real]}" if real in seen else None)
+        taken = protected_as(protected, metrics_textfile) or (
+            f"written by {seen[real]}" if real in seen else None
+        )
         if taken is not None:
             raise ConfigError(
                 file,
@@ -463,6 +497,8 @@ def read_template_files(
     state_dir: Path,
     environ: Mapping[str, str],
     metrics_textfile: Path | None = None,
+    *,
+    fleet: FleetConfig | None = None,
 ) -> dict[str, CredentialConfig]:
     """The credentials with every ``template_file`` read and checked into ``template_text``.
 
@@ -472,7 +508,7 @@ def read_template_files(
     root may be able to change it or redirect it (they would choose what the consumer
     does with the token). Checked before reading, so that a refusal never quotes it.
     """
-    protected = protected_files(file, credentials.values(), environ)
+    protected = protected_files(file, credentials.values(), environ, fleet)
     written = {os.path.realpath(s.path) for c in credentials.values() for s in c.sinks}
     if metrics_textfile is not None:
         written.add(os.path.realpath(metrics_textfile))
@@ -494,13 +530,11 @@ def read_template_files(
     return read
 
 
-def _template_text(
-    path: Path, protected: Mapping[str, str], written: set[str], state: str, shared: bool
-) -> str:
+def _template_text(path: Path, protected: Protected, written: set[str], state: str, shared: bool) -> str:
     """The checked text of one template file; ValueError says why not."""
     real = os.path.realpath(path)
-    if real in protected:
-        raise ValueError(f"is {protected[real]}; a template there would copy it into the sink")
+    if (what := protected_as(protected, path)) is not None:
+        raise ValueError(f"is {what}; a template there would copy it into the sink")
     if real in written:
         raise ValueError("is a file tokend writes; a template must be a file of its own")
     if real == state or real.startswith(state + os.sep):
@@ -601,3 +635,66 @@ def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
     return parse(text, path, environ)
+
+
+REDIS_HOST_RE = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
+)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with ``[fleet] redis_url``, or None; never the URL's text (a password
+    typed in the wrong place must not reach a log). redis-py would let a query string
+    override tokend's own settings (``?password=``, ``?socket_timeout=``,
+    ``?ssl_cert_reqs=none``), so the only query allowed is ``?db=N``; a user or password
+    in the URL is refused (``username`` and ``password_file`` say them). The host, port
+    and database are checked here, so ``tokend check`` finds what would crash ``run``."""
+    import ipaddress
+
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "must not contain whitespace or control characters"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
+        return "must be a redis://, rediss:// or unix:// URL"
+    rest, _, query = rest.partition("?")
+    if "@" in rest:
+        # Not echoed: what sits before the @ is most often the password itself.
+        return "must not carry a user or password (user:password@); use username and password_file"
+    if "#" in url or "%" in url:
+        return "must not contain '#' or percent-escapes"
+    db = None
+    if query:
+        name, eq, value = query.partition("=")
+        if name != "db" or not eq:
+            return "may carry no query but ?db=N (others would override tokend's timeouts, password or TLS)"
+        db = value
+    if scheme.lower() == "unix":
+        if not rest.startswith("/") or rest == "/":
+            return "must name the socket's absolute path (unix:///run/redis/redis.sock)"
+    else:
+        netloc, slash, path = rest.partition("/")
+        if slash and path:
+            if db is not None:
+                return "must give the database once, in the path or as ?db=N"
+            db = path
+        if netloc.startswith("["):
+            host, bracket, after = netloc[1:].partition("]")
+            try:
+                valid = bool(bracket) and ipaddress.ip_address(host).version == 6
+            except ValueError:
+                valid = False
+            if not valid:
+                return "the host in brackets must be an IPv6 address ([::1])"
+            if after and not after.startswith(":"):
+                return "must be redis://HOST[:PORT][/DB]"
+            port = after[1:] if after else None
+        else:
+            host, colon, port_text = netloc.partition(":")
+            port = port_text if colon else None
+            if not REDIS_HOST_RE.fullmatch(host):
+                return "must name a host (a DNS name, an IPv4 address or [an IPv6 address])"
+        if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return "the port must be a number from 1 to 65535"
+    if db is not None and not (db.isascii() and db.isdigit() and len(db) <= 9):
+        return "the database must be a number (redis://HOST:PORT/0)"
+    return None

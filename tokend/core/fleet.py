@@ -142,20 +142,24 @@ def judge(
     return None
 
 
-def follow_deadline(ours: Token, *, refresh_at: float, min_ttl_margin: float) -> float:
-    """The last moment a follower keeps ``ours`` waiting for its leader: the credential's
-    own margin before expiry (``min_ttl_margin``), but never before the token's due time,
-    jitter included (at most half of what ``refresh_at`` leaves for short tokens). A
-    leader that never delivers then costs each follower its own request while its token
-    still has the margin the operator asked for, never a token about to expire."""
-    return ours.expires_at - min(min_ttl_margin, ours.lifetime * (1 - refresh_at) / 2)
+def follow_deadline(ours: Token, *, refresh_at: float, min_ttl_margin: float, timeout: float) -> float:
+    """The last moment a follower keeps ``ours`` waiting for its leader. It keeps back the
+    credential's own margin (``min_ttl_margin``), and never less than one request's
+    ``timeout``: a leader that never delivers must leave the follower time to ask the
+    identity provider itself before its token expires, even with ``min_ttl_margin = 0``.
+    For tokens too short for that, half of what ``refresh_at`` leaves, so the deadline is
+    never before the token's due time, jitter included."""
+    keep = min(max(min_ttl_margin, timeout), ours.lifetime * (1 - refresh_at) / 2)
+    return ours.expires_at - keep
 
 
-def may_follow(ours: Token | None, now: float, *, refresh_at: float, min_ttl_margin: float) -> bool:
+def may_follow(
+    ours: Token | None, now: float, *, refresh_at: float, min_ttl_margin: float, timeout: float
+) -> bool:
     """Whether a follower keeps its token and waits for the leader (see :func:`follow_deadline`)."""
     if ours is None or not policy.is_valid(ours, now):
         return False
-    return now < follow_deadline(ours, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin)
+    return now < follow_deadline(ours, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin, timeout=timeout)
 
 
 def follow_until(
@@ -166,6 +170,7 @@ def follow_until(
     ours: Token | None,
     refresh_at: float,
     min_ttl_margin: float,
+    timeout: float,
 ) -> float:
     """When a follower that found the lease held looks at Redis again by itself (the
     leader's publication normally wakes it sooner): just after the lease would lapse
@@ -174,7 +179,10 @@ def follow_until(
     wait = lease if lease_left is None else min(lease, max(0.0, lease_left))
     look = now + wait + LOOK_SLACK
     if ours is not None:
-        look = min(look, follow_deadline(ours, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin))
+        deadline = follow_deadline(
+            ours, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin, timeout=timeout
+        )
+        look = min(look, deadline)
     return max(now + policy.MIN_DELAY, look)
 
 

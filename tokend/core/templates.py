@@ -15,6 +15,7 @@ Pure: the template's text comes in (the config read it), the rendered text goes 
 from __future__ import annotations
 
 import json
+import re
 import string
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ MAX_RENDERED_CHARS = 1024 * 1024  # 64 KiB of "${access_token}" must not become 
 PLACEHOLDERS: Mapping[str, str] = {
     "access_token": "the access token, verbatim",
     "access_token_json": "the access token as a JSON string literal, quotes included",
-    "token_type": 'the token type, as the server said it ("Bearer")',
+    "token_type": 'the token type; "Bearer" however the server spelled it (bearer, BEARER)',
     "expires_at": "when the token expires, RFC 3339 UTC",
     "expires_at_unix": "when the token expires, in unix seconds (an integer)",
     "obtained_at": "when the token was asked for, RFC 3339 UTC",
@@ -38,6 +39,10 @@ PLACEHOLDERS: Mapping[str, str] = {
 # An error quotes at most this much of the template: a template_file pointed at the wrong
 # file by mistake (a key, a password hash) must not have its content copied into the logs.
 _SHOWN_NAME = 24  # longer than any placeholder, and than any typo of one
+# string.Template's names are ASCII: "$accéss" would be "$acc" and a literal "éss", and
+# "${accéss}" a "${" starting nothing. Both are reported as the word the author wrote.
+_WORD_TAIL = re.compile(r"\w*")
+_BRACED_WORD = re.compile(r"\{(\w+)\}")
 
 
 class TemplateError(ValueError):
@@ -74,17 +79,18 @@ def _uses(text: str) -> dict[str, int]:
     used: dict[str, int] = {}
     for match in string.Template.pattern.finditer(text):
         name = match.group("named") or match.group("braced")
+        if match.group("named") is not None:
+            tail = _WORD_TAIL.match(text, match.end("named"))
+            name += tail.group() if tail else ""  # "$accéss": the whole word
         if name is not None:
             if name not in PLACEHOLDERS:
-                known = ", ".join(f"${{{p}}}" for p in PLACEHOLDERS)
-                shown = f"${{{name}}}" if len(name) <= _SHOWN_NAME else f"(a name of {len(name)} characters)"
-                raise TemplateError(
-                    _line_of(text, match.start()),
-                    f"unknown placeholder {shown}; known: {known}; $$ for a literal $",
-                )
+                _unknown(text, match.start(), name)
             used[name] = used.get(name, 0) + 1
         elif match.group("invalid") is not None:
             dollar = match.start("invalid") - 1
+            braced = _BRACED_WORD.match(text, dollar + 1)
+            if braced is not None:  # "${accéss}": a name string.Template cannot take
+                _unknown(text, dollar, braced.group(1))
             after = text[dollar : dollar + 2].rstrip("\n")  # "$" and one more character at most
             raise TemplateError(
                 _line_of(text, dollar),
@@ -92,6 +98,14 @@ def _uses(text: str) -> dict[str, int]:
                 _column_of(text, dollar),
             )
     return used
+
+
+def _unknown(text: str, index: int, name: str) -> None:
+    known = ", ".join(f"${{{p}}}" for p in PLACEHOLDERS)
+    shown = f"${{{name}}}" if len(name) <= _SHOWN_NAME else f"(a name of {len(name)} characters)"
+    raise TemplateError(
+        _line_of(text, index), f"unknown placeholder {shown}; known: {known}; $$ for a literal $"
+    )
 
 
 def values(token: Token, credential: str) -> dict[str, str]:

@@ -205,24 +205,29 @@ class Fleet(TokenSource):
                 self.set_role(name, Role.LEADER, identity)
                 return ASK
             self.set_role(name, Role.FOLLOWER, identity)
-            if may_follow(ours, now, refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin):
+            policy_of = {
+                "refresh_at": cred.refresh_at,
+                "min_ttl_margin": cred.min_ttl_margin,
+                "timeout": cred.timeout,
+            }
+            if may_follow(ours, now, **policy_of):
                 look = follow_until(
                     now,
                     lease=self.fleet.lease,
                     lease_left=self.store.lease_left(identity),
                     ours=ours,
-                    refresh_at=cred.refresh_at,
-                    min_ttl_margin=cred.min_ttl_margin,
+                    **policy_of,
                 )
                 with self.lock:
                     self.looks[name] = look
                 return Offer(follow=True)
-            if ours is not None and ours.expires_at > now:
+            if ours is not None:  # we had a token: never wait a lease on top of its end
                 self.warn(
                     identity,
                     "late",
                     f"{name}: the fleet's leader has not delivered and our token {ours.fingerprint} "
-                    f"expires in {ours.expires_at - now:.1f}s; asking the identity provider ourselves",
+                    f"expires in {max(0.0, ours.expires_at - now):.1f}s; "
+                    "asking the identity provider ourselves",
                 )
                 return ASK
             return self.wait_for_leader(cred, identity, material)

@@ -11,27 +11,50 @@ The shape is the daemon's (gunicorn's arbiter): signal handlers only queue; the 
 takes signals, attempts and child exits off one queue and dispatches. Decisions are the
 small pure functions at the top, tested directly.
 
-Process groups: the child runs in a process group of its own. A restart must take the
-child's own children with it (a wrapper script's program would otherwise outlive each
-restart), and a Ctrl-C in a terminal must reach the child once, not twice (the terminal
-signals tokend's group, tokend passes it on to the child's). The price: a child in a
-background group cannot read the terminal (programs that do so want ``--on-rotate none``).
-Under systemd (``Type=exec``) use ``KillMode=mixed``, so SIGTERM reaches tokend alone and
-is passed on once, while the final SIGKILL still reaches every process of the unit.
+Process groups: the child runs in a process group of its own, remembered until no process
+is left in it. A restart sends the stop signal to the whole group and starts the next
+child only once the group is empty (SIGKILL to the group at the stop timeout), so a
+wrapper script's program never outlives a restart nor runs twice; tokend leaves the same
+way (what is left of the group after the child gets the stop signal, then SIGKILL).
+Signals passed on go to the child's pid alone, as a terminal's would reach a program that
+shares its group with its workers: a gunicorn-like master passes them on itself, and its
+workers must not get them twice. The price of the group: a child in a background group
+cannot read the terminal (programs that do so want ``--on-rotate none``). Under systemd
+(``Type=exec``) use ``KillMode=mixed``, so SIGTERM reaches tokend alone and is passed on
+once, while the final SIGKILL still reaches every process of the unit.
+
+A child subreaper (PR_SET_CHILD_SUBREAPER): the grandchildren a dead child leaves
+re-parent to tokend, not to init, and tokend reaps them itself. Otherwise a SIGKILLed
+grandchild stays a zombie, and in the group, for as long as init takes to reap it (seconds
+under some container inits; for ever when tokend *is* the container's init), and each
+restart would wait for it. Reaping never uses a plain ``waitpid(-1)``, which could take
+the current child's exit status from its waiter thread: :func:`reap_strays` peeks with
+``WNOWAIT`` and leaves the current child alone. The group is polled with ``killpg(pgid,
+0)`` while it empties.
+
+If tokend itself is SIGKILLed, the child gets the stop signal from the kernel
+(PR_SET_PDEATHSIG), set by a few lines of Python that run between fork and the program's
+exec (:data:`SHIM`, about 10 ms): ``preexec_fn`` is not safe with tokend's threads, and
+``posix_spawn`` cannot call prctl. Its own children are not covered: nothing is left to
+wait for them once tokend is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tokend.config import CredentialConfig, parse_duration
@@ -54,6 +77,33 @@ STOP_GRACE = 1.0  # how long leaving waits for a refresh in flight (every write 
 HEARTBEAT = 30.0  # as the daemon: wake the jobs, whose sleep does not count suspended time
 CLOCK_JUMP = 2.0
 UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+GROUP_POLL = 0.05  # how often an emptying process group is looked at
+# After SIGKILL to the group: what is still "there" then is a zombie its new parent does
+# not reap (a container's init that never waits); going on beats waiting for ever.
+KILL_GRACE = 2.0
+# A rotation signal to a program still starting would find the signal's default action
+# (SIGHUP, SIGUSR1: death) before its handler is installed: held until it has run this long.
+ROTATE_GRACE = 2.0
+
+# Run between fork and the program's exec: the kernel sends the stop signal to the child
+# when tokend's main thread (the one that forked) ends, even by SIGKILL. If tokend died
+# before the prctl, nobody is left to supervise: give up rather than run unwatched.
+SHIM = """\
+import os, sys
+parent, signum, path, *argv = sys.argv[1:]
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(parent):
+    os._exit(1)
+try:
+    os.execv(path, argv)
+except OSError as exc:
+    sys.stderr.write(f"tokend: exec {argv[0]}: {exc.strerror}\\n")
+    os._exit(127 if exc.errno == 2 else 126)
+"""
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -98,6 +148,8 @@ def parse_on_rotate(text: str) -> Supervision | None:
     signum = parse_signal(text, "--on-rotate")
     if signum in UNCATCHABLE:
         raise ValueError(f"--on-rotate {text!r} cannot be caught by the program; use restart")
+    if signum in STOPPING:  # passed on as a stop too: tokend would wait for an exit it caused
+        raise ValueError(f"--on-rotate {text!r} would stop the program, not reload it; use restart")
     return Supervision(signum)
 
 
@@ -114,8 +166,8 @@ def parse_stop_timeout(text: str) -> float:
 
 
 def exit_code(returncode: int) -> int:
-    """What tokend exits with when the child ended: its code, or 128+N for signal N (as a
-    shell reports it, so a script cannot tell tokend from the program it ran)."""
+    """A child's end as a shell reports it: its code, or 128+N for signal N. tokend exits
+    with the code, and dies of the signal itself (see :func:`leave`)."""
     return 128 - returncode if returncode < 0 else returncode
 
 
@@ -135,6 +187,65 @@ def rotated(attempt: Attempt, latest: str, *, restart: bool, now: float) -> bool
 def start_failure_code(exc: OSError) -> int:
     """A shell's answer to a program it cannot run: 127 not found, 126 not executable."""
     return 127 if isinstance(exc, FileNotFoundError) else 126
+
+
+def resolve(program: str, search_path: str) -> str:
+    """The file ``execvp`` would run (the shim execs a path), or FileNotFoundError."""
+    if "/" in program:
+        if not Path(program).exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        return program  # the shim reports what exec says of it (126, 127)
+    found = shutil.which(program, path=search_path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return found
+
+
+def launch_argv(command: Sequence[str], search_path: str, death_signal: signal.Signals) -> list[str]:
+    """What Popen runs: the shim that sets PR_SET_PDEATHSIG, then the program (Linux with
+    a known interpreter), else the program itself."""
+    path = resolve(command[0], search_path)
+    if sys.platform != "linux" or not sys.executable:
+        return [path, *command[1:]]
+    shim = [sys.executable, "-I", "-S", "-c", SHIM, str(os.getpid()), str(int(death_signal))]
+    return [*shim, path, *command]
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER, so the child's orphans are ours to reap (Linux; best effort)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+
+        return int(ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_strays(current: int | None) -> None:
+    """Reap every ended child of tokend's but ``current`` (the child whose waiter thread
+    reaps it): the orphans a subreaper inherits."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == current:
+            return  # nothing ended, or only the current child (others: at the next look)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in the process group (a zombie counts until reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # one that changed its user: still there
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- events
@@ -181,7 +292,8 @@ def signals_blocked() -> Iterator[None]:
 
 
 class Supervisor:
-    """One child, one credential. :meth:`run` returns tokend's exit code."""
+    """One child, one credential. :meth:`run` returns how the child ended, as Popen says it
+    (a negative number: killed by that signal); :func:`leave` makes it tokend's own end."""
 
     def __init__(
         self,
@@ -211,53 +323,63 @@ class Supervisor:
         self.token = token  # the newest valid token: what a (re)started child gets
         self.latest = token.fingerprint
         self.child: subprocess.Popen[bytes] | None = None
+        self.group: int | None = None  # the last child's process group, until it is empty
+        self.started_at = 0.0  # monotonic: when the child started
         self.restarting = False  # the stop signal went out for a rotation
-        self.kill_at: float | None = None  # monotonic: SIGKILL the restarting child then
+        self.kill_at: float | None = None  # monotonic: SIGKILL the child's group then
+        self.give_up_at: float | None = None  # monotonic: stop waiting for a SIGKILLed group
+        self.rotate_at: float | None = None  # monotonic: send the held rotation signal then
         self.stopping = False  # a stopping signal came: the child's exit is ours
-        self.code: int | None = None  # tokend's exit code, once decided
+        self.final: int | None = None  # how we end, decided; waiting for the group to empty
+        self.outcome: int | None = None  # how we end, once nothing is left to wait for
         self.next_beat = self.clock.monotonic() + HEARTBEAT
         self.wall_offset = self.clock.time() - self.clock.monotonic()
 
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self._queue_signal) for signum in FORWARDED}
+        become_subreaper()
         try:
             self.start_child()
-            if self.code is not None:  # it could not start: nothing else was
-                return self.code
+            if self.outcome is not None:  # it could not start: nothing else was
+                return self.outcome
             with signals_blocked():
                 self.runner.jobs.start()
             try:
                 self.runner.add(self.cred)
-                while self.code is None:
+                while self.outcome is None:
                     self.step()
             finally:
                 self.runner.stop(STOP_GRACE)
         finally:
             for signum, old in previous.items():
                 signal.signal(signum, old)
-        return self.code
+        return self.outcome
 
     def _queue_signal(self, signum: int, _frame: object) -> None:
         self.events.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
 
     def step(self) -> None:
-        """The timers (SIGKILL after the stop timeout, the heartbeat), then one event."""
+        """The timers (SIGKILL after the stop timeout, a held rotation signal, the
+        heartbeat, an emptying process group), then one event."""
         now = self.clock.monotonic()
         if self.kill_at is not None and now >= self.kill_at:
             self.kill_at = None
-            if self.child is not None:
-                log.warning(
-                    "child pid %d still running %gs after %s; killing it",
-                    self.child.pid,
-                    self.options.stop_timeout,
-                    self.options.stop_signal.name,
-                )
-                self.signal_child(signal.SIGKILL, group=True)
+            self.kill_group(now)
+        if self.rotate_at is not None and now >= self.rotate_at:
+            self.rotate_at = None
+            self.send_rotation()
         if now >= self.next_beat:
             self.beat(now)
-        wake = self.next_beat if self.kill_at is None else min(self.next_beat, self.kill_at)
+        draining = self.child is None and self.group is not None
+        if draining:
+            self.check_group(now)
+            if self.outcome is not None:
+                return
+        deadlines = [d for d in (self.next_beat, self.kill_at, self.rotate_at) if d is not None]
+        if draining:
+            deadlines.append(now + GROUP_POLL)
         try:
-            event = self.events.get(timeout=max(0.01, wake - self.clock.monotonic()))
+            event = self.events.get(timeout=max(0.01, min(deadlines) - self.clock.monotonic()))
         except queue.Empty:
             return
         self.dispatch(event)
@@ -270,6 +392,7 @@ class Supervisor:
             with contextlib.suppress(Exception):  # the jobs may be shutting down
                 self.runner.rearm_all()
         self.runner.jobs.wakeup()
+        reap_strays(self.child.pid if self.child is not None else None)  # orphans left the group
 
     def dispatch(self, event: object) -> None:
         if isinstance(event, Exited):
@@ -285,62 +408,119 @@ class Supervisor:
         if signum in STOPPING:
             self.stopping = True
         if self.child is None:  # between a stop and a start: nobody to pass it on to
-            if self.stopping:
-                self.code = 128 + signum
+            if self.stopping and self.final is None:
+                self.final = -signum  # as tokend itself would have ended: of the signal
+                if self.group is None:
+                    self.outcome = self.final
+                # else: a restart's stop is under way, its timeout armed; then we leave
             return
         log.info("%s: passing it on to the child (pid %d)", signum.name, self.child.pid)
-        self.signal_child(signum, group=True)
+        self.signal_child(signum)
 
     def handle_attempt(self, attempt: Attempt) -> None:
         if not rotated(attempt, self.latest, restart=self.options.restart, now=self.clock.time()):
             return
         assert attempt.token is not None
         self.token, self.latest = attempt.token, attempt.token.fingerprint
-        if self.stopping:
+        if self.stopping or self.final is not None:
             return
-        if self.child is None:  # a restart found no valid token to start with: now there is
-            self.start_child()
-            return
+        if self.child is None:
+            if self.group is None and not self.restarting:  # a restart found no valid token
+                self.start_child()  # to start with: now there is
+            return  # else: the restart under way starts the next child with this token
         rotate = self.options.rotate_signal
         if rotate is not None:
-            log.info("new token %s: sending %s to pid %d", self.latest, rotate.name, self.child.pid)
-            self.signal_child(rotate, group=False)
+            now = self.clock.monotonic()
+            if now >= self.started_at + ROTATE_GRACE:
+                self.send_rotation()
+            elif self.rotate_at is None:
+                self.rotate_at = self.started_at + ROTATE_GRACE
+                log.info(
+                    "new token %s: %s held until pid %d has run %gs",
+                    self.latest,
+                    rotate.name,
+                    self.child.pid,
+                    ROTATE_GRACE,
+                )
         elif not self.restarting:
             stop = self.options.stop_signal
             log.info("new token %s: restarting pid %d (%s)", self.latest, self.child.pid, stop.name)
             self.restarting = True
             self.kill_at = self.clock.monotonic() + self.options.stop_timeout
-            self.signal_child(stop, group=True)
+            self.signal_group(stop)
         # else: a restart is under way; the child it starts gets this newer token
 
     def handle_exit(self, event: Exited) -> None:
         if event.proc is not self.child:
             return
-        self.child, self.kill_at = None, None
-        code = exit_code(event.returncode)
+        self.child, self.rotate_at = None, None
         if self.restarting and not self.stopping:
+            return  # the next child starts once the group is empty (the timeout stays armed)
+        returncode = event.returncode
+        log.info("child pid %d exited with %d", event.proc.pid, exit_code(returncode))
+        self.final = returncode
+        if self.group is not None and group_alive(self.group):
+            stop = self.options.stop_signal
+            log.info("its process group %d still has processes: sending them %s", self.group, stop.name)
+            self.signal_group(stop)
+            if self.kill_at is None:
+                self.kill_at = self.clock.monotonic() + self.options.stop_timeout
+
+    def check_group(self, now: float) -> None:
+        """The child is gone: once its group is too (or a SIGKILL had its grace), go on."""
+        assert self.group is not None
+        reap_strays(None)  # the child is reaped (its Exited came after): every other is an orphan
+        if group_alive(self.group):
+            if self.give_up_at is None or now < self.give_up_at:
+                return
+            log.warning(
+                "process group %d still has processes %gs after SIGKILL (zombies nobody reaps?); going on",
+                self.group,
+                KILL_GRACE,
+            )
+        self.group, self.kill_at, self.give_up_at = None, None, None
+        if self.final is not None:
+            self.outcome = self.final
+        elif self.restarting:
             self.restarting = False
             if policy.is_valid(self.token, self.clock.time()):
                 self.start_child()
             else:
                 log.warning("no valid token to restart with; waiting for the next refresh")
+
+    def kill_group(self, now: float) -> None:
+        if self.group is None:
             return
-        log.info("child pid %d exited with %d", event.proc.pid, code)
-        self.code = code
+        log.warning(
+            "process group %d still running %gs after %s; killing it",
+            self.group,
+            self.options.stop_timeout,
+            self.options.stop_signal.name,
+        )
+        self.signal_group(signal.SIGKILL)
+        self.give_up_at = now + KILL_GRACE
+
+    def send_rotation(self) -> None:
+        rotate = self.options.rotate_signal
+        if rotate is None or self.child is None:
+            return
+        log.info("new token %s: sending %s to pid %d", self.latest, rotate.name, self.child.pid)
+        self.signal_child(rotate)
 
     # ----------------------------------------------------------------------- the child
 
     def start_child(self) -> None:
-        """Start the child with the newest token, in a process group of its own."""
+        """Start the child with the newest token, in a process group of its own. From the
+        main thread: PR_SET_PDEATHSIG fires when the thread that forked ends."""
+        env = self.environment(self.token)
         try:
-            proc = subprocess.Popen(  # argv by design, no shell
-                self.command, env=self.environment(self.token), process_group=0
-            )
+            argv = launch_argv(self.command, env.get("PATH", os.defpath), self.options.stop_signal)
+            proc = subprocess.Popen(argv, env=env, process_group=0)  # argv by design, no shell
         except OSError as exc:
             log.error("exec %s: %s", self.command[0], exc.strerror)
-            self.code = start_failure_code(exc)
+            self.outcome = start_failure_code(exc)
             return
-        self.child = proc
+        self.child, self.group, self.started_at = proc, proc.pid, self.clock.monotonic()
         log.info("started pid %d with token %s", proc.pid, self.token.fingerprint)
         with signals_blocked():
             threading.Thread(target=self._wait, args=(proc,), name="child-wait", daemon=True).start()
@@ -348,21 +528,49 @@ class Supervisor:
     def _wait(self, proc: subprocess.Popen[bytes]) -> None:
         self.events.put(Exited(proc, proc.wait()))
 
-    def signal_child(self, signum: signal.Signals, *, group: bool) -> None:
+    def signal_child(self, signum: signal.Signals) -> None:
+        """To the child's pid alone: its own children are its business."""
         child = self.child
         if child is None or child.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):  # it has just exited: its Exited is queued
-            if group:
-                os.killpg(child.pid, signum)
-            else:
-                child.send_signal(signum)
+            child.send_signal(signum)
+
+    def signal_group(self, signum: signal.Signals) -> None:
+        """To every process left in the child's group (a restart's stop, the SIGKILL)."""
+        if self.group is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # it has emptied
+            os.killpg(self.group, signum)
 
 
-def leave(supervisor: Supervisor, code: int) -> int:
-    """Exit at once when a refresh was left in flight (its worker would hold the exit until
-    its request timed out); otherwise return ``code``."""
+def leave(supervisor: Supervisor, returncode: int) -> int:
+    """End as the child did, so tokend's parent sees what a plain exec would have given:
+    its exit code, or death by its signal (systemd counts SIGTERM as a clean stop, 143 as a
+    failure). Exits at once when a refresh was left in flight (its worker would hold the
+    exit until its request timed out); otherwise returns the exit code."""
+    code = exit_code(returncode)
+    if returncode < 0:
+        die_of(-returncode)
     if supervisor.runner.abandoned:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def die_of(signum: int) -> None:
+    """Kill this process with ``signum`` at its default action. No core file: tokend's
+    memory holds the client secret (the child's own core, if any, is already written)."""
+    import resource
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    if signum not in UNCATCHABLE:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+    # Still here: tokend is PID 1 (a container's init ignores even these); exit 128+N then.
