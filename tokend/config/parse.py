@@ -54,7 +54,7 @@ from tokend.config.schema import (
 )
 from tokend.core.templates import MAX_TEMPLATE_BYTES, TemplateError
 from tokend.core.templates import check as check_template
-from tokend.io.files import read_regular, trusted_uids, unsafe_directory_chain, untrusted_writer
+from tokend.io.files import read_regular, read_small, trusted_uids, unsafe_directory_chain, untrusted_writer
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -557,14 +557,7 @@ def _template_text(path: Path, protected: Protected, written: set[str], state: s
                 f"{reason} (someone else could choose what the sink says; fix the modes, "
                 "or set allow_shared_dir = true to accept it)"
             )
-    try:
-        raw = read_regular(path, MAX_TEMPLATE_BYTES)
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_TEMPLATE_BYTES:
-        raise ValueError(f"larger than {MAX_TEMPLATE_BYTES // 1024} KiB; is this the right file?")
+    raw = read_small(path, MAX_TEMPLATE_BYTES, limit_words=f"{MAX_TEMPLATE_BYTES // 1024} KiB")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -22,7 +22,7 @@ from typing import Any
 
 from tokend.config import ConfigError, CredentialConfig, SecretRef
 from tokend.core.protocol import KeyMismatch, assertion_claims, signing_alg
-from tokend.io.files import read_regular
+from tokend.io.files import UnreadableFile, read_small
 
 MAX_KEY_BYTES = 64 * 1024
 MIN_RSA_BITS = 2048
@@ -77,20 +77,10 @@ def _key_path(cred: CredentialConfig, ref: SecretRef, environ: Mapping[str, str]
 
 
 def _read(cred: CredentialConfig, key: str, path: Path) -> bytes:
-    def fail(message: str) -> ConfigError:
-        return ConfigError(cred.source, f"{path}: {message}", where=cred.where(key))
-
     try:
-        raw = read_regular(path, MAX_KEY_BYTES)
-    except FileNotFoundError:
-        raise fail("no such file") from None
-    except IsADirectoryError:
-        raise fail("is a directory") from None
-    except OSError as exc:
-        raise fail(f"cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_KEY_BYTES:
-        raise fail(f"larger than {MAX_KEY_BYTES} bytes; is this the right file?")
-    return raw
+        return read_small(path, MAX_KEY_BYTES)
+    except UnreadableFile as exc:
+        raise ConfigError(cred.source, f"{path}: {exc}", where=cred.where(key)) from None
 
 
 def _family(key: Any) -> tuple[str, str | None]:

@@ -212,6 +212,28 @@ def read_regular(path: Path | str, limit: int) -> bytes:
         os.close(fd)
 
 
+class UnreadableFile(ValueError):
+    """Why a small file could not be had, in words for a one-line error (the caller adds
+    the file and the key)."""
+
+
+def read_small(path: Path | str, limit: int, *, limit_words: str | None = None) -> bytes:
+    """A whole small regular file (:func:`read_regular`), or :class:`UnreadableFile`
+    saying why not: missing, a directory, a FIFO or device, unreadable, or over ``limit``
+    bytes (``limit_words`` says the limit otherwise, e.g. "64 KiB")."""
+    try:
+        raw = read_regular(path, limit)
+    except FileNotFoundError:
+        raise UnreadableFile("no such file") from None
+    except IsADirectoryError:
+        raise UnreadableFile("is a directory") from None
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read: {exc.strerror}") from None
+    if len(raw) > limit:
+        raise UnreadableFile(f"larger than {limit_words or f'{limit} bytes'}; is this the right file?")
+    return raw
+
+
 def file_kind(mode: int) -> str:
     kinds = (
         (stat.S_ISDIR, "a directory"),

@@ -9,18 +9,12 @@ newline dropped, anything else kept as the operator wrote it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from tokend.config import ConfigError
 from tokend.config.schema import FleetConfig
-from tokend.io.files import read_regular
-from tokend.io.secret_sources import BOM
-
-MAX_PASSWORD_BYTES = 4096
-
-log = logging.getLogger("tokend.secrets")
+from tokend.io.secret_sources import read_secret_file
 
 
 def read_password(fleet: FleetConfig, config_path: Path, environ: Mapping[str, str]) -> str | None:
@@ -38,28 +32,9 @@ def read_password(fleet: FleetConfig, config_path: Path, environ: Mapping[str, s
 
 def read_password_file(path: Path, config_path: Path) -> str:
     def fail(message: str) -> ConfigError:
-        return ConfigError(config_path, f"{path}: {message}", where="fleet.password_file")
+        return ConfigError(config_path, message, where="fleet.password_file")
 
-    try:
-        raw = read_regular(path, MAX_PASSWORD_BYTES)
-    except FileNotFoundError:
-        raise fail("no such file") from None
-    except IsADirectoryError:
-        raise fail("is a directory") from None
-    except OSError as exc:
-        raise fail(f"cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_PASSWORD_BYTES:
-        raise fail(f"larger than {MAX_PASSWORD_BYTES} bytes; is this the right file?")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise fail("not UTF-8 text") from None
-    if text.startswith(BOM):  # Notepad's byte-order mark is not part of the password
-        log.warning("%s: starts with a byte-order mark (BOM); ignoring it", path)
-        text = text[len(BOM) :]
-    text = text.removesuffix("\n").removesuffix("\r")  # `echo pw > file`
-    if "\n" in text:
-        raise fail("holds more than one line")
+    text = read_secret_file(path, fail)
     if not text:
-        raise fail("is empty")
+        raise fail(f"{path}: is empty")
     return text

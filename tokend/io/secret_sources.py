@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tokend.config import CONVENTIONAL_ENV_NAME_RE, ConfigError, CredentialConfig, SecretRef
-from tokend.io.files import read_regular
+from tokend.io.files import UnreadableFile, read_small
 
 MAX_SECRET_BYTES = 64 * 1024
 BOM = "\ufeff"
@@ -39,7 +39,7 @@ def read_secret(
     if ref.source == "env":
         value = _from_env(cred, ref.value, environ, fail)
     elif ref.source == "file":
-        value = _from_file(Path(ref.value), fail)
+        value = read_secret_file(Path(ref.value), fail)
     else:
         directory = environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
@@ -47,7 +47,7 @@ def read_secret(
                 "$CREDENTIALS_DIRECTORY is not set; load the credential with systemd's "
                 "LoadCredential= or use client_secret_file"
             )
-        value = _from_file(Path(directory) / ref.value, fail)
+        value = read_secret_file(Path(directory) / ref.value, fail)
     if not value:
         raise fail("is empty")
     return value
@@ -84,15 +84,9 @@ def read_env_file(path: Path, fail: _Fail) -> dict[str, str | None]:
 def _read_text(path: Path, fail: _Fail) -> str:
     """A small regular file as text; never blocks on a FIFO, never reads a device."""
     try:
-        raw = read_regular(path, MAX_SECRET_BYTES)
-    except FileNotFoundError:
-        raise fail(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise fail(f"{path}: is a directory") from None
-    except OSError as exc:
-        raise fail(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_SECRET_BYTES:
-        raise fail(f"{path}: larger than {MAX_SECRET_BYTES} bytes; is this the right file?")
+        raw = read_small(path, MAX_SECRET_BYTES)
+    except UnreadableFile as exc:
+        raise fail(f"{path}: {exc}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -110,7 +104,9 @@ def _read_text(path: Path, fail: _Fail) -> str:
     return text
 
 
-def _from_file(path: Path, fail: _Fail) -> str:
+def read_secret_file(path: Path, fail: _Fail) -> str:
+    """One secret from a file: its one line, without the newline ``echo`` leaves (also for
+    the Redis password of ``[fleet]``)."""
     text = _read_text(path, fail)
     # `echo secret > file` leaves a newline; anything else in the file is the operator's.
     text = text.removesuffix("\n").removesuffix("\r")
