@@ -240,23 +240,39 @@ def test_a_metadata_cache_that_cannot_be_read_is_discarded_and_fetched_again(
 
 
 def test_stale_metadata_is_used_while_the_issuer_answers_an_error_but_never_another_issuers(
-    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A refresh that fails, by an error or by metadata we refuse (another issuer's, an
+    error object served with 200: second-round review, finding 2), keeps the good metadata
+    in use with a warning; the refused metadata is never used nor kept, and with nothing
+    cached it is the config error it always was."""
     issuer = base(httpserver)
     cred = secret_credential(tmp_path, issuer)
     now = 1_000_000_000.0
-    stale_cache(tmp_path / "state", issuer, idp.url, now=now)
+    cached = stale_cache(tmp_path / "state", issuer, idp.url, now=now)
+    kept = cached.read_bytes()
     httpserver.expect_oneshot_request(OIDC).respond_with_data("", status=403)
     httpserver.expect_oneshot_request("/.well-known/oauth-authorization-server").respond_with_data(
         "", status=302, headers={"Location": "https://elsewhere.example/"}
     )
-    httpserver.expect_request(OIDC).respond_with_json(metadata(f"{issuer}/other", idp.url))
+    httpserver.expect_oneshot_request(OIDC).respond_with_json({"error": "temporarily_unavailable"})
+    httpserver.expect_request(OIDC).respond_with_json(metadata(f"{issuer}/other", "https://evil.example/t"))
     client = TokenClient(clock=lambda: now)
+    caplog.set_level("WARNING", "tokend.discovery")
     try:
         found, fetched = client.discover(cred, tmp_path / "state")  # 403, then 302: the cache
         assert (found.token_endpoint, fetched) == (idp.url, False)
+        for _ in range(2):  # 200 with an error object; then another issuer's metadata
+            found, fetched = client.discover(cred, tmp_path / "state")
+            assert (found.token_endpoint, fetched) == (idp.url, False)
+        assert cached.read_bytes() == kept
+        refused = [r.getMessage() for r in caplog.records if "discovery refused" in r.getMessage()]
+        assert len(refused) == 2 and "the metadata is for issuer" in refused[1], refused
+        assert "using what was fetched before" in refused[1] and str(tmp_path) not in refused[1]
+        cached.unlink()  # nothing cached: another issuer's metadata is a hard failure
         with pytest.raises(ConfigError, match="discovery refused: the metadata is for issuer"):
-            client.discover(cred, tmp_path / "state")  # another issuer's: a hard failure
+            client.discover(cred, tmp_path / "state")
+        assert not cached.exists()
     finally:
         client.close()
 

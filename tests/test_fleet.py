@@ -11,11 +11,13 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 from tokend.config import ConfigError, CredentialConfig, load, parse
 from tokend.config.schema import FleetConfig
@@ -36,6 +38,7 @@ from tokend.core.fleet import (
 )
 from tokend.core.tokens import Token
 from tokend.daemon.fleet import Fleet
+from tokend.daemon.refresher import Refresher
 from tokend.daemon.reporting import Observer
 from tokend.daemon.runner import Runner
 from tokend.daemon.token_source import ASK, Offer, TokenSource
@@ -799,3 +802,89 @@ def test_a_token_asked_for_after_waiting_for_the_leader_is_due_from_after_the_wa
         return at - clock.monotonic()
 
     assert due_in(4.0) == pytest.approx(due_in(0.0))
+
+
+# ------------------------------------------------- the second-round review: in process, real Redis
+
+
+def test_a_leader_whose_refresh_fails_with_a_config_error_lets_go_of_its_lease(
+    tmp_path: Path, redis_server: RedisServer, httpserver: HTTPServer
+) -> None:
+    """Second-round review, finding 1: discovery refused (metadata for another issuer) is
+    a ConfigError, not a TokenRequestError; the leader kept its lease for good, renewed by
+    its listener, and no other host ever asked. Now any failure lets go of it."""
+    issuer = httpserver.url_for("/").rstrip("/")
+    httpserver.expect_request("/.well-known/openid-configuration").respond_with_json(
+        {"issuer": "https://elsewhere.example", "token_endpoint": "https://elsewhere.example/t"}
+    )
+    text = fleet_block(tmp_path, redis_server) + (
+        f'[credentials.api]\nissuer = "{issuer}"\nallow_insecure_http = true\n'
+        'client_id = "a"\nclient_secret = "b"\n'
+    )
+    config = parse(text, tmp_path / "tokend.toml", environ={})
+    assert config.fleet is not None
+    fleet = Fleet(config.fleet, config.path, environ={})
+    cred = config.credentials["api"]
+    key = cache_key(cred, "a")
+    other = FleetStore(fleet.fleet, PASSWORD)
+    client = TokenClient()
+    try:
+        refresher = Refresher(cred, TokenCache(tmp_path / "state"), environ={}, source=fleet)
+        with pytest.raises(ConfigError, match="discovery refused"):
+            refresher.refresh(client, write_sinks=False)
+        assert not fleet.store.holds(key) and fleet.role("api") is Role.FOLLOWER
+        assert other.lead(key)  # at once, not a lease later (nor never)
+    finally:
+        client.close()
+        fleet.stop()
+        other.release_all()
+        other.close()
+
+
+def test_followers_without_a_token_take_over_a_dead_leaders_lease_and_one_asks(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Finding 3: followers without a token waited a full lease and then all asked the
+    identity provider, none taking the dead leader's lease. Now the first to see it lapse
+    takes it (within the lease) and asks; the others wait for it and take its token."""
+    fleets = []
+    for n in range(3):
+        home = tmp_path / f"host{n}"
+        home.mkdir()
+        fleets.append(in_process(home, redis_server))
+    dead = FleetStore(fleets[0][0].fleet, PASSWORD)
+    offers: dict[int, Offer] = {}
+
+    def follow(n: int) -> None:
+        fleet, cred = fleets[n]
+        offers[n] = fleet.offer(cred, ID, None, time.time(), due=True)
+
+    threads = [threading.Thread(target=follow, args=(n,)) for n in range(3)]
+    try:
+        assert dead.lead(ID)  # a leader that took the lease and died at once
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(offers) >= 1, 3 * LEASE, "one follower to take the lease over")
+        took = time.monotonic() - started
+        [(leader, offer)] = offers.items()
+        fleet, cred = fleets[leader]
+        assert offer.token is None and not offer.follow  # it asks, now the leader
+        assert fleet.role("api") is Role.LEADER and fleet.store.holds(ID)
+        assert LEASE - 0.1 < took < LEASE + 0.5, took
+        SECRETS.add("tok-new-leader")
+        new = Token("tok-new-leader", time.time() + 600, time.time())
+        fleet.obtained(cred, ID, new)  # what it got from the identity provider: published
+        for thread in threads:
+            thread.join(3 * LEASE)
+        assert sorted(offers) == [0, 1, 2]
+        for n, got in offers.items():
+            if n != leader:
+                assert got.token is not None and got.token.access_token == "tok-new-leader", got
+                assert fleets[n][0].role("api") is Role.FOLLOWER
+    finally:
+        for thread in threads:
+            thread.join(3 * LEASE)
+        for fleet, _ in fleets:
+            fleet.stop()
+        dead.close()

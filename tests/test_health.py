@@ -139,3 +139,11 @@ def test_a_status_file_nested_too_deep_is_unrecognised_not_a_crash(tmp_path: Pat
     status_path(state).write_bytes(b"[" * 200_000)
     with pytest.raises(ValueError, match="nested too deep"):
         read_status(state)
+
+
+def test_a_stopped_daemon_claims_no_fleet_role() -> None:
+    import dataclasses
+
+    leader = dataclasses.replace(fresh(), role="leader")
+    assert "(leader)" in describe(leader, NOW, running=True)
+    assert "leader" not in describe(leader, NOW, running=False)

@@ -14,19 +14,22 @@ from werkzeug import Response
 
 from tokend.config import CredentialConfig, load
 from tokend.core import policy
-from tokend.core.fleet import Role
+from tokend.core.fleet import Role, follow_deadline
 from tokend.core.health import CredentialStatus
 from tokend.core.results import Attempt, Result
 from tokend.core.tokens import Token
+from tokend.daemon.fleet import Fleet
 from tokend.daemon.reporting import Observer
 from tokend.daemon.runner import Runner
 from tokend.daemon.token_source import ASK, STANDALONE, Offer, TokenSource
-from tokend.io.cache import TokenCache
+from tokend.io.cache import TokenCache, cache_key
+from tokend.io.fleet_store import FleetStore
 from tokend.io.token_client import TokenClient
 
 from .support.clock import FakeClock, ManualJobs
 from .support.configs import credential_toml, write_config
 from .support.endpoint import Seen, TokenEndpoint, answer
+from .support.redis import RedisServer
 from .support.sinks import read_token
 
 
@@ -273,3 +276,75 @@ def test_a_follower_waits_for_its_leader_and_a_leader_comes_due_first(
     assert h.token_in_sink() == "tok-1"
     assert h.next_in() == pytest.approx(7.5)
     assert h.runner.slots["api"].status.role == "follower"
+
+
+# --------------------------------------------------------------------------- second-round review
+
+
+def test_a_followers_late_jitter_never_passes_the_moment_it_stops_waiting(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    """Finding 4: with refresh_at above 0.9 and no margin, a follower's due time (the late
+    half of the jitter) landed after its follow deadline, at the token's expiry. It is
+    capped at that deadline, where it asks the identity provider itself if need be."""
+    idp.expires_in = 100
+    source = ScriptedSource()  # a follower whose leader did not deliver: it asked itself
+    h = Harness(idp, tmp_path, extra='refresh_at = 0.95\nmin_ttl_margin = "0s"', source=source)
+    first = h.start()
+    assert first.fetched and first.token is not None
+    deadline = follow_deadline(first.token, refresh_at=0.95, min_ttl_margin=0.0, timeout=10.0)
+    assert deadline == pytest.approx(first.token.expires_at - 2.5)  # half of what refresh_at leaves
+    jitter = abs(random.Random(1).uniform(-1, 1))  # the runner's first draw: the late half
+    uncapped = policy.refresh_due_at(first.token, refresh_at=0.95, min_ttl_margin=0.0, jitter=jitter)
+    assert uncapped > deadline  # what it was armed for before
+    assert h.next_in() == pytest.approx(deadline - first.token.obtained_at)
+    source.as_role = Role.LEADER  # a leader's (early) due time is its own
+    second = h.run_next()
+    assert second.fetched and second.token is not None
+    assert h.next_in() <= 0.95 * 100
+
+
+def test_a_credential_removed_while_its_run_is_in_flight_keeps_no_lease(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    """Finding 5: a reload removed the credential while its run was in flight; the fleet
+    forgot it at once, then the run's offer() put it back and its lease was renewed for
+    good. The fleet forgets it only when the run has ended (a real redis-server)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    fleet_table = f'[fleet]\nredis_url = "{server.url}"\nlease = "1s"\n'
+    config = load(write_config(tmp_path, fleet_table, credential_toml(idp.url, tmp_path)))
+    assert config.fleet is not None
+    fleet = Fleet(config.fleet, config.path, environ={})
+    other = FleetStore(config.fleet, None)
+    identity = cache_key(config.credentials["api"], "client-1")
+    clock = FakeClock()
+    jobs = ManualJobs(clock)
+
+    def reload_comes_in_flight() -> TokenClient:  # in the run, before the fleet's offer()
+        runner.remove("api")
+        return TokenClient(clock=clock.time)
+
+    runner = Runner(
+        jobs,
+        Observer(),
+        cache=TokenCache(config.state_dir),
+        clock=clock,
+        rng=random.Random(1),
+        environ={},
+        on_ran=lambda name, first: None,
+        client_factory=reload_comes_in_flight,
+        source=fleet,
+    )
+    try:
+        runner.add(config.credentials["api"])
+        jobs.run_until(clock.monotonic())
+        assert len(idp.seen) == 1  # the run went on, as the leader
+        assert fleet.identities == {} and fleet.role("api") is None
+        assert not fleet.store.holds(identity) and other.lead(identity)  # at once
+        assert jobs.next_at("api") is None
+    finally:
+        fleet.stop()
+        other.release_all()
+        other.close()
+        server.stop()

@@ -291,7 +291,7 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
         print(f"config rejected (still running the last good one): {status.config_error}")
     for warning in status.warnings:
         print(f"warning: {warning}")
-    if status.fleet is not None:
+    if status.fleet is not None and running:  # a stopped daemon holds no lease, leads nobody
         print(fleet_line(status.fleet, status.credentials.values(), now))
     for cred in status.credentials.values():
         print(describe(cred, now, running=running))

@@ -148,7 +148,10 @@ def follow_deadline(ours: Token, *, refresh_at: float, min_ttl_margin: float, ti
     ``timeout``: a leader that never delivers must leave the follower time to ask the
     identity provider itself before its token expires, even with ``min_ttl_margin = 0``.
     For tokens too short for that, half of what ``refresh_at`` leaves, so the deadline is
-    never before the token's due time, jitter included."""
+    never before the token's unjittered due time. The jitter may pass it (a follower's is
+    the late half, +5 % of the lifetime: with ``refresh_at`` above 0.9 and a small margin
+    that lands after the deadline, at the expiry), so the runner caps a follower's due
+    time at this deadline."""
     keep = min(max(min_ttl_margin, timeout), ours.lifetime * (1 - refresh_at) / 2)
     return ours.expires_at - keep
 

@@ -96,7 +96,8 @@ def human_duration(seconds: float) -> str:
 def describe(cred: CredentialStatus, now: float, *, running: bool = True) -> str:
     """One line for a terminal: verdict, expiry, next refresh (only while the daemon runs:
     a stopped one refreshes nothing), last success, last error."""
-    parts = [f"{cred.name}: {verdict(cred, now)}" + (f" ({cred.role})" if cred.role else "")]
+    role = f" ({cred.role})" if cred.role and running else ""  # a stopped daemon has no role
+    parts = [f"{cred.name}: {verdict(cred, now)}{role}"]
     if cred.expires_at is not None:
         remaining = cred.expires_at - now
         parts.append(

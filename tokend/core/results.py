@@ -38,6 +38,7 @@ class Attempt:
     token: Token | None  # what the sinks hold now; None: no valid token at all
     result: Result = Result.SUCCESS
     fetched: bool = False  # a new token came from the identity provider
+    origin: str = "cache"  # where the token came from: "idp", "fleet" (its leader) or "cache"
     error: str | None = None  # why it failed, one line, no secret in it
     error_code: str | None = None  # the server's OAuth error code, if it sent one
     retry_after: float | None = None

@@ -8,15 +8,17 @@ so a lost message costs nothing. The rules (see the README's "Fleet mode"):
 
 - availability first: Redis unreachable → every credential refreshes on its own, logged
   once, and rejoins when Redis answers again;
-- a follower without any valid token waits at most one lease for the leader, then asks
-  the identity provider itself; one with a token waits until the credential's own margin
-  (:func:`tokend.core.fleet.follow_deadline`), looking again when the lease would lapse;
+- a follower without any valid token waits for the leader's token, at most one lease per
+  leader, and takes the lease over when it lapses or is released (then it asks, and
+  publishes); one with a token waits until :func:`tokend.core.fleet.follow_deadline`,
+  looking again when the lease would lapse;
 - a token read from Redis is used only if it decrypts, is for this identity, is fresh by
   the credential's policy and newer than ours (:func:`tokend.core.fleet.judge`), its
   expiry taken on this host's clock (:func:`tokend.core.fleet.localize`); one that cannot
   be decrypted (another secret) makes this host refresh on its own, saying why;
 - a lease is held only while it is wanted: released when the credential leaves the
-  config, opts out, changes identity, or its request to the identity provider fails.
+  config, opts out, changes identity, or it cannot get a token (any failure: a refused
+  request, refused discovery metadata, an unreadable key).
 
 The listener thread renews the leases (every third of a lease), listens to pub/sub (a
 bounded batch at a time; a publication that does not open with our key never wakes a
@@ -39,6 +41,7 @@ from typing import Any
 from tokend.config import ConfigError, CredentialConfig
 from tokend.config.schema import FleetConfig
 from tokend.core.fleet import (
+    LOOK_SLACK,
     NOT_NEWER,
     FleetEvent,
     Role,
@@ -237,39 +240,67 @@ class Fleet(TokenSource):
             return ASK
 
     def wait_for_leader(self, cred: CredentialConfig, identity: str, material: bytes) -> Offer:
-        """No valid token of our own: give the leader one lease, then ask ourselves. The
-        answer says how long it waited (the token asked for after it lives from then)."""
+        """No valid token of our own: wait for the leader's token, and take over its lease
+        if it lapses (a dead leader, or one whose request failed) or is released. Each
+        leader gets one lease from when we first see it; we look at the lease again just
+        after it would lapse (its PTTL), so we are there to take it. Whoever takes it asks
+        the identity provider (and publishes); the others wait for that new leader in turn.
+        The answer says how long it waited (the token asked for after it lives from then)."""
         from tokend.io.fleet_store import RedisDown, TooLarge
 
+        lease = self.fleet.lease
         started = time.monotonic()
-        deadline = started + self.fleet.lease
-        while (left := deadline - time.monotonic()) > 0:
+        since = started  # when the lease's current holder was first seen
+        try:
+            left = self.store.lease_left(identity)
+        except RedisDown as exc:
+            return self.wait_ended(cred, started, exc)
+        lapse = time.monotonic() + (lease if left is None else left)  # no earlier than it lapses
+        while (now := time.monotonic()) < since + lease + WAIT_POLL:
+            wake = min(now + WAIT_POLL, lapse + LOOK_SLACK, since + lease + WAIT_POLL)
             with self.lock:
-                self.lock.wait_for(lambda: identity in self.inbox, timeout=min(WAIT_POLL, left))
+                self.lock.wait_for(lambda: identity in self.inbox, timeout=max(0.0, wake - now))
                 blob = self.inbox.pop(identity, None)
             ttl = None
-            if blob is None:
-                try:
-                    stored = self.store.get(identity)
-                except TooLarge:
-                    stored = None
-                except RedisDown as exc:
-                    self.down(str(exc))
-                    self.set_role(cred.name, Role.STANDALONE)
-                    return Offer(waited=time.monotonic() - started)
-                blob, ttl = stored if stored is not None else (None, None)
-            if blob is not None:
-                token = self.adopt(cred, identity, blob, material, None, self.clock(), ttl=ttl, due=True)
-                if isinstance(token, Token):
-                    return Offer(token, waited=time.monotonic() - started)
-                if token is UNREADABLE:
-                    self.set_role(cred.name, Role.STANDALONE)
-                    return Offer(waited=time.monotonic() - started)
+            try:
+                if blob is None:
+                    try:
+                        stored = self.store.get(identity)
+                    except TooLarge:
+                        stored = None
+                    blob, ttl = stored if stored is not None else (None, None)
+                if blob is not None:
+                    token = self.adopt(cred, identity, blob, material, None, self.clock(), ttl=ttl, due=True)
+                    if isinstance(token, Token):
+                        return Offer(token, waited=time.monotonic() - started)
+                    if token is UNREADABLE:
+                        self.set_role(cred.name, Role.STANDALONE)
+                        return Offer(waited=time.monotonic() - started)
+                looked = time.monotonic()
+                left = self.store.lease_left(identity)
+                if left is None:  # lapsed or released: ours, unless another host is quicker
+                    if self.store.lead(identity):
+                        self.set_role(cred.name, Role.LEADER, identity)
+                        return Offer(waited=time.monotonic() - started)  # we ask, and publish
+                    left = self.store.lease_left(identity)
+                    if left is not None:  # another host took it just now: a new leader
+                        since = looked
+                elif looked >= lapse:  # the lease we saw has lapsed since: a new leader's
+                    since = looked
+            except RedisDown as exc:
+                return self.wait_ended(cred, started, exc)
+            lapse = time.monotonic() + (lease if left is None else left)
         log.warning(
             "%s: no token from the fleet's leader within %gs; asking the identity provider ourselves",
             cred.name,
-            self.fleet.lease,
+            lease,
         )
+        return Offer(waited=time.monotonic() - started)
+
+    def wait_ended(self, cred: CredentialConfig, started: float, exc: Exception) -> Offer:
+        """Redis went away while we waited for the leader: on our own, at once."""
+        self.down(str(exc))
+        self.set_role(cred.name, Role.STANDALONE)
         return Offer(waited=time.monotonic() - started)
 
     def obtained(self, cred: CredentialConfig, identity: str, token: Token) -> None:
@@ -292,8 +323,9 @@ class Fleet(TokenSource):
         log.info("%s: published token %s to the fleet", cred.name, token.fingerprint)
 
     def failed(self, cred: CredentialConfig, identity: str) -> None:
-        """Our request failed: a leader lets go of its lease, so a host whose request may
-        work takes over instead of every follower waiting until its own margin."""
+        """We could not get a token (the request, or a config error on the way: discovery,
+        a key): a leader lets go of its lease, so a host whose request may work takes over
+        instead of every follower waiting until its own margin."""
         if not cred.fleet or not self.store.holds(identity):
             return
         self.store.release(identity)

@@ -55,7 +55,9 @@ class Refresher:
         write_sinks: bool = True,
     ) -> Attempt:
         """Make sure a fresh token is cached (and in the sinks). Raises ConfigError when a
-        secret cannot be read; every other failure is reported in the Outcome.
+        secret, a key or the issuer's metadata cannot be used (the source is told, as for
+        a failed request: a fleet's leader lets go of its lease); every other failure is
+        reported in the Outcome.
 
         The cached token counts as fresh until ``fresh_until`` (the daemon's jittered due
         time) or, without it, until the policy's unjittered due time.
@@ -122,6 +124,12 @@ class Refresher:
                         )
                     else:
                         log.error("%s: no token: %s", cred.name, exc)
+                except Exception:
+                    # A ConfigError (discovery refused, a key or certificate unreadable) or a
+                    # bug: no token either, so a leader lets go of its lease just the same,
+                    # or it would keep it (renewed by the listener) and nobody would ask.
+                    self.source.failed(cred, key)
+                    raise
                 else:
                     token, fetched, self.origin = answer.token, True, "idp"
                     log.debug(
@@ -143,9 +151,11 @@ class Refresher:
                     self.source.obtained(cred, key, token)  # fleet mode: the leader publishes it
 
         if token is None or not write_sinks:
-            return attempt_of(cred.name, token, fetched, request_error)
+            return attempt_of(cred.name, token, fetched, request_error, origin=self.origin)
         written, errors = self.write_sinks(token)
-        return attempt_of(cred.name, token, fetched, request_error, tuple(map(str, errors)), written)
+        return attempt_of(
+            cred.name, token, fetched, request_error, tuple(map(str, errors)), written, origin=self.origin
+        )
 
     def remember(self, key: str, entry: CacheEntry, client_id: str) -> None:
         try:
@@ -185,6 +195,8 @@ def attempt_of(
     request_error: TokenRequestError | None,
     sink_errors: tuple[str, ...] = (),
     sinks_written: int = 0,
+    *,
+    origin: str = "cache",
 ) -> Attempt:
     """The one record of what happened: a failed request outranks failed sinks."""
     if request_error is not None:
@@ -199,6 +211,7 @@ def attempt_of(
         token,
         result,
         fetched=fetched,
+        origin="idp" if fetched else origin,
         error=error,
         error_code=request_error.error if request_error is not None else None,
         retry_after=request_error.retry_after if request_error is not None else None,

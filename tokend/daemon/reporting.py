@@ -106,6 +106,13 @@ class Observers(Observer):
         self._each("fleet_event", lambda o: o.fleet_event(event, name))
 
 
+ORIGIN_WORDS = {
+    "idp": "new token from the identity provider",
+    "fleet": "token from the fleet's leader",
+    "cache": "kept the current token",
+}
+
+
 class EventLog(Observer):
     """One ``refresh`` event line per attempt (and a loud line for an unfixable error)."""
 
@@ -118,17 +125,21 @@ class EventLog(Observer):
                 BACKOFF_CAP,
             )
         next_refresh = rfc3339(attempt.next_at) if attempt.next_at is not None else None
+        # "success" alone read as "asked the IdP" even when the cached token was kept.
+        source = f" ({ORIGIN_WORDS.get(attempt.origin, attempt.origin)})" if attempt.token is not None else ""
         log.info(
-            "%s: refresh %s in %dms, token %s, next refresh %s",
+            "%s: refresh %s in %dms%s, token %s, next refresh %s",
             cred.name,
             attempt.result,
             attempt.duration * 1000,
+            source,
             status.token_fingerprint or "none",
             next_refresh,
             extra={
                 "event": "refresh",
                 "credential": cred.name,
                 "outcome": str(attempt.result),
+                "origin": attempt.origin,
                 "duration_ms": round(attempt.duration * 1000),
                 "next_refresh": next_refresh,
                 "token": status.token_fingerprint,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from tokend.config import ConfigError, CredentialConfig
 from tokend.core import policy
-from tokend.core.fleet import jitter_for
+from tokend.core.fleet import Role, follow_deadline, jitter_for
 from tokend.core.health import CredentialStatus
 from tokend.core.results import Attempt, Result
 from tokend.daemon.clock import Clock
@@ -47,7 +47,9 @@ class Slot:
     armed: tuple[bool, bool] = (False, False)  # (force, first) of the armed run
     warned_floor: bool = False
     woken: bool = False  # fleet news came while a run was in flight: run again right after
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    removed: bool = False  # left the config; the source forgets it once no run is in flight
+    forgotten: bool = False  # ... and has (under ``lock``: exactly once)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held by the run in flight
 
 
 def record(
@@ -130,9 +132,26 @@ class Runner:
     def remove(self, name: str) -> Slot:
         slot = self.slots.pop(name)
         self.jobs.cancel(name)
-        self.source.forget(name)
+        slot.removed = True
+        self.forget_when_idle(slot)
         self.observers.credential_removed(name)
         return slot
+
+    def forget_when_idle(self, slot: Slot) -> None:
+        """Tell the source a removed credential is gone, once no run of it is in flight:
+        a run still going would reach the fleet's ``offer()`` after ``forget()`` and put
+        the credential back, its lease then renewed for good. A run in flight calls this
+        again when it ends; whoever holds the slot's lock forgets, exactly once."""
+        if not slot.lock.acquire(blocking=False):
+            return  # the run in flight does it when it ends
+        try:
+            name = slot.cred.name
+            if slot.removed and not slot.forgotten:
+                slot.forgotten = True
+                if name not in self.slots:  # not added again since: a new slot owns the name
+                    self.source.forget(name)
+        finally:
+            slot.lock.release()
 
     def arm(self, slot: Slot, delay: float, *, force: bool = False, first: bool = False) -> None:
         """Run the slot ``delay`` seconds from now (by the monotonic clock)."""
@@ -197,6 +216,10 @@ class Runner:
             return  # removed or replaced by a reload since this run was armed
         if not slot.lock.acquire(blocking=False):
             return  # the run that holds it will re-arm
+        if slot.removed:  # removed between the look-up and the lock
+            slot.lock.release()
+            self.forget_when_idle(slot)
+            return
         slot.woken = False
         with self._inflight_done:
             self._inflight += 1
@@ -204,6 +227,8 @@ class Runner:
             self.refresh(slot, force=force)
         finally:
             slot.lock.release()
+            if slot.removed:
+                self.forget_when_idle(slot)
             with self._inflight_done:
                 self._inflight -= 1
                 self._inflight_done.notify_all()
@@ -227,6 +252,16 @@ class Runner:
                 min_ttl_margin=cred.min_ttl_margin,
                 jitter=jitter_for(role, self.rng.uniform(-1, 1)),  # a fleet's leader comes due first
             )
+            if role is Role.FOLLOWER:  # its late jitter never past the moment it stops waiting
+                due = min(
+                    due,
+                    follow_deadline(
+                        token,
+                        refresh_at=cred.refresh_at,
+                        min_ttl_margin=cred.min_ttl_margin,
+                        timeout=cred.timeout,
+                    ),
+                )
             # A new token's life counts from its request, by the monotonic clock (the wall
             # clock may step while the request is out); a cached one's only from the wall.
             # A wait for the fleet's leader came before the request: not part of the token's life.

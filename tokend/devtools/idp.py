@@ -8,6 +8,7 @@ only, so the demo runs on a machine with nothing but Python.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import threading
@@ -173,3 +174,52 @@ def _client_credentials(authorization: str, params: Mapping[str, str]) -> tuple[
             return None, None
         return unquote_plus(user), unquote_plus(password)
     return params.get("client_id"), params.get("client_secret")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tokend.devtools.idp``: the demo's identity provider on its own, for
+    trying a config, ``tokend exec`` or fleet mode against short-lived tokens. One line per
+    request, with the token's fingerprint only."""
+    import argparse
+    import signal
+
+    from tokend.core.tokens import fingerprint
+
+    parser = argparse.ArgumentParser(prog="python -m tokend.devtools.idp", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0, help="on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--lifetime", type=int, default=15, help="seconds a token lives (default: 15)")
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="ID=SECRET",
+        help="a client it knows (repeatable; default: demo=demo-secret)",
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535 or not 1 <= args.lifetime <= 86400:
+        parser.error("--port is 0 to 65535, --lifetime 1 to 86400 seconds")
+    if any("=" not in c or c.startswith("=") or c.endswith("=") for c in args.client):
+        parser.error("--client wants ID=SECRET")
+    clients = dict(c.split("=", 1) for c in args.client) or {"demo": "demo-secret"}
+
+    def show(event: IdpEvent) -> None:
+        token = fingerprint(event.access_token) if event.access_token else "-"
+        print(
+            f"{time.strftime('%H:%M:%S')} {event.status} {event.client_id} {event.grant_type} {token}",
+            flush=True,
+        )
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with IdentityProvider(clients, lifetime=args.lifetime, port=args.port, on_event=show) as idp:
+        print(
+            f"token endpoint {idp.url}, {args.lifetime}-second tokens, clients: {', '.join(clients)}",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,9 @@ reads the small file instead of asking the issuer, the daemon, ``tokend fetch`` 
 ``tokend token`` share it, and it is fetched again when it is a day old or when the token
 endpoint it names answers 404 (the IdP moved it). The metadata must be for the configured
 issuer exactly (:func:`tokend.core.protocol.parse_metadata`), else a config error; an
-issuer that cannot be reached is a retryable failure, and stale metadata is used meanwhile.
+issuer that cannot be reached is a retryable failure. Once good metadata is kept, a
+refresh that fails either way (unreachable, or an answer refused) leaves it in use, with a
+warning: an issuer's bad day must not stop tokens it would still issue.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def discover(
 ) -> tuple[Discovered, bool]:
     """The issuer's metadata, and whether it was fetched just now. From the cache unless
     it is stale, missing or ``refresh`` is asked for. Raises ConfigError (metadata for
-    another issuer, a token endpoint tokend must not use) or TokenRequestError."""
+    another issuer, a token endpoint tokend must not use) or TokenRequestError only when
+    nothing good is cached: a failed refresh of cached metadata keeps using it."""
     issuer = cred.issuer
     if issuer is None:
         raise ValueError(f"{cred.name} has no issuer")
@@ -60,17 +63,20 @@ def discover(
         return cached[0], False
     try:
         found = fetch(cred, get)
-    except TokenRequestError as exc:
-        # Any failure to refresh, a 4xx or a redirect as much as an outage: the metadata
-        # we have was judged good, and stays good until the issuer gives better. (Metadata
-        # for another issuer is a ConfigError, never caught here.)
+    except (TokenRequestError, ConfigError) as exc:
+        # Any failure to refresh, a 4xx or a redirect as much as an outage, or an answer we
+        # refuse (another issuer's metadata, an error object served with 200, an endpoint
+        # tokend must not use): the metadata we have was judged good, and stays good until
+        # the issuer gives better. Refused metadata is never used, nor kept; with nothing
+        # cached it is the config error it always was.
         if cached is None:
             raise
+        why = exc.message if isinstance(exc, ConfigError) else str(exc)
         log.warning(
             "%s: cannot refresh the metadata of %s (%s); using what was fetched before",
             cred.name,
             issuer,
-            exc,
+            why,
         )
         return cached[0], False
     _save(state_dir, issuer, found, now)

@@ -225,6 +225,9 @@ class Watcher:
 
     def stop(self) -> None:
         if self.observer is not None:
+            # watchdog's inotify reader, woken by the stop, logs a bare ERROR ("queue_events()
+            # called when the thread is inactive") to the root logger: the stop's own noise.
+            logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
             self.observer.stop()
             self.observer = None
 
