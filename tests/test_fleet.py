@@ -82,6 +82,11 @@ def test_a_stored_token_is_used_only_when_for_us_unexpired_fresh_and_newer() -> 
     assert judge(future, identity=ID, ours=None, now=NOW, **POLICY) == "it was stamped in the future"
     same = Shared(ID, mine, "host-a")
     assert judge(same, identity=ID, ours=mine, now=NOW, **POLICY) == NOT_NEWER
+    # Our own token read back by GET, its expiry a few ms "later" (PTTL against the time
+    # left when published): still ours, said quietly, never "already due" (a newcomer saw
+    # that warning at every rotation of short tokens).
+    read_back = Shared(ID, dataclasses.replace(mine, expires_at=mine.expires_at + 0.004), "host-a")
+    assert judge(read_back, identity=ID, ours=mine, now=NOW + 30, **POLICY) == NOT_NEWER
     # Two leaders at once: the older of their two tokens never replaces the newer.
     assert judge(Shared(ID, mine, "b"), identity=ID, ours=newer.token, now=NOW, **POLICY) == NOT_NEWER
     # Ours has expired: any valid, fresh token is better.

@@ -426,3 +426,25 @@ def test_a_rotation_signal_waits_until_the_program_has_started(
     (start,) = tokend.lines("start")  # the one program, alive throughout
     assert alive(int(start[0])) and tokend.proc.poll() is None
     assert "held until pid" in tokend.log
+
+
+def test_a_cached_token_inside_its_refresh_window_is_replaced_before_the_first_start(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    """A newcomer saw the program started with a cached token one second from due, and
+    restarted a second later: a token already in its jitter window (here 4.5 s to 5.5 s of
+    a 10 s life) is replaced before the first start instead."""
+    idp.expires_in = 10
+    extra = 'refresh_at = 0.5\nmin_ttl_margin = "0s"'
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, extra=extra))
+    fetched_at = time.monotonic()
+    assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
+    cached = (tmp_path / "out" / "api.token").read_text().strip()
+    time.sleep(max(0.0, fetched_at + 4.6 - time.monotonic()))  # inside the window, before 5 s
+    tokend = Exec(tmp_path, config, ["--on-rotate", "restart"])
+    try:
+        wait_for(lambda: tokend.lines("start"), 10, "the child's first start")
+        first = tokend.lines("start")[0][1]
+        assert first != cached and first.startswith("tok-"), (first, cached)
+    finally:
+        tokend.stop()

@@ -220,7 +220,13 @@ def supervise(
     cache = TokenCache(config.state_dir)
     client = TokenClient()
     try:
-        first = Refresher(cred, cache).refresh(client)
+        refresher = Refresher(cred, cache)
+        first = refresher.refresh(client)
+        if first.token is not None and not first.fetched and starts_due(first.token, cred, time.time()):
+            # Cached, but inside its jitter window: the runner would replace it within
+            # seconds and restart the program it just started. Start it with a new one.
+            again = refresher.refresh(client, force=True)
+            first = again if again.token is not None else first
     finally:
         client.close()
     if first.token is None:  # the refresher has said why, in one line
@@ -235,6 +241,16 @@ def supervise(
         cache=cache,
     )
     return leave(supervisor, supervisor.run())
+
+
+def starts_due(token: Token, cred: CredentialConfig, now: float) -> bool:
+    """Whether ``token`` is already inside its refresh window (its earliest jittered due time)."""
+    from tokend.core import policy
+
+    earliest = policy.refresh_due_at(
+        token, refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin, jitter=-1.0
+    )
+    return now >= earliest
 
 
 # --------------------------------------------------------------------------- status

@@ -135,8 +135,13 @@ def judge(
         return "it is for another identity"
     if not policy.is_valid(token, now):
         return "it has expired" if now >= token.expires_at else "it was stamped in the future"
-    if ours is not None and policy.is_valid(ours, now) and token.expires_at <= ours.expires_at:
-        return NOT_NEWER  # first: the usual answer (our own token, read back), said quietly
+    if ours is not None and policy.is_valid(ours, now) and (
+        token.access_token == ours.access_token or token.expires_at <= ours.expires_at
+    ):
+        # First: the usual answer (our own token, read back), said quietly. The same token
+        # read back by GET may come out a few ms "later" (its PTTL against the time left
+        # when it was published): it is still ours, not a newer one.
+        return NOT_NEWER
     if not policy.is_fresh(token, now, refresh_at=refresh_at, min_ttl_margin=min_ttl_margin):
         return "it is already due for refresh (an old token, or about to expire)"
     return None
