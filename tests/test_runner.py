@@ -348,3 +348,41 @@ def test_a_credential_removed_while_its_run_is_in_flight_keeps_no_lease(
         other.release_all()
         other.close()
         server.stop()
+
+
+def test_a_removed_credentials_sinks_go_only_once_its_run_in_flight_has_ended(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    """A reload removed a credential whose run was in flight: its remove_on_stop sink was
+    deleted at once, and the run then wrote it again, to stay for good. The deletion now
+    waits for the run."""
+    sinks = f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.token"\nremove_on_stop = true\n'
+    config = load(write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks)))
+    sink = tmp_path / "out" / "api.token"
+    clock = FakeClock()
+    jobs = ManualJobs(clock)
+    removed: list[str] = []
+
+    def remove_sinks(cred: CredentialConfig) -> None:
+        sink.unlink()
+        removed.append(cred.name)
+
+    def reload_comes_in_flight() -> TokenClient:  # in the run, before its request
+        runner.remove("api", then=remove_sinks)
+        assert removed == []  # not while the run is in flight
+        return TokenClient(clock=clock.time)
+
+    runner = Runner(
+        jobs,
+        Observer(),
+        cache=TokenCache(config.state_dir),
+        clock=clock,
+        rng=random.Random(1),
+        environ={},
+        on_ran=lambda name, first: None,
+        client_factory=reload_comes_in_flight,
+    )
+    runner.add(config.credentials["api"])
+    jobs.run_until(clock.monotonic())
+    assert len(idp.seen) == 1  # the run went on and wrote its sink...
+    assert removed == ["api"] and not sink.exists()  # ...which was removed once it ended

@@ -49,6 +49,7 @@ class Slot:
     woken: bool = False  # fleet news came while a run was in flight: run again right after
     removed: bool = False  # left the config; the source forgets it once no run is in flight
     forgotten: bool = False  # ... and has (under ``lock``: exactly once)
+    then: Callable[[CredentialConfig], None] | None = None  # after forgetting: the reload's cleanup
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the run in flight
 
 
@@ -129,10 +130,12 @@ class Runner:
             self.observers.credential_added(cred.name)
         self.arm(slot, 0.0, force=force, first=previous is None)
 
-    def remove(self, name: str) -> Slot:
+    def remove(self, name: str, *, then: Callable[[CredentialConfig], None] | None = None) -> Slot:
+        """Stop a credential's runs. ``then`` (deleting its remove_on_stop sinks) runs once
+        no run of it is in flight: a run still going would write those sinks again."""
         slot = self.slots.pop(name)
         self.jobs.cancel(name)
-        slot.removed = True
+        slot.removed, slot.then = True, then
         self.forget_when_idle(slot)
         self.observers.credential_removed(name)
         return slot
@@ -150,6 +153,11 @@ class Runner:
                 slot.forgotten = True
                 if name not in self.slots:  # not added again since: a new slot owns the name
                     self.source.forget(name)
+                    if slot.then is not None:
+                        try:
+                            slot.then(slot.cred)
+                        except Exception:  # a cleanup must never cost the run's thread
+                            log.exception("%s: cleaning up after its removal failed", name)
         finally:
             slot.lock.release()
 
