@@ -135,8 +135,10 @@ def judge(
         return "it is for another identity"
     if not policy.is_valid(token, now):
         return "it has expired" if now >= token.expires_at else "it was stamped in the future"
-    if ours is not None and policy.is_valid(ours, now) and (
-        token.access_token == ours.access_token or token.expires_at <= ours.expires_at
+    if (
+        ours is not None
+        and policy.is_valid(ours, now)
+        and (token.access_token == ours.access_token or token.expires_at <= ours.expires_at)
     ):
         # First: the usual answer (our own token, read back), said quietly. The same token
         # read back by GET may come out a few ms "later" (its PTTL against the time left
