@@ -87,6 +87,10 @@ def test_a_stored_token_is_used_only_when_for_us_unexpired_fresh_and_newer() -> 
     # that warning at every rotation of short tokens).
     read_back = Shared(ID, dataclasses.replace(mine, expires_at=mine.expires_at + 0.004), "host-a")
     assert judge(read_back, identity=ID, ours=mine, now=NOW + 30, **POLICY) == NOT_NEWER
+    # ...but an IdP that hands out the same opaque token again with a later expiry (a
+    # sliding lifetime) gives a newer token: adopted, or every follower would ask itself.
+    slid = Shared(ID, dataclasses.replace(mine, obtained_at=NOW + 29, expires_at=NOW + 89), "host-a")
+    assert judge(slid, identity=ID, ours=mine, now=NOW + 30, **POLICY) is None
     # Two leaders at once: the older of their two tokens never replaces the newer.
     assert judge(Shared(ID, mine, "b"), identity=ID, ours=newer.token, now=NOW, **POLICY) == NOT_NEWER
     # Ours has expired: any valid, fresh token is better.

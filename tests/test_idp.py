@@ -5,9 +5,12 @@ fingerprints."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import requests
 
 from tokend.core.tokens import fingerprint
 
@@ -46,6 +49,12 @@ def test_the_standalone_idp_serves_tokend_and_prints_fingerprints_only(tmp_path:
         SECRETS.add(token)
         line = idp.stdout.readline()
         assert " 200 client-1 client_credentials " in f" {line}" and fingerprint(token) in line, line
+        # What a client sends as its id or grant is printed only when it is a known one:
+        # a token pasted into the wrong field must not end up on the screen.
+        stray = requests.post(url, data={"grant_type": token, "client_id": token}, timeout=10)
+        assert stray.status_code == 401
+        line += idp.stdout.readline()
+        assert "(unknown client) (other grant) -" in line and token not in line, line
     finally:
         idp.send_signal(signal.SIGTERM)
         out, err = idp.communicate(timeout=10)
@@ -62,3 +71,21 @@ def test_a_client_without_a_secret_is_a_usage_error() -> None:
         timeout=30,
     )
     assert result.returncode == 2 and "--client wants ID=SECRET" in result.stderr
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tokend.devtools.idp", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+        )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"python -m tokend.devtools.idp: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

@@ -386,3 +386,50 @@ def test_a_removed_credentials_sinks_go_only_once_its_run_in_flight_has_ended(
     jobs.run_until(clock.monotonic())
     assert len(idp.seen) == 1  # the run went on and wrote its sink...
     assert removed == ["api"] and not sink.exists()  # ...which was removed once it ended
+
+
+def test_a_sink_a_current_credential_writes_survives_the_cleanup_of_a_removed_one(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    """A reload renamed a credential (same remove_on_stop sink) while the old one's run was
+    in flight: the new one wrote the sink, then the old one's deferred cleanup deleted it,
+    for most of a token's life. The cleanup keeps every sink a current credential writes."""
+    from tokend.daemon.reloader import Reloader
+
+    sink = tmp_path / "out" / "shared.token"
+
+    def sinks(name: str) -> str:
+        return f'[[credentials.{name}.sink]]\npath = "{sink}"\nremove_on_stop = true\n'
+
+    old = load(write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks("api"))))
+    (tmp_path / "new").mkdir()
+    renamed = credential_toml(idp.url, tmp_path, name="api2", sinks=sinks("api2"))
+    new = load(write_config(tmp_path / "new", renamed))
+    clock = FakeClock()
+    jobs = ManualJobs(clock)
+    reloaded: list[bool] = []
+
+    def reload_comes_in_flight() -> TokenClient:  # in api's run, before its request
+        if not reloaded:
+            reloaded.append(True)
+            plan = Reloader(environ={}, touched=lambda: None).apply(runner, old, new, set())
+            assert plan.removed == ("api",) and plan.added == ("api2",), plan
+            runner.run("api2", runner.slots["api2"].generation, False, True)  # another worker
+            assert sink.exists()
+        return TokenClient(clock=clock.time)
+
+    runner = Runner(
+        jobs,
+        Observer(),
+        cache=TokenCache(old.state_dir),
+        clock=clock,
+        rng=random.Random(1),
+        environ={},
+        on_ran=lambda name, first: None,
+        client_factory=reload_comes_in_flight,
+    )
+    runner.add(old.credentials["api"])
+    jobs.run_until(clock.monotonic())  # api's run ends: its cleanup runs now
+    assert reloaded and sink.exists()
+    next_run = jobs.next_at("api2")
+    assert next_run is not None and next_run > clock.monotonic() + 60  # nobody would rewrite it soon

@@ -222,7 +222,12 @@ def supervise(
     try:
         refresher = Refresher(cred, cache)
         first = refresher.refresh(client)
-        if first.token is not None and not first.fetched and starts_due(first.token, cred, time.time()):
+        if (
+            first.token is not None
+            and not first.fetched
+            and not first.request_failed
+            and starts_due(first.token, cred, time.time())
+        ):
             # Cached, but inside its jitter window: the runner would replace it within
             # seconds and restart the program it just started. Start it with a new one.
             again = refresher.refresh(client, force=True)

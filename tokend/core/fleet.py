@@ -109,6 +109,8 @@ def localize(shared: Shared, now: float, *, ttl: float | None = None) -> Shared:
 
 
 NOT_NEWER = "it is not newer than ours"
+READ_BACK_SLACK = 1.0
+"""Our own token read back (PTTL) may come out this much later: still ours."""
 
 
 def judge(
@@ -138,7 +140,13 @@ def judge(
     if (
         ours is not None
         and policy.is_valid(ours, now)
-        and (token.access_token == ours.access_token or token.expires_at <= ours.expires_at)
+        and (
+            token.expires_at <= ours.expires_at
+            or (
+                token.access_token == ours.access_token
+                and token.expires_at <= ours.expires_at + READ_BACK_SLACK
+            )
+        )
     ):
         # First: the usual answer (our own token, read back), said quietly. The same token
         # read back by GET may come out a few ms "later" (its PTTL against the time left

@@ -63,7 +63,7 @@ class Reloader:
         """Start, stop and replace slots as the plan says; returns the plan."""
         plan = plan_reload(old.credentials, new.credentials, changed_files)
         for name in plan.removed:
-            runner.remove(name, then=lambda cred: remove_sink_files(cred, keep=()))
+            runner.remove(name, then=lambda cred: remove_sink_files(cred, keep=runner.sinks_in_use()))
             log.info("%s: removed from the config; stopped", name)
         for name in plan.added:
             runner.add(new.credentials[name])

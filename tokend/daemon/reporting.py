@@ -139,7 +139,7 @@ class EventLog(Observer):
                 "event": "refresh",
                 "credential": cred.name,
                 "outcome": str(attempt.result),
-                "origin": attempt.origin,
+                "origin": attempt.origin if attempt.token is not None else None,
                 "duration_ms": round(attempt.duration * 1000),
                 "next_refresh": next_refresh,
                 "token": status.token_fingerprint,

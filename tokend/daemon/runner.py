@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tokend.config import ConfigError, CredentialConfig
+from tokend.config import ConfigError, CredentialConfig, SinkConfig
 from tokend.core import policy
 from tokend.core.fleet import Role, follow_deadline, jitter_for
 from tokend.core.health import CredentialStatus
@@ -140,6 +140,10 @@ class Runner:
         self.observers.credential_removed(name)
         return slot
 
+    def sinks_in_use(self) -> tuple[SinkConfig, ...]:
+        """Every sink a current slot writes (a removed credential's cleanup keeps them)."""
+        return tuple(sink for slot in list(self.slots.values()) for sink in slot.cred.sinks)
+
     def forget_when_idle(self, slot: Slot) -> None:
         """Tell the source a removed credential is gone, once no run of it is in flight:
         a run still going would reach the fleet's ``offer()`` after ``forget()`` and put
@@ -153,11 +157,11 @@ class Runner:
                 slot.forgotten = True
                 if name not in self.slots:  # not added again since: a new slot owns the name
                     self.source.forget(name)
-                    if slot.then is not None:
-                        try:
-                            slot.then(slot.cred)
-                        except Exception:  # a cleanup must never cost the run's thread
-                            log.exception("%s: cleaning up after its removal failed", name)
+                if slot.then is not None:  # it keeps the sinks a current slot writes
+                    try:
+                        slot.then(slot.cred)
+                    except Exception:  # a cleanup must never cost the run's thread
+                        log.exception("%s: cleaning up after its removal failed", name)
         finally:
             slot.lock.release()
 

@@ -204,14 +204,26 @@ def main(argv: list[str] | None = None) -> int:
 
     def show(event: IdpEvent) -> None:
         token = fingerprint(event.access_token) if event.access_token else "-"
+        who = event.client_id if event.client_id in clients else "(unknown client)"
+        grant = (
+            event.grant_type
+            if event.grant_type in ("client_credentials", "refresh_token")
+            else "(other grant)"
+        )
         print(
-            f"{time.strftime('%H:%M:%S')} {event.status} {event.client_id} {event.grant_type} {token}",
+            f"{time.strftime('%H:%M:%S')} {event.status} {who} {grant} {token}",
             flush=True,
         )
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with IdentityProvider(clients, lifetime=args.lifetime, port=args.port, on_event=show) as idp:
+    try:
+        provider = IdentityProvider(clients, lifetime=args.lifetime, port=args.port, on_event=show)
+    except OSError as exc:  # the port is taken, most likely
+        parser.exit(
+            1, f"python -m tokend.devtools.idp: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}\n"
+        )
+    with provider as idp:
         print(
             f"token endpoint {idp.url}, {args.lifetime}-second tokens, clients: {', '.join(clients)}",
             flush=True,
