@@ -447,8 +447,14 @@ def test_a_token_from_redis_is_used_only_if_unexpired_and_sealed_with_our_secret
     started = [daemons(c, c.parent) for c in configs]
     wait_for(lambda: all(read_token(sink_of(c)) is not None for c in configs), 20, "every sink to fill")
     assert read_token(sink_of(configs[0])) == "tok-shared-fresh"
-    expiry = status_of(configs[0])["credentials"]["api"]["expires_at"]  # type: ignore[index]
-    assert isinstance(expiry, float) and expiry < now + 46, expiry - now  # the key's PTTL, not its stamp
+
+    def status_expiry() -> object:  # status.json is written after the sinks: wait for it
+        creds = status_of(configs[0]).get("credentials")
+        return creds.get("api", {}).get("expires_at") if isinstance(creds, dict) else None
+
+    wait_for(status_expiry, 5, "the status file's record of the shared token")
+    expiry = status_expiry()
+    assert isinstance(expiry, float) and expiry < now + 46, (expiry, now)  # the key's PTTL, not its stamp
     assert read_token(sink_of(configs[1])) not in (None, "tok-shared-expired")
     assert read_token(sink_of(configs[2])) not in (None, "tok-shared-other")
     asked = sorted(seen.params.get("client_id") or (seen.basic_auth or ("", ""))[0] for seen in idp.seen)
