@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -39,15 +38,13 @@ from tokend.core.fleet import (
 from tokend.core.tokens import Token
 from tokend.daemon.fleet import Fleet
 from tokend.daemon.refresher import Refresher
-from tokend.daemon.reporting import Observer
-from tokend.daemon.runner import Runner
 from tokend.daemon.token_source import ASK, Offer, TokenSource
 from tokend.io.cache import TokenCache, cache_key
 from tokend.io.fleet_crypto import MAGIC, Undecryptable, key_material, seal, unseal
 from tokend.io.fleet_store import DRAIN_MESSAGES, FleetStore, TooLarge
 from tokend.io.token_client import TokenClient
 
-from .support.clock import FakeClock, ManualJobs
+from .support.clock import FakeClock, ManualJobs, runner_on
 from .support.configs import credential_toml, write_config
 from .support.endpoint import SECRETS, TokenEndpoint
 from .support.processes import DaemonProcess, Start, clean_env, run_tokend, wait_for
@@ -799,17 +796,7 @@ def test_a_token_asked_for_after_waiting_for_the_leader_is_due_from_after_the_wa
         config = load(write_config(home, credential_toml(idp.url, home)))
         clock = FakeClock()
         jobs = ManualJobs(clock)
-        runner = Runner(
-            jobs,
-            Observer(),
-            cache=TokenCache(config.state_dir),
-            clock=clock,
-            rng=random.Random(1),
-            environ={},
-            on_ran=lambda name, first: None,
-            client_factory=lambda: TokenClient(clock=clock.time),
-            source=WaitingSource(clock, wait),
-        )
+        runner = runner_on(jobs, config.state_dir, source=WaitingSource(clock, wait))
         runner.add(config.credentials["api"])
         jobs.run_until(clock.monotonic())
         at = jobs.next_at("api")

@@ -26,7 +26,7 @@ from tokend.io.cache import TokenCache, cache_key
 from tokend.io.fleet_store import FleetStore
 from tokend.io.token_client import TokenClient
 
-from .support.clock import FakeClock, ManualJobs
+from .support.clock import FakeClock, ManualJobs, runner_on
 from .support.configs import credential_toml, write_config
 from .support.endpoint import Seen, TokenEndpoint, answer
 from .support.redis import RedisServer
@@ -325,17 +325,7 @@ def test_a_credential_removed_while_its_run_is_in_flight_keeps_no_lease(
         runner.remove("api")
         return TokenClient(clock=clock.time)
 
-    runner = Runner(
-        jobs,
-        Observer(),
-        cache=TokenCache(config.state_dir),
-        clock=clock,
-        rng=random.Random(1),
-        environ={},
-        on_ran=lambda name, first: None,
-        client_factory=reload_comes_in_flight,
-        source=fleet,
-    )
+    runner = runner_on(jobs, config.state_dir, client_factory=reload_comes_in_flight, source=fleet)
     try:
         runner.add(config.credentials["api"])
         jobs.run_until(clock.monotonic())
@@ -372,16 +362,7 @@ def test_a_removed_credentials_sinks_go_only_once_its_run_in_flight_has_ended(
         assert removed == []  # not while the run is in flight
         return TokenClient(clock=clock.time)
 
-    runner = Runner(
-        jobs,
-        Observer(),
-        cache=TokenCache(config.state_dir),
-        clock=clock,
-        rng=random.Random(1),
-        environ={},
-        on_ran=lambda name, first: None,
-        client_factory=reload_comes_in_flight,
-    )
+    runner = runner_on(jobs, config.state_dir, client_factory=reload_comes_in_flight)
     runner.add(config.credentials["api"])
     jobs.run_until(clock.monotonic())
     assert len(idp.seen) == 1  # the run went on and wrote its sink...
@@ -418,16 +399,7 @@ def test_a_sink_a_current_credential_writes_survives_the_cleanup_of_a_removed_on
             assert sink.exists()
         return TokenClient(clock=clock.time)
 
-    runner = Runner(
-        jobs,
-        Observer(),
-        cache=TokenCache(old.state_dir),
-        clock=clock,
-        rng=random.Random(1),
-        environ={},
-        on_ran=lambda name, first: None,
-        client_factory=reload_comes_in_flight,
-    )
+    runner = runner_on(jobs, old.state_dir, client_factory=reload_comes_in_flight)
     runner.add(old.credentials["api"])
     jobs.run_until(clock.monotonic())  # api's run ends: its cleanup runs now
     assert reloaded and sink.exists()

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from tokend.daemon.reporting import Observer
+from tokend.daemon.runner import Runner
+from tokend.daemon.token_source import STANDALONE, TokenSource
+from tokend.io.cache import TokenCache
+from tokend.io.token_client import TokenClient
 
 
 class FakeClock:
@@ -85,3 +93,26 @@ class ManualJobs:
 
     def run_for(self, seconds: float) -> int:
         return self.run_until(self.clock.monotonic() + seconds)
+
+
+def runner_on(
+    jobs: ManualJobs,
+    state_dir: Path,
+    *,
+    client_factory: Callable[[], TokenClient] | None = None,
+    source: TokenSource = STANDALONE,
+    observer: Observer | None = None,
+) -> Runner:
+    """The daemon's Runner on the fake clock of ``jobs``, with a fixed random source."""
+    clock = jobs.clock
+    return Runner(
+        jobs,
+        observer or Observer(),
+        cache=TokenCache(state_dir),
+        clock=clock,
+        rng=random.Random(1),
+        environ={},
+        on_ran=lambda name, first: None,
+        client_factory=client_factory or (lambda: TokenClient(clock=clock.time)),
+        source=source,
+    )
