@@ -139,14 +139,16 @@ def _demo(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         description="Start an identity provider on 127.0.0.1 and the daemon, "
         "writing rotating tokens into ./tokend-demo/.",
     )
+    from tokend.devtools.arguments import duration, whole_number
+
     demo.add_argument("--dir", type=Path, default=Path("tokend-demo"), help="where to write")
-    demo.add_argument("--lifetime", type=int, default=15, help="token lifetime in seconds")
+    demo.add_argument("--lifetime", type=whole_number(1, 86400), default=15, help="token lifetime in seconds")
     demo.add_argument(
         "--for",
         dest="duration",
-        type=float,
+        type=duration,
         metavar="SECONDS",
-        help="stop after this long (default: until Ctrl-C)",
+        help='stop after this long, in seconds or as "2m" (default: until Ctrl-C)',
     )
 
 

@@ -39,6 +39,7 @@ class Attempt:
     result: Result = Result.SUCCESS
     fetched: bool = False  # a new token came from the identity provider
     origin: str = "cache"  # where the token came from: "idp", "fleet" (its leader) or "cache"
+    waited: float = 0.0  # seconds spent waiting for the fleet's leader before any request
     error: str | None = None  # why it failed, one line, no secret in it
     error_code: str | None = None  # the server's OAuth error code, if it sent one
     retry_after: float | None = None

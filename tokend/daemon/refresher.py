@@ -27,7 +27,7 @@ log = logging.getLogger("tokend.refresher")
 
 
 class Refresher:
-    __slots__ = ("cache", "clock", "cred", "environ", "origin", "source", "waited")
+    __slots__ = ("cache", "clock", "cred", "environ", "source")
 
     def __init__(
         self,
@@ -43,8 +43,6 @@ class Refresher:
         self.environ = environ
         self.clock = clock
         self.source = source  # where a due token may come from before the IdP (fleet mode)
-        self.origin = "cache"  # where the last refresh's token came from: cache, idp or fleet
-        self.waited = 0.0  # seconds the last refresh waited for the fleet's leader
 
     def refresh(
         self,
@@ -74,10 +72,10 @@ class Refresher:
             ours = entry.token if entry is not None else None
             due = force or ours is None or not self.is_fresh(ours, now, fresh_until)
             offer = self.source.offer(cred, key, ours, now, due=due)
-            self.origin, self.waited = "cache", offer.waited
+            origin = "cache"  # where the token came from: cache, idp or fleet
             token: Token | None
             if offer.token is not None:  # a newer token from the fleet's leader
-                token, self.origin = offer.token, "fleet"
+                token, origin = offer.token, "fleet"
                 self.remember(
                     key,
                     CacheEntry(offer.token, entry.wire, entry.auth) if entry else CacheEntry(offer.token),
@@ -131,7 +129,7 @@ class Refresher:
                     self.source.failed(cred, key)
                     raise
                 else:
-                    token, fetched, self.origin = answer.token, True, "idp"
+                    token, fetched, origin = answer.token, True, "idp"
                     log.debug(
                         "%s: new token %s, valid %ds until %s",
                         cred.name,
@@ -150,11 +148,16 @@ class Refresher:
                         log.warning("%s: %s", cred.name, exc)
                     self.source.obtained(cred, key, token)  # fleet mode: the leader publishes it
 
-        if token is None or not write_sinks:
-            return attempt_of(cred.name, token, fetched, request_error, origin=self.origin)
-        written, errors = self.write_sinks(token)
+        written, errors = self.write_sinks(token) if token is not None and write_sinks else (0, [])
         return attempt_of(
-            cred.name, token, fetched, request_error, tuple(map(str, errors)), written, origin=self.origin
+            cred.name,
+            token,
+            fetched,
+            request_error,
+            tuple(map(str, errors)),
+            written,
+            origin=origin,
+            waited=offer.waited,
         )
 
     def remember(self, key: str, entry: CacheEntry, client_id: str) -> None:
@@ -197,6 +200,7 @@ def attempt_of(
     sinks_written: int = 0,
     *,
     origin: str = "cache",
+    waited: float = 0.0,
 ) -> Attempt:
     """The one record of what happened: a failed request outranks failed sinks."""
     if request_error is not None:
@@ -212,6 +216,7 @@ def attempt_of(
         result,
         fetched=fetched,
         origin="idp" if fetched else origin,
+        waited=waited,
         error=error,
         error_code=request_error.error if request_error is not None else None,
         retry_after=request_error.retry_after if request_error is not None else None,

@@ -255,7 +255,7 @@ class Runner:
         # made in wall time (the policy's frame), anchored to the monotonic clock.
         now, now_mono = clock.time(), clock.monotonic()
         token = attempt.token
-        received = slot.refresher.origin == "fleet"
+        received = attempt.origin == "fleet"
         role = self.source.role(cred.name)
         if token is not None and (attempt.fetched or received or slot.due_mono is None):
             due = policy.refresh_due_at(
@@ -277,7 +277,7 @@ class Runner:
             # A new token's life counts from its request, by the monotonic clock (the wall
             # clock may step while the request is out); a cached one's only from the wall.
             # A wait for the fleet's leader came before the request: not part of the token's life.
-            asked = started + slot.refresher.waited
+            asked = started + attempt.waited
             slot.due_mono = asked + (due - token.obtained_at) if attempt.fetched else now_mono + (due - now)
         due_at = None if slot.due_mono is None else now + (slot.due_mono - now_mono)
         failed = attempt.result is not Result.SUCCESS

@@ -184,10 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     from tokend.core.tokens import fingerprint
+    from tokend.devtools.arguments import whole_number
 
     parser = argparse.ArgumentParser(prog="python -m tokend.devtools.idp", description=main.__doc__)
-    parser.add_argument("--port", type=int, default=0, help="on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--lifetime", type=int, default=15, help="seconds a token lives (default: 15)")
+    parser.add_argument(
+        "--port", type=whole_number(0, 65535), default=0, help="on 127.0.0.1 (default: a free one)"
+    )
+    parser.add_argument(
+        "--lifetime", type=whole_number(1, 86400), default=15, help="seconds a token lives (default: 15)"
+    )
     parser.add_argument(
         "--client",
         action="append",
@@ -196,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         help="a client it knows (repeatable; default: demo=demo-secret)",
     )
     args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535 or not 1 <= args.lifetime <= 86400:
-        parser.error("--port is 0 to 65535, --lifetime 1 to 86400 seconds")
     if any("=" not in c or c.startswith("=") or c.endswith("=") for c in args.client):
         parser.error("--client wants ID=SECRET")
     clients = dict(c.split("=", 1) for c in args.client) or {"demo": "demo-secret"}
