@@ -9,6 +9,7 @@ for in everything tokend prints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import urllib.request
@@ -22,7 +23,7 @@ import pytest
 
 from tokend.config import ConfigError, parse
 from tokend.core.protocol import ASSERTION_TYPE, KeyMismatch, signing_alg
-from tokend.io.assertion import public_key_fingerprint, signing_key
+from tokend.io.assertion import signing_key
 
 from .support.configs import credential_toml, write_config
 from .support.endpoint import SECRETS, TokenEndpoint
@@ -361,7 +362,12 @@ def test_the_assertion_claims_and_header(tmp_path: Path) -> None:
     assert claims["iss"] == claims["sub"] == "c1"
     assert 0 < claims["exp"] - claims["iat"] <= 300 and claims["iat"] == 1_000_000
     assert claims["jti"] != jwt.decode(two, options={"verify_signature": False})["jti"]  # fresh each time
-    assert public_key_fingerprint(cred, {}) == signer.fingerprint and len(signer.fingerprint) == 64
+    from cryptography.hazmat.primitives import serialization
+
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert signer.fingerprint == hashlib.sha256(spki).hexdigest()  # of the public key: safe to log
     assert "BEGIN" not in repr(signer)
     assert ASSERTION_TYPE == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

@@ -192,25 +192,6 @@ def _fingerprint_of(public_key: Any) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def public_key_fingerprint(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -> str | None:
-    """The public key's fingerprint (SHA-256 of its SubjectPublicKeyInfo, hex) for a
-    key-based credential: the private_key_jwt key, else the TLS client certificate's key;
-    None for a credential authenticated by a client secret. Read now; raises ConfigError.
-
-    For fleet mode's encryption key: every host of a fleet holds the same key pair. Note
-    that a public key is, well, public (a JWKS publishes it): key material derived from it
-    alone protects nothing against whoever has seen the JWKS; see :func:`private_key_digest`.
-    """
-    import os
-
-    environ = os.environ if environ is None else environ
-    if cred.private_key is not None:
-        return _fingerprint_of(load_private_key(cred, environ).public_key())
-    if cred.tls_cert_file is not None:
-        return tls_identity(cred).fingerprint
-    return None
-
-
 def private_key_digest(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -> bytes | None:
     """SHA-256 of the private key itself (PKCS#8 DER) of a key-based credential, or None:
     the same on every host with the key, and known only to them. Secret: never log it."""
