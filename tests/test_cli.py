@@ -198,6 +198,31 @@ def test_check_lists_every_path_problem(idp: TokenEndpoint, tmp_path: Path) -> N
     assert "credentials.api.sink[1].owner" in lines[1] and "no such user" in lines[1]
 
 
+def test_a_token_of_an_unknown_type_is_refused_unless_the_config_names_its_type(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    """idpyoidc 5.0.0 answers token_type "access_token": copied into a header sink that is
+    "Authorization: access_token …", which resource servers refuse. Refused, and said so
+    by check --online; token_type = "Bearer" takes it as what it is."""
+    sinks = f'[[credentials.api.sink]]\npath = "{tmp_path}/out/api.header"\nformat = "header"\n'
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=sinks))
+    mislabelled = {"access_token": "tok-m", "token_type": "access_token", "expires_in": 300}
+    idp.then(200, mislabelled)
+    online = run_tokend("check", "--online", "-c", config, tmp=tmp_path)
+    assert online.returncode == 1
+    assert "token_type 'access_token' is not one tokend understands" in online.stderr
+    idp.then(200, mislabelled)
+    assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 1
+    assert not (tmp_path / "out" / "api.header").exists()
+
+    config = write_config(
+        tmp_path, credential_toml(idp.url, tmp_path, extra='token_type = "Bearer"', sinks=sinks)
+    )
+    idp.then(200, mislabelled)
+    assert run_tokend("fetch", "-c", config, tmp=tmp_path).returncode == 0
+    assert (tmp_path / "out" / "api.header").read_text() == "Authorization: Bearer tok-m\n"
+
+
 def test_no_secret_or_token_in_any_log(idp: TokenEndpoint, tmp_path: Path) -> None:
     idp.refresh_tokens = True
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=all_sink_formats(tmp_path)))
@@ -245,6 +270,23 @@ def test_check_does_not_echo_a_secret_pasted_into_the_config(idp: TokenEndpoint,
         assert result.returncode == ExitCode.CONFIG
         assert_one_line_error(result, key)
         assert PASTED not in result.stdout + result.stderr
+
+
+def test_check_never_prints_a_token_urls_query_string(idp: TokenEndpoint, tmp_path: Path) -> None:
+    """Some endpoints are configured with the secret in the query (a bad habit, but real):
+    ``check`` and ``check --online`` show the URL without its query, whether it works or not."""
+    SECRETS.add(PASTED)
+    block = credential_toml(idp.url, tmp_path)
+    config = write_config(tmp_path, block.replace(idp.url, f"{idp.url}?client_secret={PASTED}&x=1"))
+    for args in (["check"], ["check", "--online"]):
+        result = run_tokend(*args, "-c", config, tmp=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"{idp.url}?…" in result.stdout
+        assert PASTED not in result.stdout + result.stderr
+    idp.then(401, {"error": "invalid_client"})
+    failed = run_tokend("check", "--online", "-c", config, tmp=tmp_path)
+    assert failed.returncode == 1 and f"{idp.url}?…: invalid_client" in failed.stderr
+    assert PASTED not in failed.stdout + failed.stderr
 
 
 def test_a_reload_rejecting_a_pasted_secret_echoes_it_nowhere(

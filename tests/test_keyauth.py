@@ -289,6 +289,7 @@ def test_an_unparseable_key_is_a_one_line_config_error(tmp_path: Path) -> None:
     broken = pem[: len(pem) // 2] + pem[len(pem) // 2 + 40 :]  # a PEM with a piece cut out
     key_file = tmp_path / "idp.key"
     key_file.write_text(broken)
+    key_file.chmod(0o600)
     SECRETS.add(pem, broken, *broken.splitlines()[1:-1])
     path = key_config(
         tmp_path, where='token_url = "https://idp.example.com/token"', client_id="c", key=key_file
@@ -296,6 +297,22 @@ def test_an_unparseable_key_is_a_one_line_config_error(tmp_path: Path) -> None:
     result = run_tokend("check", "-c", path, tmp=tmp_path)
     assert result.returncode == 78
     assert_one_line_error(result, "credentials.idp.private_key_file", str(key_file), "not a PEM private key")
+
+
+def test_a_private_key_readable_by_others_is_refused_naming_the_file_and_its_mode(tmp_path: Path) -> None:
+    """As OpenSSH refuses such a key: any local user could sign as the client. Judged on the
+    file opened, so a 0600 key reached through a symlink is used, a 0644 one is not."""
+    key_file = write_key(tmp_path / "idp.key", make_key("ec"))
+    link = tmp_path / "current.key"
+    link.symlink_to(key_file)
+    path = key_config(tmp_path, where='token_url = "https://idp.example.com/token"', client_id="c", key=link)
+    assert run_tokend("check", "-c", path, tmp=tmp_path).returncode == 0
+    key_file.chmod(0o644)
+    result = run_tokend("check", "-c", path, tmp=tmp_path)
+    assert result.returncode == 78
+    assert_one_line_error(
+        result, "credentials.idp.private_key_file", str(link), "readable by others (mode 0644)", "chmod 600"
+    )
 
 
 def test_an_alg_that_does_not_fit_the_key_is_a_one_line_config_error(tmp_path: Path) -> None:
@@ -413,6 +430,7 @@ def test_a_certificate_after_the_key_gives_its_thumbprints(tmp_path: Path) -> No
     SECRETS.add(pem)
     key_file = tmp_path / "k.pem"
     key_file.write_text(pem + cert_pem(cert))
+    key_file.chmod(0o600)
     text = (
         '[credentials.a]\ntoken_url = "https://login.example/t"\nclient_id = "c1"\n'
         f'client_auth = "private_key_jwt"\nprivate_key_file = "{key_file}"\nsigning_alg = "PS256"\n'
@@ -466,6 +484,7 @@ def test_each_client_certificate_gets_its_own_token_and_a_replaced_one_a_new_one
                 f'tls_cert_file = "{tmp_path}/{name}.crt"\ntls_key_file = "{tmp_path}/{name}.key"\n'
             )
             (tmp_path / f"{name}.key").write_bytes(key.read_bytes())
+            (tmp_path / f"{name}.key").chmod(0o600)
             blocks.append(
                 credential_toml(f"https://127.0.0.1:{front.port}/connect/token", tmp_path, name, extra)
             )

@@ -360,6 +360,8 @@ MALFORMED = [
     (b'{"access_token": "a", "expires_in": "soon"}', "expires_in"),
     (b'{"access_token": "a", "expires_in": 1000000000000}', "expires_in"),
     (b'{"access_token": "a", "token_type": "two words"}', "token_type"),
+    (b'{"access_token": "a", "token_type": "access_token"}', "token_type 'access_token' is not one"),
+    (b'{"access_token": "a", "token_type": "mac"}', 'set token_type = "Bearer"'),
 ]
 MALFORMED_IDS = [m[1] + str(i) for i, m in enumerate(MALFORMED)]
 NOT_SECONDS: list[object] = ["²", "٣", " 12 3", True, float("nan"), 10**30]
@@ -371,6 +373,16 @@ def test_malformed_success_bodies_are_not_retried(raw: bytes, fragment: str) -> 
         parse_token(raw)
     assert not info.value.retryable
     assert str(info.value).startswith("malformed token response (HTTP 200)")
+
+
+def test_a_mislabelled_type_is_taken_as_the_configured_one_only_when_asked() -> None:
+    """RFC 6749 §7.1: a token of a type the client does not understand is not used; an
+    operator who knows the server mislabels Bearer tokens says so with token_type."""
+    body = b'{"access_token": "a", "token_type": "access_token"}'
+    token = parse_token_response(body, sent_at=NOW, default_expires_in=60, assume_token_type="Bearer")
+    assert token.token_type == "Bearer"
+    assert parse_token(b'{"access_token": "a", "token_type": "BEARER"}').token_type == "Bearer"
+    assert parse_token(b'{"access_token": "a"}').token_type == "Bearer"  # omitted: RFC 6750's
 
 
 @pytest.mark.parametrize("value", NOT_SECONDS)

@@ -259,6 +259,7 @@ CHANGES: dict[str, Any] = {  # a different value for every field of a credential
     "min_ttl_margin": 5.0,
     "default_expires_in": 60.0,
     "timeout": 3.0,
+    "token_type": "Bearer",
     "ca_bundle": Path("/etc/ssl/other.pem"),
     "allow_insecure_http": True,
     "issuer": "https://other.example.com",
@@ -311,6 +312,8 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "extra_params",
         "use_refresh_token",
         "default_expires_in",
+        # how the answer is read
+        "token_type",
     }
     assert refetch == REFETCH_FIELDS
     others = {f.name for f in dataclasses.fields(CredentialConfig)} - REFETCH_FIELDS

@@ -301,6 +301,50 @@ def test_a_template_file_that_is_not_a_small_utf8_file_tokend_alone_controls_is_
     assert config.credentials["api"].sinks[0].template_text == "password ${access_token}\n"
 
 
+FLIPPER = """
+import os, sys, time
+link, a, b, end = sys.argv[1], sys.argv[2], sys.argv[3], time.monotonic() + float(sys.argv[4])
+tmp = link + ".new"
+while time.monotonic() < end:
+    for target in (a, b):
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+"""
+
+
+def test_a_template_symlink_flipped_to_the_secret_while_loading_never_renders_it(tmp_path: Path) -> None:
+    """An attacker who may edit a template in a shared directory flips its symlink between
+    a harmless template and the client secret's file, as fast as a process can, while the
+    config is loaded again and again: the file judged is the file read, so every load has
+    the harmless text or is refused, and the secret is never the template."""
+    import subprocess
+    import sys
+
+    harmless = tmp_path / "harmless.tmpl"
+    harmless.write_text("password ${access_token}\n")
+    link = tmp_path / "api.tmpl"
+    link.symlink_to(harmless)
+    config = template_config(
+        tmp_path, sink_toml(tmp_path, f'template_file = "{link}"\nallow_shared_dir = true\n')
+    )
+    secret = tmp_path / "api.secret"  # written by template_config: s3cret-value
+    flipper = subprocess.Popen([sys.executable, "-c", FLIPPER, str(link), str(harmless), str(secret), "20"])
+    texts: set[str] = set()
+    refused = 0
+    try:
+        for _ in range(1500):
+            try:
+                texts.add(load(config).credentials["api"].sinks[0].template_text or "")
+            except ConfigError as exc:
+                assert "s3cret" not in str(exc)
+                refused += 1
+    finally:
+        flipper.kill()
+        flipper.wait(timeout=20)
+    assert texts <= {"password ${access_token}\n"}, "the secret file was read as the template"
+    assert refused > 0, "the flipper never had the secret in place at a load: the test proves nothing"
+
+
 def test_a_wrong_file_as_template_is_never_quoted_into_the_error(tmp_path: Path) -> None:
     """An operator who points template_file at a password hash or a key by mistake gets an
     error that says where, not what: at most a "$" and one character, or a short name."""

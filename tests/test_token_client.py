@@ -553,6 +553,7 @@ def test_an_assertion_the_server_echoes_is_scrubbed_and_each_request_signs_anew(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     (tmp_path / "k.pem").write_bytes(pem)
+    (tmp_path / "k.pem").chmod(0o600)
     c = dataclasses.replace(
         cred(idp.url),
         client_auth="private_key_jwt",

@@ -23,6 +23,7 @@ from tokend.config import (
     default_env_name,
     load,
     locate_state_dir,
+    shown_url,
 )
 from tokend.core.exit_codes import ExitCode
 from tokend.core.tokens import Token
@@ -358,7 +359,7 @@ def cmd_check(config: Config, *, online: bool) -> int:
         return ExitCode.CONFIG
     for cred in config.credentials.values():
         print(
-            f"ok: {cred.name}: {cred.token_url or f'issuer {cred.issuer}'} "
+            f"ok: {cred.name}: {shown_url(cred.token_url) if cred.token_url else f'issuer {cred.issuer}'} "
             f"({cred.request_format}, {cred.client_auth}), "
             f"{len(cred.sinks)} sink{'s' if len(cred.sinks) != 1 else ''}"
         )
@@ -442,7 +443,8 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str | None]]) -> 
                     cred, client_id=client_id, client_secret=secret, state_dir=config.state_dir
                 )
             except TokenRequestError as exc:
-                print(f"tokend: {cred.name}: {cred.token_url or cred.issuer}: {exc}", file=sys.stderr)
+                url = shown_url(cred.token_url or cred.issuer or "")
+                print(f"tokend: {cred.name}: {url}: {exc}", file=sys.stderr)
                 worst = max(worst, ExitCode.FAILED)
                 continue
             except ConfigError as exc:  # discovery refused the issuer's metadata
@@ -505,7 +507,8 @@ def show_discovery(client: TokenClient, cred: CredentialConfig, state_dir: Path)
     endpoint = found.endpoint(mtls=keys.tls is not None)
     methods = ", ".join(found.auth_methods) if found.auth_methods is not None else "not listed"
     print(
-        f"discovered: {cred.name}: issuer {found.issuer}: token endpoint {endpoint}; auth methods: {methods}"
+        f"discovered: {cred.name}: issuer {found.issuer}: "
+        f"token endpoint {shown_url(endpoint)}; auth methods: {methods}"
     )
     for warning in discovery_warnings(found, cred.client_auth, keys.signer.alg if keys.signer else None):
         print(f"tokend: warning: {cred.name}: {warning}", file=sys.stderr)

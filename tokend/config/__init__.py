@@ -12,6 +12,7 @@ from tokend.config.kinds import (
     default_env_name,
     parse_duration,
     parse_mode,
+    shown_url,
 )
 from tokend.config.parse import (
     MAX_CONFIG_BYTES,
@@ -74,4 +75,5 @@ __all__ = [
     "parse_duration",
     "parse_mode",
     "schema",
+    "shown_url",
 ]

@@ -348,6 +348,21 @@ def check_token_url(url: str, *, allow_insecure_http: bool) -> None:
         )
 
 
+def shown_url(url: str) -> str:
+    """A URL as tokend prints it: no user or password, and no query or fragment (a query
+    may carry ``client_secret=…``; which parameter is harmless is not ours to guess), an
+    ellipsis where they were."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a URL that cannot be shown)"
+    host = f"[{host}]" if ":" in host else host
+    tail = "?…" if parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{tail}"
+
+
 def default_env_name(credential: str) -> str:
     return re.sub(r"[^A-Z0-9_]", "_", credential.upper()) + "_ACCESS_TOKEN"
 

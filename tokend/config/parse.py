@@ -54,7 +54,16 @@ from tokend.config.schema import (
 )
 from tokend.core.templates import MAX_TEMPLATE_BYTES, TemplateError
 from tokend.core.templates import check as check_template
-from tokend.io.files import read_regular, read_small, trusted_uids, unsafe_directory_chain, untrusted_writer
+from tokend.io.files import (
+    OpenedFile,
+    UnreadableFile,
+    kernel_file,
+    read_regular,
+    read_small,
+    trusted_uids,
+    unsafe_directory_chain,
+    untrusted_writer,
+)
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -488,9 +497,6 @@ def check_sink_paths(
             )
 
 
-KERNEL_TREES = ("/proc", "/sys", "/dev")  # their "files" are the host's state, never a template
-
-
 def read_template_files(
     file: Path,
     credentials: Mapping[str, CredentialConfig],
@@ -531,33 +537,52 @@ def read_template_files(
 
 
 def _template_text(path: Path, protected: Protected, written: set[str], state: str, shared: bool) -> str:
-    """The checked text of one template file; ValueError says why not."""
-    real = os.path.realpath(path)
-    if (what := protected_as(protected, path)) is not None:
-        raise ValueError(f"is {what}; a template there would copy it into the sink")
-    if real in written:
-        raise ValueError("is a file tokend writes; a template must be a file of its own")
-    if real == state or real.startswith(state + os.sep):
-        raise ValueError("is inside the state directory, which holds refresh tokens")
-    if any(real == tree or real.startswith(tree + os.sep) for tree in KERNEL_TREES):
-        raise ValueError("is a kernel file, not a template")
-    if not shared:
-        # Where the path is, and where it leads: a symlink into a directory someone else
+    """The checked text of one template file; ValueError says why not.
+
+    Judged on the open descriptor (what it is, where the kernel opened it), then read from
+    it: a symlink flipped between a look at the path and the read would otherwise let
+    whoever may edit the template render the client secret into the sink."""
+
+    def by_path(real: str, what: str | None) -> str | None:
+        if what is not None:
+            return f"is {what}; a template there would copy it into the sink"
+        if real in written:
+            return "is a file tokend writes; a template must be a file of its own"
+        if real == state or real.startswith(state + os.sep):
+            return "is inside the state directory, which holds refresh tokens"
+        return None
+
+    def judge(opened: OpenedFile) -> str | None:
+        real = opened.real
+        what = protected.get((opened.st.st_dev, opened.st.st_ino)) or protected.get(real)
+        if (reason := by_path(real, what)) is not None:
+            return reason
+        if kernel_file(opened):
+            return "is a kernel file, not a template"
+        if shared:
+            return None
+        # Where the path is, and where it led: a symlink into a directory someone else
         # can change would let them swap the target after this check.
         chain = unsafe_directory_chain(path.parent) or unsafe_directory_chain(Path(real).parent)
-        try:
-            owner = untrusted_writer(path.stat(), trusted_uids())
-        except FileNotFoundError:
-            raise ValueError("no such file") from None
-        except OSError as exc:
-            raise ValueError(f"cannot read: {exc.strerror}") from None
+        owner = untrusted_writer(opened.st, trusted_uids())
         reason = f"directory path is not safe: {chain}" if chain else f"is {owner}" if owner else None
         if reason:
-            raise ValueError(
+            return (
                 f"{reason} (someone else could choose what the sink says; fix the modes, "
                 "or set allow_shared_dir = true to accept it)"
             )
-    raw = read_small(path, MAX_TEMPLATE_BYTES, limit_words=f"{MAX_TEMPLATE_BYTES // 1024} KiB")
+        return None
+
+    # First by name, for what need not exist yet (a sink not written so far), then on the
+    # open file.
+    if (reason := by_path(os.path.realpath(path), protected_as(protected, path))) is not None:
+        raise ValueError(reason)
+    try:
+        raw = read_small(
+            path, MAX_TEMPLATE_BYTES, limit_words=f"{MAX_TEMPLATE_BYTES // 1024} KiB", judge=judge
+        )
+    except UnreadableFile as exc:
+        raise ValueError(str(exc)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

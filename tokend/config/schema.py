@@ -38,6 +38,7 @@ REQUEST_FORMATS: tuple[RequestFormat, ...] = ("form", "json", "auto")
 CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body", "auto", "private_key_jwt", "tls_client_auth")
 KEY_AUTHS: tuple[ClientAuth, ...] = ("private_key_jwt", "tls_client_auth")  # no client secret
 SIGNING_ALGS: tuple[SigningAlg, ...] = get_args(SigningAlg)
+TOKEN_TYPES = ("Bearer",)  # the types a token_type override may name
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -245,6 +246,9 @@ class CredentialConfig:
     min_ttl_margin: float = key(kind="duration", default=60.0, low=0, high=MAX_TTL_MARGIN)
     default_expires_in: float = key(kind="duration", default=DEFAULT_EXPIRES_IN, identity=True, refetch=True)
     timeout: float = key(kind="duration", default=10.0, high=MAX_REQUEST_TIMEOUT, refetch=True)
+    # Taken as the token's type whatever the server answers: for servers known to mislabel
+    # Bearer tokens (idpyoidc 5.0.0 answers "access_token"). Unset, an unknown type is refused.
+    token_type: str | None = key(kind="choice", default=None, choices=TOKEN_TYPES, refetch=True)
     ca_bundle: Path | None = key(kind="path", default=None, refetch=True)
     allow_insecure_http: bool = key(kind="flag", default=False, refetch=True)
     # Discovery (RFC 8414 / OIDC Discovery) instead of token_url; part of the identity.

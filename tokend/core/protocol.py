@@ -303,8 +303,11 @@ def parse_token_response(
     sent_at: float,
     default_expires_in: float,
     status: int = 200,
+    assume_token_type: str | None = None,
 ) -> Token:
-    """Validate a 2xx token response. A malformed one is an error no retry will fix."""
+    """Validate a 2xx token response. A malformed one is an error no retry will fix.
+    ``assume_token_type`` (the credential's ``token_type``) replaces whatever type the
+    server named, for servers known to mislabel their tokens."""
 
     def malformed(what: str) -> TokenRequestError:
         return TokenRequestError(
@@ -325,8 +328,17 @@ def parse_token_response(
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or not valid_token_type(token_type):
         raise malformed("token_type is not a single word")
-    if token_type.lower() == "bearer":
+    if assume_token_type is not None:
+        token_type = assume_token_type
+    elif token_type.lower() == "bearer":
         token_type = "Bearer"
+    else:
+        # RFC 6749 §7.1: a client must not use a token whose type it does not understand;
+        # copied into a header sink it is refused by every resource server anyway.
+        raise malformed(
+            f"token_type {token_type!r} is not one tokend understands (Bearer); if this server is "
+            'known to mislabel Bearer tokens, set token_type = "Bearer"'
+        )
 
     expires_in = _expires_in(data.get("expires_in"), default_expires_in)
     if expires_in is None:

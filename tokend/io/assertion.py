@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 from tokend.config import ConfigError, CredentialConfig, SecretRef
 from tokend.core.protocol import KeyMismatch, assertion_claims, signing_alg
-from tokend.io.files import UnreadableFile, read_small
+from tokend.io.files import OpenedFile, UnreadableFile, read_small, readable_by_others
 
 MAX_KEY_BYTES = 64 * 1024
 MIN_RSA_BITS = 2048
@@ -76,9 +77,18 @@ def _key_path(cred: CredentialConfig, ref: SecretRef, environ: Mapping[str, str]
     return Path(directory) / ref.value
 
 
-def _read(cred: CredentialConfig, key: str, path: Path) -> bytes:
+def _private(opened: OpenedFile) -> str | None:
+    """A private key readable by every local user is no longer private: refused, as
+    OpenSSH refuses one (judged on the open file, the one then read)."""
+    if readable_by_others(opened.st):
+        mode = stat.S_IMODE(opened.st.st_mode)
+        return f"holds a private key but is readable by others (mode {mode:04o}); chmod 600 it"
+    return None
+
+
+def _read(cred: CredentialConfig, key: str, path: Path, *, private: bool = False) -> bytes:
     try:
-        return read_small(path, MAX_KEY_BYTES)
+        return read_small(path, MAX_KEY_BYTES, judge=_private if private else None)
     except UnreadableFile as exc:
         raise ConfigError(cred.source, f"{path}: {exc}", where=cred.where(key)) from None
 
@@ -109,7 +119,7 @@ def _load_private_key(cred: CredentialConfig, environ: Mapping[str, str] | None)
         raise ConfigError(cred.source, "no private key configured", where=cred.where("private_key_file"))
     serialization = _crypto(cred, ref.key)
     path = _key_path(cred, ref, environ or {})
-    raw = _read(cred, ref.key, path)
+    raw = _read(cred, ref.key, path, private=True)
     try:
         return serialization.load_pem_private_key(raw, password=None), raw
     except TypeError:  # "Password was not given but private key is encrypted"
@@ -259,7 +269,8 @@ def tls_identity(cred: CredentialConfig) -> TlsIdentity:
     serialization = _crypto(cred, "tls_cert_file")
     from cryptography import x509
 
-    cert_pem = _read(cred, "tls_cert_file", cert_file)
+    # A certificate is public, unless its key is in the same file.
+    cert_pem = _read(cred, "tls_cert_file", cert_file, private=cred.tls_key_file is None)
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except Exception:
@@ -267,7 +278,7 @@ def tls_identity(cred: CredentialConfig) -> TlsIdentity:
             cred.source, f"{cert_file}: is not a PEM certificate", where=cred.where("tls_cert_file")
         ) from None
     where, key_pem = (
-        ("tls_key_file", _read(cred, "tls_key_file", cred.tls_key_file))
+        ("tls_key_file", _read(cred, "tls_key_file", cred.tls_key_file, private=True))
         if cred.tls_key_file
         else (
             "tls_cert_file",

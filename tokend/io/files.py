@@ -17,6 +17,8 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 TEMP_INFIX = ".tokend-"
@@ -187,18 +189,48 @@ class NotRegularFile(OSError):
     """A FIFO, device, socket or directory where tokend expects a file of content."""
 
 
-def read_regular(path: Path | str, limit: int) -> bytes:
+@dataclass(frozen=True)
+class OpenedFile:
+    """What an open descriptor is, for a judge to decide on before a byte is read: its
+    ``fstat`` and the path the kernel opened (every symlink resolved at the open itself).
+    Judging these, not the path, is what makes the file judged the file read: a symlink
+    flipped after the open changes nothing."""
+
+    st: os.stat_result
+    real: str
+
+
+Judge = Callable[[OpenedFile], str | None]
+
+
+class RefusedFile(OSError):
+    """A judge refused the open file; ``strerror`` says why, in words for a one-line error."""
+
+
+def opened_path(fd: int, fallback: Path | str) -> str:
+    """The path of what ``fd`` is open on (``/proc/self/fd``); without /proc, the path's
+    realpath now (weaker: resolved again, not at the open)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(fallback)
+
+
+def read_regular(path: Path | str, limit: int, judge: Judge | None = None) -> bytes:
     """At most ``limit + 1`` bytes of a regular file (the caller judges "too large").
 
     Opened with ``O_NONBLOCK`` so that a FIFO cannot block the open, then refused by
     ``fstat``: a FIFO, device or directory is never read. Follows symlinks (Kubernetes
-    secrets and systemd credentials are links).
+    secrets and systemd credentials are links). ``judge``, given the open file, may refuse
+    it (:class:`RefusedFile`) before anything is read from it.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(0, f"not a regular file ({file_kind(st.st_mode)})", str(path))
+        if judge is not None and (reason := judge(OpenedFile(st, opened_path(fd, path)))) is not None:
+            raise RefusedFile(0, reason, str(path))
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -217,16 +249,20 @@ class UnreadableFile(ValueError):
     the file and the key)."""
 
 
-def read_small(path: Path | str, limit: int, *, limit_words: str | None = None) -> bytes:
+def read_small(
+    path: Path | str, limit: int, *, limit_words: str | None = None, judge: Judge | None = None
+) -> bytes:
     """A whole small regular file (:func:`read_regular`), or :class:`UnreadableFile`
-    saying why not: missing, a directory, a FIFO or device, unreadable, or over ``limit``
-    bytes (``limit_words`` says the limit otherwise, e.g. "64 KiB")."""
+    saying why not: missing, a directory, a FIFO or device, unreadable, refused by
+    ``judge``, or over ``limit`` bytes (``limit_words`` says the limit otherwise, e.g. "64 KiB")."""
     try:
-        raw = read_regular(path, limit)
+        raw = read_regular(path, limit, judge)
     except FileNotFoundError:
         raise UnreadableFile("no such file") from None
     except IsADirectoryError:
         raise UnreadableFile("is a directory") from None
+    except RefusedFile as exc:
+        raise UnreadableFile(exc.strerror) from None
     except OSError as exc:
         raise UnreadableFile(f"cannot read: {exc.strerror}") from None
     if len(raw) > limit:
@@ -245,6 +281,34 @@ def file_kind(mode: int) -> str:
         (stat.S_ISREG, "a regular file"),
     )
     return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+KERNEL_TREES = ("/proc", "/sys", "/dev")  # their "files" are the host's state, never ours to read
+
+
+def _tree_devices() -> frozenset[int]:
+    """The filesystems mounted on the kernel trees; one that is the root's own (a chroot's
+    plain /dev directory) says nothing and is left out."""
+    devices = set()
+    with contextlib.suppress(OSError):
+        root = os.stat("/").st_dev
+        for tree in KERNEL_TREES:
+            with contextlib.suppress(OSError):
+                if (device := os.stat(tree).st_dev) != root:
+                    devices.add(device)
+    return frozenset(devices)
+
+
+def kernel_file(opened: OpenedFile) -> bool:
+    """Whether an open file lies in /proc, /sys or /dev, by where the kernel opened it and
+    by its filesystem (a bind mount of /proc elsewhere is still /proc)."""
+    if any(opened.real == tree or opened.real.startswith(tree + os.sep) for tree in KERNEL_TREES):
+        return True
+    return opened.st.st_dev in _tree_devices()
+
+
+def readable_by_others(st: os.stat_result) -> bool:
+    return bool(st.st_mode & 0o004)
 
 
 def ensure_private_dir(directory: Path) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 import requests
 
-from tokend.config import CredentialConfig
+from tokend.config import CredentialConfig, shown_url
 from tokend.core.protocol import (
     MAX_BODY_BYTES,
     Style,
@@ -123,7 +123,12 @@ class TokenClient:
             moved = found.endpoint(mtls=keys.tls is not None)
             if moved == endpoint:
                 raise
-            log.info("%s: %s answered 404; the issuer's metadata now says %s", cred.name, endpoint, moved)
+            log.info(
+                "%s: %s answered 404; the issuer's metadata now says %s",
+                cred.name,
+                shown_url(endpoint),
+                shown_url(moved),
+            )
             return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, moved)
 
     def discover(
@@ -227,7 +232,11 @@ class TokenClient:
         status, headers, body = self._exchange(cred, request, secrets, tls)
         if 200 <= status < 300:
             return parse_token_response(
-                body, sent_at=sent_at, status=status, default_expires_in=cred.default_expires_in
+                body,
+                sent_at=sent_at,
+                status=status,
+                default_expires_in=cred.default_expires_in,
+                assume_token_type=cred.token_type,
             )
         raise classify_failure(status, headers, body, now=self.clock(), secrets=secrets)
 
