@@ -25,7 +25,7 @@ from tokend.io.discovery import cache_path, judge
 from tokend.io.token_client import TokenClient
 
 from .support.endpoint import SECRETS, TokenEndpoint
-from .support.processes import assert_one_line_error, run_tokend
+from .support.processes import assert_one_line_error, clean_env, run_tokend
 from .thirdparty.tls_front import Pki, TlsFront
 
 OIDC = "/.well-known/openid-configuration"
@@ -62,6 +62,29 @@ def test_metadata_for_another_issuer_is_refused(
     assert_one_line_error(result, "credentials.api.issuer", "discovery refused", f"{issuer}/elsewhere")
     assert idp.seen == []  # no secret went to an endpoint another issuer's metadata named
     assert not (tmp_path / "out" / "api.token").exists()
+
+
+def test_discovery_over_plain_http_never_goes_through_the_environments_all_proxy(
+    idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    """Discovery's GET and the token request to a loopback issuer both go direct, whatever
+    ALL_PROXY says (requests would add it to the proxies a call names)."""
+    import socket
+
+    issuer = base(httpserver)
+    httpserver.expect_request(OIDC).respond_with_json(metadata(issuer, idp.url))
+    path = issuer_config(tmp_path, issuer)
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(8)
+        proxy.settimeout(0.2)
+        env = {k: v for k, v in clean_env(tmp_path).items() if k.lower() not in ("no_proxy", "http_proxy")}
+        env["ALL_PROXY"] = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        result = run_tokend("fetch", "-c", path, tmp=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        with pytest.raises(TimeoutError):
+            proxy.accept()  # nobody came to the proxy
+    assert len(idp.seen) == 1 and (tmp_path / "out" / "api.token").read_text() == "tok-1\n"
 
 
 def test_rfc8414_metadata_is_the_fallback(idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path) -> None:

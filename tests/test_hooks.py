@@ -290,6 +290,41 @@ def test_a_pid_file_owned_by_another_user_is_refused(
         hooks.read_pid_file(path)
 
 
+def test_a_pid_file_that_leads_into_proc_is_refused(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    """/proc/<pid>/stat is root's, mode 0444, and starts with a pid: followed as a pid file
+    it would let whoever planted the link pick any process."""
+    link = tmp_path / "consumer.pid"
+    link.symlink_to(f"/proc/{sleeper.pid}/stat")
+    with pytest.raises(ValueError, match="kernel file"):
+        hooks.read_pid_file(link)
+    assert hooks.send_signal("api", signal_hook(link)) is False
+    assert_not_signalled(sleeper)
+
+
+def test_a_pid_file_reached_through_a_symlink_or_directory_another_user_controls_is_refused(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """The path is judged, not only the file: a root-owned pid file is no proof when another
+    user owns the link to it, or the directory it sits in."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a link or a directory to another user needs root")
+    target = pid_file(tmp_path, f"{sleeper.pid}\n")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    link = theirs / "myapp.pid"
+    link.symlink_to(target)
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(ValueError, match="symlink .* is owned by uid 65534"):
+        hooks.read_pid_file(link)
+    os.unlink(link)
+    os.link(target, link)  # a hard link: the file is root's, but the directory is theirs
+    os.chown(theirs, 65534, 65534)
+    assert hooks.send_signal("api", signal_hook(link)) is False
+    assert_not_signalled(sleeper)
+    with pytest.raises(ValueError, match="path is not safe: .*theirs is owned by uid 65534"):
+        hooks.read_pid_file(link)
+
+
 def finishes(call: Callable[[], object], seconds: float) -> tuple[bool, object]:
     """Run ``call`` in a thread: (True, its result or exception), or (False, None) if it
     is still running after ``seconds``."""

@@ -517,15 +517,17 @@ def test_a_trailing_newline_in_the_access_token_is_refused(idp: TokenEndpoint, c
         obtain(client, cred(idp.url))
 
 
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
 def test_plain_http_never_goes_through_an_environment_proxy(
-    idp: TokenEndpoint, client: TokenClient, monkeypatch: pytest.MonkeyPatch
+    idp: TokenEndpoint, client: TokenClient, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
-    """http:// is allowed only to this machine: $HTTP_PROXY must not see the secret."""
+    """http:// is allowed only to this machine: no proxy the environment names may see the
+    secret (requests merges ALL_PROXY into whatever proxies a call passes)."""
     with socket.socket() as proxy:
         proxy.bind(("127.0.0.1", 0))
         proxy.listen(8)
         proxy.settimeout(0.2)
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.getsockname()[1]}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         answer = obtain(client, cred(idp.url))

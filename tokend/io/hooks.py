@@ -19,7 +19,14 @@ from pathlib import Path
 
 from tokend.config import HookConfig
 from tokend.core.tokens import Token
-from tokend.io.files import trusted_uids, untrusted_writer
+from tokend.io.files import (
+    OpenedFile,
+    kernel_file,
+    opened_path,
+    trusted_uids,
+    unsafe_directory_chain,
+    untrusted_writer,
+)
 
 log = logging.getLogger("tokend.hooks")
 
@@ -134,10 +141,18 @@ def read_pid_file(path: Path) -> int:
     """The pid a pid file names, if the file can be trusted to name it.
 
     As systemd does for ``PIDFile=``: a pid file that someone other than tokend's user or
-    root could write would let them choose which process tokend signals. Judged on the
-    open file (``fstat``), so it cannot be swapped between the look and the read. Raises
+    root could write, or *point somewhere*, would let them choose which process tokend
+    signals. So the whole path is judged as a sink's directories are (every directory and
+    symlink on the way owned by root or tokend's user, no directory writable by others),
+    then the open file itself (``fstat``): a regular file of a trusted user, outside
+    /proc, /sys and /dev (``/proc/<pid>/stat`` is root's and starts with a pid). Raises
     ValueError with the reason.
     """
+    chain = unsafe_directory_chain(path)  # the file's own name too: a planted symlink
+    if chain is not None:
+        raise ValueError(
+            f"refusing a pid file whose path is not safe: {chain}: another user could pick the process"
+        )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
@@ -146,6 +161,8 @@ def read_pid_file(path: Path) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
+        if kernel_file(OpenedFile(st, opened_path(fd, path))):
+            raise ValueError("refusing a kernel file (/proc, /sys, /dev) as a pid file")
         reason = untrusted_writer(st, trusted_uids())
         if reason is not None:
             raise ValueError(f"refusing a pid file {reason}: another user could pick the process")

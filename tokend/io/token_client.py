@@ -72,7 +72,13 @@ class TokenResponse:
     style: Style  # what worked, remembered for client_auth / request_format = "auto"
 
 
-NO_PROXY: dict[str, str | None] = {"http": None, "https": None}  # None removes the environment's
+def no_proxy() -> dict[str, str | None]:
+    """Proxies for a plain-http request: none. requests fills in every proxy the
+    environment names that the call leaves unset (``ALL_PROXY`` as ``all``, ``FTP_PROXY``…),
+    so each of them is named here, as None."""
+    from urllib.request import getproxies  # requests has imported it already
+
+    return dict.fromkeys({*getproxies(), "http", "https", "all"})
 
 
 class TokenClient:
@@ -279,7 +285,7 @@ class TokenClient:
                 auth=NoNetrc(),
                 # Plain http is allowed only because it stays on this machine (or the
                 # operator said so): an $HTTP_PROXY must not carry the secret elsewhere.
-                proxies=cast("MutableMapping[str, str]", NO_PROXY)
+                proxies=cast("MutableMapping[str, str]", no_proxy())
                 if request.url.lower().startswith("http://")
                 else None,
             )
