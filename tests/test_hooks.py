@@ -314,14 +314,14 @@ def test_a_pid_file_reached_through_a_symlink_or_directory_another_user_controls
     link = theirs / "myapp.pid"
     link.symlink_to(target)
     os.lchown(link, 65534, 65534)
-    with pytest.raises(ValueError, match="symlink .* is owned by uid 65534"):
+    with pytest.raises(ValueError, match=r"symlink .* is owned by uid 65534"):
         hooks.read_pid_file(link)
     os.unlink(link)
     os.link(target, link)  # a hard link: the file is root's, but the directory is theirs
     os.chown(theirs, 65534, 65534)
     assert hooks.send_signal("api", signal_hook(link)) is False
     assert_not_signalled(sleeper)
-    with pytest.raises(ValueError, match="path is not safe: .*theirs is owned by uid 65534"):
+    with pytest.raises(ValueError, match=r"path is not safe: .*theirs is owned by uid 65534"):
         hooks.read_pid_file(link)
 
 

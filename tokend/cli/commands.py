@@ -214,14 +214,19 @@ def supervise(
     that reads them finds it), then the daemon's runner keeps it fresh."""
     from tokend.daemon.refresher import Refresher
     from tokend.daemon.supervisor import Supervisor, leave
+    from tokend.io.private_process import ProcessEnvironment, make_undumpable
     from tokend.io.token_client import TokenClient
 
-    # Long-lived now, like the daemon: its log level, not exec's quiet one.
+    # Long-lived now, like the daemon: its log level, not exec's quiet one; its memory and
+    # environment closed to the program it supervises (same user: /proc/$PPID/environ).
     logsetup.setup(config.log_level, config.log_format)
+    make_undumpable()
+    environ = ProcessEnvironment()
+    environ.hold(config.secret_variables())
     cache = TokenCache(config.state_dir)
     client = TokenClient()
     try:
-        refresher = Refresher(cred, cache)
+        refresher = Refresher(cred, cache, environ=environ)
         first = refresher.refresh(client)
         if (
             first.token is not None
@@ -245,6 +250,7 @@ def supervise(
         supervision,
         first.token,
         cache=cache,
+        environ=environ,
     )
     return leave(supervisor, supervisor.run())
 

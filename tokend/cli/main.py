@@ -298,6 +298,10 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
     from tokend.cli import commands
 
     commands.setup_logging(config, quiet=args.command in ("token", "exec"))
+    if args.command in ("fetch", "check"):  # they read secrets: closed to same-user processes
+        from tokend.io.private_process import make_undumpable
+
+        make_undumpable()
     if args.command == "fetch":
         return commands.cmd_fetch(config, args.names, force=args.force)
     if args.command == "token":

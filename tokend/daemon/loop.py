@@ -36,6 +36,7 @@ from tokend.daemon.token_source import STANDALONE, TokenSource
 from tokend.io import logsetup
 from tokend.io.cache import TokenCache
 from tokend.io.files import FileLock, ensure_private_dir
+from tokend.io.private_process import ProcessEnvironment, hold_secrets, make_undumpable
 from tokend.io.systemd import Notifier
 from tokend.io.token_client import TokenClient
 
@@ -294,6 +295,7 @@ class Daemon:
 
     def apply(self, new: Config, changed_files: frozenset[Path] | set[Path] = frozenset()) -> None:
         self.config_error = None
+        hold_secrets(self.environ, new.secret_variables())
         logsetup.setup(new.log_level, new.log_format, environ=self.environ)
         old, self.config = self.config, new
         self.observers.configured(new)
@@ -380,7 +382,11 @@ def single_instance(state_dir: Path) -> FileLock | None:
 def run(
     config_path: Path, *, environ: Mapping[str, str] | None = None, stop_after: float | None = None
 ) -> int:
+    if environ is None:  # the real process: its memory and environment kept to itself
+        environ = ProcessEnvironment()
+        make_undumpable()
     config = load(config_path, environ)
+    hold_secrets(environ, config.secret_variables())
     logsetup.setup(config.log_level, config.log_format, environ=environ)
     lock = single_instance(config.state_dir)
     if lock is None:
