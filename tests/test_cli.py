@@ -223,6 +223,20 @@ def test_a_token_of_an_unknown_type_is_refused_unless_the_config_names_its_type(
     assert (tmp_path / "out" / "api.header").read_text() == "Authorization: Bearer tok-m\n"
 
 
+def test_a_secret_file_readable_by_others_is_warned_about_with_its_path_and_mode(
+    idp: TokenEndpoint, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    quiet = run_tokend("check", "-c", config, tmp=tmp_path)
+    assert quiet.returncode == 0 and "readable by others" not in quiet.stderr
+    (tmp_path / "api.secret").chmod(0o644)
+    loud = run_tokend("check", "-c", config, tmp=tmp_path)
+    assert loud.returncode == 0  # a warning, not a refusal
+    (line,) = [line for line in loud.stderr.splitlines() if "readable by others" in line]
+    assert "credentials.api.client_secret_file" in line and f"{tmp_path}/api.secret" in line
+    assert "(mode 0644); chmod 600 it" in line and "s3cret" not in loud.stderr
+
+
 def test_no_secret_or_token_in_any_log(idp: TokenEndpoint, tmp_path: Path) -> None:
     idp.refresh_tokens = True
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path, sinks=all_sink_formats(tmp_path)))

@@ -264,6 +264,17 @@ def test_errors_a_retry_cannot_fix(status: int, body: Any, fragment: str) -> Non
         assert error.description == body.get("error_description")
 
 
+def test_the_readmes_list_of_errors_a_retry_cannot_fix_is_what_the_code_does() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = readme.split("- Errors a retry cannot fix (", 1)[1].split(")", 1)[0]
+    codes = re.findall(r"`([a-z_]+)`", listed)
+    assert "invalid_request" in codes and "invalid_client" in codes
+    for code in codes:
+        if code == "token_type":
+            continue
+        assert not classify_failure(400, {}, body_of({"error": code}), now=NOW).retryable, code
+
+
 @pytest.mark.parametrize(("status", "body"), RETRYABLE, ids=[str(r[0]) for r in RETRYABLE])
 def test_errors_worth_retrying(status: int, body: Any) -> None:
     error = classify_failure(status, {}, body_of(body), now=NOW)

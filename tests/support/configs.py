@@ -12,6 +12,7 @@ def credential_toml(
     secret = tmp / f"{name}.secret"
     if not secret.exists():
         secret.write_text("s3cret-value\n")
+        secret.chmod(0o600)
     if sinks is None:
         sinks = f'[[credentials.{name}.sink]]\npath = "{tmp}/out/{name}.token"\n'
     (tmp / "out").mkdir(exist_ok=True)

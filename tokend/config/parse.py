@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -228,6 +229,8 @@ class _Parser:
             raise self.fail("fleet.redis_url", problem)
         if fleet.password_file is not None and fleet.password_env is not None:
             raise self.fail("fleet.password_env", "conflicts with password_file; set only one")
+        if fleet.password_file is not None:
+            self.warn_readable(fleet.password_file, "fleet.password_file")
         if fleet.password_env is not None and not ENV_NAME_RE.fullmatch(fleet.password_env):
             raise self.fail(
                 "fleet.password_env",
@@ -282,6 +285,8 @@ class _Parser:
         if cred.issuer is not None and ("?" in cred.issuer or "#" in cred.issuer):
             raise self.fail(f"{where}.issuer", "must have no query or fragment (RFC 8414 §2)")
         self.check_key_auth(cred, tbl, where)
+        if cred.env_file is not None:
+            self.warn_readable(cred.env_file, f"{where}.env_file")
         return cred
 
     def client_secret_ref(self, tbl: Mapping[str, Any], client_auth: str, where: str) -> SecretRef | None:
@@ -347,9 +352,22 @@ class _Parser:
             )
         elif source == "file":
             value = str(self.resolve(value, f"{where}.{key}"))
+            if base == "client_secret":
+                self.warn_readable(Path(value), f"{where}.{key}")
         elif source == "credential" and ("/" in value or value in (".", "..") or not value.isprintable()):
             raise self.fail(f"{where}.{key}", "must be a systemd credential name, not a path")
         return SecretRef(key, source, value)
+
+    def warn_readable(self, path: Path, where: str) -> None:
+        """A secret file every local user can read is worth a line at every load (and in
+        ``check``); not a refusal: the operator may have reasons (a container's mount)."""
+        with contextlib.suppress(OSError):
+            mode = path.stat().st_mode
+            if mode & 0o004:
+                self.warnings.append(
+                    f"{self.file}: {where}: {path} holds a secret but is readable by others "
+                    f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+                )
 
     def warn_inline_secret(self, where: str) -> None:
         try:
