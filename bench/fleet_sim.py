@@ -34,7 +34,7 @@ from tokend.core.tokens import Token
 from .harness import figure, workdir
 
 IDENTITY = "0" * 64  # a cache key's length
-COMMANDS_PER_ROTATION = 5  # the leader's STRLEN, GETRANGE, PTTL, then SET PX, PUBLISH
+COMMANDS_PER_ROTATION = 7  # the leader's STRLEN, GETRANGE, PTTL, TIME, then TIME, SET PX, PUBLISH
 RENEWALS_PER_LEASE = 3  # the leader's EVALSHA, every third of the lease
 LEASE = 15.0  # the default
 
@@ -45,7 +45,7 @@ def sealed_token() -> bytes:
 
     now = time.time()
     token = Token("e" * 800, expires_at=now + 3600, obtained_at=now, scope="api.read")
-    return seal(Shared(IDENTITY, token, "host-0001.example.internal"), b"client-secret")
+    return seal(Shared(IDENTITY, token, "host-0001.example.internal", stamped=now), b"client-secret")
 
 
 def redis_cpu(client: Any) -> float:

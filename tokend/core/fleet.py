@@ -12,17 +12,20 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from tokend.core import policy
 from tokend.core.tokens import Token
 
-PAYLOAD_VERSION = 2  # 2: carries ``remaining`` (the lifetime left, by the leader's clock)
+PAYLOAD_VERSION = 3  # 3: carries ``stamped`` (Redis's TIME when published) with ``remaining``
 MAX_BLOB_BYTES = 16 * 1024
 """The largest blob a host reads or accepts (a sealed token is ~300 bytes plus the token):
 anything bigger in the token key or on the channel is refused unread."""
 LOOK_SLACK = 0.05
 """How long after the leader's lease would lapse a waiting follower looks again."""
+STAMP_SLACK = 1.0
+"""A publication stamped this much later than Redis's clock now says is refused: Redis's
+clock went back (or it is another Redis), and its age cannot be known."""
 
 
 class Role(StrEnum):
@@ -52,11 +55,17 @@ class Shared:
     # Seconds the token had left when published, by the leader's clock (None: not known
     # yet; encoded as its whole lifetime, an upper bound).
     remaining: float | None = None
+    # Redis's own clock (TIME) when it was published: every host reads the same clock, so
+    # a follower knows a publication's age whatever its own clock says (None: not stamped
+    # yet; :func:`encode` refuses it).
+    stamped: float | None = None
 
 
 def encode(shared: Shared) -> bytes:
     """The plaintext that gets encrypted (the refresh token is left out here, once)."""
     t = shared.token
+    if shared.stamped is None:
+        raise ValueError("a publication needs Redis's time")
     return json.dumps(
         {
             "v": PAYLOAD_VERSION,
@@ -68,6 +77,7 @@ def encode(shared: Shared) -> bytes:
             "scope": t.scope,
             "issuer_host": shared.issuer_host,
             "remaining": t.lifetime if shared.remaining is None else shared.remaining,
+            "stamped": shared.stamped,
         },
         separators=(",", ":"),
     ).encode("utf-8")
@@ -85,23 +95,48 @@ def decode(raw: bytes) -> Shared:
     identity, host = data.get("identity"), data.get("issuer_host")
     if not isinstance(identity, str) or not isinstance(host, str):
         raise ValueError("bad identity or issuer host")
-    remaining = data.get("remaining")
-    if isinstance(remaining, bool) or not isinstance(remaining, int | float) or remaining != remaining:
+    remaining, stamped = data.get("remaining"), data.get("stamped")
+    if not is_number(remaining):
         raise ValueError("bad remaining lifetime")
+    if not is_number(stamped):
+        raise ValueError("no time stamp from Redis")
     fields = {k: data.get(k) for k in ("access_token", "token_type", "expires_at", "obtained_at", "scope")}
-    return Shared(identity, Token.from_dict(fields), host, float(remaining))
+    return Shared(identity, Token.from_dict(fields), host, float(remaining), float(stamped))
 
 
-def localize(shared: Shared, now: float, *, ttl: float | None = None) -> Shared:
-    """The shared token on this host's clock. Its expiry travels two ways: the leader's
-    absolute ``expires_at`` (its clock) and what was left of it (``remaining`` when
-    published; ``ttl``, the token key's PTTL, when read with GET: the key expires with the
-    token, on Redis's clock). The expiry used is the earliest of the three, and the time
-    obtained is moved with it (the lifetime is the leader's, which no clock skews). So a
-    leader whose clock runs ahead can never lengthen a token, one that runs behind only
-    shortens it, and an old blob replayed on the channel keeps its old expiry."""
+def is_number(value: object) -> TypeGuard[int | float]:
+    """A finite JSON number (not a bool, not NaN or infinite)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and value == value
+        and abs(value) != float("inf")
+    )
+
+
+def localize(shared: Shared, now: float, *, redis_now: float, ttl: float | None = None) -> Shared:
+    """The shared token on this host's clock, its age judged by Redis's clock alone.
+
+    The leader stamps a publication with Redis's ``TIME`` (``stamped``) and the life the
+    token had left then (``remaining``: a duration, which no clock offset skews). The
+    follower reads Redis's ``TIME`` too (``redis_now``), so the life left now is
+    ``remaining - (redis_now - stamped)``, whatever either host's clock says: an old blob
+    replayed (on the channel, or SET again with a new PX by someone with Redis write
+    access) is as old as it really is, on a host whose clock is behind as on any other.
+    The stamp is sealed with the token, so it cannot be altered. When read with GET,
+    ``ttl`` (the token key's PTTL) may only shorten it. The leader's absolute
+    ``expires_at`` is not used: it is on the leader's clock, and comparing it with ours
+    is what a skew breaks. The time obtained is moved with the expiry (the lifetime is
+    the leader's). Raises ValueError for a stamp later than Redis's clock now (by more
+    than :data:`STAMP_SLACK`): its age cannot be known."""
     token = shared.token
-    expires = token.expires_at if shared.remaining is None else min(token.expires_at, now + shared.remaining)
+    if shared.stamped is None:
+        raise ValueError("no time stamp from Redis")
+    age = redis_now - shared.stamped
+    if age < -STAMP_SLACK:
+        raise ValueError(f"it was stamped {-age:.1f}s in the future by Redis's clock")
+    remaining = token.lifetime if shared.remaining is None else min(shared.remaining, token.lifetime)
+    expires = now + remaining - max(0.0, age)
     if ttl is not None:
         expires = min(expires, now + ttl)
     local = dataclasses.replace(token, expires_at=expires, obtained_at=expires - token.lifetime)
@@ -202,6 +237,21 @@ def follow_until(
         )
         look = min(look, deadline)
     return max(now + policy.MIN_DELAY, look)
+
+
+def wait_budget(*, lease: float, timeout: float) -> float:
+    """The longest a host without any valid token waits for the fleet's leader, in total,
+    counted from when it first needed the token, whatever the lease key shows meanwhile.
+
+    A leader that holds the lease is asking the identity provider (its listener renews the
+    lease while the request is out): it delivers within one request's ``timeout``, even
+    when the provider answers more slowly than the lease lasts (so a cold start with a
+    slow provider costs it one request, not one per host). A leader that died lets its
+    lease lapse within ``lease``; the host that takes it over then asks, within
+    ``timeout``. So ``lease + timeout`` covers both; past it the host asks the identity
+    provider itself. Nobody who can set the lease key (a new holder at every look, PX
+    400 every 200 ms) can make the wait longer."""
+    return lease + timeout
 
 
 def jitter_for(role: Role | None, jitter: float) -> float:

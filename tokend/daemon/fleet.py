@@ -8,13 +8,16 @@ so a lost message costs nothing. The rules (see the README's "Fleet mode"):
 
 - availability first: Redis unreachable → every credential refreshes on its own, logged
   once, and rejoins when Redis answers again;
-- a follower without any valid token waits for the leader's token, at most one lease per
-  leader, and takes the lease over when it lapses or is released (then it asks, and
-  publishes); one with a token waits until :func:`tokend.core.fleet.follow_deadline`,
+- a follower without any valid token waits for the leader's token, at most a lease and
+  a request's timeout in all (:func:`tokend.core.fleet.wait_budget`, from when it first
+  needed it, whatever the lease key shows), saying so (log, ``fleet.waiting`` in
+  status.json), and takes the lease over when it lapses or is released (then it asks,
+  and publishes); one with a token waits until :func:`tokend.core.fleet.follow_deadline`,
   looking again when the lease would lapse;
 - a token read from Redis is used only if it decrypts, is for this identity, is fresh by
-  the credential's policy and newer than ours (:func:`tokend.core.fleet.judge`), its
-  expiry taken on this host's clock (:func:`tokend.core.fleet.localize`); one that cannot
+  the credential's policy and newer than ours (:func:`tokend.core.fleet.judge`), its age
+  judged by Redis's clock (TIME, which stamps every publication) and its expiry taken on
+  this host's clock (:func:`tokend.core.fleet.localize`); one that cannot
   be decrypted (another secret) makes this host refresh on its own, saying why;
 - a lease is held only while it is wanted: released when the credential leaves the
   config, opts out, changes identity, or it cannot get a token (any failure: a refused
@@ -50,6 +53,7 @@ from tokend.core.fleet import (
     judge,
     localize,
     may_follow,
+    wait_budget,
 )
 from tokend.core.tokens import Token
 from tokend.daemon.token_source import ASK, Offer, TokenSource
@@ -104,6 +108,8 @@ class Fleet(TokenSource):
         self.inbox: dict[str, bytes] = {}  # identity -> the last blob published (already checked)
         self.sent: dict[str, bytes] = {}  # identity -> the last blob we published
         self.warned: dict[tuple[str, str], float] = {}  # (identity, kind) -> last warned (monotonic)
+        self.needed: dict[str, float] = {}  # identity -> when we first needed a token (monotonic)
+        self.waiting: dict[str, dict[str, Any]] = {}  # credential name -> what it waits for
         self.reachable = True
         self.changed_at = clock()
         self.last_error: str | None = None
@@ -177,19 +183,21 @@ class Fleet(TokenSource):
             self.creds[identity] = (cred, material)
             self.looks.pop(name, None)
             pushed = self.inbox.pop(identity, None)
+            if ours is not None and now < ours.expires_at:
+                self.needed.pop(identity, None)  # we hold a token: a later wait is a new one
         if previous is not None and previous != identity:
             if self.roles.get(name) is Role.LEADER:
                 self.set_role(name, Role.FOLLOWER)
             self.release_unused(previous)  # the credential's identity changed (a reload)
         from tokend.io.fleet_store import RedisDown, TooLarge
 
-        if pushed is not None:
-            token = self.adopt(cred, identity, pushed, material, ours, now, due=due)
-            if isinstance(token, Token):
-                return Offer(token)
-        if not due:
-            return ASK  # the refresher keeps ours
         try:
+            if pushed is not None:
+                token = self.adopt(cred, identity, pushed, material, ours, now, self.store.time(), due=due)
+                if isinstance(token, Token):
+                    return Offer(token)
+            if not due:
+                return ASK  # the refresher keeps ours
             try:
                 stored = self.store.get(identity)
             except TooLarge as exc:
@@ -197,8 +205,17 @@ class Fleet(TokenSource):
                 stored = None
             self.up()
             if stored is not None:
-                blob, ttl = stored
-                token = self.adopt(cred, identity, blob, material, ours, now, ttl=ttl, due=True)
+                token = self.adopt(
+                    cred,
+                    identity,
+                    stored.blob,
+                    material,
+                    ours,
+                    now,
+                    stored.redis_now,
+                    ttl=stored.ttl,
+                    due=True,
+                )
                 if isinstance(token, Token):
                     return Offer(token)
                 if token is UNREADABLE:
@@ -241,61 +258,88 @@ class Fleet(TokenSource):
 
     def wait_for_leader(self, cred: CredentialConfig, identity: str, material: bytes) -> Offer:
         """No valid token of our own: wait for the leader's token, and take over its lease
-        if it lapses (a dead leader, or one whose request failed) or is released. Each
-        leader gets one lease from when we first see it; we look at the lease again just
-        after it would lapse (its PTTL), so we are there to take it. Whoever takes it asks
-        the identity provider (and publishes); the others wait for that new leader in turn.
-        The answer says how long it waited (the token asked for after it lives from then)."""
+        if it lapses (a dead leader, or one whose request failed) or is released. The
+        wait is bounded in total (:func:`tokend.core.fleet.wait_budget`: a lease and a
+        request's timeout), counted from when this host first needed the token, whatever
+        the lease key shows meanwhile: a live leader whose request outlasts its lease is
+        waited for (its lease is being renewed), and nobody re-setting the lease key can
+        make the wait longer. We look at the lease again just after it would lapse (its
+        PTTL), so we are there to take it. Whoever takes it asks the identity provider
+        (and publishes); the others wait for that new leader, within the same budget. The
+        wait is logged and shown in status.json (``fleet.waiting``). The answer says how
+        long it waited (the token asked for after it lives from then)."""
         from tokend.io.fleet_store import RedisDown, TooLarge
 
-        lease = self.fleet.lease
         started = time.monotonic()
-        since = started  # when the lease's current holder was first seen
+        budget = wait_budget(lease=self.fleet.lease, timeout=cred.timeout)
+        with self.lock:
+            since = self.needed.setdefault(identity, started)  # kept until we hold a token
+        until = since + budget
+        if started >= until:  # a wait for this token already ran out: no second one
+            log.debug("%s: still no token; not waiting for the fleet's leader again", cred.name)
+            return Offer()
         try:
             left = self.store.lease_left(identity)
         except RedisDown as exc:
             return self.wait_ended(cred, started, exc)
-        lapse = time.monotonic() + (lease if left is None else left)  # no earlier than it lapses
-        while (now := time.monotonic()) < since + lease + WAIT_POLL:
-            wake = min(now + WAIT_POLL, lapse + LOOK_SLACK, since + lease + WAIT_POLL)
-            with self.lock:
-                self.lock.wait_for(lambda: identity in self.inbox, timeout=max(0.0, wake - now))
-                blob = self.inbox.pop(identity, None)
-            ttl = None
-            try:
-                if blob is None:
-                    try:
-                        stored = self.store.get(identity)
-                    except TooLarge:
-                        stored = None
-                    blob, ttl = stored if stored is not None else (None, None)
-                if blob is not None:
-                    token = self.adopt(cred, identity, blob, material, None, self.clock(), ttl=ttl, due=True)
-                    if isinstance(token, Token):
-                        return Offer(token, waited=time.monotonic() - started)
-                    if token is UNREADABLE:
-                        self.set_role(cred.name, Role.STANDALONE)
-                        return Offer(waited=time.monotonic() - started)
-                looked = time.monotonic()
-                left = self.store.lease_left(identity)
-                if left is None:  # lapsed or released: ours, unless another host is quicker
-                    if self.store.lead(identity):
+        wall = self.clock()
+        with self.lock:
+            self.waiting[cred.name] = {
+                "for": "the fleet's leader's token",
+                "since": wall - (started - since),
+                "until": wall + (until - started),
+            }
+        log.info(
+            "%s: no token yet; waiting up to %.1fs for the fleet's leader's token (lease %s), "
+            "then asking the identity provider ourselves",
+            cred.name,
+            until - started,
+            "free" if left is None else f"held by another host, {left:.1f}s left",
+        )
+        try:
+            lapse = time.monotonic() + (self.fleet.lease if left is None else left)
+            while (now := time.monotonic()) < until:
+                wake = min(now + WAIT_POLL, lapse + LOOK_SLACK, until)
+                with self.lock:
+                    self.lock.wait_for(lambda: identity in self.inbox, timeout=max(0.0, wake - now))
+                    blob = self.inbox.pop(identity, None)
+                try:
+                    stored = None
+                    if blob is None:
+                        try:
+                            stored = self.store.get(identity)
+                        except TooLarge:
+                            stored = None
+                    ttl: float | None = None
+                    if stored is not None:
+                        blob, ttl, redis_now = stored.blob, stored.ttl, stored.redis_now
+                    elif blob is not None:
+                        redis_now = self.store.time()
+                    if blob is not None:
+                        token = self.adopt(
+                            cred, identity, blob, material, None, self.clock(), redis_now, ttl=ttl, due=True
+                        )
+                        if isinstance(token, Token):
+                            return Offer(token, waited=time.monotonic() - started)
+                        if token is UNREADABLE:
+                            self.set_role(cred.name, Role.STANDALONE)
+                            return Offer(waited=time.monotonic() - started)
+                    left = self.store.lease_left(identity)
+                    if left is None and self.store.lead(identity):  # lapsed or released: ours
                         self.set_role(cred.name, Role.LEADER, identity)
                         return Offer(waited=time.monotonic() - started)  # we ask, and publish
-                    left = self.store.lease_left(identity)
-                    if left is not None:  # another host took it just now: a new leader
-                        since = looked
-                elif looked >= lapse:  # the lease we saw has lapsed since: a new leader's
-                    since = looked
-            except RedisDown as exc:
-                return self.wait_ended(cred, started, exc)
-            lapse = time.monotonic() + (lease if left is None else left)
-        log.warning(
-            "%s: no token from the fleet's leader within %gs; asking the identity provider ourselves",
-            cred.name,
-            lease,
-        )
-        return Offer(waited=time.monotonic() - started)
+                except RedisDown as exc:
+                    return self.wait_ended(cred, started, exc)
+                lapse = time.monotonic() + (self.fleet.lease if left is None else left)
+            log.warning(
+                "%s: no token from the fleet's leader within %.1fs; asking the identity provider ourselves",
+                cred.name,
+                budget,
+            )
+            return Offer(waited=time.monotonic() - started)
+        finally:
+            with self.lock:
+                self.waiting.pop(cred.name, None)
 
     def wait_ended(self, cred: CredentialConfig, started: float, exc: Exception) -> Offer:
         """Redis went away while we waited for the leader: on our own, at once."""
@@ -305,16 +349,19 @@ class Fleet(TokenSource):
 
     def obtained(self, cred: CredentialConfig, identity: str, token: Token) -> None:
         """The leader seals and publishes what it got; nobody else does."""
+        with self.lock:
+            self.needed.pop(identity, None)  # we hold a token: a later wait is a new one
         if not cred.fleet or not self.store.holds(identity):
             return
         from tokend.io.fleet_store import RedisDown
 
-        remaining = token.expires_at - self.clock()
-        shared = Shared(identity, token, self.host, remaining)
-        blob = self.crypto.seal(shared, self.crypto.key_material(cred, self.environ))
-        with self.lock:
-            self.sent[identity] = blob  # before it echoes back through our own subscription
         try:
+            stamped = self.store.time()  # Redis's clock: a follower judges the age by it too
+            remaining = token.expires_at - self.clock()
+            shared = Shared(identity, token, self.host, remaining, stamped)
+            blob = self.crypto.seal(shared, self.crypto.key_material(cred, self.environ))
+            with self.lock:
+                self.sent[identity] = blob  # before it echoes back through our own subscription
             self.store.publish(identity, blob, remaining)
         except RedisDown as exc:
             self.down(str(exc))
@@ -339,14 +386,16 @@ class Fleet(TokenSource):
         material: bytes,
         ours: Token | None,
         now: float,
+        redis_now: float,
         *,
         ttl: float | None = None,
         due: bool,
     ) -> Token | object | None:
-        """The token in ``blob`` (on our clock) if this host may use it; else None (or
-        UNREADABLE), and a log line saying why, at most once a minute per kind."""
+        """The token in ``blob`` (on our clock, its age by Redis's: ``redis_now``) if this
+        host may use it; else None (or UNREADABLE), and a log line saying why, at most
+        once a minute per kind."""
         try:
-            shared = self.crypto.unseal(blob, material, identity)
+            shared = localize(self.crypto.unseal(blob, material, identity), now, redis_now=redis_now, ttl=ttl)
         except self.crypto.Undecryptable as exc:
             self.warn(
                 identity,
@@ -358,7 +407,6 @@ class Fleet(TokenSource):
         except ValueError as exc:
             self.warn(identity, "invalid", f"{cred.name}: ignoring the fleet's token: {exc}")
             return None
-        shared = localize(shared, now, ttl=ttl)
         reason = judge(
             shared,
             identity=identity,
@@ -376,6 +424,7 @@ class Fleet(TokenSource):
             return None
         with self.lock:
             self.counts[FleetEvent.RECEIVED] += 1
+            self.needed.pop(identity, None)
         self.report(FleetEvent.RECEIVED, cred.name)
         if self.roles.get(cred.name) is not Role.LEADER:
             self.set_role(cred.name, Role.FOLLOWER)
@@ -468,6 +517,7 @@ class Fleet(TokenSource):
                 "leader_changes": self.counts[FleetEvent.LEADER_CHANGE],
                 "fallbacks": self.counts[FleetEvent.FALLBACK],
                 "tokens_received": self.counts[FleetEvent.RECEIVED],
+                "waiting": {name: dict(wait) for name, wait in self.waiting.items()},
             }
 
     def warnings(self) -> tuple[str, ...]:
@@ -543,7 +593,8 @@ class Fleet(TokenSource):
         cred, material = known
         now = self.clock()
         try:
-            shared = localize(self.crypto.unseal(blob, material, identity), now)
+            opened = self.crypto.unseal(blob, material, identity)
+            shared = localize(opened, now, redis_now=self.store.time())  # RedisDown: an outage
         except ValueError as exc:  # Undecryptable included: garbage, or another secret
             self.warn(
                 identity, "published", f"{cred.name}: ignoring a publication on the fleet's channel: {exc}"

@@ -8,7 +8,15 @@ one ``SET key blob PX ttl`` and one ``PUBLISH``; it is read back with a bound (`
 Every call has a short socket timeout and no retry: a hung or absent Redis costs a
 refresh at most :data:`SOCKET_TIMEOUT`, and the daemon then carries on alone.
 
-Pub/sub is drained a bounded batch at a time (:data:`DRAIN_MESSAGES`,
+``TIME`` is Redis's own clock: a leader stamps each publication with it and a follower
+reads it with the token (in the same round trip), so a publication's age never depends on
+how far one host's clock is from another's.
+
+Pub/sub has its own connection, whose parser refuses any reply longer than
+:data:`~tokend.core.fleet.MAX_BLOB_BYTES` from its length header, before reading it
+(:class:`BoundedParser`): a huge publication is never read into memory (at most one
+socket read, 64 KiB); the subscription is dropped and taken again (:class:`PubSubLost`).
+It is drained a bounded batch at a time (:data:`DRAIN_MESSAGES`,
 :data:`DRAIN_SECONDS`), keeping only the last blob per identity, so a flood on a channel
 can neither starve the lease renewals nor grow memory. A lost pub/sub connection
 (:class:`PubSubLost`; Redis drops a subscriber that reads too slowly) is not "Redis down":
@@ -26,12 +34,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis._parsers import _RESP2Parser
+from redis._parsers.socket import SocketBuffer
 from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError, ResponseError
 from redis.lock import Lock
 from redis.retry import Retry
+from redis.utils import SENTINEL
 
 from tokend.config.schema import FleetConfig
 from tokend.core.fleet import MAX_BLOB_BYTES, redis_keys
@@ -57,6 +70,50 @@ class TooLarge(Exception):
     """The token key holds more than :data:`~tokend.core.fleet.MAX_BLOB_BYTES`: not read."""
 
 
+class OversizedReply(RedisError):
+    """A reply on the pub/sub connection longer than MAX_BLOB_BYTES: refused unread."""
+
+
+class BoundedBuffer(SocketBuffer):
+    """redis-py's socket buffer, refusing a bulk reply longer than the limit from its
+    length header, before a byte of it is awaited (the connection is then dropped)."""
+
+    def read(self, length: int, timeout: float | object = SENTINEL) -> bytes:
+        if length > MAX_BLOB_BYTES:
+            raise OversizedReply(f"a message of {length} bytes, more than {MAX_BLOB_BYTES}: not read")
+        return super().read(length, timeout)
+
+
+class BoundedParser(_RESP2Parser):
+    """The RESP2 parser over a :class:`BoundedBuffer`: the pub/sub connection's. (The
+    commands' replies are bounded by the commands themselves: GETRANGE, STRLEN, PTTL.)"""
+
+    def on_connect(self, connection: Any) -> None:
+        super().on_connect(connection)  # type: ignore[no-untyped-call]
+        sock = self._sock
+        if sock is None:  # pragma: no cover (on_connect always sets it)
+            raise redis.exceptions.ConnectionError("not connected")
+        self._buffer = BoundedBuffer(sock, self.socket_read_size, connection.socket_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What :meth:`FleetStore.get` read: the blob, the seconds its key has left (None: no
+    expiry) and Redis's clock when it was read (TIME, seconds since the epoch)."""
+
+    blob: bytes
+    ttl: float | None
+    redis_now: float
+
+
+def redis_seconds(answer: object) -> float:
+    """TIME's answer ([seconds, microseconds]) as seconds; ValueError for anything else."""
+    if not isinstance(answer, list | tuple) or len(answer) != 2:
+        raise ValueError(f"not a TIME answer: {type(answer).__name__}")
+    seconds, micros = (int(part) for part in answer)
+    return seconds + micros / 1_000_000
+
+
 def describe_error(exc: BaseException) -> str:
     """One line about a Redis failure; redis-py's messages name the host, never the password."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -69,14 +126,18 @@ class FleetStore:
     def __init__(self, fleet: FleetConfig, password: str | None) -> None:
         """``password``: from :func:`tokend.io.fleet_secret.read_password`."""
         self.fleet = fleet
-        self.client = redis.Redis.from_url(
-            fleet.redis_url,
-            username=fleet.username,
-            password=password,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
+        settings: dict[str, Any] = {
+            "username": fleet.username,
+            "password": password,
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": SOCKET_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        self.client = redis.Redis.from_url(fleet.redis_url, **settings)
+        # Pub/sub on its own pool, whose parser never reads a reply over MAX_BLOB_BYTES.
+        self.subscriber = redis.Redis.from_url(
+            fleet.redis_url, **settings, parser_class=BoundedParser, protocol=2
         )
         self.held: dict[str, Lock] = {}
         self.lock = threading.Lock()
@@ -97,28 +158,48 @@ class FleetStore:
     # ---------------------------------------------------------------- the commands
 
     def ping(self) -> None:
-        self._call("PING", self.client.ping)
+        """PING, and TIME: a Redis (or an ACL) that will not tell its time cannot share
+        tokens safely, and says so here (``tokend check --online``, the outage probe)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.ping()
+        pipe.time()
+        self._call("PING+TIME", pipe.execute)
 
-    def get(self, identity: str) -> tuple[bytes, float | None] | None:
-        """The stored blob and the seconds its key has left (None: no expiry), or None when
-        there is none. Read with a bound (STRLEN, GETRANGE, PTTL: one round trip); more
-        than MAX_BLOB_BYTES raises :class:`TooLarge`, unread."""
+    def time(self) -> float:
+        """Redis's clock (TIME), seconds since the epoch: the one clock the fleet shares."""
+        answer = self._call("TIME", self.client.time)
+        try:
+            return redis_seconds(answer)
+        except ValueError as exc:
+            raise RedisDown(f"TIME: {exc}") from None
+
+    def get(self, identity: str) -> Stored | None:
+        """The stored blob, the seconds its key has left and Redis's clock, or None when
+        there is none. Read with a bound (STRLEN, GETRANGE, PTTL, TIME: one round trip);
+        more than MAX_BLOB_BYTES raises :class:`TooLarge`, unread."""
         token_key = self.keys(identity)[1]
         pipe = self.client.pipeline(transaction=False)
         pipe.strlen(token_key)
         pipe.getrange(token_key, 0, MAX_BLOB_BYTES - 1)
         pipe.pttl(token_key)
+        pipe.time()
         answers: list[object] = self._call(  # type: ignore[assignment]
-            "STRLEN+GETRANGE+PTTL", pipe.execute, raise_on_error=False
+            "STRLEN+GETRANGE+PTTL+TIME", pipe.execute, raise_on_error=False
         )
-        size, value, pttl = answers
+        size, value, pttl, clock = answers
+        if isinstance(clock, Exception):  # NOPERM for TIME (an ACL without +time): no age
+            raise RedisDown(f"TIME: {describe_error(clock)}")
         if isinstance(size, ResponseError) or not isinstance(size, int) or not isinstance(value, bytes):
             return None  # absent, or not a string (WRONGTYPE): nothing to use
         if not size:
             return None
         if size > MAX_BLOB_BYTES:
             raise TooLarge(f"{size} bytes, more than {MAX_BLOB_BYTES}")
-        return value, (pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None)
+        try:
+            redis_now = redis_seconds(clock)
+        except ValueError as exc:
+            raise RedisDown(f"TIME: {exc}") from None
+        return Stored(value, pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None, redis_now)
 
     def lease_left(self, identity: str) -> float | None:
         """Seconds until the identity's lease lapses (PTTL), or None (none held, no expiry)."""
@@ -215,7 +296,7 @@ class FleetStore:
             if self.pubsub is None:
                 # Confirmations are not ignored: redis-py answers None for an ignored one,
                 # which would end a drain early; only "message" counts below.
-                self.pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+                self.pubsub = self.subscriber.pubsub()  # type: ignore[no-untyped-call]
                 self.subscribed = set()
             pubsub = self.pubsub
             new = set(wanted) - self.subscribed
@@ -258,5 +339,6 @@ class FleetStore:
 
     def close(self) -> None:
         self.reset_pubsub()
-        with contextlib.suppress(Exception):
-            self.client.close()
+        for client in (self.client, self.subscriber):
+            with contextlib.suppress(Exception):
+                client.close()
