@@ -42,6 +42,7 @@ def metadata(issuer: str, token_endpoint: str, **more: Any) -> dict[str, Any]:
 def issuer_config(tmp: Path, issuer: str) -> Path:
     (tmp / "out").mkdir(exist_ok=True)
     (tmp / "api.secret").write_text("s3cret-value\n")
+    (tmp / "api.secret").chmod(0o600)
     path = tmp / "tokend.toml"
     path.write_text(
         f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.api]\nissuer = "{issuer}"\n'

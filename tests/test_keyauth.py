@@ -462,6 +462,40 @@ def test_a_key_from_a_systemd_credential(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- issue 14 review
 
 
+def test_the_certificate_presented_is_the_one_checked_though_the_files_change_after(
+    idp: TokenEndpoint, pki: Pki, tmp_path: Path
+) -> None:
+    """ssl loads a client certificate only by path: tokend hands it the bytes it checked
+    (an in-memory file), so files swapped between the check and the handshake change
+    nothing about who the request says it is."""
+    import requests
+
+    from tokend.io.assertion import tls_identity
+
+    front = TlsFront(idp.server.port, pki)
+    try:
+        (cert_a, key_a), (cert_c, key_c) = pki.issue("svc-a", f"{tmp_path.name}-a"), pki.issue("svc-c", "c")
+        SECRETS.add(key_a.read_text(), key_c.read_text())
+        cert_file, key_file = tmp_path / "svc.crt", tmp_path / "svc.key"
+        cert_file.write_bytes(cert_a.read_bytes())
+        key_file.write_bytes(key_a.read_bytes())
+        key_file.chmod(0o600)
+        url = f"https://127.0.0.1:{front.port}/connect/token"
+        extra = f'tls_cert_file = "{cert_file}"\ntls_key_file = "{key_file}"\n'
+        text = credential_toml(url, tmp_path, extra=extra)
+        tls = tls_identity(parse(text, tmp_path / "t.toml", environ={}).credentials["api"])
+        cert_file.write_bytes(cert_c.read_bytes())  # swapped after the check
+        key_file.write_bytes(key_c.read_bytes())
+        with tls.requests_cert() as cert:
+            assert isinstance(cert, str) and cert.startswith("/proc/self/fd/")
+            answer = requests.post(
+                url, data={"grant_type": "client_credentials"}, cert=cert, verify=str(pki.ca_file), timeout=10
+            )
+        assert answer.status_code == 200 and front.subjects == ["CN=svc-a"]
+    finally:
+        front.close()
+
+
 def test_each_client_certificate_gets_its_own_token_and_a_replaced_one_a_new_one(
     idp: TokenEndpoint, pki: Pki, tmp_path: Path
 ) -> None:

@@ -12,11 +12,13 @@ the error says which extra to install.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,17 +229,33 @@ def private_key_digest(cred: CredentialConfig, environ: Mapping[str, str] | None
 
 @dataclass(frozen=True)
 class TlsIdentity:
-    """The client certificate and its key, checked; requests reads them by path."""
+    """The client certificate and its key, checked, and the very bytes that were checked."""
 
     cert_file: Path
     key_file: Path | None
     fingerprint: str  # of the certificate's public key
     subject: str
     key: Any = field(repr=False)
+    pem: bytes = field(repr=False, default=b"")  # the certificate, then its key: a secret
 
-    @property
-    def requests_cert(self) -> str | tuple[str, str]:
-        return str(self.cert_file) if self.key_file is None else (str(self.cert_file), str(self.key_file))
+    @contextlib.contextmanager
+    def requests_cert(self) -> Iterator[str | tuple[str, str]]:
+        """What to give requests as ``cert`` for one request. ssl loads a certificate only
+        by path; the path given is of an anonymous in-memory file (``memfd``) holding the
+        bytes judged here, so the files cannot be swapped between the check and the TLS
+        handshake. Without memfd, the configured paths (read again by ssl)."""
+        try:
+            fd = os.memfd_create("tokend-client-cert", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            yield str(self.cert_file) if self.key_file is None else (str(self.cert_file), str(self.key_file))
+            return
+        try:
+            view = memoryview(self.pem)
+            while view:
+                view = view[os.write(fd, view) :]
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
 
 
 def certificate_thumbprint(cred: CredentialConfig) -> str:
@@ -308,5 +326,10 @@ def tls_identity(cred: CredentialConfig) -> TlsIdentity:
             where=cred.where(where),
         )
     return TlsIdentity(
-        cert_file, cred.tls_key_file, _fingerprint_of(cert.public_key()), cert.subject.rfc4514_string(), key
+        cert_file,
+        cred.tls_key_file,
+        _fingerprint_of(cert.public_key()),
+        cert.subject.rfc4514_string(),
+        key,
+        cert_pem if cred.tls_key_file is None else cert_pem + b"\n" + key_pem,
     )

@@ -8,6 +8,7 @@ failure into a :class:`~tokend.core.protocol.TokenRequestError`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -246,6 +247,33 @@ class TokenClient:
             )
         raise classify_failure(status, headers, body, now=self.clock(), secrets=secrets)
 
+    def _http(
+        self,
+        method: str,
+        request: TokenRequest,
+        headers: Mapping[str, str],
+        timeout: float,
+        verify: bool | str,
+        cert: str | tuple[str, str] | None,
+    ) -> requests.Response:
+        return self.session.request(
+            method,
+            request.url,
+            data=request.body or None,
+            headers=headers,
+            timeout=timeout,  # the whole exchange: see tokend.io.http
+            verify=verify,
+            cert=cert,
+            allow_redirects=False,
+            stream=True,
+            auth=NoNetrc(),
+            # Plain http is allowed only because it stays on this machine (or the
+            # operator said so): an $HTTP_PROXY must not carry the secret elsewhere.
+            proxies=cast("MutableMapping[str, str]", no_proxy())
+            if request.url.lower().startswith("http://")
+            else None,
+        )
+
     def _get(self, cred: CredentialConfig, url: str, tls: TlsIdentity | None = None) -> tuple[int, bytes]:
         """GET (discovery's metadata) within ``cred.timeout``: status and body, or raise."""
         status, _, body = self._exchange(
@@ -266,29 +294,14 @@ class TokenClient:
 
         With a client certificate the connection is not kept: TLS authenticates the
         client once per connection, and a certificate rotated on disk must be the one
-        the next request presents (requests reads the files for each new connection)."""
+        the next request presents (read and checked for each request, and handed to ssl as those very bytes)."""
         verify: bool | str = str(cred.ca_bundle) if cred.ca_bundle else True
         headers = dict(request.headers)
         if tls is not None:
             headers["Connection"] = "close"
         try:
-            response = self.session.request(
-                method,
-                request.url,
-                data=request.body or None,
-                headers=headers,
-                timeout=cred.timeout,  # the whole exchange: see tokend.io.http
-                verify=verify,
-                cert=tls.requests_cert if tls is not None else None,
-                allow_redirects=False,
-                stream=True,
-                auth=NoNetrc(),
-                # Plain http is allowed only because it stays on this machine (or the
-                # operator said so): an $HTTP_PROXY must not carry the secret elsewhere.
-                proxies=cast("MutableMapping[str, str]", no_proxy())
-                if request.url.lower().startswith("http://")
-                else None,
-            )
+            with tls.requests_cert() if tls is not None else contextlib.nullcontext(None) as cert:
+                response = self._http(method, request, headers, cred.timeout, verify, cert)
         except DeadlineExceeded as exc:
             what = "no complete answer" if exc.received else "no answer"
             raise TokenRequestError(f"{what} within {cred.timeout:g}s", retryable=True) from None
