@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +21,10 @@ import pytest
 from tokend.core.results import Attempt, Result
 from tokend.core.tokens import Token
 from tokend.daemon.supervisor import (
+    Process,
     Supervision,
     exit_code,
+    orphaned,
     parse_on_rotate,
     parse_signal,
     parse_stop_timeout,
@@ -100,6 +103,17 @@ def test_a_rotation_is_a_new_valid_token_and_in_signal_mode_one_every_sink_holds
     assert not rotated(Attempt("api", new), old.fingerprint, restart=True, now=now + 5)  # expired
 
 
+def test_a_group_is_orphaned_unless_a_member_has_a_parent_in_another_group_of_its_session() -> None:
+    shell, tokend, child = Process(1, 1, 1), Process(100, 200, 100), Process(200, 300, 100)
+    table = {100: Process(1, 100, 100), 200: tokend, 300: child}
+    assert not orphaned(200, 100, table)  # the shell (100), its parent: a job it controls
+    assert not orphaned(300, 100, table)  # tokend is the program's parent, in its session
+    assert orphaned(200, 100, {1: shell, 200: Process(1, 200, 200), 300: child})  # leader
+    script = {100: Process(1, 100, 100), 150: Process(100, 200, 100), 200: Process(150, 200, 100)}
+    assert not orphaned(200, 100, script)  # sh -c: its parent shares its group; that one's does not
+    assert orphaned(200, 100, {200: tokend})  # a parent /proc does not show: another namespace
+
+
 # --------------------------------------------------------------------------- real processes
 
 # The child: records each start (pid, token, whether a secret variable reached it), and on
@@ -154,6 +168,9 @@ class Exec:
         options: list[str],
         mode: str = "wait",
         command: list[str] | None = None,
+        prefix: list[str] | None = None,
+        terminal: int | None = None,
+        output_to_terminal: bool = False,
     ) -> None:
         self.record = tmp / f"child-{time.monotonic_ns()}.log"
         self.record.touch()
@@ -164,9 +181,10 @@ class Exec:
         child = [sys.executable, "-S", "-c", CHILD, str(self.record), str(sink), mode]  # -S: quick to listen
         if command is not None:
             child = [*command, str(self.record)]
-        self.proc = subprocess.Popen(
-            [*tokend, "--", *child],
-            stdout=self._log,
+        self.proc = subprocess.Popen(  # tokend, or what starts it (prefix)
+            [*(prefix or []), *tokend, "--", *child],
+            stdin=terminal,
+            stdout=terminal if output_to_terminal else self._log,
             stderr=subprocess.STDOUT,
             cwd=tmp,
             env=clean_env(tmp, API_CLIENT_SECRET=SECRET),
@@ -209,8 +227,15 @@ def supervised(idp: TokenEndpoint, tmp_path: Path) -> Iterator[Callable[..., Exe
     config = write_config(tmp_path, block)
     started: list[Exec] = []
 
-    def start(*options: str, mode: str = "wait", command: list[str] | None = None) -> Exec:
-        process = Exec(tmp_path, config, list(options), mode, command)
+    def start(
+        *options: str,
+        mode: str = "wait",
+        command: list[str] | None = None,
+        prefix: list[str] | None = None,
+        terminal: int | None = None,
+        output_to_terminal: bool = False,
+    ) -> Exec:
+        process = Exec(tmp_path, config, list(options), mode, command, prefix, terminal, output_to_terminal)
         started.append(process)
         return process
 
@@ -227,6 +252,26 @@ def alive(pid: int) -> bool:
     except (ProcessLookupError, FileNotFoundError):
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def state(pid: int) -> str:
+    """The kernel's word for the process: R, S, T (stopped), Z; "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def zombies_of(parent: int) -> int:
+    """How many ended children of ``parent`` wait for it to reap them."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended and reaped while we looked
+        count += fields[0] == "Z" and fields[1] == str(parent)
+    return count
 
 
 def test_restart_mode_restarts_the_child_with_each_new_token(supervised: Callable[..., Exec]) -> None:
@@ -448,3 +493,208 @@ def test_a_cached_token_inside_its_refresh_window_is_replaced_before_the_first_s
         assert first != cached and first.startswith("tok-"), (first, cached)
     finally:
         tokend.stop()
+
+
+# A shell's job control, the least of it: the session leader of a pty (its controlling
+# terminal on stdin), it runs the command as a job in a process group of its own, in the
+# terminal's foreground, and records what waitpid(WUNTRACED | WCONTINUED) tells of it. On
+# SIGUSR1 it takes the terminal back, as a shell does after Ctrl-Z (then ``bg``). As
+# "leader" it execs the command instead: the session leader, with no shell (docker run -it).
+JOB_SHELL = r"""
+import fcntl, os, signal, sys, termios
+record, mode, *argv = sys.argv[1:]
+def note(*words):
+    with open(record, "a") as f:
+        f.write(" ".join(map(str, words)) + "\n")
+os.setsid()
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+if mode == "leader":
+    note("job", os.getpid())
+    os.execvp(argv[0], argv)
+job = os.fork()
+if job == 0:
+    os.setpgid(0, 0)
+    os.execvp(argv[0], argv)
+os.setpgid(job, job)
+os.tcsetpgrp(0, job)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # as a shell: tcsetpgrp from the background
+signal.signal(signal.SIGUSR1, lambda signum, frame: os.tcsetpgrp(0, os.getpgrp()))
+note("job", job)
+while True:
+    _, status = os.waitpid(job, os.WUNTRACED | os.WCONTINUED)
+    if os.WIFSTOPPED(status):
+        note("stopped", os.WSTOPSIG(status))
+    elif os.WIFCONTINUED(status):
+        note("continued")
+    else:
+        note("ended", os.waitstatus_to_exitcode(status))
+        sys.exit(0)
+"""
+
+
+class Terminal:
+    """A pty, and ``tokend exec`` run as a job of :data:`JOB_SHELL` on it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.master, self.slave = os.openpty()
+        self.jobs = tmp / f"jobs-{time.monotonic_ns()}.log"
+        self.jobs.touch()
+
+    def shell(self, mode: str = "job") -> list[str]:
+        return [sys.executable, "-c", JOB_SHELL, str(self.jobs), mode]
+
+    def lines(self, kind: str) -> list[list[str]]:
+        return [line.split()[1:] for line in self.jobs.read_text().splitlines() if line.startswith(kind)]
+
+    def job(self) -> int:
+        wait_for(lambda: self.lines("job"), 10, "the shell's job")
+        return int(self.lines("job")[0][0])
+
+    def end(self, tokend: Exec) -> None:
+        """SIGCONT and SIGTERM to the job (SIGKILL if it stays), and the shell ends with it."""
+        if not self.lines("job"):
+            return
+        pid = int(self.lines("job")[0][0])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+        try:
+            tokend.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            tokend.proc.wait(10)
+
+    def read(self) -> str:
+        """What was written to the terminal so far (kept for the secrets check)."""
+        os.set_blocking(self.master, False)
+        chunks = []
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(self.master, 65536):
+                chunks.append(chunk)
+        text = b"".join(chunks).decode(errors="replace")
+        SECRETS.output("the terminal", text)
+        return text
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    pty = Terminal(tmp_path)
+    yield pty
+    pty.close()
+
+
+def test_ctrl_z_stops_the_program_and_tokend_and_sigcont_runs_both_again(
+    supervised: Callable[..., Exec], terminal: Terminal
+) -> None:
+    """The terminal's Ctrl-Z reaches tokend's group, not the program's: passed on to the
+    program's group, then tokend stops, and the shell sees its job stopped; ``fg``'s SIGCONT
+    to tokend's group is passed back, and the refreshes go on."""
+    tokend = supervised("--on-rotate", "SIGUSR1", prefix=terminal.shell(), terminal=terminal.slave)
+    pid = terminal.job()
+    try:
+        wait_for(lambda: tokend.lines("start"), 10, "the program's start")
+        child = int(tokend.lines("start")[0][0])
+        wait_for(lambda: os.tcgetpgrp(terminal.master) == pid, 5, "tokend in the terminal's foreground")
+        assert os.getpgid(child) == child != pid  # the program in a group of its own
+        os.write(terminal.master, b"\x1a")  # Ctrl-Z (VSUSP): SIGTSTP to the foreground group
+        wait_for(lambda: state(child) == "T", 5, f"the program stopped (it is {state(child)!r})")
+        wait_for(lambda: state(pid) == "T", 5, f"tokend stopped (it is {state(pid)!r})")
+        wait_for(lambda: terminal.lines("stopped"), 5, "the shell to see its job stopped")
+        os.killpg(pid, signal.SIGCONT)  # fg
+        wait_for(lambda: state(pid) in ("R", "S"), 5, f"tokend running (it is {state(pid)!r})")
+        wait_for(lambda: state(child) in ("R", "S"), 5, f"the program running (it is {state(child)!r})")
+        signalled = len(tokend.lines("signal"))
+        wait_for(lambda: len(tokend.lines("signal")) > signalled, 15, "a rotation after fg")
+        assert [words[0] for words in tokend.lines("start")] == [str(child)]  # the one program
+    finally:
+        terminal.end(tokend)
+    assert terminal.lines("ended") == [["0"]], terminal.jobs.read_text()
+    assert "SIGTSTP: stopping process group" in tokend.log
+
+
+def test_ctrl_z_without_a_shell_is_ignored_as_the_kernel_ignores_it(
+    supervised: Callable[..., Exec], terminal: Terminal
+) -> None:
+    """tokend the session leader of its terminal (``docker run -it``): its group is
+    orphaned, nobody would continue it, and the kernel drops a terminal's stop for such a
+    group; so does tokend, for itself and its program."""
+    tokend = supervised("--on-rotate", "SIGUSR1", prefix=terminal.shell("leader"), terminal=terminal.slave)
+    pid = terminal.job()
+    try:
+        wait_for(lambda: tokend.lines("start"), 10, "the program's start")
+        child = int(tokend.lines("start")[0][0])
+        assert pid == tokend.proc.pid == os.getsid(pid) and os.tcgetpgrp(terminal.master) == pid
+        os.write(terminal.master, b"\x1a")
+        wait_for(lambda: "SIGTSTP: ignored" in tokend.log, 5, "tokend to take the Ctrl-Z")
+        assert state(pid) in ("R", "S") and state(child) in ("R", "S")
+        signalled = len(tokend.lines("signal"))
+        wait_for(lambda: len(tokend.lines("signal")) > signalled, 15, "a rotation after the Ctrl-Z")
+    finally:
+        terminal.end(tokend)
+
+
+def test_a_background_job_under_stty_tostop_writes_its_log_and_goes_on(
+    supervised: Callable[..., Exec], terminal: Terminal
+) -> None:
+    """A job the shell put in the background (``bg``) while ``stty tostop``: its own log
+    lines must not stop tokend (leaving its program unsupervised), nor, SIGTTOU being
+    caught for job control, make each write fail and start again for ever (the main thread
+    spun at 100% CPU). They are written, and the rotations go on."""
+    attributes = termios.tcgetattr(terminal.slave)
+    attributes[3] |= termios.TOSTOP
+    termios.tcsetattr(terminal.slave, termios.TCSANOW, attributes)
+    tokend = supervised(
+        "--on-rotate", "SIGUSR1", prefix=terminal.shell(), terminal=terminal.slave, output_to_terminal=True
+    )
+    pid = terminal.job()
+    try:
+        wait_for(lambda: tokend.lines("start"), 10, "the program's start")
+        wait_for(lambda: os.tcgetpgrp(terminal.master) == pid, 5, "tokend in the terminal's foreground")
+        tokend.proc.send_signal(signal.SIGUSR1)  # the shell takes the terminal back
+        wait_for(lambda: os.tcgetpgrp(terminal.master) == tokend.proc.pid, 5, "the shell in the foreground")
+        signalled = len(tokend.lines("signal"))
+        wait_for(lambda: len(tokend.lines("signal")) >= signalled + 2, 15, "two rotations, each logged")
+        assert state(pid) in ("R", "S") and not terminal.lines("stopped"), terminal.jobs.read_text()
+        assert "sending SIGUSR1" in terminal.read()  # the main thread's log lines, written
+    finally:
+        terminal.end(tokend)
+
+
+# A program that leaves 300 orphans behind, each of which ends at once: a double fork, the
+# middle process reaped by the program, the grandchild re-parented to tokend (the subreaper).
+ORPHANS = r"""
+import os, signal, sys
+record = sys.argv[1]
+def note(*words):
+    with open(record, "a") as f:
+        f.write(" ".join(map(str, words)) + "\n")
+note("start", os.getpid())
+for _ in range(300):
+    middle = os.fork()
+    if middle == 0:
+        os.fork()
+        os._exit(0)
+    os.waitpid(middle, 0)
+note("orphaned", 300)
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+while True:
+    signal.pause()
+"""
+
+
+def test_orphans_are_reaped_as_they_end_not_at_the_heartbeat(
+    supervised: Callable[..., Exec], idp: TokenEndpoint
+) -> None:
+    """Each ends at once, a zombie until tokend reaps it: on SIGCHLD, well before the 30 s
+    heartbeat, which was the only time tokend reaped while its program ran."""
+    idp.expires_in = 3600  # no restart, whose wait for the group would reap them anyway
+    tokend = supervised("--on-rotate", "restart", command=[sys.executable, "-S", "-c", ORPHANS])
+    wait_for(lambda: tokend.lines("orphaned"), 20, "the program's orphans")
+    wait_for(lambda: zombies_of(tokend.proc.pid) == 0, 5, "tokend to reap its adopted orphans")
+    assert tokend.proc.poll() is None and "Traceback" not in tokend.log

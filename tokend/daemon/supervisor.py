@@ -23,11 +23,25 @@ cannot read the terminal (programs that do so want ``--on-rotate none``). Under 
 (``Type=exec``) use ``KillMode=mixed``, so SIGTERM reaches tokend alone and is passed on
 once, while the final SIGKILL still reaches every process of the unit.
 
+Job control: the terminal's Ctrl-Z (SIGTSTP) reaches tokend's group, not the child's. It
+is passed on to the child's whole group (as the terminal would have stopped the whole
+job), then tokend stops itself with SIGSTOP, so the shell sees its job stopped; the shell's
+SIGCONT (``fg``, ``bg``) continues tokend, which passes it back to the child's group. So
+do SIGTTIN and SIGTTOU, when sent. As the kernel does for a stop signal's default action,
+they are ignored in an orphaned process group, where no shell would continue the job
+(tokend the session leader of a terminal, as in ``docker run -it``). tokend's own output
+never brings them (``stty tostop`` in a background job): the main thread blocks them except
+while it waits for an event, and the other threads always, so a write to the terminal goes
+ahead instead of stopping tokend, or of a caught SIGTTOU restarting the write for ever.
+The time spent stopped does not count against the stop timeout or the rotation grace.
+
 A child subreaper (PR_SET_CHILD_SUBREAPER): the grandchildren a dead child leaves
-re-parent to tokend, not to init, and tokend reaps them itself. Otherwise a SIGKILLed
-grandchild stays a zombie, and in the group, for as long as init takes to reap it (seconds
-under some container inits; for ever when tokend *is* the container's init), and each
-restart would wait for it. Reaping never uses a plain ``waitpid(-1)``, which could take
+re-parent to tokend, not to init, and tokend reaps them itself, on each SIGCHLD (the
+handler queues one at a time; the heartbeat looks too). Otherwise a SIGKILLed grandchild
+stays a zombie, and in the group, for as long as init takes to reap it (seconds under some
+container inits; for ever when tokend *is* the container's init), and each restart would
+wait for it; a program leaving short-lived orphans by the thousand would fill the process
+table with zombies. Reaping never uses a plain ``waitpid(-1)``, which could take
 the current child's exit status from its waiter thread: :func:`reap_strays` peeks with
 ``WNOWAIT`` and leaves the current child alone. The group is polled with ``killpg(pgid,
 0)`` while it empties.
@@ -72,6 +86,13 @@ log = logging.getLogger("tokend.exec")
 # Passed on to the child; the first three also mean "stop": the child's exit is then ours.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+# Job control: passed on to the child's group, then tokend stops itself; SIGCONT comes back.
+SUSPENDING = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# A terminal sends these to a background job that touches it: blocked while tokend works (see
+# the module's docstring), so its own output never brings them.
+TERMINAL_ACCESS = frozenset({signal.SIGTTIN, signal.SIGTTOU})
+# Every signal whose handler queues it for the loop.
+CAUGHT = (*FORWARDED, *SUSPENDING, signal.SIGCONT, signal.SIGCHLD)
 MAX_STOP_TIMEOUT = 3600.0  # longer is a typo; systemd's own default is 90 s
 STOP_GRACE = 1.0  # how long leaving waits for a refresh in flight (every write is atomic)
 HEARTBEAT = 30.0  # as the daemon: wake the jobs, whose sleep does not count suspended time
@@ -237,6 +258,48 @@ def reap_strays(current: int | None) -> None:
             os.waitpid(info.si_pid, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Process:
+    """What /proc/<pid>/stat says of a process's place in job control."""
+
+    ppid: int
+    pgrp: int
+    session: int
+
+
+def orphaned(pgrp: int, session: int, processes: Mapping[int, Process]) -> bool:
+    """POSIX's orphaned process group: no member has a parent in another group of the same
+    session, so no shell is there to continue it once stopped."""
+    for process in processes.values():
+        parent = processes.get(process.ppid) if process.pgrp == pgrp else None
+        if parent is not None and parent.pgrp != pgrp and parent.session == session:
+            return False
+    return True
+
+
+def process_table() -> dict[int, Process]:
+    """Every process /proc shows (empty where there is no /proc)."""
+    found: dict[int, Process] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    fields = stat.read().rpartition(b")")[2].split()
+                found[int(entry.name)] = Process(int(fields[1]), int(fields[2]), int(fields[3]))
+            except (OSError, ValueError, IndexError):
+                continue  # it ended while we looked
+    return found
+
+
+def job_control() -> bool:
+    """Whether a stopped tokend has a shell to continue it: its group is not orphaned (or
+    there is no /proc to tell)."""
+    table = process_table()
+    return not table or not orphaned(os.getpgrp(), os.getsid(0), table)
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process is left in the process group (a zombie counts until reaped)."""
     try:
@@ -278,14 +341,26 @@ class AttemptQueue(Observer):
 
 @contextlib.contextmanager
 def signals_blocked() -> Iterator[None]:
-    """Threads started inside inherit a mask blocking the forwarded signals, so these are
+    """Threads started inside inherit a mask blocking the caught signals, so these are
     delivered to the main thread, whose queue wait they interrupt, and not to a worker
     (which would leave them pending until the main thread happened to wake)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def terminal_signals_open(mask: set[int | signal.Signals]) -> Iterator[None]:
+    """The main thread takes SIGTTIN and SIGTTOU only inside (its mask the one tokend
+    started with): while it waits for an event (any sent meanwhile were kept pending), and
+    while it forks the child, which inherits that mask."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_ACCESS)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -332,11 +407,14 @@ class Supervisor:
         self.stopping = False  # a stopping signal came: the child's exit is ours
         self.final: int | None = None  # how we end, decided; waiting for the group to empty
         self.outcome: int | None = None  # how we end, once nothing is left to wait for
+        self.reap_queued = False  # a SIGCHLD is in the queue: another would add nothing
+        self.mask: set[int | signal.Signals] = set()  # the main thread's, as tokend started
         self.next_beat = self.clock.monotonic() + HEARTBEAT
         self.wall_offset = self.clock.time() - self.clock.monotonic()
 
     def run(self) -> int:
-        previous = {signum: signal.signal(signum, self._queue_signal) for signum in FORWARDED}
+        previous = {signum: signal.signal(signum, self._queue_signal) for signum in CAUGHT}
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_ACCESS)
         become_subreaper()
         try:
             self.start_child()
@@ -351,11 +429,16 @@ class Supervisor:
             finally:
                 self.runner.stop(STOP_GRACE)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
             for signum, old in previous.items():
                 signal.signal(signum, old)
         return self.outcome
 
     def _queue_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGCHLD:  # a program's orphans may end by the thousand
+            if self.reap_queued:
+                return
+            self.reap_queued = True
         self.events.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
 
     def step(self) -> None:
@@ -379,7 +462,8 @@ class Supervisor:
         if draining:
             deadlines.append(now + GROUP_POLL)
         try:
-            event = self.events.get(timeout=max(0.01, min(deadlines) - self.clock.monotonic()))
+            with terminal_signals_open(self.mask):
+                event = self.events.get(timeout=max(0.01, min(deadlines) - self.clock.monotonic()))
         except queue.Empty:
             return
         self.dispatch(event)
@@ -405,6 +489,18 @@ class Supervisor:
     # ----------------------------------------------------------------------- handlers
 
     def handle_signal(self, signum: signal.Signals) -> None:
+        if signum is signal.SIGCHLD:
+            self.reap_queued = False
+            reap_strays(self.child.pid if self.child is not None else None)
+            return
+        if signum in SUSPENDING:
+            self.suspend(signum)
+            return
+        if signum is signal.SIGCONT:  # tokend runs again (or was never stopped): so does its job
+            if self.group is not None:
+                log.info("SIGCONT: passing it on to process group %d", self.group)
+                self.signal_group(signum)
+            return
         if signum in STOPPING:
             self.stopping = True
         if self.child is None:  # between a stop and a start: nobody to pass it on to
@@ -416,6 +512,33 @@ class Supervisor:
             return
         log.info("%s: passing it on to the child (pid %d)", signum.name, self.child.pid)
         self.signal_child(signum)
+
+    def suspend(self, signum: signal.Signals) -> None:
+        """Stop as a job does: the child's whole group, then tokend (SIGSTOP, the default
+        action being out of reach of a caught signal), unless no shell would continue it.
+        Returns once continued; the SIGCONT is queued, and passed on by the loop."""
+        if not job_control():
+            log.info(
+                "%s: ignored: tokend's process group is orphaned, nothing would continue it", signum.name
+            )
+            return
+        if self.group is not None:
+            log.info("%s: stopping process group %d, then tokend", signum.name, self.group)
+            self.signal_group(signum)
+        before = self.clock.monotonic()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        self.resumed(self.clock.monotonic() - before)
+
+    def resumed(self, paused: float) -> None:
+        """The child was stopped as long as tokend: its timers wait that much longer."""
+        if self.kill_at is not None:
+            self.kill_at += paused
+        if self.give_up_at is not None:
+            self.give_up_at += paused
+        if self.rotate_at is not None:
+            self.rotate_at += paused
+        self.started_at += paused
+        self.next_beat = self.clock.monotonic()  # look at the clocks and wake the jobs now
 
     def handle_attempt(self, attempt: Attempt) -> None:
         if not rotated(attempt, self.latest, restart=self.options.restart, now=self.clock.time()):
@@ -515,7 +638,8 @@ class Supervisor:
         env = self.environment(self.token)
         try:
             argv = launch_argv(self.command, env.get("PATH", os.defpath), self.options.stop_signal)
-            proc = subprocess.Popen(argv, env=env, process_group=0)  # argv by design, no shell
+            with terminal_signals_open(self.mask):  # the child's mask: the one tokend started with
+                proc = subprocess.Popen(argv, env=env, process_group=0)  # argv by design, no shell
         except OSError as exc:
             log.error("exec %s: %s", self.command[0], exc.strerror)
             self.outcome = start_failure_code(exc)
