@@ -116,8 +116,9 @@ def default_config_path(environ: Mapping[str, str]) -> Path:
 class _Parser:
     """Walks the TOML tree; every error it raises carries the file and the dotted key."""
 
-    def __init__(self, file: Path, environ: Mapping[str, str]) -> None:
+    def __init__(self, file: Path, environ: Mapping[str, str], file_mode: int | None = None) -> None:
         self.file = file
+        self.file_mode = file_mode  # of the file the text was read from (its descriptor's)
         self.base = file.parent
         self.environ = environ
         self.warnings: list[str] = []
@@ -285,7 +286,8 @@ class _Parser:
         if cred.issuer is not None and ("?" in cred.issuer or "#" in cred.issuer):
             raise self.fail(f"{where}.issuer", "must have no query or fragment (RFC 8414 §2)")
         self.check_key_auth(cred, tbl, where)
-        if cred.env_file is not None:
+        secret_from_env = cred.client_secret is not None and cred.client_secret.source == "env"
+        if cred.env_file is not None and secret_from_env:  # it may hold the secret
             self.warn_readable(cred.env_file, f"{where}.env_file")
         return cred
 
@@ -363,7 +365,7 @@ class _Parser:
         ``check``); not a refusal: the operator may have reasons (a container's mount)."""
         with contextlib.suppress(OSError):
             mode = path.stat().st_mode
-            if mode & 0o004:
+            if stat.S_ISREG(mode) and mode & 0o004:  # anything else is refused when read
                 self.warnings.append(
                     f"{self.file}: {where}: {path} holds a secret but is readable by others "
                     f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
@@ -371,7 +373,7 @@ class _Parser:
 
     def warn_inline_secret(self, where: str) -> None:
         try:
-            mode = self.file.stat().st_mode
+            mode = self.file.stat().st_mode if self.file_mode is None else self.file_mode
         except OSError:
             return
         if mode & 0o044:
@@ -614,7 +616,9 @@ def _template_text(path: Path, protected: Protected, written: set[str], state: s
     return text
 
 
-def parse(text: str, file: Path, environ: Mapping[str, str] | None = None) -> Config:
+def parse(
+    text: str, file: Path, environ: Mapping[str, str] | None = None, *, file_mode: int | None = None
+) -> Config:
     """Validate config text; ``file`` is used for messages and to resolve relative paths.
 
     Raises :class:`ConfigError` and nothing else, whatever the text: a daemon reloading a
@@ -628,7 +632,7 @@ def parse(text: str, file: Path, environ: Mapping[str, str] | None = None) -> Co
     except RecursionError:
         raise ConfigError(file, "not valid TOML: arrays or tables nested too deeply") from None
     try:
-        return _Parser(file, os.environ if environ is None else environ).config(data)
+        return _Parser(file, os.environ if environ is None else environ, file_mode).config(data)
     except ConfigError:
         raise
     except RecursionError:
@@ -656,8 +660,9 @@ def locate_state_dir(file: Path | str, environ: Mapping[str, str] | None = None)
 def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises :class:`ConfigError` and nothing else."""
     path = Path(file).absolute()
+    opened: list[OpenedFile] = []  # what was read: its mode decides the inline-secret warning
     try:
-        raw = read_regular(path, MAX_CONFIG_BYTES)
+        raw = read_regular(path, MAX_CONFIG_BYTES, lambda file: opened.append(file))
     except FileNotFoundError:
         raise ConfigError(path, "no such file (set -c FILE or $TOKEND_CONFIG)") from None
     except OSError as exc:
@@ -670,7 +675,7 @@ def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
-    return parse(text, path, environ)
+    return parse(text, path, environ, file_mode=opened[0].st.st_mode if opened else None)
 
 
 REDIS_HOST_RE = re.compile(

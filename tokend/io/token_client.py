@@ -294,7 +294,8 @@ class TokenClient:
 
         With a client certificate the connection is not kept: TLS authenticates the
         client once per connection, and a certificate rotated on disk must be the one
-        the next request presents (read and checked for each request, and handed to ssl as those very bytes)."""
+        the next request presents (read and checked for each request, and handed to ssl
+        as those very bytes)."""
         verify: bool | str = str(cred.ca_bundle) if cred.ca_bundle else True
         headers = dict(request.headers)
         if tls is not None:
