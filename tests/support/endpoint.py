@@ -4,7 +4,6 @@ them appears in what tokend printed)."""
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import threading
@@ -12,10 +11,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
 
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
+
+from tokend.devtools.token_requests import basic_credentials, decode_body
 
 
 class Secrets:
@@ -51,12 +51,7 @@ class Seen:
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
-        value = self.headers.get("Authorization", "")
-        if not value.startswith("Basic "):
-            return None
-        user, _, password = base64.b64decode(value[6:]).decode().partition(":")
-        # RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
-        return unquote_plus(user), unquote_plus(password)
+        return basic_credentials(self.headers.get("Authorization", ""))
 
 
 @dataclass
@@ -107,14 +102,7 @@ class TokenEndpoint:
     def handle(self, request: Request) -> Response:
         raw = request.get_data()
         ctype = request.headers.get("Content-Type", "")
-        if ctype.startswith("application/json"):
-            try:
-                data = json.loads(raw)
-                params = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-            except ValueError:
-                params = {}
-        else:
-            params = dict(parse_qsl(raw.decode("latin-1")))
+        params = decode_body(ctype, raw)[1] or {}  # as the demo's identity provider reads it
         seen = Seen(request.path, dict(request.headers), ctype, raw, params, time.time())
         SECRETS.add(
             params.get("client_secret"), params.get("refresh_token"), (seen.basic_auth or ("", ""))[1]

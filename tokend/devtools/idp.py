@@ -7,7 +7,6 @@ only, so the demo runs on a machine with nothing but Python.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import secrets
@@ -17,7 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
+
+from tokend.devtools.token_requests import basic_credentials, decode_body
 
 TOKEN_PATH = "/connect/token"
 
@@ -121,7 +121,7 @@ class IdentityProvider:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(min(length, 1 << 20))
-                wire, params = _parse(self.headers.get("Content-Type", ""), body)
+                wire, params = decode_body(self.headers.get("Content-Type", ""), body)
                 authorization = self.headers.get("Authorization", "")
                 status, payload = idp.answer(authorization, params)
                 self._reply(status, payload)
@@ -154,25 +154,12 @@ class IdentityProvider:
         return Handler
 
 
-def _parse(content_type: str, body: bytes) -> tuple[str, dict[str, str] | None]:
-    """The body's dialect and parameters (None when it cannot be read)."""
-    wire = "json" if content_type.split(";")[0].strip().lower() == "application/json" else "form"
-    try:
-        if wire == "json":
-            data = json.loads(body or b"{}")
-            return wire, ({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None)
-        return wire, dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-    except (ValueError, UnicodeDecodeError):
-        return wire, None
-
-
 def _client_credentials(authorization: str, params: Mapping[str, str]) -> tuple[str | None, str | None]:
+    basic = basic_credentials(authorization)
+    if basic is not None:
+        return basic
     if authorization.startswith("Basic "):
-        try:
-            user, _, password = base64.b64decode(authorization[6:]).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return None, None
-        return unquote_plus(user), unquote_plus(password)
+        return None, None
     return params.get("client_id"), params.get("client_secret")
 
 
