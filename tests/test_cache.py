@@ -57,7 +57,7 @@ def test_key_follows_endpoint_client_scope_and_params_not_the_name_or_secret() -
     assert cache_key(dataclasses.replace(CRED, extra_params=(("audience", "x"),)), "id") != key
 
 
-# --------------------------------------------------------------------------- hardening (issue 10)
+# ---------------------------------------------------- cache keys that stay valid, a state dir created private
 
 # cache_key(CRED, "id") as computed before default_expires_in counted (commit 0fa421f).
 KEY_BEFORE_DEFAULT_EXPIRES_IN = "7faf294f84284a01f1fa63ae8316a4fd"
@@ -198,7 +198,7 @@ def test_two_fetches_started_at_once_make_one_token_request(tmp_path: Path, idp:
     assert (tmp_path / "out" / "api.token").read_text() == "slow-tok-1\n"
 
 
-# --------------------------------------------------------------------------- issue 14 review
+# ---------------------------------------------------- the certificate in the key; entries that cannot be read
 
 
 def test_the_client_certificate_joins_the_key_by_its_thumbprint(tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ def test_warnings_for_what_the_metadata_does_not_list() -> None:
     assert discovery_warnings(Discovered("https://i", "https://i/t"), "basic") == []  # nothing listed
 
 
-# --------------------------------------------------------------------------- issue 14 review
+# ----------------------------------------------------------- metadata and metadata caches that cannot be read
 
 DEEP = b"[" * 200_000  # under the 1 MiB cap, and past the JSON parser's recursion limit
 
@@ -267,7 +267,7 @@ def test_stale_metadata_is_used_while_the_issuer_answers_an_error_but_never_anot
     idp: TokenEndpoint, httpserver: HTTPServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A refresh that fails, by an error or by metadata we refuse (another issuer's, an
-    error object served with 200: second-round review, finding 2), keeps the good metadata
+    error object served with 200), keeps the good metadata
     in use with a warning; the refused metadata is never used nor kept, and with nothing
     cached it is the config error it always was."""
     issuer = base(httpserver)

@@ -33,7 +33,7 @@ def test_a_repeated_parameter_is_part_of_the_key() -> None:
 
 
 def test_the_client_certificate_is_part_of_the_key_and_leaves_the_others_as_they_were() -> None:
-    """Issue 14 review: a token is bound to the certificate that asked for it (RFC 8705), so
+    """A token is bound to the certificate that asked for it (RFC 8705), so
     two credentials with different certificates, or a replaced one, get keys of their own;
     a credential without a certificate keeps the key it always had."""
     key = cache_key(*BASE)

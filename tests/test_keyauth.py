@@ -459,7 +459,7 @@ def test_a_key_from_a_systemd_credential(tmp_path: Path) -> None:
         signing_key(cred, {})
 
 
-# --------------------------------------------------------------------------- issue 14 review
+# --------------------------------------------------------------------------- certificate-bound tokens
 
 
 def test_the_certificate_presented_is_the_one_checked_though_the_files_change_after(

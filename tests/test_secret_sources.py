@@ -117,7 +117,7 @@ def test_check_reports_an_unreadable_secret_file(tmp_path: Path) -> None:
     assert "s3cret" not in result.stderr + result.stdout
 
 
-# --------------------------------------------------------------------------- hardening (issue 10)
+# ---------------------------------------------------- secret files that are not plain files, byte-order marks
 
 
 def check_within(config: Path, tmp: Path, seconds: float = 8) -> subprocess.CompletedProcess[str]:

@@ -300,7 +300,7 @@ def test_concurrent_writes_to_one_directory_all_land(tmp_path: Path) -> None:
     assert temp_files(tmp_path) == []
 
 
-# --------------------------------------------------------------------------- hardening (issue 10)
+# ---------------------------------------------------------- sink paths that are not regular files or not safe
 
 OTHER_ID = 65534  # nobody / nogroup: not root, not the daemon
 
