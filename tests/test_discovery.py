@@ -1,4 +1,4 @@
-"""tokend/io/discovery.py (and the pure half in tokend/core/protocol.py): a credential
+"""tokend/io/discovery.py (and the pure half in tokend/core/discovery.py): a credential
 configured by its issuer, against metadata served over real HTTP on 127.0.0.1 (the
 pytest-httpserver behind the ``idp`` fixture serves both the metadata and the token
 endpoint). Discovery against oidc-provider itself is in tests/test_keyauth.py."""
@@ -13,14 +13,14 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from tokend.config import ConfigError, CredentialConfig, parse
-from tokend.core.protocol import (
+from tokend.core.discovery import (
     BadMetadata,
     Discovered,
-    TokenRequestError,
     discovery_warnings,
     parse_metadata,
     well_known_urls,
 )
+from tokend.core.token_response import TokenRequestError
 from tokend.io.discovery import cache_path, judge
 from tokend.io.token_client import TokenClient
 

@@ -24,11 +24,12 @@ import tokend.config
 from tokend.cli import fastpath as fp
 from tokend.cli import main as cli
 from tokend.cli import memo
-from tokend.config import ConfigError, load, parse_duration
-from tokend.config.parse import PRESETS
-from tokend.core import identity, policy
-from tokend.core.tokens import MAX_TOKEN_CHARS, Token
-from tokend.io import secret_sources
+from tokend.config import Config, ConfigError, CredentialConfig, Key, SecretRef, load, parse_duration, schema
+from tokend.config.parse import PRESET_VALUES
+from tokend.config.schema import keys_of
+from tokend.core import identity, limits, policy
+from tokend.core.limits import MAX_TOKEN_CHARS
+from tokend.core.tokens import Token
 from tokend.io.cache import CacheEntry, TokenCache, cache_key
 from tokend.io.secret_sources import read_env_file, read_secret
 
@@ -63,12 +64,7 @@ def tomllib_toml(text: str) -> object:
 # --------------------------------------------------------------------------- mirrors
 
 
-def test_the_mirrored_values_match_the_validated_ones() -> None:
-    assert fp.MAX_CONFIG_BYTES == tokend.config.MAX_CONFIG_BYTES
-    assert fp.MAX_SECRET_BYTES == secret_sources.MAX_SECRET_BYTES
-    assert fp.MAX_TOKEN_CHARS == MAX_TOKEN_CHARS
-    presets = {name: preset["token_url"] for name, preset in PRESETS.items()}
-    assert presets == fp.PRESET_TOKEN_URLS
+def test_the_identity_it_computes_is_the_schemas() -> None:
     # The identity: the fast path passes these six, in this order (the seventh, the
     # client certificate's thumbprint, it never passes: it gives up on a certificate).
     assert list(inspect.signature(identity.cache_key).parameters) == [
@@ -80,26 +76,182 @@ def test_the_mirrored_values_match_the_validated_ones() -> None:
         "issuer",
         "tls_cert",
     ]
-    identity_fields = getattr(tokend.config, "IDENTITY_FIELDS", None)
-    if identity_fields is not None:
-        assert identity_fields == (
-            "token_url",
-            "client_id",
-            "scope",
-            "extra_params",
-            "default_expires_in",
-            "issuer",
-            "tls_cert_file",
-        )
-    bare = tokend.config.parse(MINIMAL, Path("/t.toml"))
-    cred = bare.credentials["a"]
-    assert (cred.refresh_at, cred.min_ttl_margin, cred.default_expires_in) == (
-        fp.DEFAULT_REFRESH_AT,
-        fp.DEFAULT_MIN_TTL_MARGIN,
-        identity.DEFAULT_EXPIRES_IN,
+    assert tokend.config.IDENTITY_FIELDS == (
+        "token_url",
+        "client_id",
+        "scope",
+        "extra_params",
+        "default_expires_in",
+        "issuer",
+        "tls_cert_file",
     )
+    assert keys_of(CredentialConfig, "client_id") == fp.SECRET_KEYS
+    presets = {name: preset["token_url"] for name, preset in PRESET_VALUES.items()}
+    assert presets == {name: preset["token_url"] for name, preset in limits.PRESETS.items()}
     for environ in ({}, {"TOKEND_CONFIG": "rel/t.toml"}, {"CONFIGURATION_DIRECTORY": "/etc/a:/etc/b"}):
         assert Path(fp.default_config_path(environ)) == tokend.config.default_config_path(environ)
+
+
+# --------------------------------------------------------------------------- the bounds
+
+# Every field the fast path reads from a credential's table: the identity (derived from the
+# schema, so a new field of it lands here), the timing and what leads to the identity.
+FAST_PATH_FIELDS: dict[type, tuple[str, ...]] = {
+    Config: ("state_dir",),
+    CredentialConfig: (
+        *tokend.config.IDENTITY_FIELDS,
+        "provider",
+        "env_file",
+        "refresh_at",
+        "min_ttl_margin",
+    ),
+}
+# Bounds the fast path leaves to the validated path: it only serves a config whose exact
+# bytes the validated path accepted (the memo), and passes these on unread, or gives up.
+VOUCHED_BY_THE_MEMO = {
+    (CredentialConfig, "token_url"),  # a string of at most MAX_STRING characters
+    (CredentialConfig, "issuer"),
+    (CredentialConfig, "client_id"),
+    (CredentialConfig, "scope"),
+    (CredentialConfig, "extra_params"),
+    (CredentialConfig, "provider"),  # one of the presets, which the fast path checks itself
+    (CredentialConfig, "tls_cert_file"),  # the fast path gives up on a client certificate
+}
+
+
+def spec_of(cls: type, name: str) -> Key:
+    (found,) = (spec for spec in schema(cls) if spec.field == name)
+    return found
+
+
+def validated(cls: type, name: str, value: object, tmp: Path) -> object:
+    """The field as the validated path reads ``name = value``, or None if it refuses it."""
+    where = "[tokend]\n" if cls is Config else ""
+    toml = (
+        f"{where}{name} = {json.dumps(value)}\n{MINIMAL}"
+        if cls is Config
+        else f"{MINIMAL}{name} = {json.dumps(value)}\n"
+    )
+    try:
+        config = tokend.config.parse(toml, tmp / "t.toml", environ={})
+    except ConfigError:
+        return None
+    found = getattr(config if cls is Config else config.credentials["a"], name)
+    return str(found) if isinstance(found, Path) else found
+
+
+def fast(cls: type, name: str, value: object, tmp: Path) -> object:
+    """The field as the fast path reads ``name = value``, or None if it gives up."""
+    try:
+        if cls is Config:
+            return fp.state_dir_of({"tokend": {name: value}}, str(tmp / "t.toml"), {})
+        if name == "env_file":
+            return fp.config_relative(value, str(tmp / "t.toml"))
+        if name == "default_expires_in":  # the fast path hands it to the cache key only
+            tbl = {"token_url": "https://x/t", "client_id": "i", name: value}
+            return fp.credential_key(tbl, str(tmp / "t.toml"), {})
+        return fp.timing({name: value})[0 if name == "refresh_at" else 1]
+    except fp.GiveUp:
+        return None
+
+
+def edges(spec: Key) -> list[object]:
+    """Values at and beyond each bound of a key, and its default, as TOML would give them."""
+    if spec.kind == "number":
+        low, high = float(spec.low or 0), float(spec.high or 0)
+        return [low, high, low - 1e-9, high + 1e-9, spec.default, (low + high) / 2]
+    most = int(spec.high or 0)
+    if spec.kind == "duration":
+        least: list[object] = [0, "0s", "1ms"] if spec.low is None else [int(spec.low), f"{int(spec.low)}s"]
+        return [
+            *least,
+            "1ms",
+            most,
+            most + 1,
+            f"{most}s",
+            f"{most + 1}s",
+            f"{most * 1000 + 1}ms",
+            spec.default,
+        ]
+    assert spec.kind == "path", spec
+    return ["/" + "x" * (most - 1), "/" + "x" * most, "x" * most, "", " "]
+
+
+def test_every_bound_of_the_schema_the_fast_path_reads_is_one_it_applies_or_the_memo_vouches_for() -> None:
+    """No field the fast path reads has a bound that nobody tied to it: each is probed at
+    its edges below, or listed as the validated path's alone."""
+    for cls, names in FAST_PATH_FIELDS.items():
+        for name in names:
+            spec = spec_of(cls, name)
+            if (cls, name) in VOUCHED_BY_THE_MEMO:
+                continue
+            assert spec.kind in ("number", "duration", "path"), (cls.__name__, name, spec.kind)
+            assert spec.high is not None, (cls.__name__, name)
+    probed = {(cls, name) for cls, names in FAST_PATH_FIELDS.items() for name in names}
+    assert probed >= VOUCHED_BY_THE_MEMO
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [
+        (cls, name)
+        for cls, names in FAST_PATH_FIELDS.items()
+        for name in names
+        if (cls, name) not in VOUCHED_BY_THE_MEMO
+    ],
+    ids=lambda item: item if isinstance(item, str) else item.__name__,
+)
+def test_the_fast_path_and_the_schema_agree_at_every_bound(cls: type, name: str, tmp_path: Path) -> None:
+    """At each bound the schema declares (and just beyond it, and at the default), the fast
+    path reads what the validated path reads, or gives up where it refuses."""
+    spec = spec_of(cls, name)
+    for value in edges(spec):
+        expected = validated(cls, name, value, tmp_path)
+        if name == "default_expires_in" and expected is not None:
+            cred = tokend.config.parse(
+                f"{MINIMAL}{name} = {json.dumps(value)}\n", tmp_path / "t.toml", environ={}
+            )
+            expected = cache_key(cred.credentials["a"], "i")
+        got = fast(cls, name, value, tmp_path)
+        assert got == expected, (name, value)
+    # ...and with the key left out, both take the schema's default.
+    if cls is CredentialConfig and name in ("refresh_at", "min_ttl_margin"):
+        assert fp.timing({})[0 if name == "refresh_at" else 1] == spec.default
+
+
+def test_it_reads_files_within_the_validated_paths_limits(tmp_path: Path) -> None:
+    """The secret file's and the config's size: at the limit read, beyond it given up on
+    (the validated path refuses them; the limits are tokend.core.limits', one each)."""
+    secret = tmp_path / "id"
+    cred = tokend.config.parse(MINIMAL, tmp_path / "t.toml", environ={}).credentials["a"]
+    ref = SecretRef("client_id_file", "file", str(secret))
+    for size, readable in ((limits.MAX_SECRET_BYTES, True), (limits.MAX_SECRET_BYTES + 1, False)):
+        secret.write_text("x" * size)
+        try:
+            read_secret(cred, ref, {})
+            validated_ok = True
+        except ConfigError:
+            validated_ok = False
+        try:
+            fp.secret_file(str(secret))
+            fast_ok = True
+        except fp.GiveUp:
+            fast_ok = False
+        assert validated_ok == fast_ok == readable, size
+    config = tmp_path / "big.toml"
+    for size, readable in ((limits.MAX_CONFIG_BYTES, True), (limits.MAX_CONFIG_BYTES + 1, False)):
+        config.write_bytes(MINIMAL.encode().ljust(size, b"\n"))
+        try:
+            load(config, {})
+            validated_ok = True
+        except ConfigError:
+            validated_ok = False
+        try:
+            fp.read_regular(str(config), limits.MAX_CONFIG_BYTES)
+            fast_ok = True
+        except fp.GiveUp:
+            fast_ok = False
+        assert validated_ok == fast_ok == readable, size
 
 
 @pytest.mark.parametrize("value", ["0s", "1d", "1d1s", "24h", "86401s", 86400, 86401, "0", -1])
@@ -978,7 +1130,7 @@ def test_fast_path_reads_env_files_and_systemd_credentials(
 
 
 def test_a_config_it_cannot_read_is_left_to_the_validated_path(tmp_path: Path) -> None:
-    for content in (b"\xff\xfe", b"a = 1\nb = \n", b"x" * (fp.MAX_CONFIG_BYTES + 1)):
+    for content in (b"\xff\xfe", b"a = 1\nb = \n", b"x" * (limits.MAX_CONFIG_BYTES + 1)):
         (tmp_path / "t.toml").write_bytes(content)
         assert fp.fresh_token(str(tmp_path / "t.toml"), "api", {}) is None
     assert fp.fresh_token(str(tmp_path / "missing.toml"), "api", {}) is None
@@ -988,8 +1140,8 @@ def test_a_config_it_cannot_read_is_left_to_the_validated_path(tmp_path: Path) -
 def test_a_client_certificate_goes_the_validated_way(
     seeded: Seeded, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 14 review: the certificate's thumbprint is part of the key, and the fast path
-    does not read certificates: it gives up, and the validated path serves the token cached
+    """The certificate's thumbprint is part of the key, and the fast path does not read
+    certificates: it gives up, and the validated path serves the token cached
     for this certificate."""
     from .support.endpoint import SECRETS
     from .thirdparty.tls_front import Pki

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
-from tokend.config import ConfigError, CredentialConfig, load, parse
-from tokend.config.schema import FleetConfig
+from tokend.config import ConfigError, CredentialConfig, FleetConfig, load, parse
 from tokend.core.fleet import (
     MAX_BLOB_BYTES,
     NOT_NEWER,
@@ -37,7 +36,10 @@ from tokend.core.fleet import (
     may_follow,
     redis_keys,
 )
+from tokend.core.health import FleetWait
+from tokend.core.results import Origin
 from tokend.core.tokens import Token
+from tokend.daemon.clock import SystemClock
 from tokend.daemon.fleet import Fleet
 from tokend.daemon.refresher import Refresher
 from tokend.daemon.token_source import ASK, Offer, TokenSource
@@ -757,7 +759,7 @@ def test_a_dropped_subscription_is_not_an_outage_and_keeps_the_lease(
             wait_for(lambda: subscribers(redis_server, ID) == 1, 3, "the fleet to subscribe (again)")
             kills += admin.client_kill_filter(_type="pubsub")
             assert not other.lead(ID), f"the lease was lost after {kills} dropped subscriptions"
-        assert kills >= 3 and fleet.reachable and fleet.role("api") is Role.LEADER
+        assert kills >= 3 and fleet.state.reachable and fleet.role("api") is Role.LEADER
         assert "Redis unreachable" not in fleet_log.text
         assert fleet_log.text.count("subscribing again (the leases are kept)") == 1  # once a minute
     finally:
@@ -796,7 +798,7 @@ def test_a_flood_of_bad_publications_wakes_nothing_and_costs_no_lease(
             pipe.execute()
             sent += 501
             assert not other.lead(ID), f"the lease lapsed after {sent} publications"
-        assert woken == [] and fleet.role("api") is Role.LEADER and fleet.reachable
+        assert woken == [] and fleet.role("api") is Role.LEADER and fleet.state.reachable
         assert fleet_log.text.count("ignoring a publication on the fleet's channel") == 1
         # A good publication (another leader's fresh token) still wakes it at once.
         SECRETS.add("tok-good")
@@ -975,6 +977,16 @@ def test_a_replayed_blob_on_a_host_whose_clock_is_behind_never_reaches_a_sink(
     assert "Traceback" not in follower.log
 
 
+class BehindClock(SystemClock):
+    """This host's clocks, its wall clock ``seconds`` behind."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def time(self) -> float:
+        return super().time() - self.seconds
+
+
 def test_a_publication_replayed_on_the_channel_is_aged_by_redis_not_by_our_clock(
     tmp_path: Path, redis_server: RedisServer, fleet_log: pytest.LogCaptureFixture
 ) -> None:
@@ -982,7 +994,7 @@ def test_a_publication_replayed_on_the_channel_is_aged_by_redis_not_by_our_clock
     again; it is not woken for it. A fresh one still wakes it."""
     config = parse(fleet_block(tmp_path, redis_server) + INLINE, tmp_path / "tokend.toml", environ={})
     assert config.fleet is not None
-    fleet = Fleet(config.fleet, config.path, environ={}, clock=lambda: time.time() - 40)
+    fleet = Fleet(config.fleet, config.path, environ={}, clock=BehindClock(40))
     cred = config.credentials["api"]
     admin = redis_server.client()
     channel = redis_keys("tokend", ID)[2]
@@ -994,7 +1006,7 @@ def test_a_publication_replayed_on_the_channel_is_aged_by_redis_not_by_our_clock
     replayed = seal(Shared(ID, old, "host-a", 20, redis_clock(admin) - 25), material)
     try:
         fleet.start(woken.append)
-        assert fleet.offer(cred, ID, None, fleet.clock(), due=False) == ASK  # subscribes
+        assert fleet.offer(cred, ID, None, fleet.clock.time(), due=False) == ASK  # subscribes
         wait_for(lambda: subscribers(redis_server, ID) == 1, 3, "the fleet to subscribe")
         admin.publish(channel, replayed)
         wait_for(lambda: "ignoring a publication" in fleet_log.text, 3, "the replay to be refused")
@@ -1068,13 +1080,13 @@ def test_lease_churn_cannot_keep_a_joining_host_waiting(
         waiter.start()
 
         def shown() -> object:
-            health = fleet.health() or {}
-            return health.get("waiting", {}).get("api")
+            health = fleet.health()
+            return None if health is None else health.waiting.get("api")
 
         wait_for(shown, 3, "the wait in the fleet's health")
         wait = shown()
-        assert isinstance(wait, dict) and wait["for"] == "the fleet's leader's token"
-        assert wait["until"] - wait["since"] == pytest.approx(2.0, abs=0.1)
+        assert isinstance(wait, FleetWait) and wait.what == "the fleet's leader's token"
+        assert wait.until - wait.since == pytest.approx(2.0, abs=0.1)
         waiter.join(10)
         took = time.monotonic() - started
         assert offers, "still waiting after 10 s of lease churn"
@@ -1148,7 +1160,7 @@ def test_a_leader_slower_than_its_lease_is_waited_for_and_asks_alone(
         assert len(requests) == 1, f"{len(requests)} requests to a slow IdP for 3 hosts"
         assert sorted(results) == [0, 1, 2]
         assert {r.token.access_token for r in results.values()} == {"tok-slow-1"}
-        assert [r.origin for r in results.values()].count("fleet") == 2
+        assert [r.origin for r in results.values()].count(Origin.FLEET) == 2
     finally:
         for thread in threads:
             if thread.ident is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tokend.core.exit_codes import Nagios
-from tokend.core.health import CredentialStatus, DaemonStatus, describe, health_check
+from tokend.core.health import CredentialStatus, DaemonStatus, FleetHealth, FleetWait, describe, health_check
 from tokend.io.status_file import read_status, status_path
 
 NOW = 1_900_000_000.0
@@ -121,7 +121,9 @@ def test_fleet_mode_adds_a_role_and_the_fleets_health_and_old_files_still_read(t
         updated_at=NOW,
         config="/etc/tokend/tokend.toml",
         credentials={"api": replace(fresh(), role="follower")},
-        fleet={"redis": "redis://r:6379/0", "reachable": True, "received": 3},
+        fleet=FleetHealth(
+            "redis://r:6379/0", True, 1.5, tokens_received=3, waiting={"api": FleetWait("a token", 1.0, 2.0)}
+        ),
     )
     again = DaemonStatus.from_json(status.to_json())
     assert again.credentials["api"].role == "follower" and again.fleet == status.fleet
@@ -131,6 +133,26 @@ def test_fleet_mode_adds_a_role_and_the_fleets_health_and_old_files_still_read(t
     del older["fleet"], older["credentials"]["api"]["role"]
     old = DaemonStatus.from_json(json.dumps(older).encode())
     assert old.fleet is None and old.credentials["api"].role is None
+
+
+def test_the_fleets_health_keeps_its_json_keys_and_their_order() -> None:
+    wait = FleetWait("the fleet's leader's token", 1.0, 2.0)
+    health = FleetHealth("redis://r:6379/0", False, 5.0, "down", 10.0, 1, 2, 3, 4, {"api": wait})
+    status = DaemonStatus(pid=1, updated_at=NOW, config="/etc/tokend/tokend.toml", fleet=health)
+    fleet = json.loads(status.to_json())["fleet"]
+    assert list(fleet.items()) == [
+        ("redis", "redis://r:6379/0"),
+        ("reachable", False),
+        ("since", 5.0),
+        ("last_error", "down"),
+        ("lease", 10.0),
+        ("leases_held", 1),
+        ("leader_changes", 2),
+        ("fallbacks", 3),
+        ("tokens_received", 4),
+        ("waiting", {"api": {"for": "the fleet's leader's token", "since": 1.0, "until": 2.0}}),
+    ]
+    assert DaemonStatus.from_json(status.to_json()).fleet == health
 
 
 def test_a_status_file_nested_too_deep_is_unrecognised_not_a_crash(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@ validated path must agree on."""
 
 from __future__ import annotations
 
-from tokend.core.identity import DEFAULT_EXPIRES_IN, cache_key
+from tokend.core.identity import cache_key
+from tokend.core.limits import DEFAULT_EXPIRES_IN
 
 BASE = ("https://idp.example/token", "client-1", ("read", "write"), (("audience", "api"),))
 

@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from tokend.config import ConfigError, parse
-from tokend.core.protocol import ASSERTION_TYPE, KeyMismatch, signing_alg
+from tokend.core.assertion import ASSERTION_TYPE, KeyMismatch, signing_alg
 from tokend.io.assertion import signing_key
 
 from .support.configs import credential_toml, write_config

@@ -1,4 +1,6 @@
-"""The token request as data: what is built, how an answer is judged, what is tried next.
+"""The token request as data: what is built (tokend/core/token_request.py), how an answer is
+judged (token_response.py), what is scrubbed from it (scrub.py), what is tried next
+(styles.py), and the pure parts of key-based auth and discovery (assertion.py, discovery.py).
 
 Pure functions, called with explicit values: no server, no clock.
 """
@@ -19,27 +21,30 @@ import pytest
 
 from tokend import __version__
 from tokend.config import AuthStyle, CredentialConfig, WireFormat, parse
-from tokend.core.protocol import (
-    MAX_EXPIRES_IN,
-    Style,
-    TokenRequest,
-    TokenRequestError,
+from tokend.core.limits import MAX_EXPIRES_IN
+from tokend.core.scrub import scrub, secret_forms
+from tokend.core.styles import (
     auth_order,
-    basic_credentials,
-    basic_encoding_changes,
     basic_hint,
-    build_request,
-    classify_failure,
     final_error,
     is_auth_failure,
-    json_params,
     next_style,
-    parse_retry_after,
-    parse_token_response,
-    scrub,
-    secret_forms,
     telling,
     wire_order,
+)
+from tokend.core.token_request import (
+    Style,
+    TokenRequest,
+    basic_credentials,
+    basic_encoding_changes,
+    build_request,
+    json_params,
+)
+from tokend.core.token_response import (
+    TokenRequestError,
+    classify_failure,
+    parse_retry_after,
+    parse_token_response,
 )
 
 CLIENT_ID = "app id:ü"
@@ -568,7 +573,7 @@ def test_an_echoed_assertion_is_scrubbed() -> None:
     assert ASSERTION not in str(error) and "[redacted]" in str(error)
 
 
-# --------------------------------------------------------------------------- issue 14 review
+# --------------------------------------------------------------------------- hostile answers
 
 
 def test_json_nested_too_deep_is_a_malformed_answer_not_a_crash() -> None:
@@ -585,7 +590,7 @@ def test_json_nested_too_deep_is_a_malformed_answer_not_a_crash() -> None:
 def test_metadata_names_are_printable_ascii_and_bounded() -> None:
     """``check --online`` prints token_endpoint_auth_methods_supported: an entry with a
     terminal escape (or any non-ASCII, control or blank) is dropped, and at most 32 kept."""
-    from tokend.core.protocol import MAX_METADATA_NAMES, parse_metadata
+    from tokend.core.discovery import MAX_METADATA_NAMES, parse_metadata
 
     issuer = "https://idp.example"
     listed = [

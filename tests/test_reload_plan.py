@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from tokend.config import REFETCH_FIELDS, CredentialConfig, SinkConfig, parse
-from tokend.core.reload_plan import ReloadPlan, plan_reload
+from tokend.config.reload_plan import ReloadPlan, plan_reload
 
 from .test_schema import api, changed
 

@@ -35,7 +35,7 @@ def test_an_edited_template_file_is_a_change_that_re_sinks_and_a_removed_one_is_
     tmp_path: Path,
 ) -> None:
     from tokend.config import ConfigError, load
-    from tokend.core.reload_plan import ReloadPlan, plan_reload
+    from tokend.config.reload_plan import ReloadPlan, plan_reload
     from tokend.daemon.reloader import Reloader
 
     template = tmp_path / "netrc.tmpl"

@@ -330,7 +330,7 @@ def test_a_credential_removed_while_its_run_is_in_flight_keeps_no_lease(
         runner.add(config.credentials["api"])
         jobs.run_until(clock.monotonic())
         assert len(idp.seen) == 1  # the run went on, as the leader
-        assert fleet.identities == {} and fleet.role("api") is None
+        assert fleet.state.identities == {} and fleet.role("api") is None
         assert not fleet.store.holds(identity) and other.lead(identity)  # at once
         assert jobs.next_at("api") is None
     finally:

@@ -28,6 +28,7 @@ from tokend.config import (
     Config,
     ConfigError,
     CredentialConfig,
+    FleetConfig,
     HookConfig,
     Key,
     SecretRef,
@@ -36,17 +37,16 @@ from tokend.config import (
     schema,
 )
 from tokend.config.kinds import READERS, TABLE_READERS
+from tokend.config.reload_plan import TOKEN_FIELDS
 from tokend.config.schema import (
     COMPOSED_KINDS,
     NO_DEFAULT,
     SIMPLE_KINDS,
-    FleetConfig,
     config_value,
     key,
     toml_keys,
 )
-from tokend.core import identity
-from tokend.core.reload_plan import TOKEN_FIELDS
+from tokend.core import identity, limits
 from tokend.io.cache import cache_key
 
 FILE = Path("/etc/tokend/tokend.toml")
@@ -163,7 +163,7 @@ def test_what_python_O_derives_is_what_python_derives() -> None:
     code = (
         "from tokend.config import CREDENTIAL_KEYS, IDENTITY_FIELDS\n"
         "from tokend.config.schema import config_value\n"
-        "from tokend.core.reload_plan import TOKEN_FIELDS\n"
+        "from tokend.config.reload_plan import TOKEN_FIELDS\n"
         "print(CREDENTIAL_KEYS, IDENTITY_FIELDS, sorted(TOKEN_FIELDS))\n"
         "try:\n"
         "    config_value(type('Undeclared', (), {'__annotations__': {'x': 'int'}, 'x': 1}))\n"
@@ -206,7 +206,7 @@ def test_a_key_left_out_takes_the_default_its_field_declares() -> None:
             if spec.default is not NO_DEFAULT and set_here.isdisjoint(spec.keys or ()):
                 assert getattr(value, spec.field) == spec.default, f"{cls.__name__}.{spec.field}"
     assert (cred.refresh_at, cred.min_ttl_margin, cred.timeout) == (0.8, 60.0, 10.0)
-    assert cred.default_expires_in == identity.DEFAULT_EXPIRES_IN == 3600.0
+    assert cred.default_expires_in == limits.DEFAULT_EXPIRES_IN == 3600.0
     assert (cred.on_rotate.timeout, cred.sinks[0].mode) == (30.0, 0o600)
 
 

@@ -1,4 +1,5 @@
-"""tokend/daemon/supervisor.py: its decisions as pure functions, and ``tokend exec
+"""tokend/daemon/supervisor.py (its options, daemon/exec_options.py; its process edges,
+io/child_process.py): its decisions as pure functions, and ``tokend exec
 --on-rotate`` as real processes: tokend, a real child (a Python script that records every
 token it starts with and every signal it receives) and a real token endpoint issuing 3 s
 tokens."""
@@ -20,16 +21,9 @@ import pytest
 
 from tokend.core.results import Attempt, Result
 from tokend.core.tokens import Token
-from tokend.daemon.supervisor import (
-    Process,
-    Supervision,
-    exit_code,
-    orphaned,
-    parse_on_rotate,
-    parse_signal,
-    parse_stop_timeout,
-    rotated,
-)
+from tokend.daemon.exec_options import Supervision, parse_on_rotate, parse_signal, parse_stop_timeout
+from tokend.daemon.supervisor import exit_code, rotated
+from tokend.io.child_process import Process, orphaned
 
 from .support.configs import credential_toml, write_config
 from .support.endpoint import SECRETS, TokenEndpoint, answer

@@ -1,6 +1,6 @@
 """The token client, as a real token endpoint on 127.0.0.1 sees it and answers it.
 
-What the protocol decides is tested without a server in tests/test_protocol.py; here, that
+What tokend.core decides of a request is tested without a server in tests/test_protocol.py; here, that
 the client sends it so and judges what really arrives, within its timeout."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pytest
 from werkzeug import Response
 
 from tokend.config import CredentialConfig
-from tokend.core.protocol import Style, TokenRequestError
+from tokend.core.token_request import Style
+from tokend.core.token_response import TokenRequestError
 from tokend.io.token_client import TokenClient
 
 from .support.endpoint import Seen, TokenEndpoint

@@ -10,9 +10,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tokend.cli.selection import UsageError, cached_token, select
 from tokend.config import (
@@ -25,17 +25,17 @@ from tokend.config import (
     locate_state_dir,
     shown_url,
 )
-from tokend.core.exit_codes import ExitCode
+from tokend.core.exit_codes import ExitCode, exec_failure
+from tokend.core.timestamps import rfc3339
 from tokend.core.tokens import Token
 from tokend.io import logsetup
 from tokend.io.cache import TokenCache
 from tokend.io.secret_sources import read_secret
-from tokend.io.sinks import rfc3339
 
 if TYPE_CHECKING:
-    from tokend.core.health import CredentialStatus
+    from tokend.core.health import CredentialStatus, FleetHealth
     from tokend.core.results import Attempt
-    from tokend.daemon.supervisor import Supervision
+    from tokend.daemon.exec_options import Supervision
     from tokend.io.token_client import TokenClient
 
 
@@ -170,7 +170,7 @@ def cmd_exec(
         os.execvpe(command[0], command, env)  # noqa: S606 (argv by design, no shell)
     except OSError as exc:
         print(f"tokend: exec {command[0]}: {exc.strerror}", file=sys.stderr)
-        return 127 if isinstance(exc, FileNotFoundError) else 126
+        return exec_failure(exc)
     raise AssertionError("unreachable: execvpe returned")
 
 
@@ -190,7 +190,7 @@ def exec_supervision(on_rotate: str, stop_signal: str | None, stop_timeout: str 
         return None
     import dataclasses
 
-    from tokend.daemon.supervisor import parse_on_rotate, parse_signal, parse_stop_timeout
+    from tokend.daemon.exec_options import parse_on_rotate, parse_signal, parse_stop_timeout
 
     try:
         supervision = parse_on_rotate(on_rotate)
@@ -213,7 +213,7 @@ def supervise(
     """Stay the parent: the first token as ``fetch`` gets it (sinks written, so a child
     that reads them finds it), then the daemon's runner keeps it fresh."""
     from tokend.daemon.refresher import Refresher
-    from tokend.daemon.supervisor import Supervisor, leave
+    from tokend.daemon.supervisor import Supervisor
     from tokend.io.private_process import ProcessEnvironment, make_undumpable
     from tokend.io.token_client import TokenClient
 
@@ -252,7 +252,7 @@ def supervise(
         cache=cache,
         environ=environ,
     )
-    return leave(supervisor, supervisor.run())
+    return supervisor.leave(supervisor.run())
 
 
 def starts_due(token: Token, cred: CredentialConfig, now: float) -> bool:
@@ -326,19 +326,19 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
     return ExitCode.OK if healthy else ExitCode.FAILED
 
 
-def fleet_line(fleet: Mapping[str, Any], creds: Iterable[CredentialStatus], now: float) -> str:
+def fleet_line(fleet: FleetHealth, creds: Iterable[CredentialStatus], now: float) -> str:
     """Fleet mode's health in one line: Redis reachable (or since when not, and why) and
     each credential's role."""
     from tokend.core.health import human_duration
 
-    since = fleet.get("since")
+    since = fleet.since
     ago = f" since {human_duration(max(0.0, now - since))} ago" if isinstance(since, int | float) else ""
-    if fleet.get("reachable"):
+    if fleet.reachable:
         state = "reachable"
     else:
-        state = f"UNREACHABLE{ago} ({fleet.get('last_error') or 'no answer'}); every credential on its own"
+        state = f"UNREACHABLE{ago} ({fleet.last_error or 'no answer'}); every credential on its own"
     roles = ", ".join(f"{c.name} {c.role}" for c in creds if c.role)
-    return f"fleet: Redis {fleet.get('redis')} {state}" + (f"; {roles}" if roles else "")
+    return f"fleet: Redis {fleet.redis} {state}" + (f"; {roles}" if roles else "")
 
 
 # --------------------------------------------------------------------------- check
@@ -434,7 +434,7 @@ def check_state_dir(config: Config) -> list[str]:
 
 
 def check_online(config: Config, secrets: dict[str, tuple[str, str | None]]) -> int:
-    from tokend.core.protocol import TokenRequestError
+    from tokend.core.token_response import TokenRequestError
     from tokend.io.token_client import TokenClient
 
     client = TokenClient()
@@ -484,7 +484,7 @@ def check_fleet(config: Config) -> int:
     """``--online`` with ``[fleet]``: Redis answers a PING with the configured password."""
     if config.fleet is None:
         return ExitCode.OK
-    from tokend.daemon.fleet import fleet_imports
+    from tokend.daemon.fleet_mode import fleet_imports
 
     fleet_imports(config.path)
     from tokend.io.fleet_secret import read_password
@@ -505,7 +505,7 @@ def check_fleet(config: Config) -> int:
 def show_discovery(client: TokenClient, cred: CredentialConfig, state_dir: Path) -> None:
     """What the issuer's metadata says (fetched now), and a warning for each setting of
     the credential it does not list as supported."""
-    from tokend.core.protocol import discovery_warnings
+    from tokend.core.discovery import discovery_warnings
     from tokend.io.token_client import key_auth
 
     keys = key_auth(cred)

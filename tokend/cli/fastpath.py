@@ -16,8 +16,9 @@ It only ever prints what the validated path would print:
 - It reads the TOML, the client id, the env file and the cache entry with small readers
   that accept a strict subset of each format and give up on anything else (multi-line or
   escaped strings, dotted keys, quoted values in an env file, a byte-order mark...), and
-  repeats the validated path's normalisation (presets, scope, parameters, durations) and
-  freshness rule; the tests hold both paths to the same answers.
+  repeats the validated path's normalisation (scope, parameters) and freshness rule; the
+  tests hold both paths to the same answers. The bounds, the defaults, the presets and the
+  duration reader are the validated path's own, from :mod:`tokend.core.limits`.
 
 Giving up (``None``) is always safe: the caller then runs the validated path, which loads
 the config, reads the secret and may ask the identity provider.
@@ -41,7 +42,24 @@ from tokend import __version__
 from tokend.cli.toml_subset import CONTROL_CHARACTERS as _CONTROL
 from tokend.cli.toml_subset import GiveUp as GiveUp
 from tokend.cli.toml_subset import parse_toml as parse_toml
-from tokend.core.identity import DEFAULT_EXPIRES_IN, cache_key
+from tokend.core.identity import cache_key
+from tokend.core.limits import (
+    DEFAULT_EXPIRES_IN,
+    DEFAULT_MIN_TTL_MARGIN,
+    DEFAULT_REFRESH_AT,
+    FUTURE_SLACK,
+    MAX_CONFIG_BYTES,
+    MAX_EXPIRES_IN,
+    MAX_SECRET_BYTES,
+    MAX_STRING,
+    MAX_TOKEN_CHARS,
+    MAX_TTL_MARGIN,
+    PRESETS,
+    REFRESH_AT_HIGH,
+    REFRESH_AT_LOW,
+    SECRET_SUFFIXES,
+    parse_duration,
+)
 
 TYPE_CHECKING = False  # not typing's: importing typing costs as much as the rest of this module
 if TYPE_CHECKING:
@@ -51,24 +69,13 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- the fast path
 
-# Mirrors of tokend.config and tokend.core values (tests/test_fastpath.py checks each).
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
-MAX_SECRET_BYTES = 64 * 1024
-MAX_STRING = 8192
-MAX_EXPIRES_IN = 366 * 86400
-MAX_TTL_MARGIN = 86400.0
-MAX_TOKEN_CHARS = 64 * 1024
-PRESET_TOKEN_URLS = {"eventbookings": "https://identity.eventbookings.com/connect/token"}
-DEFAULT_REFRESH_AT = 0.8
-DEFAULT_MIN_TTL_MARGIN = 60.0
-
 MAX_CACHE_BYTES = 1024 * 1024  # a cache entry is a few hundred bytes; anything larger: give up
 MEMO_DIR = "fastpath"
 MEMO_FORMAT = 1
 # What tokend.config.parse reads besides the file: the default state directory, "~", and
 # $CREDENTIALS_DIRECTORY (sinks must not land on a systemd credential).
 MEMO_ENVIRONMENT = ("STATE_DIRECTORY", "XDG_STATE_HOME", "HOME", "CREDENTIALS_DIRECTORY")
-SECRET_KEYS = ("client_id", "client_id_env", "client_id_file", "client_id_credential")
+SECRET_KEYS = tuple(f"client_id{suffix}" for suffix in SECRET_SUFFIXES)
 
 
 def token_request(words: Sequence[str]) -> tuple[str | None, str] | None:
@@ -232,7 +239,7 @@ def credential_key(tbl: dict[str, Any], file: str, environ: Mapping[str, str]) -
     if "tls_cert_file" in tbl:
         raise GiveUp("a client certificate")
     provider = tbl.get("provider")
-    if provider is not None and (not isinstance(provider, str) or provider not in PRESET_TOKEN_URLS):
+    if provider is not None and (not isinstance(provider, str) or provider not in PRESETS):
         raise GiveUp("unknown provider")
     token_url = tbl.get("token_url")
     issuer = tbl.get("issuer")
@@ -242,7 +249,7 @@ def credential_key(tbl: dict[str, Any], file: str, environ: Mapping[str, str]) -
         if token_url is not None or not isinstance(issuer, str) or not issuer.strip():
             raise GiveUp("issuer with token_url, or not a string")
     elif token_url is None and provider is not None:
-        token_url = PRESET_TOKEN_URLS[provider]
+        token_url = PRESETS[provider].get("token_url")
     if issuer is None and (not isinstance(token_url, str) or not token_url.strip()):
         raise GiveUp("no token_url")
     default_expires_in = DEFAULT_EXPIRES_IN
@@ -304,7 +311,7 @@ def param_values(item: object) -> list[str]:
 def timing(tbl: dict[str, Any]) -> tuple[float, float]:
     """``refresh_at`` and ``min_ttl_margin`` as the validated credential holds them."""
     refresh_at = tbl.get("refresh_at", DEFAULT_REFRESH_AT)
-    if not isinstance(refresh_at, float) or not 0.5 <= refresh_at <= 0.95:
+    if not isinstance(refresh_at, float) or not REFRESH_AT_LOW <= refresh_at <= REFRESH_AT_HIGH:
         raise GiveUp("refresh_at")
     margin = DEFAULT_MIN_TTL_MARGIN
     if "min_ttl_margin" in tbl:
@@ -314,41 +321,12 @@ def timing(tbl: dict[str, Any]) -> tuple[float, float]:
     return refresh_at, margin
 
 
-_UNITS = {"d": 0, "h": 1, "m": 2, "s": 3}
-
-
 def duration(value: object) -> float:
-    """As :func:`tokend.config.parse_duration` ("1h30m", "500ms", or whole seconds)."""
-    if isinstance(value, bool):
-        raise GiveUp("duration")
-    if isinstance(value, int):
-        if not 0 <= value <= MAX_EXPIRES_IN:
-            raise GiveUp("duration")
-        return float(value)
-    if not isinstance(value, str):
-        raise GiveUp("duration")
-    text = value.strip().lower()
-    if not text:
-        raise GiveUp("duration")
-    found = [0, 0, 0, 0, 0]  # d h m s ms, in this order, each at most once
-    last, i = -1, 0
-    while i < len(text):
-        j = i
-        while j < len(text) and "0" <= text[j] <= "9":
-            j += 1
-        if not 1 <= j - i <= 9:
-            raise GiveUp("duration")
-        if text.startswith("ms", j):
-            unit, end = 4, j + 2
-        elif j < len(text) and text[j] in _UNITS:
-            unit, end = _UNITS[text[j]], j + 1
-        else:
-            raise GiveUp("duration")
-        if unit <= last:
-            raise GiveUp("duration")
-        found[unit], last, i = int(text[i:j]), unit, end
-    days, hours, minutes, seconds, millis = found
-    return days * 86400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
+    """As the validated path reads one (:func:`tokend.core.limits.parse_duration`)."""
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise GiveUp("duration") from None
 
 
 def client_id(tbl: dict[str, Any], file: str, environ: Mapping[str, str]) -> str:
@@ -466,4 +444,4 @@ def is_fresh(
     lifetime = expires_at - obtained_at
     due = obtained_at + lifetime * refresh_at
     margin = min_ttl_margin if min_ttl_margin < lifetime / 2 else lifetime / 2
-    return now < min(due, expires_at - margin) and not obtained_at > now + 60.0
+    return now < min(due, expires_at - margin) and not obtained_at > now + FUTURE_SLACK

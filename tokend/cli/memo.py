@@ -5,7 +5,6 @@ state directory, so that ``tokend token`` may serve it without loading it (see
 from __future__ import annotations
 
 from tokend.cli.fastpath import (
-    MAX_CONFIG_BYTES,
     MEMO_DIR,
     GiveUp,
     absolute,
@@ -16,6 +15,7 @@ from tokend.cli.fastpath import (
     read_regular,
     state_dir_of,
 )
+from tokend.core.limits import MAX_CONFIG_BYTES
 
 TYPE_CHECKING = False  # not typing's: see tokend.cli.fastpath
 if TYPE_CHECKING:

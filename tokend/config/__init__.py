@@ -6,23 +6,15 @@ each key is (kind, default, bounds, identity, refetch) is declared once, in
 :mod:`tokend.config.schema`; the key lists and field sets here are derived from it.
 """
 
+from tokend.config.errors import ConfigError
 from tokend.config.kinds import (
     CONVENTIONAL_ENV_NAME_RE,
     ENV_NAME_RE,
     default_env_name,
-    parse_duration,
     parse_mode,
-    shown_url,
 )
-from tokend.config.parse import (
-    MAX_CONFIG_BYTES,
-    ConfigError,
-    default_config_path,
-    default_state_dir,
-    load,
-    locate_state_dir,
-    parse,
-)
+from tokend.config.parse import load, locate_state_dir, parse
+from tokend.config.paths import default_config_path, default_state_dir
 from tokend.config.schema import (
     CREDENTIAL_KEYS,
     GLOBAL_KEYS,
@@ -34,6 +26,7 @@ from tokend.config.schema import (
     ClientAuth,
     Config,
     CredentialConfig,
+    FleetConfig,
     HookConfig,
     Key,
     RequestFormat,
@@ -43,6 +36,8 @@ from tokend.config.schema import (
     WireFormat,
     schema,
 )
+from tokend.config.urls import check_token_url, shown_url
+from tokend.core.limits import MAX_CONFIG_BYTES, parse_duration
 
 __all__ = [
     "CONVENTIONAL_ENV_NAME_RE",
@@ -59,6 +54,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CredentialConfig",
+    "FleetConfig",
     "HookConfig",
     "Key",
     "RequestFormat",
@@ -66,6 +62,7 @@ __all__ = [
     "SinkConfig",
     "SinkFormat",
     "WireFormat",
+    "check_token_url",
     "default_config_path",
     "default_env_name",
     "default_state_dir",

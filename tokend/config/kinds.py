@@ -3,6 +3,8 @@ field's value, within the bounds its key declares in :mod:`tokend.config.schema`
 
 Each raises ValueError with the explanation; the parser adds the file and the key. None of
 them echoes more than a short, repr'd piece of a value, and never one that may be a secret.
+Durations are read by :func:`tokend.core.limits.parse_duration`, the one reader that the fast
+path and the command lines share; URLs are checked by :mod:`tokend.config.urls`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from tokend.config.schema import MAX_EXPIRES_IN, MAX_ID, MAX_STRING, Key, Kind
+from tokend.config.schema import Key, Kind
+from tokend.config.urls import is_loopback_host
+from tokend.core.limits import MAX_ID, MAX_STRING, kind_of, parse_duration, shown
 
 # Every pattern is used with fullmatch: `$` also matches before a final "\n", which let
 # "api\n" or "FOO\n" through. ASCII digits only: "²".isdigit() is true, int("²") fails.
@@ -21,32 +25,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 CONVENTIONAL_ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 MODE_RE = re.compile(r"0?[0-7]{3}")
-DURATION_RE = re.compile(
-    r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m(?!s))?(?:([0-9]{1,9})s)?(?:([0-9]{1,9})ms)?"
-)
 DIGITS_RE = re.compile(r"[0-9]{1,10}")
 SIGNAL_RE = re.compile(r"(SIG)?[A-Z0-9]{1,16}")
 OWNER_NAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}\$?")
-
-
-def parse_duration(value: object) -> float:
-    """``"1h30m"``, ``"500ms"`` or an integer of seconds, as seconds. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f'must be a duration such as "30s" or "1h30m", not {value!r}')
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        if value > MAX_EXPIRES_IN:
-            raise ValueError(f"{value} seconds is over a year; is that a typo?")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f'must be a duration such as "30s" or "1h30m", not {kind_of(value)}')
-    text = value.strip().lower()
-    match = DURATION_RE.fullmatch(text)
-    if not text or match is None:
-        raise ValueError(f'{shown(value)} is not a duration; use forms like "30s", "5m", "1h30m"')
-    days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
-    return days * 86400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
 def parse_mode(value: object) -> int:
@@ -309,58 +290,7 @@ TABLE_READERS: Mapping[Kind, Callable[[Mapping[str, Any], Key, str], Any]] = {
 they raise :class:`Refused`, naming the key to blame."""
 
 
-# --------------------------------------------------------------------------- URLs and names
-
-
-def is_loopback_host(host: str) -> bool:
-    import ipaddress  # only http:// URLs get here
-
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_token_url(url: str, *, allow_insecure_http: bool) -> None:
-    """Refuse anything but https, except http to this machine (or when asked explicitly)."""
-    if "@" in url.split("?", 1)[0].split("#", 1)[0]:
-        # Before anything that would echo the URL: "ftp://user:pass@host" must not be shown.
-        raise ValueError(
-            "must not carry credentials (user:password@) in the URL; use client_id / client_secret"
-        )
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        raise ValueError("must not contain whitespace or control characters")
-    # The URL itself is not repeated in these errors: whatever was pasted in it (a secret
-    # in place of a port, say) would reach logs and `tokend status`.
-    try:
-        parts = urlsplit(url)
-        hostname, _ = parts.hostname, parts.port  # .port raises on a port out of range
-    except ValueError:
-        raise ValueError("is not a valid URL (a port that is not a number?)") from None
-    if parts.scheme not in ("https", "http") or not hostname:
-        raise ValueError("is not an http(s) URL with a host")
-    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(hostname):
-        raise ValueError(
-            f"http://{hostname}/… would send the client secret unencrypted; use https "
-            "(http is only allowed to loopback hosts, or with allow_insecure_http = true)"
-        )
-
-
-def shown_url(url: str) -> str:
-    """A URL as tokend prints it: no user or password, and no query or fragment (a query
-    may carry ``client_secret=…``; which parameter is harmless is not ours to guess), an
-    ellipsis where they were."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(a URL that cannot be shown)"
-    host = f"[{host}]" if ":" in host else host
-    tail = "?…" if parts.query or parts.fragment else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}{tail}"
+# --------------------------------------------------------------------------- names
 
 
 def default_env_name(credential: str) -> str:
@@ -376,26 +306,8 @@ def quoted_key(key: str) -> str:
 # --------------------------------------------------------------------------- for messages
 
 
-def shown(value: object, limit: int = 60) -> str:
-    """A value fit to quote in a one-line error: repr'd (so "\\n" shows as such) and cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def human(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:.12g}{unit}"
     return f"{seconds:.12g}s"
-
-
-def kind_of(value: object) -> str:
-    names = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }
-    return names.get(type(value), type(value).__name__)

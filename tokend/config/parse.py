@@ -1,8 +1,9 @@
 """Parse and validate ``tokend.toml`` into the frozen values of :mod:`tokend.config.schema`.
 
 The schema reads every key it can by itself; this module does what one key cannot say: the
-provider presets, where secrets live, the extra parameters, the metrics address, the nesting
-of sinks and hooks, the checks across keys and the safety of sink paths. Everything an
+provider presets, where secrets live, the nesting of sinks and hooks and the checks across
+keys; the files the config names are judged by :mod:`tokend.config.file_checks`, its URLs
+by :mod:`tokend.config.urls`. Everything an
 operator can get wrong is caught here, before any request or write, and reported as one
 :class:`ConfigError` that names the file, the credential and the key: the daemon must be
 able to reject a bad edit and keep running on the last good config. Secrets are only
@@ -22,95 +23,63 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tokend.config.errors import ConfigError
+from tokend.config.file_checks import check_sink_paths, read_config, read_config_and_mode, read_template_files
 from tokend.config.kinds import (
     ENV_NAME_RE,
     NAME_RE,
     READERS,
     TABLE_READERS,
     Refused,
-    check_token_url,
     default_env_name,
-    kind_of,
     quoted_key,
-    shown,
     string,
 )
+from tokend.config.paths import default_state_dir
 from tokend.config.schema import (
     CREDENTIAL_KEYS,
     FLEET_KEYS,
     GLOBAL_KEYS,
     HOOK_KEYS,
     KEY_AUTHS,
+    KEY_JWT_KEYS,
+    PRIVATE_KEY_KEYS,
     ROOT_KEYS,
-    SECRET_SUFFIXES,
     SINK_KEYS,
     Config,
     CredentialConfig,
     FleetConfig,
     HookConfig,
+    Key,
     SecretRef,
     SinkConfig,
     schema,
     secret_keys,
 )
-from tokend.core.templates import MAX_TEMPLATE_BYTES, TemplateError
+from tokend.config.urls import check_token_url, redis_url_problem
+from tokend.core.limits import MAX_CONFIG_BYTES, PRESETS, SECRET_SUFFIXES, kind_of, shown
+from tokend.core.templates import TemplateError
 from tokend.core.templates import check as check_template
-from tokend.io.files import (
-    OpenedFile,
-    UnreadableFile,
-    kernel_file,
-    read_regular,
-    read_small,
-    trusted_uids,
-    unsafe_directory_chain,
-    untrusted_writer,
-)
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
-PRESETS: Mapping[str, Mapping[str, str]] = {
-    # EventBookings' identity server takes a JSON body with the client in it.
-    "eventbookings": {
-        "token_url": "https://identity.eventbookings.com/connect/token",
-        "request_format": "json",
-        "client_auth": "body",
-    },
+def _preset_values(name: str, preset: Mapping[str, str]) -> dict[str, Any]:
+    """A preset (:data:`tokend.core.limits.PRESETS`) as the fields it sets, each value read
+    as the schema reads its key: a preset naming a key the schema does not read by itself,
+    or a value the key refuses, must not import (errors, not asserts: even under -O)."""
+    specs: dict[str, Key] = {spec.keys[0]: spec for spec in schema(CredentialConfig) if spec.keys}
+    values: dict[str, Any] = {}
+    for key, value in preset.items():
+        spec = specs.get(key)
+        read = READERS.get(spec.kind) if spec is not None else None
+        if spec is None or read is None or spec.kind == "path" or spec.keys != (key,):
+            raise TypeError(f"preset {name}: {key} is not a key the schema reads by itself")
+        values[spec.field] = read(value, spec)
+    return values
+
+
+PRESET_VALUES: Mapping[str, Mapping[str, Any]] = {
+    name: _preset_values(name, preset) for name, preset in PRESETS.items()
 }
-
-
-# The keys of client_auth = "private_key_jwt" alone.
-KEY_JWT_KEYS = ("private_key_file", "private_key_credential", "key_id", "signing_alg", "assertion_audience")
-
-
-class ConfigError(Exception):
-    """A config problem, printed as one line: ``FILE: credentials.NAME.KEY: what is wrong``."""
-
-    def __init__(self, file: Path | str, message: str, *, where: str | None = None) -> None:
-        self.file = str(file)
-        self.where = where
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        place = f"{self.where}: " if self.where else ""
-        return f"{self.file}: {place}{self.message}"
-
-
-def default_state_dir(environ: Mapping[str, str]) -> Path:
-    if environ.get("STATE_DIRECTORY"):
-        # systemd may pass several, colon-separated; the first is ours.
-        return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    if environ.get("XDG_STATE_HOME"):
-        return Path(environ["XDG_STATE_HOME"]) / "tokend"
-    return Path.home() / ".local" / "state" / "tokend"
-
-
-def default_config_path(environ: Mapping[str, str]) -> Path:
-    if environ.get("TOKEND_CONFIG"):
-        return Path(environ["TOKEND_CONFIG"])
-    if environ.get("CONFIGURATION_DIRECTORY"):
-        return Path(environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / "tokend.toml"
-    return Path("/etc/tokend/tokend.toml")
 
 
 class _Parser:
@@ -250,9 +219,9 @@ class _Parser:
         tbl = self.table(body, where, CREDENTIAL_KEYS)
         values = self.values(CredentialConfig, tbl, where)
         provider = values.get("provider")
-        if provider is not None and provider not in PRESETS:
-            raise self.fail(f"{where}.provider", f"unknown provider; known: {', '.join(PRESETS)}")
-        preset = dict(PRESETS.get(provider or "", {}))
+        if provider is not None and provider not in PRESET_VALUES:
+            raise self.fail(f"{where}.provider", f"unknown provider; known: {', '.join(PRESET_VALUES)}")
+        preset = dict(PRESET_VALUES.get(provider or "", {}))
         if "issuer" in values:  # discovery finds the token endpoint: no preset's, no second one
             if "token_url" in values:
                 raise self.fail(f"{where}.token_url", "conflicts with issuer; set only one")
@@ -306,7 +275,7 @@ class _Parser:
     def private_key_ref(self, tbl: Mapping[str, Any], where: str) -> SecretRef | None:
         """``private_key_file`` or ``private_key_credential`` (a PEM key: never inline, never
         in the environment), located here and read at request time."""
-        given = [name for name in ("private_key_file", "private_key_credential") if name in tbl]
+        given = [name for name in PRIVATE_KEY_KEYS if name in tbl]
         if not given:
             return None
         if len(given) > 1:
@@ -430,192 +399,6 @@ class _Parser:
         return hook
 
 
-# A protected file by its real path, and by (st_dev, st_ino) when it exists: a hard link
-# to a secret has a path of its own, and only the inode says it is the same file.
-Protected = dict[str | tuple[int, int], str]
-
-
-def protected_files(
-    file: Path,
-    credentials: Iterable[CredentialConfig],
-    environ: Mapping[str, str],
-    fleet: FleetConfig | None = None,
-) -> Protected:
-    """The files tokend reads secrets from, each with what it is (see :func:`protected_as`)."""
-    protected: Protected = {}
-
-    def add(path: Path | str, what: str) -> None:
-        protected[os.path.realpath(path)] = what
-        with contextlib.suppress(OSError, ValueError):
-            st = Path(path).stat()
-            protected[(st.st_dev, st.st_ino)] = what
-
-    add(file, "the config file")
-    for cred in credentials:
-        for path in cred.files():
-            add(path, f"a file {cred.where('')[:-1]} reads")
-        directory = environ.get("CREDENTIALS_DIRECTORY")
-        for ref in cred.secret_refs():
-            if ref.source == "credential" and directory:
-                add(Path(directory) / ref.value, "a systemd credential")
-    if fleet is not None and fleet.password_file is not None:
-        add(fleet.password_file, "[fleet]'s password_file")
-    return protected
-
-
-def protected_as(protected: Protected, path: Path | str) -> str | None:
-    """What a protected file ``path`` is (by its real path, or as a hard link), or None."""
-    what = protected.get(os.path.realpath(path))
-    if what is None:
-        with contextlib.suppress(OSError, ValueError):
-            st = Path(path).stat()
-            what = protected.get((st.st_dev, st.st_ino))
-    return what
-
-
-def check_sink_paths(
-    file: Path,
-    credentials: Iterable[CredentialConfig],
-    state_dir: Path,
-    environ: Mapping[str, str],
-    metrics_textfile: Path | None = None,
-    *,
-    fleet: FleetConfig | None = None,
-) -> None:
-    """No two files tokend writes (sinks, the metrics textfile) on one path, and none on a
-    file tokend reads or keeps for itself: a sink on the secret file would overwrite the
-    secret with the access token, a metrics textfile there would do it once a second."""
-    credentials = tuple(credentials)
-    protected = protected_files(file, credentials, environ, fleet)
-    state = os.path.realpath(state_dir)
-    seen: dict[str, str] = {}
-    for cred in credentials:
-        for i, sink in enumerate(cred.sinks):
-            where = cred.where(f"sink[{i}].path")
-            real = os.path.realpath(sink.path)
-            if real in seen:
-                raise ConfigError(file, f"{sink.path} is already written by {seen[real]}", where=where)
-            if (what := protected_as(protected, sink.path)) is not None:
-                raise ConfigError(
-                    file,
-                    f"{sink.path} is {what}; a sink there would overwrite it with the access token",
-                    where=where,
-                )
-            if real == state or real.startswith(state + os.sep):
-                raise ConfigError(file, f"{sink.path} is inside the state directory {state_dir}", where=where)
-            seen[real] = where
-    if metrics_textfile is not None:
-        real = os.path.realpath(metrics_textfile)
-        taken = protected_as(protected, metrics_textfile) or (
-            f"written by {seen[real]}" if real in seen else None
-        )
-        if taken is not None:
-            raise ConfigError(
-                file,
-                f"{metrics_textfile} is {taken}; tokend would overwrite it",
-                where="tokend.metrics_textfile",
-            )
-
-
-def read_template_files(
-    file: Path,
-    credentials: Mapping[str, CredentialConfig],
-    state_dir: Path,
-    environ: Mapping[str, str],
-    metrics_textfile: Path | None = None,
-    *,
-    fleet: FleetConfig | None = None,
-) -> dict[str, CredentialConfig]:
-    """The credentials with every ``template_file`` read and checked into ``template_text``.
-
-    A template's text goes into a file others read, so it must not be one that holds what
-    they must not see (the config, a secret, the token cache, a file tokend writes: the
-    placeholders exist so that nothing else can get in) and no one but tokend's user or
-    root may be able to change it or redirect it (they would choose what the consumer
-    does with the token). Checked before reading, so that a refusal never quotes it.
-    """
-    protected = protected_files(file, credentials.values(), environ, fleet)
-    written = {os.path.realpath(s.path) for c in credentials.values() for s in c.sinks}
-    if metrics_textfile is not None:
-        written.add(os.path.realpath(metrics_textfile))
-    state = os.path.realpath(state_dir)
-    read: dict[str, CredentialConfig] = {}
-    for name, cred in credentials.items():
-        sinks = list(cred.sinks)
-        for i, sink in enumerate(sinks):
-            if sink.template_file is None:
-                continue
-            where = cred.where(f"sink[{i}].template_file")
-            path = Path(os.path.normpath(sink.template_file))
-            try:
-                text = _template_text(path, protected, written, state, sink.allow_shared_dir)
-            except ValueError as exc:
-                raise ConfigError(file, f"{path}: {exc}", where=where) from None
-            sinks[i] = replace(sink, template_file=path, template_text=text)
-        read[name] = replace(cred, sinks=tuple(sinks)) if sinks != list(cred.sinks) else cred
-    return read
-
-
-def _template_text(path: Path, protected: Protected, written: set[str], state: str, shared: bool) -> str:
-    """The checked text of one template file; ValueError says why not.
-
-    Judged on the open descriptor (what it is, where the kernel opened it), then read from
-    it: a symlink flipped between a look at the path and the read would otherwise let
-    whoever may edit the template render the client secret into the sink."""
-
-    def by_path(real: str, what: str | None) -> str | None:
-        if what is not None:
-            return f"is {what}; a template there would copy it into the sink"
-        if real in written:
-            return "is a file tokend writes; a template must be a file of its own"
-        if real == state or real.startswith(state + os.sep):
-            return "is inside the state directory, which holds refresh tokens"
-        return None
-
-    def judge(opened: OpenedFile) -> str | None:
-        real = opened.real
-        what = protected.get((opened.st.st_dev, opened.st.st_ino)) or protected.get(real)
-        if (reason := by_path(real, what)) is not None:
-            return reason
-        if kernel_file(opened):
-            return "is a kernel file, not a template"
-        if shared:
-            return None
-        # Where the path is, and where it led: a symlink into a directory someone else
-        # can change would let them swap the target after this check.
-        chain = unsafe_directory_chain(path.parent) or unsafe_directory_chain(Path(real).parent)
-        owner = untrusted_writer(opened.st, trusted_uids())
-        reason = f"directory path is not safe: {chain}" if chain else f"is {owner}" if owner else None
-        if reason:
-            return (
-                f"{reason} (someone else could choose what the sink says; fix the modes, "
-                "or set allow_shared_dir = true to accept it)"
-            )
-        return None
-
-    # First by name, for what need not exist yet (a sink not written so far), then on the
-    # open file.
-    if (reason := by_path(os.path.realpath(path), protected_as(protected, path))) is not None:
-        raise ValueError(reason)
-    try:
-        raw = read_small(
-            path, MAX_TEMPLATE_BYTES, limit_words=f"{MAX_TEMPLATE_BYTES // 1024} KiB", judge=judge
-        )
-    except UnreadableFile as exc:
-        raise ValueError(str(exc)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"line {line}: not UTF-8 text (byte {exc.start})") from None
-    if not text.strip():
-        raise ValueError("is empty")
-    if "\0" in text:
-        raise ValueError(f"line {text.count(chr(10), 0, text.index(chr(0))) + 1}: contains a NUL byte")
-    check_template(text)  # a TemplateError is a ValueError: "line N: unknown placeholder ..."
-    return text
-
-
 def parse(
     text: str, file: Path, environ: Mapping[str, str] | None = None, *, file_mode: int | None = None
 ) -> Config:
@@ -647,7 +430,7 @@ def locate_state_dir(file: Path | str, environ: Mapping[str, str] | None = None)
     environ = os.environ if environ is None else environ
     path = Path(file).absolute()
     try:
-        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8").removeprefix("\ufeff")
+        text = read_config(path).decode("utf-8").removeprefix("\ufeff")
         value = tomllib.loads(text).get("tokend", {}).get("state_dir")
         if isinstance(value, str) and value.strip() and "\0" not in value:
             state_dir = Path(value).expanduser()
@@ -660,9 +443,8 @@ def locate_state_dir(file: Path | str, environ: Mapping[str, str] | None = None)
 def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises :class:`ConfigError` and nothing else."""
     path = Path(file).absolute()
-    opened: list[OpenedFile] = []  # what was read: its mode decides the inline-secret warning
     try:
-        raw = read_regular(path, MAX_CONFIG_BYTES, lambda file: opened.append(file))
+        raw, mode = read_config_and_mode(path)  # the mode decides the inline-secret warning
     except FileNotFoundError:
         raise ConfigError(path, "no such file (set -c FILE or $TOKEND_CONFIG)") from None
     except OSError as exc:
@@ -675,67 +457,4 @@ def load(file: Path | str, environ: Mapping[str, str] | None = None) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
-    return parse(text, path, environ, file_mode=opened[0].st.st_mode if opened else None)
-
-
-REDIS_HOST_RE = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
-)
-
-
-def redis_url_problem(url: str) -> str | None:
-    """What is wrong with ``[fleet] redis_url``, or None; never the URL's text (a password
-    typed in the wrong place must not reach a log). redis-py would let a query string
-    override tokend's own settings (``?password=``, ``?socket_timeout=``,
-    ``?ssl_cert_reqs=none``), so the only query allowed is ``?db=N``; a user or password
-    in the URL is refused (``username`` and ``password_file`` say them). The host, port
-    and database are checked here, so ``tokend check`` finds what would crash ``run``."""
-    import ipaddress
-
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        return "must not contain whitespace or control characters"
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
-        return "must be a redis://, rediss:// or unix:// URL"
-    rest, _, query = rest.partition("?")
-    if "@" in rest:
-        # Not echoed: what sits before the @ is most often the password itself.
-        return "must not carry a user or password (user:password@); use username and password_file"
-    if "#" in url or "%" in url:
-        return "must not contain '#' or percent-escapes"
-    db = None
-    if query:
-        name, eq, value = query.partition("=")
-        if name != "db" or not eq:
-            return "may carry no query but ?db=N (others would override tokend's timeouts, password or TLS)"
-        db = value
-    if scheme.lower() == "unix":
-        if not rest.startswith("/") or rest == "/":
-            return "must name the socket's absolute path (unix:///run/redis/redis.sock)"
-    else:
-        netloc, slash, path = rest.partition("/")
-        if slash and path:
-            if db is not None:
-                return "must give the database once, in the path or as ?db=N"
-            db = path
-        if netloc.startswith("["):
-            host, bracket, after = netloc[1:].partition("]")
-            try:
-                valid = bool(bracket) and ipaddress.ip_address(host).version == 6
-            except ValueError:
-                valid = False
-            if not valid:
-                return "the host in brackets must be an IPv6 address ([::1])"
-            if after and not after.startswith(":"):
-                return "must be redis://HOST[:PORT][/DB]"
-            port = after[1:] if after else None
-        else:
-            host, colon, port_text = netloc.partition(":")
-            port = port_text if colon else None
-            if not REDIS_HOST_RE.fullmatch(host):
-                return "must name a host (a DNS name, an IPv4 address or [an IPv6 address])"
-        if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            return "the port must be a number from 1 to 65535"
-    if db is not None and not (db.isascii() and db.isdigit() and len(db) <= 9):
-        return "the database must be a number (redis://HOST:PORT/0)"
-    return None
+    return parse(text, path, environ, file_mode=mode)

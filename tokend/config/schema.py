@@ -7,9 +7,10 @@ and whether changing it on a reload asks for a new token at once (*refetch*). Th
 derived from these declarations and nowhere written twice: the known keys of each table,
 the reload's field sets, which fields feed the cache key.
 
-Pure: nothing is read here. How each kind of value is read is :mod:`tokend.config.kinds`;
-what one key cannot say by itself (presets, secret sources, checks across keys, sink-path
-safety) is :mod:`tokend.config.parse`.
+Pure: nothing is read here. The numbers the bounds are made of are
+:mod:`tokend.core.limits` (the fast path applies the same ones); how each kind of value is
+read is :mod:`tokend.config.kinds`; what one key cannot say by itself (presets, secret
+sources, checks across keys) is :mod:`tokend.config.parse`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar, dataclass_transform, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, dataclass_transform, get_args
 
-from tokend.core.identity import DEFAULT_EXPIRES_IN
+from tokend.core.limits import (
+    DEFAULT_EXPIRES_IN,
+    DEFAULT_MIN_TTL_MARGIN,
+    DEFAULT_REFRESH_AT,
+    MAX_EXPIRES_IN,
+    MAX_HOOK_TIMEOUT,
+    MAX_ID,
+    MAX_LEASE,
+    MAX_REQUEST_TIMEOUT,
+    MAX_STRING,
+    MAX_TTL_MARGIN,
+    MIN_LEASE,
+    REFRESH_AT_HIGH,
+    REFRESH_AT_LOW,
+    SECRET_SUFFIXES,
+)
 from tokend.core.templates import MAX_TEMPLATE_BYTES
+
+if TYPE_CHECKING:
+    from tokend.core.limits import SecretSource
 
 _C = TypeVar("_C")
 
@@ -31,7 +50,6 @@ ClientAuth = Literal["basic", "body", "auto", "private_key_jwt", "tls_client_aut
 AuthStyle = Literal["basic", "body", "private_key_jwt", "tls_client_auth"]
 # RFC 7518 §3.1, the asymmetric ones: what a private key may sign a client assertion with.
 SigningAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
-SecretSource = Literal["inline", "env", "file", "credential"]
 
 SINK_FORMATS: tuple[SinkFormat, ...] = ("raw", "json", "env", "header", "template")
 REQUEST_FORMATS: tuple[RequestFormat, ...] = ("form", "json", "auto")
@@ -41,14 +59,6 @@ SIGNING_ALGS: tuple[SigningAlg, ...] = get_args(SigningAlg)
 TOKEN_TYPES = ("Bearer",)  # the types a token_type override may name
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-
-# Bounds: beyond them a value is a typo or an attack, not a wish.
-MAX_STRING = 8192  # no config value needs more; a megabyte of "scope" is a mistake
-MAX_ID = 2**32 - 2  # uid_t/gid_t; 2**32 - 1 is -1, "leave unchanged", to chown
-MAX_EXPIRES_IN = 366 * 86400  # the longest duration any key may take
-MAX_REQUEST_TIMEOUT = 600.0
-MAX_TTL_MARGIN = 86400.0
-MAX_HOOK_TIMEOUT = 3600.0
 
 SimpleKind = Literal[
     # Read from its one key by tokend.config.kinds, within the key's bounds:
@@ -115,6 +125,7 @@ class Key:
     required: bool = False  # the key must be given (a field without a default may come from elsewhere)
     identity: bool = False  # part of the token's identity: the token cache's key
     refetch: bool = False  # a change on reload asks for a new token at once
+    only_with: str | None = None  # the one client_auth its keys apply to (any other refuses them)
     field: str = ""  # the field's name, and its default (NO_DEFAULT: none, or a factory),
     default: Any = NO_DEFAULT  # both filled in from the dataclass when the class is made
 
@@ -131,10 +142,11 @@ def key(
     required: bool = False,
     identity: bool = False,
     refetch: bool = False,
+    only_with: str | None = None,
 ) -> Any:
     """Declare a field of a config value: the schema's one declaration of its key."""
     high = DEFAULT_HIGH.get(kind) if high is None else high
-    spec = Key(kind, keys, choices, low, high, required, identity, refetch)
+    spec = Key(kind, keys, choices, low, high, required, identity, refetch, only_with)
     return field(default=default, default_factory=default_factory, metadata={SCHEMA: spec})
 
 
@@ -156,6 +168,8 @@ def config_value(cls: type[_C]) -> type[_C]:
             raise TypeError(f"{cls.__name__}.{f.name}: a {spec.kind} is read from exactly one key")
         if spec.identity and not spec.refetch:
             raise TypeError(f"{cls.__name__}.{f.name}: a field of the identity must refetch")
+        if spec.only_with is not None and spec.only_with not in CLIENT_AUTHS:
+            raise TypeError(f"{cls.__name__}.{f.name}: only_with names no client_auth")
         default = NO_DEFAULT if f.default is MISSING else f.default
         specs.append(replace(spec, keys=keys, field=f.name, default=default))
     _SCHEMAS[made] = tuple(specs)
@@ -173,13 +187,6 @@ def toml_keys(cls: type) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- the values
-
-SECRET_SUFFIXES: Mapping[str, SecretSource] = {
-    "": "inline",
-    "_env": "env",
-    "_file": "file",
-    "_credential": "credential",
-}
 
 
 def secret_keys(base: str) -> tuple[str, ...]:
@@ -231,7 +238,7 @@ class CredentialConfig:
     client_id: SecretRef = key(kind="secret", keys=secret_keys("client_id"), identity=True, refetch=True)
     # None with client_auth = "private_key_jwt" or "tls_client_auth": the key is the secret.
     client_secret: SecretRef | None = key(kind="secret", keys=secret_keys("client_secret"), refetch=True)
-    provider: str | None = key(kind="string", default=None)  # a preset: see tokend.config.parse.PRESETS
+    provider: str | None = key(kind="string", default=None)  # a preset: see tokend.core.limits.PRESETS
     env_file: Path | None = key(kind="path", default=None, refetch=True)
     scope: tuple[str, ...] = key(kind="scope", default=(), identity=True, refetch=True)
     # Sorted (name, value) pairs; a name may repeat (RFC 8707: several `resource`). Holds
@@ -242,8 +249,10 @@ class CredentialConfig:
     request_format: RequestFormat = key(kind="choice", default="form", choices=REQUEST_FORMATS, refetch=True)
     client_auth: ClientAuth = key(kind="choice", default="basic", choices=CLIENT_AUTHS, refetch=True)
     use_refresh_token: bool = key(kind="flag", default=True, refetch=True)
-    refresh_at: float = key(kind="number", default=0.8, low=0.5, high=0.95)
-    min_ttl_margin: float = key(kind="duration", default=60.0, low=0, high=MAX_TTL_MARGIN)
+    refresh_at: float = key(
+        kind="number", default=DEFAULT_REFRESH_AT, low=REFRESH_AT_LOW, high=REFRESH_AT_HIGH
+    )
+    min_ttl_margin: float = key(kind="duration", default=DEFAULT_MIN_TTL_MARGIN, low=0, high=MAX_TTL_MARGIN)
     default_expires_in: float = key(kind="duration", default=DEFAULT_EXPIRES_IN, identity=True, refetch=True)
     timeout: float = key(kind="duration", default=10.0, high=MAX_REQUEST_TIMEOUT, refetch=True)
     # Taken as the token's type whatever the server answers: for servers known to mislabel
@@ -255,11 +264,19 @@ class CredentialConfig:
     issuer: str | None = key(kind="url", default=None, identity=True, refetch=True)
     # private_key_jwt (RFC 7523): a PEM key, read at request time like a secret.
     private_key: SecretRef | None = key(
-        kind="secret", default=None, keys=("private_key_file", "private_key_credential"), refetch=True
+        kind="secret",
+        default=None,
+        keys=("private_key_file", "private_key_credential"),
+        refetch=True,
+        only_with="private_key_jwt",
     )
-    key_id: str | None = key(kind="string", default=None, high=256, refetch=True)
-    signing_alg: SigningAlg | None = key(kind="choice", default=None, choices=SIGNING_ALGS, refetch=True)
-    assertion_audience: str | None = key(kind="string", default=None, refetch=True)
+    key_id: str | None = key(kind="string", default=None, high=256, refetch=True, only_with="private_key_jwt")
+    signing_alg: SigningAlg | None = key(
+        kind="choice", default=None, choices=SIGNING_ALGS, refetch=True, only_with="private_key_jwt"
+    )
+    assertion_audience: str | None = key(
+        kind="string", default=None, refetch=True, only_with="private_key_jwt"
+    )
     # Mutual TLS (RFC 8705): the client certificate, with any client_auth.
     # Of the identity by its certificate's thumbprint (tokend.io.cache), not by its path.
     tls_cert_file: Path | None = key(kind="path", default=None, identity=True, refetch=True)
@@ -292,10 +309,6 @@ class CredentialConfig:
         return {ref.value for ref in self.secret_refs() if ref.source == "env"}
 
 
-MIN_LEASE = 1.0  # a shorter lease is renewed more often than a Redis round trip can promise
-MAX_LEASE = 3600.0
-
-
 @config_value
 class FleetConfig:
     """``[fleet]``: daemons on many hosts share one token per identity through Redis."""
@@ -312,7 +325,7 @@ class FleetConfig:
 @config_value
 class Config:
     path: Path = key(kind="internal")  # the config file
-    state_dir: Path = key(kind="path")  # default: $STATE_DIRECTORY and so on (parse.default_state_dir)
+    state_dir: Path = key(kind="path")  # default: $STATE_DIRECTORY and so on (paths.default_state_dir)
     log_level: str = key(kind="choice", default="info", choices=LOG_LEVELS)
     log_format: str = key(kind="choice", default="text", choices=LOG_FORMATS)
     metrics_listen: tuple[str, int] | None = key(
@@ -340,6 +353,23 @@ GLOBAL_KEYS = toml_keys(Config)
 CREDENTIAL_KEYS = toml_keys(CredentialConfig)
 SINK_KEYS = toml_keys(SinkConfig)
 HOOK_KEYS = toml_keys(HookConfig)
+
+
+def keys_of(cls: type, name: str) -> tuple[str, ...]:
+    """The TOML keys that fill the field ``name`` of a config value."""
+    (spec,) = (spec for spec in schema(cls) if spec.field == name)
+    return spec.keys or ()
+
+
+def keys_only_with(client_auth: str) -> tuple[str, ...]:
+    """The credential keys that apply to ``client_auth`` alone, in the schema's order."""
+    return tuple(
+        name for spec in schema(CredentialConfig) if spec.only_with == client_auth for name in spec.keys or ()
+    )
+
+
+PRIVATE_KEY_KEYS = keys_of(CredentialConfig, "private_key")  # private_key_file, private_key_credential
+KEY_JWT_KEYS = keys_only_with("private_key_jwt")
 
 IDENTITY_FIELDS = tuple(spec.field for spec in schema(CredentialConfig) if spec.identity)
 """The fields of the token's identity, in the order ``tokend.core.identity.cache_key`` takes them."""

@@ -17,6 +17,14 @@ class ExitCode(IntEnum):
     USAGE = 2  # the command line names something that is not there
     LOCKED = 75  # EX_TEMPFAIL: another daemon holds the state directory
     CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops the restart loop
+    NOT_EXECUTABLE = 126  # exec: a shell's answer to a program it cannot run
+    NOT_FOUND = 127  # exec: a shell's answer to a program that is not there
+
+
+def exec_failure(exc: OSError) -> ExitCode:
+    """``tokend exec``'s answer to a program it cannot start, as a shell's: 127 not found,
+    126 not executable."""
+    return ExitCode.NOT_FOUND if isinstance(exc, FileNotFoundError) else ExitCode.NOT_EXECUTABLE
 
 
 class Nagios(IntEnum):

@@ -8,6 +8,7 @@ of a record and the clock.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,52 @@ class CredentialStatus:
         return replace(self, **changes)
 
 
+@dataclass(frozen=True, slots=True)
+class FleetWait:
+    """A credential without a token, waiting for the fleet's leader's (wall times)."""
+
+    what: str  # what it waits for ("for" in status.json)
+    since: float
+    until: float  # then it asks the identity provider itself
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"for": self.what, "since": self.since, "until": self.until}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FleetWait:
+        return cls(str(data["for"]), float(data["since"]), float(data["until"]))
+
+
+@dataclass(frozen=True, slots=True)
+class FleetHealth:
+    """Fleet mode's health, as status.json's ``fleet`` holds it."""
+
+    redis: str  # its URL (never a password in it)
+    reachable: bool
+    since: float | None = None  # when it became reachable or unreachable (wall time)
+    last_error: str | None = None
+    lease: float = 0.0
+    leases_held: int = 0
+    leader_changes: int = 0
+    fallbacks: int = 0
+    tokens_received: int = 0
+    waiting: Mapping[str, FleetWait] = field(default_factory=dict)  # credential name -> its wait
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["waiting"] = {name: wait.to_dict() for name, wait in self.waiting.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FleetHealth:
+        """What a status file says (a missing key takes its default; unknown keys are ignored)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"fleet: not an object but {type(data).__name__}")
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        waiting = {str(name): FleetWait.from_dict(wait) for name, wait in known.pop("waiting", {}).items()}
+        return cls(**{"redis": "", "reachable": False, **known, "waiting": waiting})
+
+
 @dataclass(frozen=True)
 class DaemonStatus:
     pid: int
@@ -41,11 +88,12 @@ class DaemonStatus:
     config_error: str | None = None
     credentials: dict[str, CredentialStatus] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # not failures, but worth a look (an empty config, say)
-    fleet: dict[str, Any] | None = None  # fleet mode's health: Redis reachable, counts
+    fleet: FleetHealth | None = None  # fleet mode's health: Redis reachable, counts
 
     def to_json(self) -> bytes:
         data = asdict(self)
         data["credentials"] = {name: asdict(c) for name, c in self.credentials.items()}
+        data["fleet"] = None if self.fleet is None else self.fleet.to_dict()
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -53,7 +101,9 @@ class DaemonStatus:
         data = json.loads(raw)
         creds = {name: CredentialStatus(**value) for name, value in data.pop("credentials").items()}
         warnings = tuple(str(w) for w in data.pop("warnings", ()))
-        return cls(credentials=creds, warnings=warnings, **data)
+        fleet = data.pop("fleet", None)
+        health = None if fleet is None else FleetHealth.from_dict(fleet)
+        return cls(credentials=creds, warnings=warnings, fleet=health, **data)
 
 
 # --------------------------------------------------------------------------- health (pure)

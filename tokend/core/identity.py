@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-DEFAULT_EXPIRES_IN = 3600.0
+from tokend.core.limits import DEFAULT_EXPIRES_IN
 
 
 def cache_key(

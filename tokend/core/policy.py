@@ -6,6 +6,7 @@ drive every case without sleeping.
 
 from __future__ import annotations
 
+from tokend.core.limits import FUTURE_SLACK
 from tokend.core.tokens import Token
 
 JITTER_FRACTION = 0.05
@@ -30,11 +31,6 @@ def refresh_due_at(
     due = token.obtained_at + lifetime * (refresh_at + JITTER_FRACTION * jitter)
     margin = min_ttl_margin if min_ttl_margin < lifetime / 2 else lifetime / 2
     return min(due, token.expires_at - margin)
-
-
-FUTURE_SLACK = 60.0
-"""A cached token stamped more than this after ``now`` was obtained under a wall clock that
-has since been stepped back: its real expiry is unknown, so it is neither fresh nor valid."""
 
 
 def from_the_future(token: Token, now: float) -> bool:

@@ -21,6 +21,14 @@ class Result(StrEnum):
     FATAL_ERROR = "fatal_error"  # a retry cannot fix it: every 5 minutes, and at a reload
 
 
+class Origin(StrEnum):
+    """Where an attempt's token came from."""
+
+    IDP = "idp"  # a new token from the identity provider
+    FLEET = "fleet"  # the fleet's leader's token, from Redis
+    CACHE = "cache"  # the token kept (the cache's, or the sinks' current one)
+
+
 class Verdict(StrEnum):
     """A credential's health as readers see it."""
 
@@ -38,7 +46,7 @@ class Attempt:
     token: Token | None  # what the sinks hold now; None: no valid token at all
     result: Result = Result.SUCCESS
     fetched: bool = False  # a new token came from the identity provider
-    origin: str = "cache"  # where the token came from: "idp", "fleet" (its leader) or "cache"
+    origin: Origin = Origin.CACHE  # where the token came from
     waited: float = 0.0  # seconds spent waiting for the fleet's leader before any request
     error: str | None = None  # why it failed, one line, no secret in it
     error_code: str | None = None  # the server's OAuth error code, if it sent one

@@ -18,8 +18,8 @@ import json
 import re
 import string
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
+from tokend.core.timestamps import rfc3339
 from tokend.core.tokens import Token
 
 MAX_TEMPLATE_BYTES = 64 * 1024  # a consumer's config file; more is the wrong file
@@ -52,10 +52,6 @@ class TemplateError(ValueError):
         where = f"line {line}" if column is None else f"line {line}, column {column}"
         super().__init__(f"{where}: {message}")
         self.line = line
-
-
-def rfc3339(unix: float) -> str:
-    return datetime.fromtimestamp(int(unix), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _line_of(text: str, index: int) -> int:

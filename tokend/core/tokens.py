@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_TOKEN_CHARS = 64 * 1024
+from tokend.core.limits import MAX_TOKEN_CHARS
 
 # Visible ASCII minus the characters that break one of the sink formats or their readers:
 # quotes and backslash (env quoting, JSON, dotenv escapes), '$' and '`' (interpolating

@@ -1,7 +1,8 @@
 """``tokend run``: the main loop, and nothing else.
 
-The shape follows gunicorn's arbiter: signal handlers only queue the signal; the loop takes
-events off one queue (signals, finished runs, file events) and dispatches ``handle_hup``,
+The shape follows gunicorn's arbiter (the skeleton is :mod:`~tokend.daemon.main_loop`'s,
+shared with ``tokend exec``): signal handlers only queue the signal; the loop takes events
+off one queue (signals, finished runs, file events) and dispatches ``handle_hup``,
 ``handle_term``; between events it beats a heartbeat that wakes the jobs (whose sleep does
 not count suspended time), pings the systemd watchdog, notices wall-clock steps and
 flushes the status. The work is elsewhere: :mod:`~tokend.daemon.runner` runs the
@@ -12,23 +13,20 @@ daemon in-process on a fake clock.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
 import random
 import signal
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tokend.config import Config, ConfigError, load
 from tokend.core.exit_codes import ExitCode
 from tokend.core.health import DaemonStatus, summary
 from tokend.daemon.clock import Clock, SystemClock
 from tokend.daemon.jobs import APSchedulerJobs, Jobs
+from tokend.daemon.main_loop import HEARTBEAT, MainLoop, captured_signals
 from tokend.daemon.reloader import Reloader
 from tokend.daemon.reporting import Observer, Observers, standard_observers
 from tokend.daemon.runner import Runner
@@ -42,8 +40,6 @@ from tokend.io.token_client import TokenClient
 
 log = logging.getLogger("tokend.daemon")
 
-HEARTBEAT = 30.0  # the design's upper bound on noticing a missed wakeup
-CLOCK_JUMP = 2.0  # wall-vs-monotonic drift that counts as a step of the wall clock
 STATUS_INTERVAL = 1.0  # coalesce status-file writes to at most one a second
 STOP_GRACE = 3.0  # how long a stop waits for in-flight refreshes before leaving them
 LOCK_FILE = "tokend.lock"
@@ -63,19 +59,7 @@ class FilesTouched:
     """The watcher saw an event on a watched file; the debouncer decides when to look."""
 
 
-@contextlib.contextmanager
-def captured_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """Queue SIGTERM, SIGINT and SIGHUP while inside; restore the previous handlers after
-    (as uvicorn does), so a daemon can run in-process and leave its host as it was."""
-    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-class Daemon:
+class Daemon(MainLoop):
     def __init__(
         self,
         config: Config,
@@ -88,14 +72,12 @@ class Daemon:
         observers: Iterable[Observer] = (),
         client_factory: Callable[[], TokenClient] = TokenClient,
     ) -> None:
+        super().__init__(clock or SystemClock(), heartbeat)
         self.config = config
         self.environ = os.environ if environ is None else environ
-        self.heartbeat = heartbeat
-        self.clock = clock or SystemClock()
-        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.notifier = Notifier(self.environ)
         self.observers = Observers([*standard_observers(config, self.notifier, self.environ), *observers])
-        self.source = token_source(config, self.environ, self.observers)
+        self.source = token_source(config, self.environ, self.observers, self.clock)
         self.runner = Runner(
             jobs or APSchedulerJobs(self.clock),
             self.observers,
@@ -114,18 +96,13 @@ class Daemon:
         self.stopping = False
         self.status_dirty = True
         self.last_status_write = 0.0
-        self.wall_offset = self.clock.time() - self.clock.monotonic()
-        self.next_beat = self.next_watchdog = self.clock.monotonic()
-
-    @property
-    def abandoned(self) -> int:
-        return self.runner.abandoned
+        self.next_watchdog = self.clock.monotonic()
 
     # ----------------------------------------------------------------------- the loop
 
     def run(self, *, stop_after: float | None = None) -> int:
         """Run until SIGTERM or SIGINT (or ``stop_after`` seconds). Returns the exit code."""
-        with captured_signals(self._queue_signal):
+        with captured_signals(SIGNALS, self.queue_signal):
             self.start()
             deadline = None if stop_after is None else self.clock.monotonic() + stop_after
             while not self.stopping:
@@ -155,14 +132,12 @@ class Daemon:
     def step(self, deadline: float | None = None, *, block: bool = True) -> None:
         """One turn of the loop: the periodic duties, then one event (waiting for it until
         the next duty is due, unless ``block`` is false)."""
-        clock = self.clock
-        now_mono = clock.monotonic()
-        offset = clock.time() - now_mono
-        if abs(offset - self.wall_offset) > CLOCK_JUMP:
-            self.handle_clock_jump(offset)
-        if now_mono >= self.next_beat:
+        now_mono = self.clock.monotonic()
+        step = self.clock_step(now_mono)
+        if step is not None:
+            self.handle_clock_jump(step)
+        if self.beat_due(now_mono):
             self.beat()
-            self.next_beat = now_mono + self.heartbeat
         if self.notifier.watchdog_interval is not None and now_mono >= self.next_watchdog:
             self.notifier.notify("WATCHDOG=1")
             self.next_watchdog = now_mono + self.notifier.watchdog_interval
@@ -180,15 +155,9 @@ class Daemon:
         next_due = self.runner.next_due()
         if next_due is not None:
             wake.append(next_due)  # to look at the clocks when a run should start
-        try:
-            timeout = max(0.01, min(wake) - clock.monotonic())
-            event = self.events.get(timeout=timeout) if block else self.events.get_nowait()
-        except queue.Empty:
-            return
-        self.dispatch(event)
-
-    def _queue_signal(self, signum: int, _frame: object) -> None:
-        self.events.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
+        event = self.next_event(min(wake), block=block)
+        if event is not None:
+            self.dispatch(event)
 
     def dispatch(self, event: object) -> None:
         if isinstance(event, Ran):
@@ -233,17 +202,10 @@ class Daemon:
         self.flush_status()
         log.info("stopped")
 
-    def handle_clock_jump(self, offset: float) -> None:
-        """The wall clock moved against the monotonic one (NTP step, VM restore, an
-        operator): the jobs are armed in wall time, so re-arm each at its monotonic moment
-        and a clock stepped back does not postpone a refresh."""
-        log.info(
-            "wall clock moved %+.0fs against the monotonic clock; re-arming every refresh",
-            offset - self.wall_offset,
-        )
-        self.wall_offset = offset
-        with contextlib.suppress(Exception):  # the jobs may be shutting down
-            self.runner.rearm_all()
+    def handle_clock_jump(self, step: float) -> None:
+        """The wall clock moved ``step`` seconds against the monotonic one: every run re-armed."""
+        log.info("wall clock moved %+.0fs against the monotonic clock; re-arming every refresh", step)
+        self.rearm()
 
     def beat(self) -> None:
         """Wake the jobs (their sleep does not count suspended time); look at the files."""
@@ -333,14 +295,16 @@ class Daemon:
         return summary({name: slot.status for name, slot in self.runner.slots.items()}, self.clock.time())
 
 
-def token_source(config: Config, environ: Mapping[str, str], observers: Observer) -> TokenSource:
+def token_source(
+    config: Config, environ: Mapping[str, str], observers: Observer, clock: Clock
+) -> TokenSource:
     """Standalone, or fleet mode when the config has ``[fleet]`` (only then are redis-py
     and cryptography imported)."""
     if config.fleet is None:
         return STANDALONE
-    from tokend.daemon.fleet import Fleet
+    from tokend.daemon.fleet_mode import open_fleet
 
-    return Fleet(config.fleet, config.path, environ=environ, report=observers.fleet_event)
+    return open_fleet(config.fleet, config.path, environ=environ, report=observers.fleet_event, clock=clock)
 
 
 def no_credentials_warning(config: Config) -> str:
@@ -348,20 +312,6 @@ def no_credentials_warning(config: Config) -> str:
         f"{config.path}: no credentials configured; is this the right file? "
         "(running, and a reload can add some)"
     )
-
-
-def leave(daemon: Daemon, code: int) -> int:
-    """Return ``code``, or exit with it at once if refreshes were abandoned at stop.
-
-    concurrent.futures joins its worker threads at interpreter exit, so a request hanging
-    until its timeout would hold a stop past systemd's patience. Those workers can only
-    leave a temp file behind (swept later), never a damaged sink or cache.
-    """
-    if daemon.abandoned:
-        logging.shutdown()
-        sys.stdout.flush()
-        os._exit(code)
-    return code
 
 
 def single_instance(state_dir: Path) -> FileLock | None:
@@ -400,6 +350,6 @@ def run(
         return ExitCode.LOCKED
     try:
         daemon = Daemon(config, environ=environ)  # [fleet]: a password it cannot read is a ConfigError
-        return leave(daemon, daemon.run(stop_after=stop_after))
+        return daemon.leave(daemon.run(stop_after=stop_after))
     finally:
         lock.release()

@@ -14,13 +14,15 @@ from collections.abc import Callable, Mapping
 
 from tokend.config import CredentialConfig
 from tokend.core import policy
-from tokend.core.protocol import Style, TokenRequestError
-from tokend.core.results import Attempt, Result
+from tokend.core.results import Attempt, Origin, Result
+from tokend.core.timestamps import rfc3339
+from tokend.core.token_request import Style
+from tokend.core.token_response import TokenRequestError
 from tokend.core.tokens import Token
 from tokend.daemon.token_source import STANDALONE, TokenSource
 from tokend.io.cache import CacheEntry, StateError, TokenCache, cache_key
 from tokend.io.secret_sources import read_secret
-from tokend.io.sinks import SinkError, rfc3339, write_sink
+from tokend.io.sinks import SinkError, write_sink
 from tokend.io.token_client import TokenClient
 
 log = logging.getLogger("tokend.refresher")
@@ -72,10 +74,10 @@ class Refresher:
             ours = entry.token if entry is not None else None
             due = force or ours is None or not self.is_fresh(ours, now, fresh_until)
             offer = self.source.offer(cred, key, ours, now, due=due)
-            origin = "cache"  # where the token came from: cache, idp or fleet
+            origin = Origin.CACHE
             token: Token | None
             if offer.token is not None:  # a newer token from the fleet's leader
-                token, origin = offer.token, "fleet"
+                token, origin = offer.token, Origin.FLEET
                 self.remember(
                     key,
                     CacheEntry(offer.token, entry.wire, entry.auth) if entry else CacheEntry(offer.token),
@@ -129,7 +131,7 @@ class Refresher:
                     self.source.failed(cred, key)
                     raise
                 else:
-                    token, fetched, origin = answer.token, True, "idp"
+                    token, fetched, origin = answer.token, True, Origin.IDP
                     log.debug(
                         "%s: new token %s, valid %ds until %s",
                         cred.name,
@@ -199,7 +201,7 @@ def attempt_of(
     sink_errors: tuple[str, ...] = (),
     sinks_written: int = 0,
     *,
-    origin: str = "cache",
+    origin: Origin = Origin.CACHE,
     waited: float = 0.0,
 ) -> Attempt:
     """The one record of what happened: a failed request outranks failed sinks."""
@@ -215,7 +217,7 @@ def attempt_of(
         token,
         result,
         fetched=fetched,
-        origin="idp" if fetched else origin,
+        origin=Origin.IDP if fetched else origin,
         waited=waited,
         error=error,
         error_code=request_error.error if request_error is not None else None,

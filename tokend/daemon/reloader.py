@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tokend.config import Config, ConfigError, CredentialConfig, SinkConfig, load
-from tokend.core.reload_plan import ReloadPlan, plan_reload
+from tokend.config.reload_plan import ReloadPlan, plan_reload
 from tokend.daemon.runner import Runner
 from tokend.io.sinks import in_the_way
 from tokend.io.watch import Debouncer, FileState, Watcher, changed, read_state, read_states, watched_files

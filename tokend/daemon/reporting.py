@@ -19,9 +19,9 @@ from tokend.config import Config, CredentialConfig
 from tokend.core.fleet import FleetEvent
 from tokend.core.health import CredentialStatus, DaemonStatus
 from tokend.core.policy import BACKOFF_CAP
-from tokend.core.results import Attempt, Result
+from tokend.core.results import Attempt, Origin, Result
+from tokend.core.timestamps import rfc3339
 from tokend.io.hooks import HookRunner
-from tokend.io.sinks import rfc3339
 from tokend.io.status_file import write_status
 from tokend.io.systemd import Notifier
 
@@ -107,9 +107,9 @@ class Observers(Observer):
 
 
 ORIGIN_WORDS = {
-    "idp": "new token from the identity provider",
-    "fleet": "token from the fleet's leader",
-    "cache": "kept the current token",
+    Origin.IDP: "new token from the identity provider",
+    Origin.FLEET: "token from the fleet's leader",
+    Origin.CACHE: "kept the current token",
 }
 
 
@@ -126,7 +126,7 @@ class EventLog(Observer):
             )
         next_refresh = rfc3339(attempt.next_at) if attempt.next_at is not None else None
         # "success" alone read as "asked the IdP" even when the cached token was kept.
-        source = f" ({ORIGIN_WORDS.get(attempt.origin, attempt.origin)})" if attempt.token is not None else ""
+        source = f" ({ORIGIN_WORDS[attempt.origin]})" if attempt.token is not None else ""
         log.info(
             "%s: refresh %s in %dms%s, token %s, next refresh %s",
             cred.name,
@@ -226,7 +226,7 @@ class MetricsReporter(Observer):
 
     def status(self, snapshot: DaemonStatus, summary: str, *, ready: bool) -> None:
         if snapshot.fleet is not None:
-            self.metrics.fleet_reachable(bool(snapshot.fleet.get("reachable")))
+            self.metrics.fleet_reachable(snapshot.fleet.reachable)
         self.metrics.flush()
 
     def fleet_event(self, event: FleetEvent, name: str | None) -> None:

@@ -20,7 +20,7 @@ from tokend.config import ConfigError, CredentialConfig, SinkConfig
 from tokend.core import policy
 from tokend.core.fleet import Role, follow_deadline, jitter_for
 from tokend.core.health import CredentialStatus
-from tokend.core.results import Attempt, Result
+from tokend.core.results import Attempt, Origin, Result
 from tokend.daemon.clock import Clock
 from tokend.daemon.jobs import Jobs
 from tokend.daemon.refresher import Refresher
@@ -255,7 +255,7 @@ class Runner:
         # made in wall time (the policy's frame), anchored to the monotonic clock.
         now, now_mono = clock.time(), clock.monotonic()
         token = attempt.token
-        received = attempt.origin == "fleet"
+        received = attempt.origin is Origin.FLEET
         role = self.source.role(cred.name)
         if token is not None and (attempt.fetched or received or slot.due_mono is None):
             due = policy.refresh_due_at(

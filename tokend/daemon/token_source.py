@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from tokend.config import CredentialConfig
 from tokend.core.fleet import Role
+from tokend.core.health import FleetHealth
 from tokend.core.tokens import Token
 
 
@@ -64,7 +64,7 @@ class TokenSource:
         """When a follower waiting for its leader looks again (wall time), or None."""
         return None
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> FleetHealth | None:
         """The fleet's health for status.json; None without fleet mode."""
         return None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from tokend.config import parse_duration
+from tokend.core.limits import MAX_EXPIRES_IN, command_line_duration
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
@@ -26,9 +26,9 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 def duration(text: str) -> float:
     """An argparse type: ``"30s"``, ``"2m"`` or seconds, more than zero."""
     try:
-        seconds = float(text) if text.isascii() and text.isdigit() else parse_duration(text)
+        seconds = command_line_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if not 0 < seconds <= 366 * 86400:
+    if not 0 < seconds <= MAX_EXPIRES_IN:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration from 1s to a year")
     return seconds

@@ -15,12 +15,12 @@ from typing import TextIO
 from tokend.config import CredentialConfig, load
 from tokend.core.health import CredentialStatus
 from tokend.core.results import Attempt
+from tokend.core.timestamps import rfc3339
 from tokend.core.tokens import fingerprint
-from tokend.daemon.loop import Daemon, leave
+from tokend.daemon.loop import Daemon
 from tokend.daemon.reporting import Observer
 from tokend.devtools.idp import IdentityProvider, IdpEvent
 from tokend.io import logsetup
-from tokend.io.sinks import rfc3339
 
 CONFIG = """\
 # Written by `tokend demo`. Point tokend at it: tokend status -c {config}
@@ -134,4 +134,4 @@ def run_demo(
         code = daemon.run(stop_after=duration)
         out.write(f"\ntokend demo stopped; {rel}/ keeps the config, the last tokens and the cache.\n")
         out.flush()
-        return leave(daemon, code)
+        return daemon.leave(code)

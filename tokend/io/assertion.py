@@ -5,7 +5,7 @@ Keys are secrets like the client secret: read when a request is made (a key rota
 disk is used at the next one), never logged, never echoed in an error. A key that cannot be
 read or parsed, or a ``signing_alg`` that does not suit it, is a one-line
 :class:`~tokend.config.ConfigError` naming the credential and the key. Which algorithm and
-which claims is decided by :mod:`tokend.core.protocol`; signing is PyJWT's (with
+which claims is decided by :mod:`tokend.core.assertion`; signing is PyJWT's (with
 ``cryptography``), imported only here and only when a credential uses a key: without them,
 the error says which extra to install.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tokend.config import ConfigError, CredentialConfig, SecretRef
-from tokend.core.protocol import KeyMismatch, assertion_claims, signing_alg
+from tokend.core.assertion import KeyMismatch, assertion_claims, signing_alg
 from tokend.io.files import OpenedFile, UnreadableFile, read_small, readable_by_others
 
 MAX_KEY_BYTES = 64 * 1024

@@ -5,7 +5,7 @@ The metadata is fetched once and remembered in ``STATE_DIR/discovery/``: every r
 reads the small file instead of asking the issuer, the daemon, ``tokend fetch`` and
 ``tokend token`` share it, and it is fetched again when it is a day old or when the token
 endpoint it names answers 404 (the IdP moved it). The metadata must be for the configured
-issuer exactly (:func:`tokend.core.protocol.parse_metadata`), else a config error; an
+issuer exactly (:func:`tokend.core.discovery.parse_metadata`), else a config error; an
 issuer that cannot be reached is a retryable failure. Once good metadata is kept, a
 refresh that fails either way (unreachable, or an answer refused) leaves it in use, with a
 warning: an issuer's bad day must not stop tokens it would still issue.
@@ -20,16 +20,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from tokend.config import ConfigError, CredentialConfig
-from tokend.config.kinds import check_token_url
-from tokend.core.protocol import (
-    BadMetadata,
-    Discovered,
-    TokenRequestError,
-    metadata_is_stale,
-    parse_metadata,
-    well_known_urls,
-)
+from tokend.config import ConfigError, CredentialConfig, check_token_url
+from tokend.core.discovery import BadMetadata, Discovered, metadata_is_stale, parse_metadata, well_known_urls
+from tokend.core.token_response import TokenRequestError
 
 log = logging.getLogger("tokend.discovery")
 

@@ -16,8 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tokend.config import ConfigError
-from tokend.config.schema import CredentialConfig
+from tokend.config import ConfigError, CredentialConfig
 from tokend.core.fleet import MAX_BLOB_BYTES, Shared, decode, encode
 from tokend.io.secret_sources import read_secret
 

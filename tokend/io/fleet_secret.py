@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from tokend.config import ConfigError
-from tokend.config.schema import FleetConfig
+from tokend.config import ConfigError, FleetConfig
 from tokend.io.secret_sources import read_secret_file
 
 

@@ -46,7 +46,7 @@ from redis.lock import Lock
 from redis.retry import Retry
 from redis.utils import SENTINEL
 
-from tokend.config.schema import FleetConfig
+from tokend.config import FleetConfig
 from tokend.core.fleet import MAX_BLOB_BYTES, redis_keys
 
 log = logging.getLogger("tokend.fleet")

@@ -2,7 +2,7 @@
 
 Reading is separate from config parsing so that ``tokend token`` on a cached token never
 touches a secret, and so that a rotated secret file is picked up at the next request. Every
-failure is a :class:`~tokend.config.parse.ConfigError` naming the credential and the key.
+failure is a :class:`~tokend.config.errors.ConfigError` naming the credential and the key.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tokend.config import CONVENTIONAL_ENV_NAME_RE, ConfigError, CredentialConfig, SecretRef
+from tokend.core.limits import MAX_SECRET_BYTES
 from tokend.io.files import UnreadableFile, read_small
 
-MAX_SECRET_BYTES = 64 * 1024
 BOM = "\ufeff"
 
 _warned_bom: set[Path] = set()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokend.config import SinkConfig
 from tokend.core import templates
-from tokend.core.templates import rfc3339 as rfc3339
+from tokend.core.timestamps import rfc3339
 from tokend.core.tokens import Token, unsafe_reason
 from tokend.io.files import file_kind, sweep_once, unsafe_directory_chain, write_atomic
 

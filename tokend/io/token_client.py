@@ -1,9 +1,9 @@
-"""Send token requests: the thin IO edge around :mod:`tokend.core.protocol`.
+"""Send token requests: the thin IO edge around :mod:`tokend.core.token_request`.
 
 One :class:`TokenClient` (one ``requests.Session``) per worker thread. The protocol builds
 each request and judges each answer; :mod:`tokend.io.http` bounds each exchange by the
 credential's ``timeout``; this module sends, reads at most 1 MiB, and turns every transport
-failure into a :class:`~tokend.core.protocol.TokenRequestError`.
+failure into a :class:`~tokend.core.token_response.TokenRequestError`.
 """
 
 from __future__ import annotations
@@ -20,27 +20,20 @@ from typing import TYPE_CHECKING, cast
 import requests
 
 from tokend.config import CredentialConfig, shown_url
-from tokend.core.protocol import (
+from tokend.core.scrub import scrub, secret_forms
+from tokend.core.styles import auth_order, basic_hint, final_error, next_style, wire_order
+from tokend.core.token_request import Style, TokenRequest, build_request
+from tokend.core.token_response import (
     MAX_BODY_BYTES,
-    Style,
-    TokenRequest,
     TokenRequestError,
-    auth_order,
-    basic_hint,
-    build_request,
     classify_failure,
-    final_error,
-    next_style,
     parse_token_response,
-    scrub,
-    secret_forms,
-    wire_order,
 )
 from tokend.core.tokens import Token
 from tokend.io.http import DeadlineExceeded, NoNetrc, deadline_session
 
 if TYPE_CHECKING:
-    from tokend.core.protocol import Discovered
+    from tokend.core.discovery import Discovered
     from tokend.io.assertion import SigningKey, TlsIdentity
 
 log = logging.getLogger("tokend.oauth")
