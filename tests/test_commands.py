@@ -1,5 +1,5 @@
-"""tokend/commands.py through the real ``tokend`` command: exec's child environment and
-what ``tokend check`` says about an on_rotate pid file."""
+"""tokend/cli/exec.py and tokend/cli/check.py through the real ``tokend`` command: exec's
+child environment and what ``tokend check`` says about an on_rotate pid file."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@
 :mod:`tokend.cli.fastpath`, before argparse or the config machinery is imported: it should
 cost little more than starting Python. Everything else, and ``token`` whenever the fast
 path is not sure, is parsed by argparse (building only the subcommand being run) and runs
-on the validated config. The commands themselves live in :mod:`tokend.cli.commands`.
+on the validated config. Each command lives in a module of its own (:mod:`tokend.cli.fetch`,
+``token``, ``exec``, ``status``, ``check``), imported only when it runs.
 """
 
 from __future__ import annotations
@@ -290,26 +291,35 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
 
         return run(path)
     if args.command == "status":
-        from tokend.cli import commands
+        from tokend.cli.console import setup_logging
+        from tokend.cli.status import cmd_status
 
-        commands.setup_logging(None)
-        return commands.cmd_status(path, as_json=args.json, check=args.check)
+        setup_logging(None)
+        return cmd_status(path, as_json=args.json, check=args.check)
     config = load_config(path, args.command)
-    from tokend.cli import commands
+    from tokend.cli.console import setup_logging
 
-    commands.setup_logging(config, quiet=args.command in ("token", "exec"))
+    setup_logging(config, quiet=args.command in ("token", "exec"))
     if args.command in ("fetch", "check"):  # they read secrets: closed to same-user processes
         from tokend.io.private_process import make_undumpable
 
         make_undumpable()
     if args.command == "fetch":
-        return commands.cmd_fetch(config, args.names, force=args.force)
+        from tokend.cli.fetch import cmd_fetch
+
+        return cmd_fetch(config, args.names, force=args.force)
     if args.command == "token":
-        return commands.cmd_token(config, args.name)
+        from tokend.cli.token import cmd_token
+
+        return cmd_token(config, args.name)
     if args.command == "check":
-        return commands.cmd_check(config, online=args.online)
+        from tokend.cli.check import cmd_check
+
+        return cmd_check(config, online=args.online)
     if args.command == "exec":
-        return commands.cmd_exec(
+        from tokend.cli.exec import cmd_exec
+
+        return cmd_exec(
             config,
             args.name,
             command,

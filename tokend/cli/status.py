@@ -1,0 +1,89 @@
+"""``tokend status``: the daemon's status.json read and told, in lines, as JSON or as a
+Nagios check."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokend.config import ConfigError, load, locate_state_dir
+from tokend.core.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from tokend.core.health import CredentialStatus, FleetHealth
+
+
+def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
+    from tokend.core.exit_codes import Nagios
+    from tokend.core.health import describe, health_check, verdict
+    from tokend.core.results import Verdict
+    from tokend.io.files import pid_alive
+    from tokend.io.status_file import read_status
+
+    try:
+        state_dir = load(path).state_dir
+    except ConfigError as exc:
+        # The daemon keeps running the last good config; its report is what matters now.
+        print(f"tokend: {exc}", file=sys.stderr)
+        state_dir = locate_state_dir(path)
+    problem: str | None
+    try:
+        status = read_status(state_dir)
+    except FileNotFoundError:
+        problem = f"no status in {state_dir}: has `tokend run` started with this config?"
+    except (OSError, ValueError) as exc:
+        problem = f"cannot read the status in {state_dir}: {exc}"
+    else:
+        problem = None
+    if problem is not None:
+        if check:
+            print(f"TOKEND UNKNOWN - {problem}")
+            return Nagios.UNKNOWN
+        print(f"tokend: {problem}", file=sys.stderr)
+        return ExitCode.FAILED
+    now = time.time()
+    running = pid_alive(status.pid)
+    if check:
+        code, line = health_check(status, running=running, now=now)
+        print(line)
+        return code
+    verdicts = {name: verdict(cred, now) for name, cred in status.credentials.items()}
+    healthy = running and status.config_error is None and all(v == Verdict.OK for v in verdicts.values())
+    if as_json:
+        import json
+
+        data = json.loads(status.to_json())
+        data["running"] = running
+        data["healthy"] = healthy
+        for name, value in verdicts.items():
+            data["credentials"][name]["verdict"] = value
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return ExitCode.OK if healthy else ExitCode.FAILED
+    print(f"tokend pid {status.pid}: {'running' if running else 'NOT RUNNING'}, config {status.config}")
+    if status.config_error:
+        print(f"config rejected (still running the last good one): {status.config_error}")
+    for warning in status.warnings:
+        print(f"warning: {warning}")
+    if status.fleet is not None and running:  # a stopped daemon holds no lease, leads nobody
+        print(fleet_line(status.fleet, status.credentials.values(), now))
+    for cred in status.credentials.values():
+        print(describe(cred, now, running=running))
+    return ExitCode.OK if healthy else ExitCode.FAILED
+
+
+def fleet_line(fleet: FleetHealth, creds: Iterable[CredentialStatus], now: float) -> str:
+    """Fleet mode's health in one line: Redis reachable (or since when not, and why) and
+    each credential's role."""
+    from tokend.core.health import human_duration
+
+    since = fleet.since
+    ago = f" since {human_duration(max(0.0, now - since))} ago" if isinstance(since, int | float) else ""
+    if fleet.reachable:
+        state = "reachable"
+    else:
+        state = f"UNREACHABLE{ago} ({fleet.last_error or 'no answer'}); every credential on its own"
+    roles = ", ".join(f"{c.name} {c.role}" for c in creds if c.role)
+    return f"fleet: Redis {fleet.redis} {state}" + (f"; {roles}" if roles else "")
