@@ -936,8 +936,8 @@ class Seeded:
 
 @pytest.fixture
 def seeded(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Seeded:
-    environ = {k: v for k, v in os.environ.items() if k not in fp.MEMO_ENVIRONMENT or k == "HOME"}
-    for name in fp.MEMO_ENVIRONMENT:
+    environ = {k: v for k, v in os.environ.items() if k not in memo.MEMO_ENVIRONMENT or k == "HOME"}
+    for name in memo.MEMO_ENVIRONMENT:
         if name != "HOME":
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -957,8 +957,8 @@ def test_a_remembered_config_is_served_by_the_fast_path(
 ) -> None:
     assert seeded.fast() is None  # the validated path has not seen this config yet
     seeded.remember()
-    memo = Path(fp.memo_path(str(seeded.tmp / "state"), fp.absolute(str(seeded.path))))
-    assert memo.stat().st_mode & 0o777 == 0o600 and memo.parent.stat().st_mode & 0o777 == 0o700
+    memo_file = Path(memo.memo_path(str(seeded.tmp / "state"), fp.absolute(str(seeded.path))))
+    assert memo_file.stat().st_mode & 0o777 == 0o600 and memo_file.parent.stat().st_mode & 0o777 == 0o700
     assert seeded.fast() == "tok-1"
     assert fp.fresh_token("tokend.toml", "api", seeded.environ) == "tok-1"  # relative -c
     assert fp.fresh_token(None, "api", {**seeded.environ, "TOKEND_CONFIG": str(seeded.path)}) == "tok-1"

@@ -9,9 +9,10 @@ cheapest parts: ``os``, ``time``, ``json`` and ``hashlib`` (both brought in by
 It only ever prints what the validated path would print:
 
 - It serves a config only when the validated path has accepted exactly these bytes, under
-  the same environment, before: :func:`remember` (called by ``fetch``, ``token`` and
-  ``exec`` after :func:`tokend.config.load` succeeds) leaves the config's digest in the
-  state directory, and :func:`fresh_token` gives up unless the digest is there. An edit
+  the same environment, before: :func:`tokend.cli.memo.remember` (called by ``fetch``,
+  ``token`` and ``exec`` after :func:`tokend.config.load` succeeds) leaves the config's digest in the
+  state directory (:mod:`tokend.cli.memo` owns that memo), and :func:`fresh_token` gives up
+  unless the digest is there. An edit
   that breaks any part of the file therefore goes through the validated path, and exits 78.
 - It reads the TOML, the client id, the env file and the cache entry with small readers
   that accept a strict subset of each format and give up on anything else (multi-line or
@@ -32,13 +33,12 @@ The validated path's own helpers are in :mod:`tokend.cli.selection`, the TOML re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 import time
 
-from tokend import __version__
+from tokend.cli.memo import vouched
 from tokend.cli.toml_subset import CONTROL_CHARACTERS as _CONTROL
 from tokend.cli.toml_subset import GiveUp as GiveUp
 from tokend.cli.toml_subset import parse_toml as parse_toml
@@ -70,11 +70,6 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- the fast path
 
 MAX_CACHE_BYTES = 1024 * 1024  # a cache entry is a few hundred bytes; anything larger: give up
-MEMO_DIR = "fastpath"
-MEMO_FORMAT = 1
-# What tokend.config.parse reads besides the file: the default state directory, "~", and
-# $CREDENTIALS_DIRECTORY (sinks must not land on a systemd credential).
-MEMO_ENVIRONMENT = ("STATE_DIRECTORY", "XDG_STATE_HOME", "HOME", "CREDENTIALS_DIRECTORY")
 SECRET_KEYS = tuple(f"client_id{suffix}" for suffix in SECRET_SUFFIXES)
 
 
@@ -118,8 +113,7 @@ def _fresh_token(config: str | None, name: str, environ: Mapping[str, str]) -> s
     raw = read_regular(file, MAX_CONFIG_BYTES)
     data = parse_toml(decode(raw).removeprefix("\ufeff"))
     state_dir = state_dir_of(data, file, environ)
-    memo = read_regular(memo_path(state_dir, file), 1024)
-    if memo.decode("ascii").strip() != config_digest(file, raw, environ):
+    if not vouched(state_dir, file, raw, environ):
         raise GiveUp("config not validated as it is now")
     credentials = data.get("credentials")
     if not isinstance(credentials, dict) or not isinstance(credentials.get(name), dict):
@@ -132,19 +126,6 @@ def _fresh_token(config: str | None, name: str, environ: Mapping[str, str]) -> s
     if is_fresh(expires_at, obtained_at, time.time(), refresh_at, min_ttl_margin):
         return access
     return None
-
-
-def config_digest(file: str, raw: bytes, environ: Mapping[str, str]) -> str:
-    """What the validated path's verdict on a config depends on: its bytes, where it is
-    (relative paths), the environment ``parse`` reads, and the version that judged it."""
-    context = [MEMO_FORMAT, __version__, file, os.getuid(), [environ.get(k) for k in MEMO_ENVIRONMENT]]
-    head = json.dumps(context).encode("utf-8")
-    return hashlib.sha256(head + b"\0" + hashlib.sha256(raw).digest()).hexdigest()
-
-
-def memo_path(state_dir: str, file: str) -> str:
-    name = hashlib.sha256(file.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return os.path.join(state_dir, MEMO_DIR, name)
 
 
 # --------------------------------------------------------------------------- paths and files
