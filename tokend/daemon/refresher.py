@@ -57,7 +57,7 @@ class Refresher:
         """Make sure a fresh token is cached (and in the sinks). Raises ConfigError when a
         secret, a key or the issuer's metadata cannot be used (the source is told, as for
         a failed request: a fleet's leader lets go of its lease); every other failure is
-        reported in the Outcome.
+        reported in the Attempt.
 
         The cached token counts as fresh until ``fresh_until`` (the daemon's jittered due
         time) or, without it, until the policy's unjittered due time.
