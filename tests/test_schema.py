@@ -42,6 +42,9 @@ from tokend.config.schema import (
     COMPOSED_KINDS,
     NO_DEFAULT,
     SIMPLE_KINDS,
+    EndpointConfig,
+    Listen,
+    ProxyConfig,
     config_value,
     key,
     toml_keys,
@@ -50,7 +53,7 @@ from tokend.core import identity, limits
 from tokend.io.cache import cache_key
 
 FILE = Path("/etc/tokend/tokend.toml")
-VALUES = (Config, CredentialConfig, SinkConfig, HookConfig, FleetConfig)
+VALUES = (Config, CredentialConfig, SinkConfig, HookConfig, FleetConfig, EndpointConfig, ProxyConfig)
 # Each TOML table, the value it becomes, and the smallest valid content of it.
 TABLES: dict[str, tuple[type, dict[str, str]]] = {
     "tokend": (Config, {}),
@@ -65,13 +68,18 @@ TABLES: dict[str, tuple[type, dict[str, str]]] = {
     "credentials.api.sink": (SinkConfig, {"path": '"/run/tokend/api.token"'}),
     "credentials.api.on_rotate": (HookConfig, {"command": '["true"]'}),
     "fleet": (FleetConfig, {"redis_url": '"redis://127.0.0.1:6379/0"'}),
+    "endpoint": (EndpointConfig, {"listen": '"unix:/run/tokend/tokend.sock"'}),
+    "credentials.api.proxy": (
+        ProxyConfig,
+        {"listen": '"unix:/run/tokend/api.sock"', "upstream": '"https://api.example.com"'},
+    ),
 }
 
 
 def render(sections: dict[str, dict[str, str]]) -> str:
     out = []
     for name, body in sections.items():
-        out.append(f"[[{name}]]" if name.endswith(".sink") else f"[{name}]")
+        out.append(f"[[{name}]]" if name.endswith((".sink", ".proxy")) else f"[{name}]")
         out.extend(f"{k} = {v}" for k, v in body.items())
     return "\n".join(out) + "\n"
 
@@ -131,6 +139,8 @@ def test_the_known_keys_of_each_table_are_the_schemas() -> None:
         "sinks": ("sink",),
         "metrics_listen": ("metrics_listen", "metrics_allow_remote"),
         "credentials": (),  # the [credentials.NAME] tables, not a key of [tokend]
+        "proxies": ("proxy",),
+        "listen": ("listen", "allow_remote"),  # [endpoint] and [[credentials.NAME.proxy]]
     }
 
 
@@ -197,12 +207,14 @@ def test_a_key_left_out_takes_the_default_its_field_declares() -> None:
         SinkConfig: cred.sinks[0],
         HookConfig: cred.on_rotate,
         FleetConfig: config.fleet,
+        EndpointConfig: config.endpoint,
+        ProxyConfig: cred.proxies[0],
     }
-    set_here = {name for _, body in TABLES.values() for name in body} | {"sink", "on_rotate"}
+    set_here = {name for _, body in TABLES.values() for name in body} | {"sink", "on_rotate", "proxy"}
     for cls, value in given.items():
         for spec in schema(cls):
-            if spec.field == "fleet" and cls is Config:
-                continue  # the [fleet] table is given here
+            if spec.field in ("fleet", "endpoint") and cls is Config:
+                continue  # the [fleet] and [endpoint] tables are given here
             if spec.default is not NO_DEFAULT and set_here.isdisjoint(spec.keys or ()):
                 assert getattr(value, spec.field) == spec.default, f"{cls.__name__}.{spec.field}"
     assert (cred.refresh_at, cred.min_ttl_margin, cred.timeout) == (0.8, 60.0, 10.0)
@@ -272,6 +284,9 @@ CHANGES: dict[str, Any] = {  # a different value for every field of a credential
     "sinks": (SinkConfig(path=Path("/run/other")),),
     "on_rotate": HookConfig(command=("true",)),
     "fleet": False,
+    "endpoint_users": ("nobody",),
+    "endpoint_groups": ("nogroup",),
+    "proxies": (ProxyConfig(listen=Listen(host="127.0.0.1", port=8081), upstream="https://api.example.com"),),
 }
 
 
@@ -326,6 +341,9 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "sinks",
         "on_rotate",
         "fleet",
+        "endpoint_users",  # who may read it from the endpoint, and proxies: not the token
+        "endpoint_groups",
+        "proxies",
     }
     assert set(CHANGES) == {f.name for f in dataclasses.fields(CredentialConfig)}
 
@@ -376,7 +394,7 @@ BOUNDED = [
     for table, spec in specs()
     if spec.low is not None or spec.high is not None
     for name in (spec.keys or ())
-    if name != "metrics_allow_remote"  # a flag: the bound is metrics_listen's
+    if name not in ("metrics_allow_remote", "allow_remote")  # a flag: the bound is the listen key's
 ]
 
 
@@ -385,7 +403,7 @@ def test_every_bounded_key_refuses_a_value_beyond_its_bound(table: str, spec: Ke
     for literal in beyond(table, spec, name):
         with pytest.raises(ConfigError) as info:
             parse(config_with(table, name, literal), FILE, environ={})
-        where = table.replace(".sink", ".sink[0]")
+        where = table.replace(".sink", ".sink[0]").replace(".proxy", ".proxy[0]")
         message = str(info.value)
         assert f": {where}.{name}: " in message or f": {where}.{spec.field}: " in message, message
         assert any(w in message for w in BOUND_WORDS), message
@@ -396,7 +414,9 @@ def test_every_kind_of_string_key_is_bounded_and_every_duration_and_id() -> None
     unbounded = [
         f"{table}.{spec.field}"
         for table, spec in specs()
-        if spec.kind not in ("flag", "mode", "sinks", "hook", "credentials", "internal") and spec.high is None
+        if spec.kind
+        not in ("flag", "mode", "socket_mode", "sinks", "proxies", "hook", "credentials", "internal")
+        and spec.high is None
     ]
     assert unbounded == []
 
@@ -423,15 +443,10 @@ def example_keys() -> dict[type, set[str]]:
         if header := HEADER.match(line):
             parts = header.group(1).split(".")
             kinds = {1: Config, 2: CredentialConfig}
-            tail = {"sink": SinkConfig, "on_rotate": HookConfig}
-            cls = (
-                tail[parts[2]]
-                if len(parts) == 3
-                else FleetConfig
-                if parts == ["fleet"]
-                else kinds[len(parts)]
-            )
-            if len(parts) == 3:  # [[credentials.NAME.sink]] is the credential's key "sink"
+            tail = {"sink": SinkConfig, "on_rotate": HookConfig, "proxy": ProxyConfig}
+            roots = {"fleet": FleetConfig, "endpoint": EndpointConfig}
+            cls = tail[parts[2]] if len(parts) == 3 else roots.get(parts[0]) or kinds[len(parts)]
+            if len(parts) == 3:  # [[credentials.NAME.sink]] is the credential's key "sink" (so "proxy")
                 found[CredentialConfig].add(parts[2])
         elif (assignment := ASSIGNMENT.match(line)) and cls is not None:
             found[cls].add(assignment.group(1))

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tokend.config.errors import ConfigError
-from tokend.config.schema import CredentialConfig, FleetConfig
+from tokend.config.schema import CredentialConfig, EndpointConfig, FleetConfig
 from tokend.core.limits import MAX_CONFIG_BYTES
 from tokend.core.templates import MAX_TEMPLATE_BYTES
 from tokend.core.templates import check as check_template
@@ -131,6 +131,38 @@ def check_sink_paths(
                 f"{metrics_textfile} is {taken}; tokend would overwrite it",
                 where="tokend.metrics_textfile",
             )
+
+
+def check_socket_paths(
+    file: Path,
+    endpoint: EndpointConfig | None,
+    credentials: Iterable[CredentialConfig],
+    state_dir: Path,
+    environ: Mapping[str, str],
+    *,
+    fleet: FleetConfig | None = None,
+) -> None:
+    """A unix socket tokend listens on is never a file it reads, writes or keeps: binding
+    replaces only a stale socket, but a config naming the secret file is a mistake to say
+    at load. (Its directory is judged when it is bound, as a sink's is when written.)"""
+    credentials = tuple(credentials)
+    sockets = [("endpoint.listen", endpoint.listen.path)] if endpoint is not None else []
+    for cred in credentials:
+        sockets.extend((cred.where(f"proxy[{i}].listen"), p.listen.path) for i, p in enumerate(cred.proxies))
+    if not any(path is not None for _, path in sockets):
+        return
+    protected = protected_files(file, credentials, environ, fleet)
+    sinks = {os.path.realpath(sink.path): cred.where("sink") for cred in credentials for sink in cred.sinks}
+    state = os.path.realpath(state_dir)
+    for where, path in sockets:
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        taken = protected_as(protected, path) or (f"a sink of {sinks[real]}" if real in sinks else None)
+        if taken is None and (real == state or real.startswith(state + os.sep)):
+            taken = f"inside the state directory {state_dir}"
+        if taken is not None:
+            raise ConfigError(file, f"{path} is {taken}; a socket cannot go there", where=where)
 
 
 def read_template_files(

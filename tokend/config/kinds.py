@@ -9,13 +9,15 @@ path and the command lines share; URLs are checked by :mod:`tokend.config.urls`.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tokend.config.schema import Key, Kind
+from tokend.config.schema import Key, Kind, Listen
 from tokend.config.urls import is_loopback_host
 from tokend.core.limits import MAX_ID, MAX_STRING, kind_of, parse_duration, shown
 
@@ -118,6 +120,40 @@ def _owner(value: object, key: Key) -> str | int:
     raise ValueError(f"must be a name or a numeric id, not {kind_of(value)}")
 
 
+def _owners(value: object, key: Key) -> tuple[str | int, ...]:
+    """Users or groups: one name or id, or a list of them (each read as ``owner`` is)."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("must not be an empty list; leave it out instead")
+    if any(isinstance(item, str) for item in items):
+        total = sum(len(item) for item in items if isinstance(item, str))
+        if key.high is not None and total > key.high:
+            raise ValueError(f"more than {key.high} characters in all")
+    if key.high is not None and len(items) > key.high:
+        raise ValueError(f"more than {key.high} names in all")
+    read = [_owner(item, Key("owner", high=MAX_ID)) for item in items]
+    return tuple(dict.fromkeys(read))
+
+
+def parse_socket_mode(value: object) -> int:
+    """A unix socket's mode from an octal string: connecting needs write permission, so
+    group write is what "0660" is for; the owner must be able to read and write."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'must be an octal string such as "0660", not the number {value}')
+    if not isinstance(value, str) or not MODE_RE.fullmatch(value):
+        raise ValueError(f'must be an octal string such as "0660", not {shown(value)}')
+    mode = int(value, 8)
+    if mode & 0o600 != 0o600:
+        raise ValueError(f"{value!r} does not let the owner read and write the socket")
+    if mode & 0o111:
+        raise ValueError(f"{value!r} has execute bits, which mean nothing on a socket")
+    return mode
+
+
+def _socket_mode(value: object, key: Key) -> int:
+    return parse_socket_mode(value)
+
+
 def _scope(value: object, key: Key) -> tuple[str, ...]:
     if isinstance(value, str):
         parts = value.split()
@@ -160,6 +196,8 @@ READERS: Mapping[Kind, Callable[[object, Key], Any]] = {
     "duration": _duration,
     "mode": _mode,
     "owner": _owner,
+    "owners": _owners,
+    "socket_mode": _socket_mode,
     "scope": _scope,
     "argv": _argv,
     "signal": _signal,
@@ -282,9 +320,54 @@ def _listen(tbl: Mapping[str, Any], key: Key, where: str) -> tuple[str, int] | N
     return (host, int(port))
 
 
+# A unix socket's path fits in sockaddr_un's sun_path (108 bytes, its NUL included).
+MAX_SOCKET_PATH = 107
+
+
+def _address(tbl: Mapping[str, Any], key: Key, where: str) -> Listen:
+    """``listen = "unix:/PATH"`` or ``"HOST:PORT"`` (loopback unless ``allow_remote = true``)."""
+    listen_key, remote_key = key.keys or ("listen", "allow_remote")
+    allow_remote = False
+    if remote_key in tbl:
+        try:
+            allow_remote = flag(tbl[remote_key])
+        except ValueError as exc:
+            raise Refused(f"{where}.{remote_key}", str(exc)) from None
+    value = _string_key(tbl, listen_key, where, key.high)
+    place = f"{where}.{listen_key}"
+    if value is None:
+        raise Refused(place, 'is required: "unix:/PATH" or "127.0.0.1:PORT"')
+    if value.startswith("unix:"):
+        path = value.removeprefix("unix:")
+        if not path.startswith("/") or path.endswith("/") or not path.isprintable():
+            raise Refused(place, f'must be "unix:" and an absolute path, not {shown(value)}')
+        if len(path.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
+            raise Refused(place, f"is longer than {MAX_SOCKET_PATH} bytes, a unix socket's limit")
+        if allow_remote:
+            raise Refused(f"{where}.{remote_key}", "only applies to a TCP address, not a unix socket")
+        return Listen(path=Path(os.path.normpath(path)))
+    host, sep, port = value.rpartition(":")
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        raise Refused(place, f'must be "unix:/PATH" or HOST:PORT, not {shown(value)}')
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host) or (":" in host and not bracketed):
+        raise Refused(
+            place, f"must name a host (an address, [an IPv6 address] or a name), not {shown(value)}"
+        )
+    if not allow_remote and not is_loopback_host(host):
+        raise Refused(
+            place,
+            f"{host} is not a loopback address; whoever reaches it could use the tokens: "
+            f"set {remote_key} = true to mean it",
+        )
+    return Listen(host=host, port=int(port))
+
+
 TABLE_READERS: Mapping[Kind, Callable[[Mapping[str, Any], Key, str], Any]] = {
     "params": _params,
     "listen": _listen,
+    "address": _address,
 }
 """How the schema reads each of its COMPOSED_KINDS, from several keys of a table (``where``);
 they raise :class:`Refused`, naming the key to blame."""

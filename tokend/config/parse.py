@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from tokend.config.errors import ConfigError
-from tokend.config.file_checks import check_sink_paths, read_config, read_config_and_mode, read_template_files
+from tokend.config.file_checks import (
+    check_sink_paths,
+    check_socket_paths,
+    read_config,
+    read_config_and_mode,
+    read_template_files,
+)
 from tokend.config.kinds import (
     ENV_NAME_RE,
     NAME_RE,
@@ -38,19 +44,24 @@ from tokend.config.kinds import (
 from tokend.config.paths import default_state_dir
 from tokend.config.schema import (
     CREDENTIAL_KEYS,
+    ENDPOINT_KEYS,
     FLEET_KEYS,
     GLOBAL_KEYS,
     HOOK_KEYS,
     KEY_AUTHS,
     KEY_JWT_KEYS,
     PRIVATE_KEY_KEYS,
+    PROXY_KEYS,
     ROOT_KEYS,
     SINK_KEYS,
     Config,
     CredentialConfig,
+    EndpointConfig,
     FleetConfig,
     HookConfig,
     Key,
+    Listen,
+    ProxyConfig,
     SecretRef,
     SinkConfig,
     schema,
@@ -166,6 +177,11 @@ class _Parser:
         credentials = {name: self.credential(name, body) for name, body in creds_table.items()}
         # [fleet] first: its password_file is as protected as a client secret's file.
         fleet = self.fleet(data["fleet"]) if "fleet" in data else None
+        endpoint = self.endpoint(data["endpoint"]) if "endpoint" in data else None
+        self.check_listeners(values.get("metrics_listen"), endpoint, credentials.values())
+        check_socket_paths(
+            self.file, endpoint, credentials.values(), values["state_dir"], self.environ, fleet=fleet
+        )
         check_sink_paths(
             self.file,
             credentials.values(),
@@ -186,6 +202,7 @@ class _Parser:
             path=self.file,
             credentials=credentials,
             fleet=fleet,
+            endpoint=endpoint,
             warnings=tuple(self.warnings),
             **values,
         )
@@ -210,6 +227,69 @@ class _Parser:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", fleet.key_prefix):
             raise self.fail("fleet.key_prefix", "may only use letters, digits, '_', '.' and '-'")
         return fleet
+
+    def endpoint(self, body: object) -> EndpointConfig:
+        """``[endpoint]``: the local token endpoint."""
+        tbl = self.table(body, "endpoint", ENDPOINT_KEYS)
+        endpoint = EndpointConfig(**self.values(EndpointConfig, tbl, "endpoint"))
+        self.check_socket_keys(endpoint.listen, tbl, "endpoint")
+        return endpoint
+
+    def proxy(self, body: object, where: str, cred_allows_http: bool) -> ProxyConfig:
+        """One ``[[credentials.NAME.proxy]]``: its upstream is held to the token URL's rules
+        (https, or http to this machine), with no query or fragment: the caller's own path
+        and query are appended to it."""
+        tbl = self.table(body, where, PROXY_KEYS)
+        proxy = ProxyConfig(**self.values(ProxyConfig, tbl, where))
+        try:
+            check_token_url(proxy.upstream, allow_insecure_http=cred_allows_http)
+        except ValueError as exc:
+            message = str(exc).replace("the client secret", "the access token")
+            raise self.fail(f"{where}.upstream", message) from None
+        if "?" in proxy.upstream or "#" in proxy.upstream:
+            raise self.fail(f"{where}.upstream", "must have no query or fragment (the caller's are kept)")
+        self.check_socket_keys(proxy.listen, tbl, where)
+        return proxy
+
+    def check_socket_keys(self, listen: Listen, tbl: Mapping[str, Any], where: str) -> None:
+        if listen.path is None:
+            for name in ("socket_mode", "socket_owner", "socket_group"):
+                if name in tbl:
+                    raise self.fail(
+                        f"{where}.{name}", 'only applies to a unix socket (listen = "unix:/PATH")'
+                    )
+
+    def check_listeners(
+        self,
+        metrics: tuple[str, int] | None,
+        endpoint: EndpointConfig | None,
+        credentials: Iterable[CredentialConfig],
+    ) -> None:
+        """No two of tokend's servers on one address: the second would fail to start, or
+        (a unix socket) take the first one's path. A wildcard host takes its port on every
+        address. Over TCP, ``endpoint_users`` cannot be enforced: a warning says so."""
+        listeners: list[tuple[str, Listen]] = []
+        if metrics is not None:
+            listeners.append(("tokend.metrics_listen", Listen(host=metrics[0], port=metrics[1])))
+        if endpoint is not None:
+            listeners.append(("endpoint.listen", endpoint.listen))
+        credentials = tuple(credentials)
+        for cred in credentials:
+            listeners.extend((cred.where(f"proxy[{i}].listen"), p.listen) for i, p in enumerate(cred.proxies))
+        seen: list[tuple[str, Listen]] = []
+        for where, listen in listeners:
+            for other_where, other in seen:
+                if same_address(listen, other):
+                    raise self.fail(where, f"{listen} is already {other_where}")
+            seen.append((where, listen))
+        if endpoint is not None and endpoint.listen.path is None:
+            for cred in credentials:
+                if cred.endpoint_users or cred.endpoint_groups:
+                    self.warnings.append(
+                        f"{self.file}: {cred.where('endpoint_users')}: [endpoint] listens on TCP "
+                        f"({endpoint.listen}), where a caller's user is not known: every local "
+                        "program that passes the guards may read this credential"
+                    )
 
     def credential(self, name: str, body: object) -> CredentialConfig:
         where = f"credentials.{name}"
@@ -236,6 +316,12 @@ class _Parser:
             sinks = [sinks]
         if not isinstance(sinks, list):
             raise self.fail(f"{where}.sink", "must be an array of tables ([[credentials.NAME.sink]])")
+        proxies = tbl.get("proxy", [])
+        if isinstance(proxies, dict):
+            proxies = [proxies]
+        if not isinstance(proxies, list):
+            raise self.fail(f"{where}.proxy", "must be an array of tables ([[credentials.NAME.proxy]])")
+        allows_http = bool(values.get("allow_insecure_http", False))
         cred = CredentialConfig(
             name=name,
             source=self.file,
@@ -244,6 +330,9 @@ class _Parser:
             private_key=self.private_key_ref(tbl, where),
             sinks=tuple(self.sink(name, item, f"{where}.sink[{i}]") for i, item in enumerate(sinks)),
             on_rotate=on_rotate,
+            proxies=tuple(
+                self.proxy(item, f"{where}.proxy[{i}]", allows_http) for i, item in enumerate(proxies)
+            ),
             **values,
         )
         for name, url in (("token_url", cred.token_url), ("issuer", cred.issuer)):
@@ -397,6 +486,20 @@ class _Parser:
         if not hook.command and hook.pid_file is None:
             raise self.fail(where, "needs a command, or a pid_file and signal")
         return hook
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*"})  # noqa: S104 (what a wildcard is, to compare)
+
+
+def same_address(a: Listen, b: Listen) -> bool:
+    """Whether two listeners would take the same address (a wildcard host: any, on its port)."""
+    if a.path is not None or b.path is not None:
+        return (
+            a.path is not None and b.path is not None and os.path.normpath(a.path) == os.path.normpath(b.path)
+        )
+    if a.port != b.port:
+        return False
+    return a.host.lower() == b.host.lower() or bool({a.host, b.host} & WILDCARD_HOSTS)
 
 
 def parse(

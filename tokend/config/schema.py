@@ -70,6 +70,8 @@ SimpleKind = Literal[
     "path",  # a string; relative to the config file, "~" expanded
     "mode",  # an octal string such as "0640"; never writable by group or others
     "owner",  # a user or group name, or an id from 0 to `high`
+    "owners",  # a list of user or group names or ids (or one); `high`: characters in all
+    "socket_mode",  # an octal string such as "0660": a socket's mode (write is what lets a caller connect)
     "scope",  # a string or a list of strings, split at whitespace
     "argv",  # a list of strings: a program and its arguments, never a shell line
     "signal",  # a signal name, with or without "SIG"
@@ -79,6 +81,7 @@ ComposedKind = Literal[
     # Read from several keys of the table by tokend.config.kinds:
     "params",  # extra body parameters, audience and resource: sorted (name, value) pairs
     "listen",  # metrics_listen = "HOST:PORT", loopback unless metrics_allow_remote = true
+    "address",  # listen = "unix:/PATH" or "HOST:PORT", loopback unless allow_remote = true
 ]
 Kind = Literal[
     SimpleKind,
@@ -86,6 +89,7 @@ Kind = Literal[
     # Read by tokend.config.parse:
     "secret",  # exactly one of KEY, KEY_env, KEY_file, KEY_credential
     "sinks",  # [[credentials.NAME.sink]] tables
+    "proxies",  # [[credentials.NAME.proxy]] tables
     "hook",  # a [credentials.NAME.on_rotate] table
     "credentials",  # the [credentials.NAME] tables (no key of [tokend])
     "internal",  # no key: tokend fills it (the credential's name, the file it came from)
@@ -95,7 +99,10 @@ COMPOSED_KINDS: frozenset[Kind] = frozenset(get_args(ComposedKind))
 # The bound a key of a kind gets unless its declaration says otherwise.
 DEFAULT_HIGH: Mapping[Kind, float] = {
     **dict.fromkeys(
-        ("string", "choice", "path", "scope", "argv", "signal", "url", "secret", "params", "listen"),
+        (
+            *("string", "choice", "path", "scope", "argv", "signal", "url", "secret", "params", "listen"),
+            *("owners", "address"),
+        ),
         MAX_STRING,  # characters, all values of the key together
     ),
     "duration": MAX_EXPIRES_IN,
@@ -221,6 +228,43 @@ class SinkConfig:
     credential: str | None = key(kind="internal", default=None)  # its credential, for ${credential}
 
 
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where a local server of tokend's listens: a unix socket's path, or a TCP host and port."""
+
+    path: Path | None = None  # unix:/PATH
+    host: str = ""  # HOST:PORT
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@config_value
+class ProxyConfig:
+    """``[[credentials.NAME.proxy]]``: a reverse proxy that adds the credential's token."""
+
+    listen: Listen = key(kind="address", keys=("listen", "allow_remote"))
+    upstream: str = key(kind="url", required=True)  # https (http only to loopback), no query
+    socket_mode: int = key(kind="socket_mode", default=0o660)  # unix sockets only, as the three below
+    socket_owner: str | int | None = key(kind="owner", default=None)
+    socket_group: str | int | None = key(kind="owner", default=None)
+    access_log: bool = key(kind="flag", default=False)  # a line per request: never a token, a fingerprint
+
+
+@config_value
+class EndpointConfig:
+    """``[endpoint]``: the local token endpoint (``GET /v1/token/NAME``) and health."""
+
+    listen: Listen = key(kind="address", keys=("listen", "allow_remote"))
+    socket_mode: int = key(kind="socket_mode", default=0o660)
+    socket_owner: str | int | None = key(kind="owner", default=None)
+    socket_group: str | int | None = key(kind="owner", default=None)
+    access_log: bool = key(kind="flag", default=False)
+
+
 @config_value
 class HookConfig:
     command: tuple[str, ...] = key(kind="argv", default=())
@@ -285,6 +329,11 @@ class CredentialConfig:
     on_rotate: HookConfig | None = key(kind="hook", default=None)
     # Share this credential's token through [fleet] (when that table exists): the default.
     fleet: bool = key(kind="flag", default=True)
+    # Who may read it from [endpoint]'s unix socket, by the caller's uid and gids (SO_PEERCRED);
+    # root and tokend's own user always may. Over TCP, whoever passes the guards may.
+    endpoint_users: tuple[str | int, ...] = key(kind="owners", default=())
+    endpoint_groups: tuple[str | int, ...] = key(kind="owners", default=())
+    proxies: tuple[ProxyConfig, ...] = key(kind="proxies", default=(), keys=("proxy",))
 
     @property
     def scope_string(self) -> str | None:
@@ -334,6 +383,7 @@ class Config:
     metrics_textfile: Path | None = key(kind="path", default=None)
     credentials: Mapping[str, CredentialConfig] = key(kind="credentials", default_factory=dict, keys=())
     fleet: FleetConfig | None = key(kind="internal", default=None)  # the [fleet] table, read by parse
+    endpoint: EndpointConfig | None = key(kind="internal", default=None)  # [endpoint], read by parse
     warnings: tuple[str, ...] = key(kind="internal", default=())  # worth a log line, not a refusal
 
     def secret_variables(self) -> frozenset[str]:
@@ -344,11 +394,17 @@ class Config:
             found.add(self.fleet.password_env)  # the Redis password is a secret too
         return frozenset(found)
 
+    def serves_http(self) -> bool:
+        """Whether tokend serves anything over local HTTP (only then is aiohttp imported)."""
+        return self.endpoint is not None or any(c.proxies for c in self.credentials.values())
+
 
 # --------------------------------------------------------------------------- derived
 
-ROOT_KEYS = ("tokend", "credentials", "fleet")
+ROOT_KEYS = ("tokend", "credentials", "fleet", "endpoint")
 FLEET_KEYS = toml_keys(FleetConfig)
+ENDPOINT_KEYS = toml_keys(EndpointConfig)
+PROXY_KEYS = toml_keys(ProxyConfig)
 GLOBAL_KEYS = toml_keys(Config)
 CREDENTIAL_KEYS = toml_keys(CredentialConfig)
 SINK_KEYS = toml_keys(SinkConfig)

@@ -210,3 +210,30 @@ def health_check(status: DaemonStatus, *, running: bool, now: float) -> tuple[Na
         )
         code = Nagios.OK
     return code, f"TOKEND {code.name} - {detail}"
+
+
+# --------------------------------------------------------------------------- /readyz (pure)
+
+
+def readiness(credentials: Mapping[str, CredentialStatus | None], now: float) -> tuple[bool, dict[str, Any]]:
+    """``/readyz``: ready while every credential has a valid token (a failing refresh with a
+    valid token is still ready: readers work); each credential's state and reason. A
+    credential not tried yet is ``starting``. No token and no fingerprint in it."""
+    states: dict[str, Any] = {}
+    for name, status in sorted(credentials.items()):
+        if status is None:
+            states[name] = {"state": "starting", "reason": "no attempt yet"}
+            continue
+        state = verdict(status, now)
+        if state == Verdict.OK:
+            reason = "token valid"
+        elif state == Verdict.FAILING:
+            reason = f"refresh failing {status.failures}x: {status.last_error}"
+        else:
+            reason = "no valid token" + (f": {status.last_error}" if status.last_error else "")
+        entry: dict[str, Any] = {"state": str(state), "reason": reason}
+        if status.expires_at is not None:
+            entry["expires_in"] = int(status.expires_at - now)
+        states[name] = entry
+    ready = all(entry["state"] in ("ok", "failing") for entry in states.values())
+    return ready, {"status": "ready" if ready else "not ready", "credentials": states}

@@ -20,6 +20,7 @@ import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokend.config import Config, ConfigError, load
 from tokend.core.exit_codes import ExitCode
@@ -30,6 +31,7 @@ from tokend.daemon.main_loop import HEARTBEAT, MainLoop, captured_signals
 from tokend.daemon.reloader import Reloader
 from tokend.daemon.reporting import Observer, Observers, standard_observers
 from tokend.daemon.runner import Runner
+from tokend.daemon.token_board import TokenBoard
 from tokend.daemon.token_source import STANDALONE, TokenSource
 from tokend.io import logsetup
 from tokend.io.cache import TokenCache
@@ -37,6 +39,9 @@ from tokend.io.files import FileLock, ensure_private_dir
 from tokend.io.private_process import ProcessEnvironment, hold_secrets, make_undumpable
 from tokend.io.systemd import Notifier
 from tokend.io.token_client import TokenClient
+
+if TYPE_CHECKING:
+    from tokend.io.local_http import LocalHttp
 
 log = logging.getLogger("tokend.daemon")
 
@@ -76,7 +81,14 @@ class Daemon(MainLoop):
         self.config = config
         self.environ = os.environ if environ is None else environ
         self.notifier = Notifier(self.environ)
-        self.observers = Observers([*standard_observers(config, self.notifier, self.environ), *observers])
+        # The newest valid token of each credential, for [endpoint] and the proxies.
+        self.board = TokenBoard(self.clock, self.run_now)
+        self.local: LocalHttp | None = None  # their servers, when the config has any
+        if config.serves_http():
+            http_imports(config)
+        self.observers = Observers(
+            [*standard_observers(config, self.notifier, self.environ), self.board, *observers]
+        )
         self.source = token_source(config, self.environ, self.observers, self.clock)
         self.runner = Runner(
             jobs or APSchedulerJobs(self.clock),
@@ -117,6 +129,7 @@ class Daemon(MainLoop):
         self.source.start(self.runner.wake)
         self.reloader.watch(self.config)
         self.observers.configured(self.config)
+        self.local = local_servers(self.config, self.board)
         self.starting = set(self.config.credentials)
         for cred in self.config.credentials.values():
             self.runner.add(cred)
@@ -192,6 +205,8 @@ class Daemon(MainLoop):
         log.info("%s: stopping", signum.name)
         self.stopping = True
         self.observers.stopping()
+        if self.local is not None:
+            self.local.stop()
         self.reloader.stop()
         self.runner.stop(STOP_GRACE)
         self.source.stop()  # releases fleet leases: a follower takes over at once
@@ -248,6 +263,8 @@ class Daemon(MainLoop):
             return False
         if new.fleet != self.config.fleet:
             log.warning("[fleet] changed: the new settings take effect when tokend restarts")
+        if local_sites(new) != local_sites(self.config):
+            log.warning("[endpoint] or a proxy changed: its listeners change when tokend restarts")
         self.apply(new, changed_files)
         for warning in new.warnings:
             log.warning("%s", warning)
@@ -280,7 +297,8 @@ class Daemon(MainLoop):
             config_error=self.config_error,
             credentials={name: slot.status for name, slot in self.runner.slots.items()},
             warnings=(() if self.config.credentials else (no_credentials_warning(self.config),))
-            + self.source.warnings(),
+            + self.source.warnings()
+            + (tuple(self.local.errors) if self.local is not None else ()),
             fleet=self.source.health(),
         )
 
@@ -288,6 +306,13 @@ class Daemon(MainLoop):
         self.status_dirty = False
         self.last_status_write = self.clock.monotonic()
         self.observers.status(self.snapshot(), self.summary(), ready=self.ready and not self.stopping)
+
+    def run_now(self, name: str) -> None:
+        """A proxy's upstream refused the token: run the credential at once, forced (from
+        the local servers' thread, as the fleet's listener wakes runs from its own)."""
+        slot = self.runner.slots.get(name)
+        if slot is not None and not self.runner.stopping:
+            self.runner.arm(slot, 0.0, force=True)
 
     def summary(self) -> str:
         if self.config_error:
@@ -305,6 +330,73 @@ def token_source(
     from tokend.daemon.fleet_mode import open_fleet
 
     return open_fleet(config.fleet, config.path, environ=environ, report=observers.fleet_event, clock=clock)
+
+
+def local_sites(config: Config) -> tuple[object, ...]:
+    """What the local servers are made of: when it changes, only a restart applies it."""
+    proxies = tuple((name, cred.proxies, cred.ca_bundle) for name, cred in config.credentials.items())
+    return (config.endpoint, tuple(p for p in proxies if p[1]))
+
+
+def http_imports(config: Config) -> None:
+    """aiohttp, or the one-line config error that says how to get it."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        where = "endpoint" if config.endpoint is not None else "credentials"
+        raise ConfigError(
+            config.path, "the endpoint and proxies need aiohttp: pip install 'tokend[proxy]'", where=where
+        ) from None
+
+
+def local_servers(config: Config, board: TokenBoard) -> LocalHttp | None:
+    """The token endpoint and the proxies, when the config has any (only then is aiohttp
+    imported: ``tokend[proxy]``); a listener that cannot open is logged and left out."""
+    if not config.serves_http():
+        return None
+    from tokend.io.local_http import LocalHttp, Site
+    from tokend.io.proxy import Proxy
+    from tokend.io.token_endpoint import endpoint_app
+
+    local = LocalHttp()
+    board.subscribe(local.changes.notify)
+    sites: list[Site] = []
+    endpoint = config.endpoint
+    if endpoint is not None:
+        listen, log_requests = endpoint.listen, endpoint.access_log
+        sites.append(
+            Site(
+                "endpoint",
+                listen,
+                lambda: endpoint_app(board, listen, log_requests=log_requests),
+                endpoint.socket_mode,
+                endpoint.socket_owner,
+                endpoint.socket_group,
+            )
+        )
+    for name, cred in config.credentials.items():
+        for i, proxy in enumerate(cred.proxies):
+            app = Proxy(
+                board,
+                local.changes,
+                name,
+                proxy.upstream,
+                proxy.listen,
+                ca_bundle=cred.ca_bundle,
+                log_requests=proxy.access_log,
+            ).app
+            sites.append(
+                Site(
+                    f"proxy {name}[{i}]",
+                    proxy.listen,
+                    app,
+                    proxy.socket_mode,
+                    proxy.socket_owner,
+                    proxy.socket_group,
+                )
+            )
+    local.start(sites)
+    return local
 
 
 def no_credentials_warning(config: Config) -> str:

@@ -1,0 +1,223 @@
+"""The config of the endpoint and the proxies: named refusals, each one line naming the file
+and the key, and a deterministic fuzz of the new keys (as tests/test_config_fuzz.py does for
+the rest): every case from ``random.Random(seed)``, a failure names its seed and input."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tokend.config import Config, ConfigError, load, parse
+from tokend.config.schema import ENDPOINT_KEYS, PROXY_KEYS
+
+from .support.processes import assert_one_line_error, run_tokend
+
+FILE = Path("/etc/tokend/tokend.toml")
+CASES = 400
+CHECK_CASES = 8
+
+
+def render(endpoint: dict[str, str], proxy: dict[str, str], cred_extra: dict[str, str]) -> str:
+    lines = ["[endpoint]", *(f"{k} = {v}" for k, v in endpoint.items())]
+    lines += [
+        "[credentials.api]",
+        'token_url = "https://idp.example.com/token"',
+        'client_id = "id"',
+        'client_secret_file = "/etc/tokend/api.secret"',
+        *(f"{k} = {v}" for k, v in cred_extra.items()),
+        "[[credentials.api.proxy]]",
+        *(f"{k} = {v}" for k, v in proxy.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+BASE_ENDPOINT = {"listen": '"unix:/run/tokend/tokend.sock"', "socket_mode": '"0660"', "access_log": "true"}
+BASE_PROXY = {"listen": '"127.0.0.1:8081"', "upstream": '"https://api.example.com/v1"'}
+BASE_CRED = {"endpoint_users": '["nobody", 0]', "endpoint_groups": '"adm"'}
+
+
+def refusal(endpoint: dict[str, str], proxy: dict[str, str], cred: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(render(endpoint, proxy, cred), FILE, environ={})
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"{FILE}: ") and len(text) < 400, text
+    return text
+
+
+def test_the_base_is_valid() -> None:
+    config = parse(render(BASE_ENDPOINT, BASE_PROXY, BASE_CRED), FILE, environ={})
+    assert config.endpoint is not None and str(config.endpoint.listen) == "unix:/run/tokend/tokend.sock"
+    assert config.credentials["api"].proxies[0].upstream == "https://api.example.com/v1"
+    assert config.credentials["api"].endpoint_users == ("nobody", 0)
+    assert config.credentials["api"].endpoint_groups == ("adm",)
+
+
+NAMED = {
+    # (table, key, literal): what the message must say
+    ("endpoint", "listen", '"0.0.0.0:8200"'): "endpoint.listen: 0.0.0.0 is not a loopback address",
+    ("endpoint", "listen", '"unix:relative.sock"'): 'endpoint.listen: must be "unix:" and an absolute path',
+    ("endpoint", "listen", '"unix:/' + "d" * 120 + '"'): "endpoint.listen: is longer than 107 bytes",
+    ("endpoint", "listen", '"127.0.0.1:0"'): 'endpoint.listen: must be "unix:/PATH" or HOST:PORT',
+    ("endpoint", "listen", '"127.0.0.1:99999"'): "endpoint.listen: must be",
+    ("endpoint", "listen", '"::1:80"'): "endpoint.listen: must name a host",
+    ("endpoint", "listen", "8200"): "endpoint.listen: must be a string",
+    ("endpoint", "socket_mode", "660"): 'endpoint.socket_mode: must be an octal string such as "0660"',
+    (
+        "endpoint",
+        "socket_mode",
+        '"0460"',
+    ): "endpoint.socket_mode: '0460' does not let the owner read and write",
+    ("endpoint", "socket_mode", '"0770"'): "has execute bits",
+    ("endpoint", "socket_owner", '"no such user!"'): "endpoint.socket_owner:",
+    ("endpoint", "allow_remote", '"yes"'): "endpoint.allow_remote: must be true or false",
+    ("endpoint", "nonsense", "1"): "endpoint.nonsense: unknown key",
+    (
+        "proxy",
+        "upstream",
+        '"http://api.example.com"',
+    ): "proxy[0].upstream: http://api.example.com/… would send the access token",
+    ("proxy", "upstream", '"https://api.example.com/?q=1"'): "proxy[0].upstream: must have no query",
+    (
+        "proxy",
+        "upstream",
+        '"https://user:pw@api.example.com"',
+    ): "proxy[0].upstream: must not carry credentials",
+    ("proxy", "upstream", '"ftp://api.example.com"'): "proxy[0].upstream: is not an http(s) URL",
+    (
+        "proxy",
+        "listen",
+        '"unix:/run/tokend/tokend.sock"',
+    ): "proxy[0].listen: unix:/run/tokend/tokend.sock is already endpoint.listen",
+    ("proxy", "socket_group", '"adm"'): "proxy[0].socket_group: only applies to a unix socket",
+    ("cred", "endpoint_users", "[]"): "credentials.api.endpoint_users: must not be an empty list",
+    ("cred", "endpoint_users", "[-1]"): "credentials.api.endpoint_users: must be an id from 0",
+    ("cred", "endpoint_groups", "[true]"): "credentials.api.endpoint_groups: must be a name or a numeric id",
+    (
+        "cred",
+        "endpoint_users",
+        '"' + "u" * 9000 + '"',
+    ): "credentials.api.endpoint_users: more than 8192 characters",
+}
+
+
+@pytest.mark.parametrize(
+    ("place", "message"), list(NAMED.items()), ids=[f"{t}.{k}={v[:20]}" for t, k, v in NAMED]
+)
+def test_each_refusal_is_one_line_naming_the_key(place: tuple[str, str, str], message: str) -> None:
+    table, name, literal = place
+    endpoint, proxy, cred = dict(BASE_ENDPOINT), dict(BASE_PROXY), dict(BASE_CRED)
+    {"endpoint": endpoint, "proxy": proxy, "cred": cred}[table][name] = literal
+    assert message in refusal(endpoint, proxy, cred)
+
+
+def test_a_metrics_listener_and_a_proxy_on_one_port_are_refused() -> None:
+    text = render(BASE_ENDPOINT, BASE_PROXY, BASE_CRED).replace(
+        "[endpoint]", '[tokend]\nmetrics_listen = "127.0.0.1:8081"\n[endpoint]'
+    )
+    with pytest.raises(
+        ConfigError, match=r"proxy\[0\]\.listen: 127\.0\.0\.1:8081 is already tokend\.metrics_listen"
+    ):
+        parse(text, FILE, environ={})
+
+
+def test_endpoint_users_over_tcp_is_a_warning_that_says_what_tcp_allows() -> None:
+    endpoint = {**BASE_ENDPOINT, "listen": '"127.0.0.1:8200"'}
+    del endpoint["socket_mode"]
+    config = parse(render(endpoint, BASE_PROXY, BASE_CRED), FILE, environ={})
+    assert any("every local program that passes the guards may read" in w for w in config.warnings)
+
+
+# --------------------------------------------------------------------------- the fuzz
+
+VALUES = [
+    '""',
+    '" "',
+    '"\\u0000"',
+    "0",
+    "-1",
+    "1.5",
+    "true",
+    "[]",
+    "[1, 2]",
+    "{}",
+    '["a", 1]',
+    "{ a = 1 }",
+    '"unix:/"',
+    '"unix:/run/x.sock"',
+    '"unix:/run/../x.sock"',
+    '"127.0.0.1:8200"',
+    '"[::1]:8200"',
+    '"localhost:1"',
+    '"10.0.0.1:80"',
+    '"0660"',
+    '"0777"',
+    '"0600"',
+    '"root"',
+    '"nobody"',
+    "65534",
+    "4294967295",
+    '"٣"',
+    '"\\uff52\\uff4f\\uff4f\\uff54"',
+    '"https://api.example.com"',
+    '"http://127.0.0.1:1"',
+    '"https://"',
+    '"https://a.example/#f"',
+    '"http://[::1]:80/x"',
+    '"' + "x" * 9000 + '"',
+    "1e400",
+    "nan",
+    '"~nosuch/x"',
+    '"unix:/tmp/\\n.sock"',
+    '"\\ud7ff"',
+    "2024-01-01",
+    '"127.0.0.1:65535"',
+    '"[::]:8200"',
+]
+
+
+def fuzzed(seed: int) -> str:
+    rng = random.Random(seed)
+    endpoint, proxy, cred = dict(BASE_ENDPOINT), dict(BASE_PROXY), dict(BASE_CRED)
+    for _ in range(rng.randint(1, 3)):
+        table = rng.choice(("endpoint", "proxy", "cred"))
+        keys = {
+            "endpoint": ENDPOINT_KEYS,
+            "proxy": PROXY_KEYS,
+            "cred": ("endpoint_users", "endpoint_groups"),
+        }[table]
+        target = {"endpoint": endpoint, "proxy": proxy, "cred": cred}[table]
+        key = rng.choice(keys)
+        if rng.random() < 0.1:
+            target.pop(key, None)
+        else:
+            target[key] = rng.choice(VALUES)
+    return render(endpoint, proxy, cred)
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_no_fuzzed_endpoint_or_proxy_config_crashes_the_loader(seed: int, tmp_path: Path) -> None:
+    text = fuzzed(seed)
+    path = tmp_path / "tokend.toml"
+    path.write_text(text)
+    try:
+        result = load(path, environ={})
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and message.startswith(f"{path}: "), (seed, text, message)
+        assert "x" * 200 not in message, (seed, "a long value echoed whole")
+        return
+    assert isinstance(result, Config), (seed, text)
+
+
+@pytest.mark.parametrize("seed", range(CHECK_CASES))
+def test_tokend_check_says_one_line_or_accepts(seed: int, tmp_path: Path) -> None:
+    path = tmp_path / "tokend.toml"
+    path.write_text(fuzzed(seed * 7 + 1))
+    path.chmod(0o600)
+    result = run_tokend("check", "-c", path, tmp=tmp_path)
+    assert result.returncode in (0, 78), result.stderr
+    assert "Traceback" not in result.stderr
+    if result.returncode == 78:
+        assert_one_line_error(result, str(path))

@@ -1,0 +1,228 @@
+"""The injecting reverse proxy (io/proxy): real ``tokend run`` daemons with the test IdP, a
+resource server that checks every token against it (tests/support/resource.py), and real
+clients: requests, curl (``-x`` and ``-p``, which must be refused) and raw sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from .support.configs import credential_toml, write_config
+from .support.endpoint import TokenEndpoint
+from .support.processes import DaemonProcess, Start, wait_for
+from .support.resource import ResourceServer, free_port
+
+
+@pytest.fixture
+def resource(idp: TokenEndpoint) -> Iterator[ResourceServer]:
+    server = ResourceServer(idp).start()
+    yield server
+    server.stop()
+
+
+def proxy_config(tmp: Path, idp: TokenEndpoint, upstream: str, port: int, extra: str = "") -> Path:
+    block = credential_toml(
+        idp.url,
+        tmp,
+        extra=f'{extra}\n[[credentials.api.proxy]]\nlisten = "127.0.0.1:{port}"\nupstream = "{upstream}"\n'
+        "access_log = true\n",
+    )
+    return write_config(tmp, block)
+
+
+def start_proxy(
+    tmp: Path, idp: TokenEndpoint, daemons: Start, upstream: str, extra: str = ""
+) -> tuple[DaemonProcess, str]:
+    port = free_port()
+    daemon = daemons(proxy_config(tmp, idp, upstream, port, extra), tmp)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return "refresh success" in daemon.log
+
+    wait_for(up, 15, "the proxy to listen with a token")
+    return daemon, base
+
+
+def test_the_proxy_keeps_path_and_query_and_swaps_the_authorization(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    daemon, base = start_proxy(tmp_path, idp, daemons, resource.url + "/base")
+    response = requests.get(
+        f"{base}/echo/a%2Fb?x=1&y=%20z",
+        headers={
+            "Authorization": "Bearer the-callers-own",
+            "X-Custom": "kept",
+            "Connection": "keep-alive, X-Drop",
+            "X-Drop": "hop",
+            "Proxy-Authorization": "Basic x",
+        },
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+    seen = resource.seen[-1]
+    assert seen.path == "/base/echo/a%2Fb?x=1&y=%20z"
+    assert seen.token == "tok-1" and seen.ok
+    assert seen.headers["Host"] == f"127.0.0.1:{resource.port}"
+    echoed = response.json()["headers"]
+    assert echoed["x-custom"] == "kept"
+    assert "x-drop" not in echoed and "proxy-authorization" not in echoed
+    # a body, buffered (small) and streamed (large, chunked from a generator)
+    small = requests.post(f"{base}/up", data=b"hello", timeout=5).json()
+    assert small["received"] == 5 and small["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    blob = b"0123456789abcdef" * 65536 * 4  # 4 MiB
+    big = requests.post(
+        f"{base}/up", data=iter([blob[i : i + 65536] for i in range(0, len(blob), 65536)]), timeout=20
+    )
+    assert big.json()["sha256"] == hashlib.sha256(blob).hexdigest()
+    download = requests.get(f"{base}/download?size={8 * 1024 * 1024}", timeout=20)
+    assert len(download.content) == 8 * 1024 * 1024
+    assert all(s.token == "tok-1" for s in resource.seen)
+    daemon.stop()
+    assert "api GET /echo/a%2Fb 200" in daemon.log
+    assert "y=%20z" not in daemon.log, [line for line in daemon.log.splitlines() if "y=" in line]  # no query
+
+
+def test_many_refused_tokens_cost_one_token_request_and_are_replayed(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    _, base = start_proxy(tmp_path, idp, daemons, resource.url)
+    resource.refused.add("tok-1")  # the upstream now says tok-1 is invalid
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(lambda i: requests.get(f"{base}/r/{i}", timeout=20), range(50)))
+    assert [a.status_code for a in answers] == [200] * 50
+    assert len(idp.seen) == 2  # the first token, and one refresh for fifty 401s
+    assert {s.token for s in resource.seen if s.token not in resource.refused} == {"tok-2"}
+    # a request with a large streamed body is not replayable: its 401 passes
+    resource.refused.add("tok-2")
+    blob = b"x" * (256 * 1024)
+    refused = requests.post(f"{base}/up", data=iter([blob]), timeout=20)
+    assert refused.status_code == 401 and "invalid_token" in refused.headers["WWW-Authenticate"]
+
+
+def test_absolute_form_connect_and_another_host_are_refused(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    _, base = start_proxy(tmp_path, idp, daemons, resource.url)
+    before = len(resource.seen)
+    as_proxy = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", base, "http://example.com/x"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert as_proxy.stdout == "400"
+    tunnel = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_connect}", "-p", "-x", base, "http://example.com/x"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert tunnel.stdout == "400"  # CONNECT answered 400, no tunnel
+    assert requests.get(f"{base}/x", headers={"Host": "evil.example"}, timeout=5).status_code == 403
+    assert requests.get(f"{base}/x", headers={"X-Forwarded-For": "1.2.3.4"}, timeout=5).status_code == 403
+    assert len(resource.seen) == before  # none of them reached the upstream
+
+
+def test_an_upstream_that_is_down_is_a_502_without_a_token(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start
+) -> None:
+    daemon, base = start_proxy(tmp_path, idp, daemons, f"http://127.0.0.1:{free_port()}")
+    response = requests.get(f"{base}/x", timeout=15)
+    assert response.status_code == 502
+    assert response.json()["error"] == "bad_gateway" and "tok-" not in response.text
+    daemon.stop()
+    assert "Traceback" not in daemon.log
+
+
+def test_a_client_leaving_mid_download_costs_nothing_after(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    daemon, base = start_proxy(tmp_path, idp, daemons, resource.url)
+    port = int(base.rsplit(":", 1)[1])
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(
+                f"GET /download?size={512 * 1024 * 1024} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+            )
+            got = 0
+            while got < 1024 * 1024:
+                got += len(conn.recv(65536))
+    assert requests.get(f"{base}/after", timeout=5).status_code == 200
+    rss = int(
+        next(
+            line
+            for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS")
+        ).split()[1]
+    )
+    assert rss < 200 * 1024, rss  # KiB: 1.5 GiB asked for and left, none of it kept
+    daemon.stop()
+    assert "Traceback" not in daemon.log
+
+
+def test_rotation_under_load_fails_no_request_and_sends_no_expired_token(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    idp.expires_in = 3
+    _, base = start_proxy(
+        tmp_path, idp, daemons, resource.url, extra='refresh_at = 0.5\nmin_ttl_margin = "1s"'
+    )
+    failures: list[str] = []
+    count = [0]
+    stop = time.monotonic() + 6
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < stop:
+                response = session.get(f"{base}/load", timeout=5)
+                count[0] += 1
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:80]}")
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert all(s.ok for s in resource.seen), [s.token for s in resource.seen if not s.ok][:5]
+    assert len({s.token for s in resource.seen}) >= 3  # it rotated under the load
+    assert count[0] > 200
+
+
+def test_the_proxy_on_a_unix_socket(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    sock = tmp_path / "api.sock"
+    block = credential_toml(
+        idp.url,
+        tmp_path,
+        extra=f'[[credentials.api.proxy]]\nlisten = "unix:{sock}"\nupstream = "{resource.url}"\n'
+        'socket_mode = "0600"\n',
+    )
+    daemon = daemons(write_config(tmp_path, block), tmp_path)
+    wait_for(lambda: sock.exists() and "refresh success" in daemon.log, 15, "the proxy's socket")
+    assert sock.stat().st_mode & 0o777 == 0o600
+    result = subprocess.run(
+        ["curl", "-s", "--unix-socket", str(sock), "http://anything/echo?q=1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert json.loads(result.stdout)["path"] == "/echo?q=1"
+    assert resource.seen[-1].token == "tok-1"

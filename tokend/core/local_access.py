@@ -1,0 +1,197 @@
+"""The rules of tokend's local HTTP servers (the token endpoint and the proxies), pure.
+
+Who may read a credential over a unix socket (by the caller's uid and gids, which the
+kernel tells: SO_PEERCRED), what a TCP request must carry to be served (the guards
+against a browser tricked into asking: SSRF and DNS rebinding), which headers a reverse
+proxy passes on, when an upstream's 401 means the token was refused, and the token's
+answer in its three formats. No IO here: :mod:`tokend.io.token_endpoint` and
+:mod:`tokend.io.proxy` apply these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tokend.core.health import CredentialStatus
+from tokend.core.timestamps import rfc3339
+from tokend.core.tokens import Token
+
+FORMATS = ("json", "raw", "header")
+TCP_FLAG = "X-Tokend-Request"  # as Vault's X-Vault-Request, GCE's Metadata-Flavor
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 (what a wildcard is, to compare)
+# RFC 9110 §7.6.1 and the ones every proxy drops; Host and Authorization are the proxy's own.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length"}
+_INVALID_TOKEN = re.compile(r'\berror\s*=\s*"?invalid_token"?', re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The process at the other end of a unix socket, as the kernel saw it connect."""
+
+    pid: int
+    uid: int
+    gids: frozenset[int]  # its primary group and, where the kernel tells, its supplementary ones
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may read one credential over the unix socket (besides root and tokend's user)."""
+
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+
+
+def may_read(access: Access | None, peer: Peer, own_uid: int) -> bool:
+    """Root and tokend's own user always may; others by uid or by one of their groups.
+    ``access`` None: no such credential (which answers the same as a refusal)."""
+    if access is None:
+        return False
+    if peer.uid in (0, own_uid):
+        return True
+    return peer.uid in access.uids or not access.gids.isdisjoint(peer.gids)
+
+
+def host_matches(host: str | None, listen_host: str, port: int) -> bool:
+    """The ``Host`` a TCP request names is the address listened on (a page on another
+    site that rebinds its name to 127.0.0.1 still sends its own name). On a wildcard
+    address, any IP literal with the port: a literal cannot be rebound."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    name, sep, given_port = host.rpartition(":")
+    if not sep or given_port != str(port) or "]" in given_port:
+        return False
+    name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    if name == listen_host.lower():
+        return True
+    if listen_host in WILDCARD_HOSTS:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def tcp_refusal(headers: Mapping[str, str], listen_host: str, port: int, *, need_flag: bool) -> str | None:
+    """Why a request over TCP is refused, or None: a ``Host`` other than the listen
+    address, a forwarding header (a request relayed from elsewhere), and, for the token
+    endpoint, no ``X-Tokend-Request: true`` (which no HTML form or simple fetch can add)."""
+    if not host_matches(headers.get("Host"), listen_host, port):
+        return "the Host header must be the address tokend listens on"
+    if "X-Forwarded-For" in headers or "Forwarded" in headers:
+        return "forwarded requests are refused"
+    if need_flag and headers.get(TCP_FLAG, "").strip().lower() != "true":
+        return f"requests must carry {TCP_FLAG}: true"
+    return None
+
+
+def forwarded_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The caller's headers as the proxy sends them upstream: hop-by-hop headers (and those
+    its Connection header names), Host, Content-Length and the caller's own Authorization
+    dropped (the proxy sets Host and Authorization; the body's framing is its own)."""
+    items = list(items)
+    named = {
+        part.strip().lower()
+        for name, value in items
+        if name.lower() == "connection"
+        for part in value.split(",")
+    }
+    return [(name, value) for name, value in items if name.lower() not in NOT_FORWARDED | named]
+
+
+def response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's headers as the caller gets them: hop-by-hop ones dropped."""
+    items = list(items)
+    named = {
+        part.strip().lower()
+        for name, value in items
+        if name.lower() == "connection"
+        for part in value.split(",")
+    }
+    return [(name, value) for name, value in items if name.lower() not in HOP_BY_HOP | named]
+
+
+def invalid_token(status: int, www_authenticate: Iterable[str]) -> bool:
+    """An upstream's 401 that says the token itself was refused (RFC 6750 §3.1), which a
+    new token may fix; any other 401 is the caller's to see."""
+    return status == 401 and any(
+        value.strip().lower().startswith("bearer") and _INVALID_TOKEN.search(value)
+        for value in www_authenticate
+    )
+
+
+def scheme(token: Token) -> str:
+    # RFC 6750 spells it "Bearer"; servers often say "bearer".
+    return "Bearer" if token.token_type.lower() == "bearer" else token.token_type
+
+
+def token_answer(token: Token, now: float, fmt: str) -> tuple[str, bytes]:
+    """The endpoint's answer for a valid token: (content type, body). ``json`` as the json
+    sink writes its fields; ``raw`` and ``header`` as the raw and header sinks' lines."""
+    if fmt == "raw":
+        return "text/plain", f"{token.access_token}\n".encode("ascii")
+    if fmt == "header":
+        return "text/plain", f"Authorization: {scheme(token)} {token.access_token}\n".encode("ascii")
+    body = {
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "expires_at": rfc3339(token.expires_at),
+        "expires_in": max(0, int(token.expires_at - now)),
+    }
+    return "application/json", json.dumps(body).encode("ascii")
+
+
+def error_body(error: str, description: str) -> bytes:
+    """A JSON error (never a token in it: callers pass fixed words and names)."""
+    return json.dumps({"error": error, "error_description": description}).encode("utf-8")
+
+
+def retry_after(next_refresh: float | None, now: float) -> int:
+    """Seconds a caller should wait for a token: until the next attempt, 1 to 60."""
+    if next_refresh is None:
+        return 1
+    return max(1, min(60, int(next_refresh - now + 0.999)))
+
+
+class Board(Protocol):
+    """What the local servers ask of the daemon's memory of its tokens
+    (:class:`tokend.daemon.token_board.TokenBoard`); every method is thread-safe."""
+
+    def token(self, name: str) -> Token | None:
+        """The credential's current token, valid for a moment more; None: none valid."""
+
+    def credential_status(self, name: str) -> CredentialStatus | None: ...
+
+    def access(self, name: str) -> Access | None:
+        """Who may read it over the unix socket; None: no such credential."""
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def refresh(self, name: str, stale: str) -> None:
+        """The upstream refused the token ``stale``: ask for a new one (coalesced)."""
+
+    def pending(self, name: str) -> bool:
+        """Whether a refresh asked for is still to come."""
+
+    def subscribe(self, notify: Callable[[str], None]) -> None:
+        """``notify(name)`` after each attempt (from a worker thread)."""

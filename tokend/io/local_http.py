@@ -1,0 +1,277 @@
+"""tokend's local HTTP servers: one asyncio loop in a thread of its own, serving aiohttp
+applications (the token endpoint, the proxies) on the sockets it binds.
+
+Imported only when the config has ``[endpoint]`` or a proxy (``tokend[proxy]``): a daemon
+without them loads no aiohttp. A unix socket is bound, given its owner, group and mode,
+and only then listened on: until ``listen()`` no one can connect, so there is no moment
+at which it is open to more than the config says. Its directory is judged as a sink's is
+(StrictModes), and only a stale socket is ever replaced at its path.
+
+The limits are aiohttp's own where it has them (header line, field and count sizes; the
+keep-alive timer, which also closes a connection whose request head has not come in
+time, a slow-loris costs nothing) and ours where it has none: connections per listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tokend.config.schema import Listen
+from tokend.io.files import unsafe_directory_chain
+
+log = logging.getLogger("tokend.http")
+
+MAX_CONNECTIONS = 256  # per listener; more are answered 503 and closed
+IDLE_TIMEOUT = 15.0  # an idle keep-alive connection, or a request head not in by then, is closed
+MAX_LINE = 8190  # bytes in the request line or one header line
+MAX_FIELD = 8190
+MAX_HEADERS = 64
+STOP_GRACE = 2.0
+BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One listener and the application it serves."""
+
+    label: str  # for logs: "endpoint", "proxy api[0]"
+    listen: Listen
+    make_app: Callable[[], web.Application]
+    socket_mode: int = 0o660
+    socket_owner: str | int | None = None
+    socket_group: str | int | None = None
+
+
+class BindError(Exception):
+    """A listener that cannot be opened; one line, naming its address."""
+
+
+def _id(value: str | int | None, *, group: bool) -> int:
+    if value is None:
+        return -1
+    if isinstance(value, int):
+        return value
+    try:
+        return grp.getgrnam(value).gr_gid if group else pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise BindError(f"no {'group' if group else 'user'} named {value!r}") from None
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove a socket nobody listens on (a previous tokend's); refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(f"{path} exists and is not a socket; tokend only replaces a stale socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        os.unlink(path)  # no one answers: stale
+        return
+    finally:
+        probe.close()
+    raise BindError(f"{path} is in use by another process")
+
+
+def bind_unix(path: Path, mode: int, owner: str | int | None, group: str | int | None) -> socket.socket:
+    """A unix socket at ``path``, its owner, group and mode set, not yet listening."""
+    reason = unsafe_directory_chain(path.parent)
+    if reason is not None:
+        raise BindError(f"{path}: directory path is not safe: {reason}")
+    uid, gid = _id(owner, group=False), _id(group, group=True)
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, mode, follow_symlinks=False)  # noqa: PTH101 (before listen, no symlink followed)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Busy(asyncio.Protocol):
+    """A connection over the limit: one 503, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(BUSY)
+        transport.close()
+
+
+class _OneLine(logging.Filter):
+    """aiohttp's own errors (a client gone mid-request, a malformed request) as one line
+    without a traceback: bad input is never a traceback in tokend's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {type(record.exc_info[1]).__name__}"
+            record.args = ()
+            record.exc_info = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+SERVER_LOG = logging.getLogger("tokend.http.server")
+SERVER_LOG.addFilter(_OneLine())
+
+
+class Changes:
+    """Wakes coroutines on the loop when a credential's token may have changed; ``notify``
+    may be called from any thread (the board's listener)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.events: dict[str, asyncio.Event] = {}
+
+    def notify(self, name: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(self._set, name)
+
+    def _set(self, name: str) -> None:
+        event = self.events.pop(name, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, name: str, timeout: float) -> bool:
+        """Until the next word about ``name``, at most ``timeout`` seconds; False: none came."""
+        event = self.events.setdefault(name, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class LocalHttp:
+    """The loop's thread and its listeners; :meth:`start` opens them, :meth:`stop` ends it all."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.changes = Changes(self.loop)
+        self.thread = threading.Thread(target=self._run, name="local-http", daemon=True)
+        self.runners: list[web.AppRunner] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.unix_paths: list[Path] = []
+        self.errors: list[str] = []
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, sites: list[Site]) -> list[str]:
+        """Open every site; a site that cannot be opened is logged and left out (the
+        tokens matter more: sinks and the other sites go on). Returns the errors."""
+        self.thread.start()
+        for site in sites:
+            try:
+                sock = self._bind(site)
+            except (BindError, OSError) as exc:
+                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                error = f"{site.label}: cannot listen on {site.listen}: {text}"
+                log.error("%s", error)
+                self.errors.append(error)
+                continue
+            try:
+                self.call(self._serve(site, sock))
+            except Exception as exc:
+                sock.close()
+                error = f"{site.label}: cannot serve on {site.listen}: {type(exc).__name__}"
+                log.error("%s", error)
+                self.errors.append(error)
+                continue
+            log.info("%s listening on %s", site.label, site.listen)
+        return self.errors
+
+    def _bind(self, site: Site) -> socket.socket:
+        listen = site.listen
+        if listen.path is not None:
+            sock = bind_unix(listen.path, site.socket_mode, site.socket_owner, site.socket_group)
+            self.unix_paths.append(listen.path)
+            return sock
+        return bind_tcp(listen.host, listen.port)
+
+    async def _serve(self, site: Site, sock: socket.socket) -> None:
+        runner = web.AppRunner(
+            site.make_app(),
+            handle_signals=False,
+            access_log=None,
+            logger=SERVER_LOG,
+            shutdown_timeout=STOP_GRACE,
+            keepalive_timeout=IDLE_TIMEOUT,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
+        )
+        await runner.setup()
+        handlers = runner.server
+        assert handlers is not None
+
+        def factory() -> asyncio.BaseProtocol:
+            if len(handlers.connections) >= MAX_CONNECTIONS:
+                return _Busy()
+            return handlers()
+
+        sock.setblocking(False)
+        server = await self.loop.create_server(factory, sock=sock, backlog=128)
+        self.runners.append(runner)
+        self.servers.append(server)
+
+    async def _shutdown(self) -> None:
+        for server in self.servers:
+            server.close()
+        for runner in self.runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+
+    def stop(self) -> None:
+        """Close the listeners, let requests in flight end (briefly), stop the loop,
+        and remove the unix sockets tokend made."""
+        if self.thread.is_alive():
+            try:
+                self.call(self._shutdown(), timeout=STOP_GRACE + 1)
+            except Exception as exc:
+                log.debug("local servers did not stop cleanly: %s", type(exc).__name__)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(STOP_GRACE)
+        for path in self.unix_paths:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)

@@ -1,0 +1,248 @@
+"""The injecting reverse proxy of one ``[[credentials.NAME.proxy]]``, as an aiohttp application.
+
+Each request goes to the upstream with its path and query as they came, hop-by-hop headers
+and the caller's own ``Authorization`` dropped, and ``Authorization: Bearer <token>`` added
+(:func:`~tokend.core.local_access.forwarded_headers`). Bodies stream both ways in chunks,
+with backpressure: memory stays bounded whatever their size. One pooled client session per
+proxy keeps upstream connections alive; it never follows a redirect (a token is never sent
+where the config did not say), never takes a proxy from the environment, and verifies TLS
+(the credential's ``ca_bundle`` for a private CA).
+
+It is a reverse proxy only: an absolute-form target (``GET http://x/``), ``CONNECT``, an
+asterisk, and over TCP a ``Host`` other than the listen address or a forwarded request are
+refused, so it is never an open proxy. An upstream's 401 that says the token is invalid
+asks the daemon for a new one (coalesced by the board) and replays the request once if it
+had no body or a small one held in memory; otherwise the 401 passes. An upstream that
+cannot be reached is a 502 with a JSON error that holds no token.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from tokend.config.schema import Listen
+from tokend.core.local_access import (
+    Board,
+    error_body,
+    forwarded_headers,
+    invalid_token,
+    response_headers,
+    retry_after,
+    scheme,
+    tcp_refusal,
+)
+from tokend.core.tokens import Token
+from tokend.io.local_http import Changes
+
+access_log = logging.getLogger("tokend.access")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REPLAY_LIMIT = 64 * 1024  # a body up to this is held in memory, so a refused token's request can be replayed
+CHUNK = 64 * 1024
+POOL = 100  # upstream connections kept per proxy
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 300.0  # an upstream silent this long mid-answer is given up on
+REFRESH_WAIT = 15.0  # how long a refused request waits for the new token
+
+
+def json_error(
+    status: int, error: str, description: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(error, description),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+class Proxy:
+    """One proxy: its credential, its upstream and its client session (made on the loop)."""
+
+    def __init__(
+        self,
+        board: Board,
+        changes: Changes,
+        credential: str,
+        upstream: str,
+        listen: Listen,
+        *,
+        ca_bundle: Path | None = None,
+        log_requests: bool = False,
+    ) -> None:
+        self.board, self.changes, self.credential = board, changes, credential
+        self.upstream = URL(upstream.rstrip("/"))
+        self.listen = listen
+        self.ca_bundle = ca_bundle
+        self.log_requests = log_requests
+        self.session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=REPLAY_LIMIT, middlewares=[self.guard])
+        app.on_startup.append(self._open)
+        app.on_cleanup.append(self._close)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def _open(self, app: web.Application) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
+        connector = aiohttp.TCPConnector(limit=POOL, ssl=context, keepalive_timeout=30)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
+            auto_decompress=False,  # bodies pass as they are, Content-Encoding and all
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            trust_env=False,  # never a proxy from the environment
+        )
+
+    async def _close(self, app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # ----------------------------------------------------------------------- a request
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The refusals, before routing has its say (a CONNECT target matches no route)."""
+        refused = self.refusal(request)
+        if refused is not None:
+            if self.log_requests:
+                access_log.info("%s %s refused %d", self.credential, request.method, refused.status)
+            return refused
+        return await handler(request)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        response, token = await self.serve(request)
+        if self.log_requests:
+            access_log.info(
+                "%s %s %s %d %.1fms token %s",
+                self.credential,
+                request.method,
+                request.raw_path.partition("?")[0],  # never the query: it may carry anything
+                response.status,
+                (time.monotonic() - started) * 1000,
+                token.fingerprint if token else "none",
+            )
+        return response
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        target = request.raw_path
+        if request.method == "CONNECT" or not target.startswith("/"):
+            return json_error(
+                400, "invalid_request", "this is a reverse proxy: only origin-form targets (/path)"
+            )
+        if self.listen.path is None:
+            why = tcp_refusal(request.headers, self.listen.host, self.listen.port, need_flag=False)
+            if why is not None:
+                return json_error(403, "forbidden", why)
+        return None
+
+    async def serve(self, request: web.Request) -> tuple[web.StreamResponse, Token | None]:
+        token = self.board.token(self.credential)
+        if token is None:
+            return self.no_token(), None
+        body: bytes | None = None
+        streamed = request.body_exists and (
+            request.content_length is None or request.content_length > REPLAY_LIMIT
+        )
+        if request.body_exists and not streamed:
+            body = await request.read()
+        for replay in (False, True):
+            try:
+                upstream = await self.send(request, token, body, streamed)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                return self.unreachable(exc), token
+            if (
+                replay
+                or streamed
+                or not invalid_token(upstream.status, upstream.headers.getall("WWW-Authenticate", []))
+            ):
+                return await self.relay(request, upstream), token
+            # The token was refused: hold this 401 (small), ask for a new token, replay once.
+            held = await upstream.content.read(REPLAY_LIMIT)
+            upstream.release()
+            newer = await self.newer_token(token)
+            if newer is None:
+                return self.held_401(upstream, held), token
+            token = newer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(
+        self, request: web.Request, token: Token, body: bytes | None, streamed: bool
+    ) -> aiohttp.ClientResponse:
+        assert self.session is not None
+        headers = forwarded_headers(request.headers.items())
+        headers.append(("Authorization", f"{scheme(token)} {token.access_token}"))
+        data: bytes | AsyncIterator[bytes] | None = body
+        if streamed:
+            data = request.content.iter_chunked(CHUNK)
+            if request.content_length is not None:
+                headers.append(("Content-Length", str(request.content_length)))
+        url = URL(str(self.upstream) + request.raw_path, encoded=True)
+        return await self.session.request(
+            request.method, url, headers=headers, data=data, allow_redirects=False
+        )
+
+    async def newer_token(self, refused: Token) -> Token | None:
+        """Ask the board for a token other than ``refused`` and wait for it (bounded)."""
+        self.board.refresh(self.credential, refused.access_token)
+        deadline = time.monotonic() + REFRESH_WAIT
+        while True:
+            current = self.board.token(self.credential)
+            if current is not None and current.access_token != refused.access_token:
+                return current
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.board.pending(self.credential):
+                return None
+            await self.changes.wait(self.credential, left)
+
+    async def relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """The upstream's answer, streamed to the caller; a caller gone mid-stream ends it."""
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in response_headers(upstream.headers.items()):
+            out.headers.add(name, value)
+        try:
+            await out.prepare(request)
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await out.write(chunk)
+            await out.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the caller left: the upstream connection is closed, not reused
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            # The upstream failed mid-answer: the caller must not take a cut body as whole.
+            if request.transport is not None:
+                request.transport.abort()
+        finally:
+            upstream.release()
+        return out
+
+    def held_401(self, upstream: aiohttp.ClientResponse, body: bytes) -> web.Response:
+        out = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+        for name, value in response_headers(upstream.headers.items()):
+            if name.lower() not in ("content-length", "content-type"):
+                out.headers.add(name, value)
+        if "Content-Type" in upstream.headers:
+            out.headers["Content-Type"] = upstream.headers["Content-Type"]
+        return out
+
+    def no_token(self) -> web.Response:
+        status = self.board.credential_status(self.credential)
+        wait = retry_after(status.next_refresh if status else None, time.time())
+        return json_error(
+            503,
+            "temporarily_unavailable",
+            f"no valid token for {self.credential} yet; tokend is trying",
+            {"Retry-After": str(wait)},
+        )
+
+    def unreachable(self, exc: BaseException) -> web.Response:
+        return json_error(502, "bad_gateway", f"the upstream could not be reached ({type(exc).__name__})")
