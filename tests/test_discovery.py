@@ -1,7 +1,8 @@
-"""tokend/io/discovery.py (and the pure half in tokend/core/discovery.py): a credential
-configured by its issuer, against metadata served over real HTTP on 127.0.0.1 (the
-pytest-httpserver behind the ``idp`` fixture serves both the metadata and the token
-endpoint). Discovery against oidc-provider itself is in tests/test_keyauth.py."""
+"""tokend/io/discovery.py: a credential configured by its issuer, against metadata served
+over real HTTP on 127.0.0.1 (the pytest-httpserver behind the ``idp`` fixture serves both
+the metadata and the token endpoint). Discovery against oidc-provider itself is in
+tests/test_keyauth.py; the pure judgement (tokend/core/discovery.py) in
+tests/test_discovery_metadata.py."""
 
 from __future__ import annotations
 
@@ -13,13 +14,6 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from tokend.config import ConfigError, CredentialConfig, parse
-from tokend.core.discovery import (
-    BadMetadata,
-    Discovered,
-    discovery_warnings,
-    parse_metadata,
-    well_known_urls,
-)
 from tokend.core.token_response import TokenRequestError
 from tokend.io.discovery import cache_path, judge
 from tokend.io.token_client import TokenClient
@@ -153,59 +147,6 @@ def test_check_online_shows_the_discovery_and_warns_of_an_unlisted_method(
     assert "\x1b" not in result.stdout + result.stderr
     assert 'warning: api: client_auth = "basic" (client_secret_basic)' in result.stderr
     assert "online: api: token" in result.stdout
-
-
-# --------------------------------------------------------------------------- pure
-
-
-def test_where_the_metadata_is_looked_for() -> None:
-    assert well_known_urls("https://idp.example") == (
-        "https://idp.example/.well-known/openid-configuration",
-        "https://idp.example/.well-known/oauth-authorization-server",
-    )
-    assert well_known_urls("https://idp.example/realms/a/") == (
-        "https://idp.example/realms/a/.well-known/openid-configuration",
-        "https://idp.example/.well-known/oauth-authorization-server/realms/a",
-        "https://idp.example/realms/a/.well-known/oauth-authorization-server",
-    )
-
-
-def test_the_issuer_must_match_exactly() -> None:
-    issuer = "https://idp.example/realms/a"
-    assert (
-        parse_metadata(metadata(issuer, "https://idp.example/t"), issuer).token_endpoint
-        == "https://idp.example/t"
-    )
-    for other in (issuer + "/", "https://IDP.example/realms/a", None, 7):
-        with pytest.raises(BadMetadata, match="the metadata is for issuer"):
-            parse_metadata(metadata(other, "https://idp.example/t"), issuer)  # type: ignore[arg-type]
-    with pytest.raises(BadMetadata, match="no token_endpoint"):
-        parse_metadata({"issuer": issuer}, issuer)
-    with pytest.raises(BadMetadata, match="not a JSON object"):
-        parse_metadata([issuer], issuer)
-
-
-def test_a_client_certificate_uses_the_mtls_alias() -> None:
-    issuer = "https://idp.example"
-    found = parse_metadata(
-        metadata(
-            issuer, f"{issuer}/token", mtls_endpoint_aliases={"token_endpoint": "https://mtls.idp.example/t"}
-        ),
-        issuer,
-    )
-    assert found.endpoint(mtls=True) == "https://mtls.idp.example/t"
-    assert found.endpoint(mtls=False) == f"{issuer}/token"
-    assert (
-        parse_metadata(metadata(issuer, f"{issuer}/token"), issuer).endpoint(mtls=True) == f"{issuer}/token"
-    )
-
-
-def test_warnings_for_what_the_metadata_does_not_list() -> None:
-    found = Discovered("https://i", "https://i/t", auth_methods=("private_key_jwt",), signing_algs=("RS256",))
-    assert discovery_warnings(found, "private_key_jwt", "RS256") == []
-    assert len(discovery_warnings(found, "private_key_jwt", "ES256")) == 1
-    assert "client_secret_basic or client_secret_post" in discovery_warnings(found, "auto")[0]
-    assert discovery_warnings(Discovered("https://i", "https://i/t"), "basic") == []  # nothing listed
 
 
 # ----------------------------------------------------------- metadata and metadata caches that cannot be read

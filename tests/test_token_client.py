@@ -1,7 +1,8 @@
 """The token client, as a real token endpoint on 127.0.0.1 sees it and answers it.
 
-What tokend.core decides of a request is tested without a server in tests/test_protocol.py; here, that
-the client sends it so and judges what really arrives, within its timeout."""
+What tokend.core decides of a request is tested without a server (tests/test_token_request.py,
+test_token_response.py, test_styles.py and test_scrub.py); here, that the client sends it so
+and judges what really arrives, within its timeout."""
 
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ from tokend.core.token_response import TokenRequestError
 from tokend.io.token_client import TokenClient
 
 from .support.endpoint import Seen, TokenEndpoint
-from .test_http import RawServer, silent, trickle
-from .test_protocol import (
+from .support.protocol import (
     CLIENT_ID,
     FATAL,
     MALFORMED,
@@ -38,6 +38,7 @@ from .test_protocol import (
     cred,
     secret_forms_of,
 )
+from .test_http import RawServer, silent, trickle
 
 
 def obtain(client: TokenClient, c: CredentialConfig, **kw: Any) -> Any:
