@@ -347,8 +347,10 @@ def unsafe_directory_chain(
     the way must be owned by root or tokend's user.
     """
     trusted = trusted_uids() if trusted is None else trusted
-    pending = list(Path(os.path.abspath(directory)).parts[1:])
-    current = Path("/")
+    # Strings, not Paths: this runs at every sink write, and pathlib's parsing cost more
+    # than the lstat calls. Components split as pathlib would: no "" or "." ones.
+    pending = _components(os.path.abspath(directory))
+    current = "/"
     links = 0
     try:
         reason = untrusted_writer(os.lstat(current), trusted)
@@ -356,12 +358,10 @@ def unsafe_directory_chain(
             return f"/ is {reason}"
         while pending:
             part = pending.pop(0)
-            if part in ("", "."):
-                continue
             if part == "..":
-                current = current.parent
+                current = os.path.dirname(current)
                 continue
-            candidate = current / part
+            candidate = f"/{part}" if current == "/" else f"{current}/{part}"
             st = os.lstat(candidate)
             if stat.S_ISLNK(st.st_mode):
                 links += 1
@@ -370,9 +370,9 @@ def unsafe_directory_chain(
                 if st.st_uid not in trusted:
                     return f"symlink {candidate} is owned by uid {st.st_uid}"
                 target = os.readlink(candidate)
-                if os.path.isabs(target):
-                    current = Path("/")
-                pending[:0] = list(Path(target).parts[1:] if os.path.isabs(target) else Path(target).parts)
+                if target.startswith("/"):
+                    current = "/"
+                pending[:0] = _components(target)
                 continue
             reason = untrusted_writer(st, trusted)
             if reason:
@@ -383,6 +383,11 @@ def unsafe_directory_chain(
     except OSError as exc:
         return f"{exc.filename or directory}: {exc.strerror}"
     return None
+
+
+def _components(path: str) -> list[str]:
+    """A path's names, as ``Path(path).parts`` less the root (no empty or "." ones)."""
+    return [part for part in path.split("/") if part not in ("", ".")]
 
 
 class FileLock:

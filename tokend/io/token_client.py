@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokend.oauth")
 
+NO_PROXY = ("http", "https", "all")  # named as None for plain http: no proxy at all
+
 
 @dataclass(frozen=True)
 class KeyAuth:
@@ -64,15 +66,6 @@ def key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -
 class TokenResponse:
     token: Token
     style: Style  # what worked, remembered for client_auth / request_format = "auto"
-
-
-def no_proxy() -> dict[str, str | None]:
-    """Proxies for a plain-http request: none. requests fills in every proxy the
-    environment names that the call leaves unset (``ALL_PROXY`` as ``all``, ``FTP_PROXY``…),
-    so each of them is named here, as None."""
-    from urllib.request import getproxies  # requests has imported it already
-
-    return dict.fromkeys({*getproxies(), "http", "https", "all"})
 
 
 class TokenClient:
@@ -249,23 +242,34 @@ class TokenClient:
         verify: bool | str,
         cert: str | tuple[str, str] | None,
     ) -> requests.Response:
-        return self.session.request(
-            method,
-            request.url,
-            data=request.body or None,
-            headers=headers,
-            timeout=timeout,  # the whole exchange: see tokend.io.http
-            verify=verify,
-            cert=cert,
-            allow_redirects=False,
-            stream=True,
-            auth=NoNetrc(),
-            # Plain http is allowed only because it stays on this machine (or the
-            # operator said so): an $HTTP_PROXY must not carry the secret elsewhere.
-            proxies=cast("MutableMapping[str, str]", no_proxy())
-            if request.url.lower().startswith("http://")
-            else None,
-        )
+        # Plain http is allowed only because it stays on this machine (or the operator said
+        # so): an $HTTP_PROXY must not carry the secret elsewhere. So for it the session
+        # does not trust the environment: requests merges in no proxy it names (ALL_PROXY
+        # included), no CA bundle (of no use to http) and no ~/.netrc (NoNetrc refuses it
+        # anyway), and it does not scan os.environ three times a request to find out. The
+        # session's own proxies, if any, are named as None. (One session per thread.)
+        session = self.session
+        plain = request.url.lower().startswith("http://")
+        trusted = session.trust_env
+        session.trust_env = trusted and not plain
+        try:
+            return session.request(
+                method,
+                request.url,
+                data=request.body or None,
+                headers=headers,
+                timeout=timeout,  # the whole exchange: see tokend.io.http
+                verify=verify,
+                cert=cert,
+                allow_redirects=False,
+                stream=True,
+                auth=NoNetrc(),
+                proxies=cast("MutableMapping[str, str]", dict.fromkeys((*session.proxies, *NO_PROXY)))
+                if plain
+                else None,
+            )
+        finally:
+            session.trust_env = trusted
 
     def _get(self, cred: CredentialConfig, url: str, tls: TlsIdentity | None = None) -> tuple[int, bytes]:
         """GET (discovery's metadata) within ``cred.timeout``: status and body, or raise."""
