@@ -1,4 +1,4 @@
-"""Fleet mode (issue 13): core/fleet.py's rules on an explicit clock, io/fleet_crypto.py's
+"""Fleet mode: core/fleet.py's rules on an explicit clock, io/fleet_crypto.py's
 sealing, and real `tokend run` daemons sharing one token through a real redis-server."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_a_stored_token_is_used_only_when_for_us_unexpired_fresh_and_newer() -> 
 
 
 def test_a_replayed_or_nearly_expired_token_is_never_adopted() -> None:
-    """Review of issue 13, finding 6: valid is not enough; the credential's own policy
+    """Valid is not enough; the credential's own policy
     would replace such a token at once, so it is never put in a sink."""
     nearly = Shared(ID, token("tok-near", obtained=NOW - 55), "host-a")  # 5 s left of 60
     assert judge(nearly, identity=ID, ours=None, now=NOW, **POLICY) == (
@@ -121,7 +121,7 @@ REDIS = 1_800_000_000.0  # Redis's clock: nothing to do with any host's
 
 
 def test_a_shared_tokens_age_is_judged_by_redis_clock_alone() -> None:
-    """Finding 7 of issue 13 and issue 19, item 2: the expiry travels as the lifetime left
+    """The expiry travels as the lifetime left
     when Redis stamped it, so neither the leader's clock nor ours skews it: a leader's
     clock ahead never lengthens a token, and an old blob replayed (its old `remaining`
     intact) is as old as Redis's clock says, on a host whose clock is behind too."""
@@ -133,7 +133,7 @@ def test_a_shared_tokens_age_is_judged_by_redis_clock_alone() -> None:
     for skew in (-40.0, 0.0, 40.0):
         seen = localize(ahead, NOW + skew, redis_now=REDIS + 10).token
         assert seen.expires_at == pytest.approx(NOW + skew + 50) and seen.lifetime == 60
-    # The replay of issue 19: a 20 s token published 25 s ago, read on a host 40 s behind.
+    # A replay: a 20 s token published 25 s ago, read on a host 40 s behind.
     replay = Shared(ID, token("tok-r", obtained=NOW, life=20), "host-a", remaining=20, stamped=REDIS)
     assert judge(
         localize(replay, NOW + 25 - 40, redis_now=REDIS + 25), identity=ID, ours=None, now=NOW - 15, **POLICY
@@ -391,7 +391,7 @@ def test_five_daemons_ask_once_per_rotation_and_a_killed_leader_is_replaced(
     wait_for(lambda: sorted(map(str, map(role_of, configs))) == ["follower"] * 4 + ["leader"], 5, "roles")
     shown = run_tokend("status", "-c", configs[0], tmp=tmp_path, env=clean_env(tmp_path))
     assert "api: ok (leader)" in shown.stdout or "api: ok (follower)" in shown.stdout, shown.stdout
-    # The fleet's health in one line (finding 11): Redis reachable, the role of each credential.
+    # The fleet's health in one line: Redis reachable, the role of each credential.
     assert f"fleet: Redis {redis_server.url} reachable; api " in shown.stdout, shown.stdout
     health = status_of(configs[0])["fleet"]
     assert isinstance(health, dict) and health["reachable"] is True and health["redis"] == redis_server.url
@@ -519,7 +519,7 @@ def test_check_online_pings_redis_and_a_wrong_password_is_one_line(
     result = run_tokend("run", "-c", config, tmp=tmp_path, env=clean_env(tmp_path))
     assert result.returncode == 78
     assert "fleet.password_file" in result.stderr and "Traceback" not in result.stderr
-    # Finding 9: offline `check` reads the password too, so it fails where `run` would.
+    # Offline `check` reads the password too, so it fails where `run` would.
     result = run_tokend("check", "-c", config, tmp=tmp_path, env=clean_env(tmp_path))
     assert result.returncode == 78, result.stdout
     assert "fleet.password_file" in result.stderr and "no such file" in result.stderr
@@ -529,7 +529,7 @@ def test_the_redis_password_file_is_read_like_every_secret_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A byte-order mark is dropped with a warning, one trailing newline is dropped, two
-    lines or an empty file are refused, each naming the key (finding 9)."""
+    lines or an empty file are refused, each naming the key."""
     from tokend.io.fleet_secret import read_password_file
 
     path = tmp_path / "redis.pass"
@@ -638,7 +638,7 @@ def test_the_readmes_redis_acl_is_enough(tmp_path: Path, redis_server: RedisServ
         other.close()
 
 
-# ----------------------------------------------- the review of issue 13: in process, real Redis
+# --------------------------------------------------------------- leaders and followers in process, real Redis
 
 INLINE = '[credentials.api]\ntoken_url = "https://idp.example.com/t"\nclient_id = "a"\nclient_secret = "b"\n'
 ID2 = "fedcba9876543210fedcba9876543210"
@@ -670,7 +670,7 @@ def subscribers(server: RedisServer, identity: str) -> int:
 
 
 def test_a_lease_is_held_only_while_it_is_wanted(tmp_path: Path, redis_server: RedisServer) -> None:
-    """Finding 1: a leader that stops refreshing (a failed request, the credential removed,
+    """A leader that stops refreshing (a failed request, the credential removed,
     opted out or given another identity) lets go of its lease at once."""
     fleet, cred = in_process(tmp_path, redis_server)
     other = FleetStore(fleet.fleet, PASSWORD)
@@ -745,7 +745,7 @@ def test_the_store_reads_with_a_bound_and_drains_a_flood_in_batches(
 def test_a_dropped_subscription_is_not_an_outage_and_keeps_the_lease(
     tmp_path: Path, redis_server: RedisServer, fleet_log: pytest.LogCaptureFixture
 ) -> None:
-    """Finding 2: Redis disconnects a slow subscriber (client-output-buffer-limit pubsub);
+    """Redis disconnects a slow subscriber (client-output-buffer-limit pubsub);
     the commands still work, so the daemon keeps its lease and subscribes again."""
     fleet, cred = in_process(tmp_path, redis_server)
     other = FleetStore(fleet.fleet, PASSWORD)
@@ -831,7 +831,7 @@ class WaitingSource(TokenSource):
 def test_a_token_asked_for_after_waiting_for_the_leader_is_due_from_after_the_wait(
     idp: TokenEndpoint, tmp_path: Path
 ) -> None:
-    """The review's minor note: the wait is not part of the new token's life (it was
+    """The wait is not part of the new token's life (it was
     due 4 s early after a 4 s wait)."""
 
     def due_in(wait: float) -> float:
@@ -850,13 +850,13 @@ def test_a_token_asked_for_after_waiting_for_the_leader_is_due_from_after_the_wa
     assert due_in(4.0) == pytest.approx(due_in(0.0))
 
 
-# ------------------------------------------------- the second-round review: in process, real Redis
+# ------------------------------------------------------- leases let go, waits bounded: in process, real Redis
 
 
 def test_a_leader_whose_refresh_fails_with_a_config_error_lets_go_of_its_lease(
     tmp_path: Path, redis_server: RedisServer, httpserver: HTTPServer
 ) -> None:
-    """Second-round review, finding 1: discovery refused (metadata for another issuer) is
+    """Discovery refused (metadata for another issuer) is
     a ConfigError, not a TokenRequestError; the leader kept its lease for good, renewed by
     its listener, and no other host ever asked. Now any failure lets go of it."""
     issuer = httpserver.url_for("/").rstrip("/")
@@ -890,7 +890,7 @@ def test_a_leader_whose_refresh_fails_with_a_config_error_lets_go_of_its_lease(
 def test_followers_without_a_token_take_over_a_dead_leaders_lease_and_one_asks(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """Finding 3: followers without a token waited a full lease and then all asked the
+    """Followers without a token waited a full lease and then all asked the
     identity provider, none taking the dead leader's lease. Now the first to see it lapse
     takes it (within the lease) and asks; the others wait for it and take its token."""
     fleets = []
@@ -936,7 +936,7 @@ def test_followers_without_a_token_take_over_a_dead_leaders_lease_and_one_asks(
         dead.close()
 
 
-# ------------------------------------------------ the third review (issue 19): real Redis, real clocks
+# ----------------------------------------------------- replays, churn, skewed clocks: real Redis, real clocks
 
 FAKETIME = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), Path("/nonexistent"))
 
@@ -944,7 +944,7 @@ FAKETIME = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), Path
 def test_a_replayed_blob_on_a_host_whose_clock_is_behind_never_reaches_a_sink(
     tmp_path: Path, idp: TokenEndpoint, redis_server: RedisServer, daemons: Start
 ) -> None:
-    """Issue 19, item 2: a real leader's sealed token, SET again in Redis after it expired
+    """A real leader's sealed token, SET again in Redis after it expired
     (someone with write access: a new PX), read by a host whose clock is 40 s behind. Its
     `remaining` said 2 s were left when published; the follower once took that on its own
     clock and wrote a token past its real expiry into its sink. Now the age is Redis's

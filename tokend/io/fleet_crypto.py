@@ -36,7 +36,7 @@ def key_material(cred: CredentialConfig, environ: Mapping[str, str] | None = Non
     (private_key_jwt, tls_client_auth) there is no shared secret, but every host of the
     client holds the same private key: the key derives from a digest of that private key
     (:func:`tokend.io.assertion.private_key_digest`), known only to those hosts. Not from
-    the public key's fingerprint, which issue 14 first suggested:
+    the public key's fingerprint, which was once suggested:
     a public key is published (JWKS, certificates), and whoever reads Redis could then
     derive the key too.
     """
