@@ -151,7 +151,8 @@ def test_over_tcp_the_guards_refuse_what_a_browser_could_send(
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    daemons(endpoint_config(tmp_path, idp, f"127.0.0.1:{port}"), tmp_path)
+    block = credential_toml(idp.url, tmp_path, extra="endpoint_tcp = true")
+    daemons(endpoint_config(tmp_path, idp, f"127.0.0.1:{port}", block), tmp_path)
 
     def up() -> bool:
         try:
@@ -192,16 +193,16 @@ def test_a_listener_that_cannot_open_is_logged_and_the_tokens_go_on(
     wait_for(lambda: "cannot listen on" in daemon.log, 5, "the bind error")
     assert "directory path is not safe" in daemon.log and "Traceback" not in daemon.log
     assert not (shared / "tokend.sock").exists()
-    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    status_file = tmp_path / "state" / "status.json"
     wait_for(
-        lambda: any(
-            "cannot listen" in w
-            for w in json.loads((tmp_path / "state" / "status.json").read_text())["warnings"]
+        lambda: (
+            status_file.exists()
+            and any("cannot listen" in w for w in json.loads(status_file.read_text())["warnings"])
         ),
         5,
         "the warning in status.json",
     )
-    assert status["pid"] == daemon.proc.pid
+    assert json.loads(status_file.read_text())["pid"] == daemon.proc.pid
 
 
 def test_without_an_endpoint_or_a_proxy_aiohttp_is_not_imported(tmp_path: Path) -> None:
@@ -225,7 +226,7 @@ def test_with_an_endpoint_aiohttp_is_imported(tmp_path: Path, run_dir: Path) -> 
     code = (
         "import sys; from tokend.config import load; from tokend.daemon.loop import Daemon;"
         f"d = Daemon(load({str(config)!r}), environ={{}}); d.local = __import__('tokend.daemon.loop').daemon"
-        ".loop.local_servers(d.config, d.board); print('aiohttp' in sys.modules); d.local.stop()"
+        ".loop.local_servers(d.config, d.board, {}); print('aiohttp' in sys.modules); d.local.stop()"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "True"

@@ -5,6 +5,8 @@ the rest): every case from ``random.Random(seed)``, a failure names its seed and
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from tokend.config import Config, ConfigError, load, parse
 from tokend.config.schema import ENDPOINT_KEYS, PROXY_KEYS
 
-from .support.processes import assert_one_line_error, run_tokend
+from .support.configs import credential_toml, write_config
+from .support.processes import REPO, assert_one_line_error, clean_env, run_tokend
 
 FILE = Path("/etc/tokend/tokend.toml")
 CASES = 400
@@ -59,7 +62,14 @@ NAMED = {
     ("endpoint", "listen", '"0.0.0.0:8200"'): "endpoint.listen: 0.0.0.0 is not a loopback address",
     ("endpoint", "listen", '"unix:relative.sock"'): 'endpoint.listen: must be "unix:" and an absolute path',
     ("endpoint", "listen", '"unix:/' + "d" * 120 + '"'): "endpoint.listen: is longer than 107 bytes",
-    ("endpoint", "listen", '"127.0.0.1:0"'): 'endpoint.listen: must be "unix:/PATH" or HOST:PORT',
+    (
+        "endpoint",
+        "listen",
+        '"127.0.0.1:0"',
+    ): 'endpoint.listen: must be "unix:/PATH", HOST:PORT or "systemd:NAME"',
+    ("endpoint", "listen", '"systemd:"'): "endpoint.listen: systemd: must be followed by a socket unit's",
+    ("endpoint", "listen", '"systemd:a:b"'): "endpoint.listen: systemd: must be followed by",
+    ("endpoint", "listen", '"systemd:a b"'): "FileDescriptorName=",
     ("endpoint", "listen", '"127.0.0.1:99999"'): "endpoint.listen: must be",
     ("endpoint", "listen", '"::1:80"'): "endpoint.listen: must name a host",
     ("endpoint", "listen", "8200"): "endpoint.listen: must be a string",
@@ -92,6 +102,7 @@ NAMED = {
     ): "proxy[0].listen: unix:/run/tokend/tokend.sock is already endpoint.listen",
     ("proxy", "socket_group", '"adm"'): "proxy[0].socket_group: only applies to a unix socket",
     ("cred", "endpoint_users", "[]"): "credentials.api.endpoint_users: must not be an empty list",
+    ("cred", "endpoint_tcp", '"yes"'): "credentials.api.endpoint_tcp: must be true or false",
     ("cred", "endpoint_users", "[-1]"): "credentials.api.endpoint_users: must be an id from 0",
     ("cred", "endpoint_groups", "[true]"): "credentials.api.endpoint_groups: must be a name or a numeric id",
     (
@@ -126,7 +137,46 @@ def test_endpoint_users_over_tcp_is_a_warning_that_says_what_tcp_allows() -> Non
     endpoint = {**BASE_ENDPOINT, "listen": '"127.0.0.1:8200"'}
     del endpoint["socket_mode"]
     config = parse(render(endpoint, BASE_PROXY, BASE_CRED), FILE, environ={})
-    assert any("every local program that passes the guards may read" in w for w in config.warnings)
+    assert config.credentials["api"].endpoint_tcp is False  # the default: not served over TCP
+    (users,) = (w for w in config.warnings if "endpoint_users" in w)
+    assert "applies only on a unix socket" in users and "endpoint_tcp" not in users
+    assert any("no credential says endpoint_tcp = true: it serves only health" in w for w in config.warnings)
+    opted = parse(render(endpoint, BASE_PROXY, {**BASE_CRED, "endpoint_tcp": "true"}), FILE, environ={})
+    assert opted.credentials["api"].endpoint_tcp is True
+    (users,) = (w for w in opted.warnings if "endpoint_users" in w)
+    assert "every local program that passes the guards read this credential" in users
+    assert not any("serves only health" in w for w in opted.warnings)
+
+
+def test_endpoint_tcp_on_a_unix_endpoint_is_a_warning() -> None:
+    config = parse(render(BASE_ENDPOINT, BASE_PROXY, {**BASE_CRED, "endpoint_tcp": "true"}), FILE, environ={})
+    assert any(
+        "credentials.api.endpoint_tcp: [endpoint] listens on a unix socket" in w for w in config.warnings
+    )
+
+
+def test_a_systemd_socket_is_named_and_its_mode_is_systemds() -> None:
+    endpoint = {"listen": '"systemd:tokend-endpoint"', "allow_remote": "true"}
+    proxy = {**BASE_PROXY, "listen": '"systemd:tokend-api"'}
+    config = parse(render(endpoint, proxy, BASE_CRED), FILE, environ={})
+    assert config.endpoint is not None
+    listen = config.endpoint.listen
+    assert (listen.fd_name, listen.path, listen.host, listen.allow_remote) == (
+        "tokend-endpoint",
+        None,
+        "",
+        True,
+    )
+    assert str(listen) == "systemd:tokend-endpoint"
+    assert str(config.credentials["api"].proxies[0].listen) == "systemd:tokend-api"
+    assert not any("endpoint_users" in w for w in config.warnings)  # unix or TCP: systemd says, later
+    for key, literal in (("socket_mode", '"0660"'), ("socket_owner", '"root"'), ("socket_group", '"adm"')):
+        message = refusal({**endpoint, key: literal}, proxy, BASE_CRED)
+        assert f"endpoint.{key}: is systemd's to set on a socket it passes (SocketMode=" in message
+    same = {**proxy, "listen": '"systemd:tokend-endpoint"'}
+    assert "proxy[0].listen: systemd:tokend-endpoint is already endpoint.listen" in refusal(
+        endpoint, same, BASE_CRED
+    )
 
 
 # --------------------------------------------------------------------------- the fuzz
@@ -174,6 +224,10 @@ VALUES = [
     "2024-01-01",
     '"127.0.0.1:65535"',
     '"[::]:8200"',
+    '"systemd:tokend-endpoint"',
+    '"systemd:"',
+    '"systemd:a:b"',
+    '"systemd:' + "n" * 300 + '"',
 ]
 
 
@@ -185,7 +239,7 @@ def fuzzed(seed: int) -> str:
         keys = {
             "endpoint": ENDPOINT_KEYS,
             "proxy": PROXY_KEYS,
-            "cred": ("endpoint_users", "endpoint_groups"),
+            "cred": ("endpoint_users", "endpoint_groups", "endpoint_tcp"),
         }[table]
         target = {"endpoint": endpoint, "proxy": proxy, "cred": cred}[table]
         key = rng.choice(keys)
@@ -221,3 +275,47 @@ def test_tokend_check_says_one_line_or_accepts(seed: int, tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
     if result.returncode == 78:
         assert_one_line_error(result, str(path))
+
+
+# aiohttp made unimportable the way Python itself offers (None in sys.modules), so the
+# same tokend that has it installed behaves as one without it.
+WITHOUT_AIOHTTP = (
+    "import sys; sys.modules['aiohttp'] = None; "
+    "from tokend.cli.main import main; raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+def without_aiohttp(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_AIOHTTP, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=clean_env(tmp),
+    )
+
+
+@pytest.mark.parametrize("server", ["endpoint", "proxy"])
+def test_check_and_run_say_in_one_line_that_the_local_servers_need_aiohttp(
+    server: str, tmp_path: Path
+) -> None:
+    if server == "endpoint":
+        head, extra = f'[endpoint]\nlisten = "unix:{tmp_path}/t.sock"\n', ""
+        where = "endpoint:"
+    else:
+        head, extra = (
+            "",
+            '[[credentials.api.proxy]]\nlisten = "127.0.0.1:1"\nupstream = "https://api.example.com"\n',
+        )
+        where = "credentials.api.proxy[0]:"
+    config = write_config(
+        tmp_path, head, credential_toml("https://idp.example.com/token", tmp_path, extra=extra)
+    )
+    assert run_tokend("check", "-c", config, tmp=tmp_path).returncode == 0  # with aiohttp: fine
+    for command in ("check", "run"):
+        result = without_aiohttp(tmp_path, command, "-c", str(config))
+        assert result.returncode == 78, (command, result.stderr)
+        assert_one_line_error(result, str(config), where, "need aiohttp: pip install 'tokend[proxy]'")
+    plain = write_config(tmp_path, credential_toml("https://idp.example.com/token", tmp_path))
+    assert without_aiohttp(tmp_path, "check", "-c", str(plain)).returncode == 0  # not needed: not asked

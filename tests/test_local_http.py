@@ -5,20 +5,22 @@ a sink's; aiohttp's header limits answer an oversize request; the loop stops cle
 from __future__ import annotations
 
 import os
+import select
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from tokend.config.schema import Listen
-from tokend.io.local_http import BindError, LocalHttp, Site, bind_unix
+from tokend.io.local_http import IDLE_TIMEOUT, BindError, LocalHttp, Site, bind_unix
 
 from .support.resource import free_port
 
 
-def hello_app() -> web.Application:
+def hello_app(listen: Listen | None = None) -> web.Application:
     app = web.Application()
 
     async def hello(request: web.Request) -> web.Response:
@@ -107,3 +109,72 @@ def test_sites_serve_refuse_oversize_heads_and_stop(tmp_path: Path) -> None:
     assert not path.exists()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_a_slow_loris_is_cut_at_the_header_timeout_and_others_are_served_meanwhile() -> None:
+    """Twenty clients open a connection and trickle a request head a byte every 50 ms,
+    never finishing it (the trickle is the clients' pace, not a wait for the server). Each
+    is closed, with no answer, once the header-read timeout has passed since it connected
+    (however busy it kept the line), and a normal client is served at once all along."""
+    assert IDLE_TIMEOUT == 15.0  # README: "15 s for a request head to arrive"
+    timeout = 0.5
+    port = free_port()
+    local = LocalHttp(idle_timeout=timeout)
+    assert local.start([Site("tcp", Listen(host="127.0.0.1", port=port), hello_app)]) == []
+    slow: dict[socket.socket, float] = {}
+    closed: dict[socket.socket, float] = {}
+    served: list[float] = []
+    try:
+        for _ in range(20):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow[conn] = time.monotonic()
+        deadline = time.monotonic() + timeout + 5  # the bound: cut well within it
+        while len(closed) < len(slow) and time.monotonic() < deadline:
+            for conn in slow.keys() - closed.keys():
+                readable, _, _ = select.select([conn], [], [], 0)
+                gone = False
+                if readable:
+                    try:
+                        data = conn.recv(4096)
+                    except ConnectionResetError:
+                        data = b""
+                    assert data == b"", data[:80]  # closed, never answered
+                    gone = True
+                else:
+                    try:
+                        conn.send(b"a")
+                    except (BrokenPipeError, ConnectionResetError):
+                        gone = True
+                if gone:
+                    closed[conn] = time.monotonic()
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as other:
+                assert b"hello" in request(other, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            served.append(time.monotonic() - started)
+            time.sleep(0.05)  # the loris' pace: a byte per connection every 50 ms
+        assert len(closed) == len(slow), f"{len(slow) - len(closed)} slow connections still open"
+        held = [closed[conn] - slow[conn] for conn in slow]
+        assert min(held) >= timeout * 0.9, held  # not before the timeout ...
+        assert max(held) < timeout + 3, held  # ... and soon after it
+        assert len(served) >= 5 and max(served) < timeout, served  # never queued behind them
+    finally:
+        for conn in slow:
+            conn.close()
+        local.stop()
+
+
+def test_too_many_headers_are_refused() -> None:
+    port = free_port()
+    local = LocalHttp()
+    local.start([Site("tcp", Listen(host="127.0.0.1", port=port), hello_app)])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(65))
+            answer = request(conn, head + b"\r\n")
+            assert answer.split(b" ", 2)[1] == b"400" and b"hello" not in answer
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # 63 and Host: fine
+            head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(63))
+            assert b"hello" in request(conn, head + b"\r\n")
+    finally:
+        local.stop()

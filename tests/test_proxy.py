@@ -226,3 +226,81 @@ def test_the_proxy_on_a_unix_socket(
     )
     assert json.loads(result.stdout)["path"] == "/echo?q=1"
     assert resource.seen[-1].token == "tok-1"
+
+
+def test_an_upstream_behind_a_private_ca_is_trusted_through_the_credentials_ca_bundle(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start
+) -> None:
+    from .thirdparty.tls_front import Pki
+
+    pki = Pki(tmp_path)
+    server = ResourceServer(idp, tls=(pki.server_cert, pki.server_key)).start()
+    try:
+        _, base = start_proxy(tmp_path, idp, daemons, server.url, extra=f'ca_bundle = "{pki.ca_file}"')
+        response = requests.get(f"{base}/echo?over=tls", timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["path"] == "/echo?over=tls"
+        assert [(s.path, s.token, s.ok) for s in server.seen] == [("/echo?over=tls", "tok-1", True)]
+    finally:
+        server.stop()
+
+
+def test_an_upstream_whose_certificate_is_not_trusted_is_a_502_and_never_sees_the_token(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start
+) -> None:
+    from .thirdparty.tls_front import Pki
+
+    trusted = tmp_path / "trusted"
+    other = tmp_path / "other"
+    trusted.mkdir()
+    other.mkdir()
+    ours, theirs = Pki(trusted), Pki(other)  # the upstream's certificate is from another CA
+    server = ResourceServer(idp, tls=(theirs.server_cert, theirs.server_key)).start()
+    try:
+        daemon, base = start_proxy(tmp_path, idp, daemons, server.url, extra=f'ca_bundle = "{ours.ca_file}"')
+        response = requests.get(f"{base}/secret-path", timeout=15)
+        assert response.status_code == 502
+        assert response.json()["error"] == "bad_gateway"
+        assert "TLS certificate is not trusted" in response.json()["error_description"]
+        assert "tok-" not in response.text and "Authorization" not in response.text
+        assert server.seen == []  # the handshake failed before any request was sent
+        daemon.stop()
+        assert "Traceback" not in daemon.log
+    finally:
+        server.stop()
+
+
+def test_oversize_request_heads_are_refused_before_the_upstream(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    """aiohttp's limits, as README says: request line and each header line 8 KiB, 64 headers;
+    each refused with a 400 and never proxied (no token goes anywhere for them)."""
+    _, base = start_proxy(tmp_path, idp, daemons, resource.url)
+    port = int(base.rsplit(":", 1)[1])
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+
+    def ask(raw: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(raw)
+            data = b""
+            while chunk := conn.recv(65536):  # the server closes after its 400
+                data += chunk
+            return data
+
+    heads = {
+        "a long request line": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + host + b"\r\n",
+        "a long header": b"GET / HTTP/1.1\r\n" + host + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n",
+        "too many headers": b"GET / HTTP/1.1\r\n"
+        + host
+        + b"".join(b"X-%d: a\r\n" % i for i in range(70))
+        + b"\r\n",
+    }
+    for what, raw in heads.items():
+        answer = ask(raw)
+        assert answer.split(b" ", 2)[1] == b"400", (what, answer[:100])
+        assert b"tok-" not in answer, what
+    assert resource.seen == []
+    # and just under the limits, it is served
+    fine = b"GET /ok HTTP/1.1\r\n" + host + b"X-Big: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+    assert ask(fine).split(b" ", 2)[1] == b"200"
+    assert [s.path for s in resource.seen] == ["/ok"]

@@ -286,6 +286,7 @@ CHANGES: dict[str, Any] = {  # a different value for every field of a credential
     "fleet": False,
     "endpoint_users": ("nobody",),
     "endpoint_groups": ("nogroup",),
+    "endpoint_tcp": True,
     "proxies": (ProxyConfig(listen=Listen(host="127.0.0.1", port=8081), upstream="https://api.example.com"),),
 }
 
@@ -343,6 +344,7 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "fleet",
         "endpoint_users",  # who may read it from the endpoint, and proxies: not the token
         "endpoint_groups",
+        "endpoint_tcp",
         "proxies",
     }
     assert set(CHANGES) == {f.name for f in dataclasses.fields(CredentialConfig)}

@@ -98,7 +98,12 @@ class DaemonProcess:
     """A real ``tokend run`` in a subprocess, its stderr kept in a file."""
 
     def __init__(
-        self, config: Path, tmp: Path, env: Mapping[str, str] | None = None, prefix: list[str] | None = None
+        self,
+        config: Path,
+        tmp: Path,
+        env: Mapping[str, str] | None = None,
+        prefix: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),  # kept open in the child, at their numbers (socket activation)
     ) -> None:
         self.tmp = tmp
         self.log_path = tmp / f"tokend-{time.monotonic_ns()}.log"
@@ -109,6 +114,7 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             cwd=tmp,
             env=dict(env) if env is not None else clean_env(tmp),
+            pass_fds=pass_fds,
         )
 
     @property

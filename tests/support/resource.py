@@ -1,16 +1,19 @@
 """A resource server for the proxy's tests: a real HTTP server on 127.0.0.1 that checks
 every request's bearer token against the test identity provider (the newest token it
-issued, and not expired by its own clock), and can refuse tokens, stream bodies, or stall."""
+issued, and not expired by its own clock), and can refuse tokens, stream bodies, or stall;
+over TLS too (``tls``: a certificate and key, such as tests/thirdparty/tls_front.Pki's)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from .endpoint import TokenEndpoint
@@ -39,6 +42,7 @@ class ResourceServer:
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     accept_older: bool = True  # any unexpired token the IdP issued (rotation under load)
+    tls: tuple[Path, Path] | None = None  # (certificate, key): https, no client certificate asked
 
     def start(self) -> ResourceServer:
         owner = self
@@ -63,6 +67,12 @@ class ResourceServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            # A client that refuses the certificate fails the handshake in accept(): the
+            # server drops that connection and serves on (socketserver takes the OSError).
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
@@ -73,7 +83,7 @@ class ResourceServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def judge(self, token: str | None) -> bool:
         if token is None or token not in self.idp.issued_at:

@@ -1,6 +1,6 @@
 """``tokend check``: every problem of a config and of the machine it runs on, one line
 each (secrets, keys, sink directories, owners, hooks, the state directory, the Redis
-password); ``--online`` asks the identity provider and Redis too."""
+password, aiohttp for the local servers); ``--online`` asks the identity provider and Redis too."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def cmd_check(config: Config, *, online: bool) -> int:
         problems.extend(check_paths(cred))
     problems.extend(check_state_dir(config))
     problems.extend(check_fleet_password(config))
+    problems.extend(check_local_servers(config))
     for problem in problems:
         print(f"tokend: {problem}", file=sys.stderr)
     if problems:
@@ -139,6 +140,21 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str | None]]) -> 
     finally:
         client.close()
     return max(worst, check_fleet(config))
+
+
+def check_local_servers(config: Config) -> list[str]:
+    """``[endpoint]`` or a proxy without aiohttp installed: ``run`` would exit 78 on it, so
+    ``check`` says so, as it does for ``[fleet]``'s libraries (aiohttp is imported only
+    for a config that has a local server)."""
+    if not config.serves_http():
+        return []
+    from tokend.daemon.local_mode import http_imports
+
+    try:
+        http_imports(config)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def check_fleet_password(config: Config) -> list[str]:

@@ -322,10 +322,15 @@ def _listen(tbl: Mapping[str, Any], key: Key, where: str) -> tuple[str, int] | N
 
 # A unix socket's path fits in sockaddr_un's sun_path (108 bytes, its NUL included).
 MAX_SOCKET_PATH = 107
+# A FileDescriptorName= as systemd allows it (no ':', the separator of LISTEN_FDNAMES), and
+# as plain as a credential's name: it appears in logs and errors.
+FD_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 
 def _address(tbl: Mapping[str, Any], key: Key, where: str) -> Listen:
-    """``listen = "unix:/PATH"`` or ``"HOST:PORT"`` (loopback unless ``allow_remote = true``)."""
+    """``listen = "unix:/PATH"``, ``"HOST:PORT"`` (loopback unless ``allow_remote = true``),
+    or ``"systemd:NAME"``: a socket systemd passes, whose address only the socket unit says
+    (``allow_remote`` kept, to judge a TCP one when it is taken)."""
     listen_key, remote_key = key.keys or ("listen", "allow_remote")
     allow_remote = False
     if remote_key in tbl:
@@ -336,7 +341,17 @@ def _address(tbl: Mapping[str, Any], key: Key, where: str) -> Listen:
     value = _string_key(tbl, listen_key, where, key.high)
     place = f"{where}.{listen_key}"
     if value is None:
-        raise Refused(place, 'is required: "unix:/PATH" or "127.0.0.1:PORT"')
+        raise Refused(place, 'is required: "unix:/PATH", "127.0.0.1:PORT" or "systemd:NAME"')
+    if value.startswith("systemd:"):
+        # A socket systemd passes, matched by its FileDescriptorName=; judged when taken.
+        name = value.removeprefix("systemd:")
+        if not FD_NAME_RE.fullmatch(name):
+            raise Refused(
+                place,
+                "systemd: must be followed by a socket unit's FileDescriptorName= (letters, digits, "
+                f"'.', '_' and '-', at most 255), not {shown(value)}",
+            )
+        return Listen(fd_name=name, allow_remote=allow_remote)
     if value.startswith("unix:"):
         path = value.removeprefix("unix:")
         if not path.startswith("/") or path.endswith("/") or not path.isprintable():
@@ -348,7 +363,7 @@ def _address(tbl: Mapping[str, Any], key: Key, where: str) -> Listen:
         return Listen(path=Path(os.path.normpath(path)))
     host, sep, port = value.rpartition(":")
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        raise Refused(place, f'must be "unix:/PATH" or HOST:PORT, not {shown(value)}')
+        raise Refused(place, f'must be "unix:/PATH", HOST:PORT or "systemd:NAME", not {shown(value)}')
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
     if not host or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host) or (":" in host and not bracketed):

@@ -252,11 +252,17 @@ class _Parser:
         return proxy
 
     def check_socket_keys(self, listen: Listen, tbl: Mapping[str, Any], where: str) -> None:
+        """The socket's mode, owner and group are tokend's to set only on a socket it binds:
+        systemd's ``SocketMode=``, ``SocketUser=`` and ``SocketGroup=`` set a passed one."""
         if listen.path is None:
             for name in ("socket_mode", "socket_owner", "socket_group"):
                 if name in tbl:
                     raise self.fail(
-                        f"{where}.{name}", 'only applies to a unix socket (listen = "unix:/PATH")'
+                        f"{where}.{name}",
+                        "is systemd's to set on a socket it passes (SocketMode=, SocketUser=, "
+                        "SocketGroup= in the .socket unit)"
+                        if listen.fd_name is not None
+                        else 'only applies to a unix socket (listen = "unix:/PATH")',
                     )
 
     def check_listeners(
@@ -282,14 +288,34 @@ class _Parser:
                 if same_address(listen, other):
                     raise self.fail(where, f"{listen} is already {other_where}")
             seen.append((where, listen))
-        if endpoint is not None and endpoint.listen.path is None:
-            for cred in credentials:
-                if cred.endpoint_users or cred.endpoint_groups:
-                    self.warnings.append(
-                        f"{self.file}: {cred.where('endpoint_users')}: [endpoint] listens on TCP "
-                        f"({endpoint.listen}), where a caller's user is not known: every local "
-                        "program that passes the guards may read this credential"
+        if endpoint is None:
+            return
+        on_tcp = endpoint.listen.path is None and endpoint.listen.fd_name is None
+        on_unix = endpoint.listen.path is not None
+        for cred in credentials:
+            if on_tcp and (cred.endpoint_users or cred.endpoint_groups):
+                key = "endpoint_users" if cred.endpoint_users else "endpoint_groups"
+                self.warnings.append(
+                    f"{self.file}: {cred.where(key)}: [endpoint] listens on TCP "
+                    f"({endpoint.listen}), where a caller's user is not known: it applies only "
+                    "on a unix socket"
+                    + (
+                        "; endpoint_tcp = true lets every local program that passes the guards "
+                        "read this credential"
+                        if cred.endpoint_tcp
+                        else ""
                     )
+                )
+            if on_unix and cred.endpoint_tcp:
+                self.warnings.append(
+                    f"{self.file}: {cred.where('endpoint_tcp')}: [endpoint] listens on a unix "
+                    f"socket ({endpoint.listen}): endpoint_tcp applies only to a TCP endpoint"
+                )
+        if on_tcp and not any(cred.endpoint_tcp for cred in credentials):
+            self.warnings.append(
+                f"{self.file}: endpoint.listen: [endpoint] listens on TCP ({endpoint.listen}) and no "
+                "credential says endpoint_tcp = true: it serves only health"
+            )
 
     def credential(self, name: str, body: object) -> CredentialConfig:
         where = f"credentials.{name}"
@@ -492,7 +518,10 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*"})  # noqa: S104 (what a wildcar
 
 
 def same_address(a: Listen, b: Listen) -> bool:
-    """Whether two listeners would take the same address (a wildcard host: any, on its port)."""
+    """Whether two listeners would take the same address (a wildcard host: any, on its port),
+    or the same socket systemd passes (one FileDescriptorName= serves one listener)."""
+    if a.fd_name is not None or b.fd_name is not None:
+        return a.fd_name == b.fd_name
     if a.path is not None or b.path is not None:
         return (
             a.path is not None and b.path is not None and os.path.normpath(a.path) == os.path.normpath(b.path)

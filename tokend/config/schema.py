@@ -81,7 +81,7 @@ ComposedKind = Literal[
     # Read from several keys of the table by tokend.config.kinds:
     "params",  # extra body parameters, audience and resource: sorted (name, value) pairs
     "listen",  # metrics_listen = "HOST:PORT", loopback unless metrics_allow_remote = true
-    "address",  # listen = "unix:/PATH" or "HOST:PORT", loopback unless allow_remote = true
+    "address",  # listen = "unix:/PATH", "HOST:PORT" (loopback unless allow_remote = true) or "systemd:NAME"
 ]
 Kind = Literal[
     SimpleKind,
@@ -230,13 +230,22 @@ class SinkConfig:
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    """Where a local server of tokend's listens: a unix socket's path, or a TCP host and port."""
+    """Where a local server of tokend's listens: a unix socket's path, a TCP host and port,
+    or a socket systemd passes (``systemd:NAME``, its ``FileDescriptorName=``), whose
+    address is known only once tokend has it: :mod:`tokend.io.socket_activation` judges it
+    and gives the path or the host and port it found, ``fd_name`` kept."""
 
     path: Path | None = None  # unix:/PATH
     host: str = ""  # HOST:PORT
     port: int = 0
+    fd_name: str | None = None  # systemd:NAME
+    # For systemd:NAME, whose address the config cannot know: whether a TCP socket systemd
+    # passes may be on a non-loopback address (an address in the config is judged at load).
+    allow_remote: bool = False
 
     def __str__(self) -> str:
+        if self.fd_name is not None and self.path is None and not self.host:
+            return f"systemd:{self.fd_name}"
         if self.path is not None:
             return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -330,9 +339,12 @@ class CredentialConfig:
     # Share this credential's token through [fleet] (when that table exists): the default.
     fleet: bool = key(kind="flag", default=True)
     # Who may read it from [endpoint]'s unix socket, by the caller's uid and gids (SO_PEERCRED);
-    # root and tokend's own user always may. Over TCP, whoever passes the guards may.
+    # root and tokend's own user always may.
     endpoint_users: tuple[str | int, ...] = key(kind="owners", default=())
     endpoint_groups: tuple[str | int, ...] = key(kind="owners", default=())
+    # Over a TCP [endpoint] the caller's user is not known: every local program that passes
+    # the guards could read the token. Off unless the credential says so (a 404 otherwise).
+    endpoint_tcp: bool = key(kind="flag", default=False)
     proxies: tuple[ProxyConfig, ...] = key(kind="proxies", default=(), keys=("proxy",))
 
     @property

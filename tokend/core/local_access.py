@@ -52,10 +52,12 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Who may read one credential over the unix socket (besides root and tokend's user)."""
+    """Who may read one credential: over the unix socket (besides root and tokend's user),
+    and whether over TCP at all, where the caller is not known (``endpoint_tcp``)."""
 
     uids: frozenset[int] = frozenset()
     gids: frozenset[int] = frozenset()
+    tcp: bool = False
 
 
 def may_read(access: Access | None, peer: Peer, own_uid: int) -> bool:
@@ -66,6 +68,13 @@ def may_read(access: Access | None, peer: Peer, own_uid: int) -> bool:
     if peer.uid in (0, own_uid):
         return True
     return peer.uid in access.uids or not access.gids.isdisjoint(peer.gids)
+
+
+def may_read_over_tcp(access: Access | None) -> bool:
+    """Over TCP nothing tells who asks: every local program that passes the guards is the
+    same caller, so a credential is served there only when it opted in (``endpoint_tcp``);
+    one that did not answers as one that does not exist."""
+    return access is not None and access.tcp
 
 
 def host_matches(host: str | None, listen_host: str, port: int) -> bool:
@@ -183,7 +192,7 @@ class Board(Protocol):
     def credential_status(self, name: str) -> CredentialStatus | None: ...
 
     def access(self, name: str) -> Access | None:
-        """Who may read it over the unix socket; None: no such credential."""
+        """Who may read it over the unix socket, and whether over TCP; None: no such credential."""
 
     def health(self) -> tuple[bool, dict[str, Any]]: ...
 

@@ -27,6 +27,7 @@ from tokend.core.exit_codes import ExitCode
 from tokend.core.health import DaemonStatus, summary
 from tokend.daemon.clock import Clock, SystemClock
 from tokend.daemon.jobs import APSchedulerJobs, Jobs
+from tokend.daemon.local_mode import http_imports, local_servers, local_sites
 from tokend.daemon.main_loop import HEARTBEAT, MainLoop, captured_signals
 from tokend.daemon.reloader import Reloader
 from tokend.daemon.reporting import Observer, Observers, standard_observers
@@ -129,7 +130,7 @@ class Daemon(MainLoop):
         self.source.start(self.runner.wake)
         self.reloader.watch(self.config)
         self.observers.configured(self.config)
-        self.local = local_servers(self.config, self.board)
+        self.local = local_servers(self.config, self.board, self.environ)
         self.starting = set(self.config.credentials)
         for cred in self.config.credentials.values():
             self.runner.add(cred)
@@ -330,73 +331,6 @@ def token_source(
     from tokend.daemon.fleet_mode import open_fleet
 
     return open_fleet(config.fleet, config.path, environ=environ, report=observers.fleet_event, clock=clock)
-
-
-def local_sites(config: Config) -> tuple[object, ...]:
-    """What the local servers are made of: when it changes, only a restart applies it."""
-    proxies = tuple((name, cred.proxies, cred.ca_bundle) for name, cred in config.credentials.items())
-    return (config.endpoint, tuple(p for p in proxies if p[1]))
-
-
-def http_imports(config: Config) -> None:
-    """aiohttp, or the one-line config error that says how to get it."""
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        where = "endpoint" if config.endpoint is not None else "credentials"
-        raise ConfigError(
-            config.path, "the endpoint and proxies need aiohttp: pip install 'tokend[proxy]'", where=where
-        ) from None
-
-
-def local_servers(config: Config, board: TokenBoard) -> LocalHttp | None:
-    """The token endpoint and the proxies, when the config has any (only then is aiohttp
-    imported: ``tokend[proxy]``); a listener that cannot open is logged and left out."""
-    if not config.serves_http():
-        return None
-    from tokend.io.local_http import LocalHttp, Site
-    from tokend.io.proxy import Proxy
-    from tokend.io.token_endpoint import endpoint_app
-
-    local = LocalHttp()
-    board.subscribe(local.changes.notify)
-    sites: list[Site] = []
-    endpoint = config.endpoint
-    if endpoint is not None:
-        listen, log_requests = endpoint.listen, endpoint.access_log
-        sites.append(
-            Site(
-                "endpoint",
-                listen,
-                lambda: endpoint_app(board, listen, log_requests=log_requests),
-                endpoint.socket_mode,
-                endpoint.socket_owner,
-                endpoint.socket_group,
-            )
-        )
-    for name, cred in config.credentials.items():
-        for i, proxy in enumerate(cred.proxies):
-            app = Proxy(
-                board,
-                local.changes,
-                name,
-                proxy.upstream,
-                proxy.listen,
-                ca_bundle=cred.ca_bundle,
-                log_requests=proxy.access_log,
-            ).app
-            sites.append(
-                Site(
-                    f"proxy {name}[{i}]",
-                    proxy.listen,
-                    app,
-                    proxy.socket_mode,
-                    proxy.socket_owner,
-                    proxy.socket_group,
-                )
-            )
-    local.start(sites)
-    return local
 
 
 def no_credentials_warning(config: Config) -> str:

@@ -62,6 +62,7 @@ def access_for(cred: CredentialConfig) -> Access:
     return Access(
         uids=resolve_ids(cred.endpoint_users, groups=False, where=cred.where("endpoint_users")),
         gids=resolve_ids(cred.endpoint_groups, groups=True, where=cred.where("endpoint_groups")),
+        tcp=cred.endpoint_tcp,
     )
 
 

@@ -7,9 +7,15 @@ and only then listened on: until ``listen()`` no one can connect, so there is no
 at which it is open to more than the config says. Its directory is judged as a sink's is
 (StrictModes), and only a stale socket is ever replaced at its path.
 
+A listener may instead be a socket systemd passes (``listen = "systemd:NAME"``): it is
+taken from :class:`~tokend.io.socket_activation.Activation`, judged there, and served as
+it is (its mode and group are systemd's; tokend never removes its path).
+
 The limits are aiohttp's own where it has them (header line, field and count sizes; the
-keep-alive timer, which also closes a connection whose request head has not come in
-time, a slow-loris costs nothing) and ours where it has none: connections per listener.
+keep-alive timer, which aiohttp starts when a connection is made and restarts only after a
+response, so a request head not complete by then is cut however slowly it trickles in: a
+slow-loris holds one connection slot for at most that long and costs no thread) and ours
+where it has none: connections per listener.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ from aiohttp import web
 
 from tokend.config.schema import Listen
 from tokend.io.files import unsafe_directory_chain
+from tokend.io.socket_activation import Activation, ActivationError, adopt
 
 log = logging.getLogger("tokend.http")
 
@@ -46,11 +53,13 @@ BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: cl
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    """One listener and the application it serves."""
+    """One listener and the application it serves. ``make_app`` is given the address
+    actually listened on: the config's, or what a socket systemd passed is bound to (the
+    TCP guards compare ``Host`` with it)."""
 
     label: str  # for logs: "endpoint", "proxy api[0]"
     listen: Listen
-    make_app: Callable[[], web.Application]
+    make_app: Callable[[Listen], web.Application]
     socket_mode: int = 0o660
     socket_owner: str | int | None = None
     socket_group: str | int | None = None
@@ -150,6 +159,14 @@ SERVER_LOG = logging.getLogger("tokend.http.server")
 SERVER_LOG.addFilter(_OneLine())
 
 
+def describe(listen: Listen) -> str:
+    """An address for the log: a socket systemd passed says what it is bound to too."""
+    if listen.fd_name is not None and (listen.path is not None or listen.host):
+        bound = f"unix:{listen.path}" if listen.path is not None else str(replace(listen, fd_name=None))
+        return f"systemd:{listen.fd_name} ({bound})"
+    return str(listen)
+
+
 class Changes:
     """Wakes coroutines on the loop when a credential's token may have changed; ``notify``
     may be called from any thread (the board's listener)."""
@@ -180,7 +197,9 @@ class Changes:
 class LocalHttp:
     """The loop's thread and its listeners; :meth:`start` opens them, :meth:`stop` ends it all."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        # idle_timeout: a keyword for tests, which cut a slow client in a fraction of a second.
+        self.idle_timeout = idle_timeout
         self.loop = asyncio.new_event_loop()
         self.changes = Changes(self.loop)
         self.thread = threading.Thread(target=self._run, name="local-http", daemon=True)
@@ -196,46 +215,67 @@ class LocalHttp:
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def start(self, sites: list[Site]) -> list[str]:
+    def start(self, sites: list[Site], activation: Activation | None = None) -> list[str]:
         """Open every site; a site that cannot be opened is logged and left out (the
-        tokens matter more: sinks and the other sites go on). Returns the errors."""
+        tokens matter more: sinks and the other sites go on). Sockets systemd passed that
+        no site names are closed. Returns the errors."""
         self.thread.start()
+        activation = activation or Activation([])
         for site in sites:
             try:
-                sock = self._bind(site)
-            except (BindError, OSError) as exc:
+                bound = self._bind(site, activation)
+            except (BindError, ActivationError, OSError) as exc:
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                error = f"{site.label}: cannot listen on {site.listen}: {text}"
-                log.error("%s", error)
-                self.errors.append(error)
+                self._error(f"{site.label}: cannot listen on {site.listen}: {text}")
                 continue
-            try:
-                self.call(self._serve(site, sock))
-            except Exception as exc:
-                sock.close()
-                error = f"{site.label}: cannot serve on {site.listen}: {type(exc).__name__}"
-                log.error("%s", error)
-                self.errors.append(error)
-                continue
-            log.info("%s listening on %s", site.label, site.listen)
+            for sock, listen in bound:
+                try:
+                    self.call(self._serve(site, sock, listen))
+                except Exception as exc:
+                    sock.close()
+                    self._error(f"{site.label}: cannot serve on {listen}: {type(exc).__name__}")
+                    continue
+                log.info("%s listening on %s", site.label, describe(listen))
+        activation.close_rest()
         return self.errors
 
-    def _bind(self, site: Site) -> socket.socket:
+    def _error(self, error: str) -> None:
+        log.error("%s", error)
+        self.errors.append(error)
+
+    def _bind(self, site: Site, activation: Activation) -> list[tuple[socket.socket, Listen]]:
+        """The site's sockets and the address each listens on: one bound here, or every
+        one systemd passed under the site's name, each judged (refused ones are errors)."""
         listen = site.listen
+        if listen.fd_name is not None:
+            fds = activation.take(listen.fd_name)
+            if not fds:
+                passed = ", ".join(activation.names()) or "none"
+                raise BindError(
+                    f"systemd passed no socket named {listen.fd_name!r} "
+                    f"(FileDescriptorName=; passed and not taken: {passed})"
+                )
+            bound = []
+            for fd in fds:
+                try:
+                    bound.append(adopt(fd, listen))
+                except ActivationError as exc:
+                    self._error(f"{site.label}: cannot listen on {listen}: {exc}")
+            return bound
         if listen.path is not None:
             sock = bind_unix(listen.path, site.socket_mode, site.socket_owner, site.socket_group)
-            self.unix_paths.append(listen.path)
-            return sock
-        return bind_tcp(listen.host, listen.port)
+            self.unix_paths.append(listen.path)  # tokend's own: removed when it stops
+            return [(sock, listen)]
+        return [(bind_tcp(listen.host, listen.port), listen)]
 
-    async def _serve(self, site: Site, sock: socket.socket) -> None:
+    async def _serve(self, site: Site, sock: socket.socket, listen: Listen) -> None:
         runner = web.AppRunner(
-            site.make_app(),
+            site.make_app(listen),
             handle_signals=False,
             access_log=None,
             logger=SERVER_LOG,
             shutdown_timeout=STOP_GRACE,
-            keepalive_timeout=IDLE_TIMEOUT,
+            keepalive_timeout=self.idle_timeout,
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,

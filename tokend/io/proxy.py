@@ -245,4 +245,13 @@ class Proxy:
         )
 
     def unreachable(self, exc: BaseException) -> web.Response:
+        """502, never with the token: the request did not reach the upstream (or an untrusted
+        certificate stopped it before the token was sent), and no token is in the body."""
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return json_error(
+                502,
+                "bad_gateway",
+                "the upstream's TLS certificate is not trusted "
+                "(set the credential's ca_bundle for a private CA)",
+            )
         return json_error(502, "bad_gateway", f"the upstream could not be reached ({type(exc).__name__})")

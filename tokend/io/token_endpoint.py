@@ -5,8 +5,9 @@ no identity-provider request per call, and never an expired token (503 with
 ``Retry-After`` while there is none valid). On a unix socket the caller is known by the
 kernel (SO_PEERCRED, and SO_PEERGROUPS for its supplementary groups) and judged by
 :func:`~tokend.core.local_access.may_read`; over TCP the guards of
-:func:`~tokend.core.local_access.tcp_refusal` apply. An unknown credential and a forbidden
-one get the same 404, so the endpoint is no oracle of which credentials exist.
+:func:`~tokend.core.local_access.tcp_refusal` apply, and only a credential that says
+``endpoint_tcp = true`` is served. An unknown credential and a forbidden one get the same
+404, so the endpoint is no oracle of which credentials exist.
 ``/livez``, ``/readyz`` and ``/readyz/NAME`` hold no token.
 """
 
@@ -29,6 +30,7 @@ from tokend.core.local_access import (
     Peer,
     error_body,
     may_read,
+    may_read_over_tcp,
     retry_after,
     tcp_refusal,
     token_answer,
@@ -113,7 +115,7 @@ def endpoint_app(board: Board, listen: Listen, *, log_requests: bool = False) ->
             peer = peer_of(request)
             if peer is None or not may_read(access, peer, own_uid):
                 return json_response(404, NOT_FOUND), None
-        elif access is None:
+        elif not may_read_over_tcp(access):  # not endpoint_tcp: as if it did not exist
             return json_response(404, NOT_FOUND), None
         if fmt not in FORMATS:
             return json_response(
