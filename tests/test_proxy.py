@@ -138,6 +138,49 @@ def test_absolute_form_connect_and_another_host_are_refused(
     assert len(resource.seen) == before  # none of them reached the upstream
 
 
+def test_another_sites_page_cannot_drive_the_proxy_through_a_browser(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    """A page of any site can make a browser send a form or a simple fetch to a loopback
+    port with the right Host: its Origin, its Fetch metadata or its preflight gives it away,
+    and such a request never reaches the upstream with the token. TRACE would echo the
+    token back, and Expect is tokend's own server's to answer."""
+    _, base = start_proxy(tmp_path, idp, daemons, resource.url)
+    before = len(resource.seen)
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Access-Control-Request-Method": "DELETE", "Origin": base},
+    ):
+        answer = requests.post(f"{base}/api/delete-all", data={"confirm": "yes"}, headers=headers, timeout=5)
+        assert answer.status_code == 403, headers
+    assert requests.request("TRACE", f"{base}/t", timeout=5).status_code == 405
+    assert len(resource.seen) == before  # none of them reached the upstream
+    own = requests.get(f"{base}/x", headers={"Origin": base, "Sec-Fetch-Site": "same-origin"}, timeout=5)
+    assert own.status_code == 200
+    expecting = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-d",
+            "abc",
+            "-H",
+            "Expect: 100-continue",
+            f"{base}/x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert expecting.stdout == "200"  # answered, not left waiting for a 100 from upstream
+
+
 def test_an_upstream_that_is_down_is_a_502_without_a_token(
     tmp_path: Path, idp: TokenEndpoint, daemons: Start
 ) -> None:

@@ -37,7 +37,11 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length"}
+# "expect": tokend's own server answers the caller's 100-continue; forwarded, it made the
+# upstream client wait for a 100 an upstream may never send.
+NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length", "expect"}
+# What a browser says of a request another site's page made it send (Fetch metadata).
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})
 _INVALID_TOKEN = re.compile(r'\berror\s*=\s*"?invalid_token"?', re.IGNORECASE)
 
 
@@ -101,6 +105,12 @@ def host_matches(host: str | None, listen_host: str, port: int) -> bool:
     return False
 
 
+def own_origins(listen_host: str, port: int) -> frozenset[str]:
+    """The origins of tokend's own listen address (a page it served, were it to serve any)."""
+    host = f"[{listen_host}]" if ":" in listen_host else listen_host
+    return frozenset({f"http://{host}:{port}".lower()})
+
+
 def tcp_refusal(headers: Mapping[str, str], listen_host: str, port: int, *, need_flag: bool) -> str | None:
     """Why a request over TCP is refused, or None: a ``Host`` other than the listen
     address, a forwarding header (a request relayed from elsewhere), and, for the token
@@ -109,6 +119,16 @@ def tcp_refusal(headers: Mapping[str, str], listen_host: str, port: int, *, need
         return "the Host header must be the address tokend listens on"
     if "X-Forwarded-For" in headers or "Forwarded" in headers:
         return "forwarded requests are refused"
+    # A page of any site can make a browser send a form, an image or a simple fetch to a
+    # loopback port, with the right Host: its Origin and Sec-Fetch-Site say it came from
+    # elsewhere, and a preflight says it is about to.
+    origin = headers.get("Origin")
+    if origin is not None and origin.rstrip("/").lower() not in own_origins(listen_host, port):
+        return "requests from another site's page (Origin) are refused"
+    if headers.get("Sec-Fetch-Site", "none").strip().lower() not in SAME_SITE_FETCH:
+        return "requests from another site's page (Sec-Fetch-Site) are refused"
+    if "Access-Control-Request-Method" in headers:
+        return "cross-origin preflights are refused"
     if need_flag and headers.get(TCP_FLAG, "").strip().lower() != "true":
         return f"requests must carry {TCP_FLAG}: true"
     return None

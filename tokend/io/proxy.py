@@ -136,6 +136,8 @@ class Proxy:
 
     def refusal(self, request: web.Request) -> web.Response | None:
         target = request.raw_path
+        if request.method == "TRACE":  # it would echo the injected token to the caller
+            return json_error(405, "invalid_request", "TRACE is refused")
         if request.method == "CONNECT" or not target.startswith("/"):
             return json_error(
                 400, "invalid_request", "this is a reverse proxy: only origin-form targets (/path)"
