@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from tokend.core.health import CredentialStatus
 from tokend.core.timestamps import rfc3339
-from tokend.core.tokens import Token
+from tokend.core.tokens import Token, authorization_scheme
 
 FORMATS = ("json", "raw", "header")
 TCP_FLAG = "X-Tokend-Request"  # as Vault's X-Vault-Request, GCE's Metadata-Flavor
@@ -134,10 +134,9 @@ def tcp_refusal(headers: Mapping[str, str], listen_host: str, port: int, *, need
     return None
 
 
-def forwarded_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The caller's headers as the proxy sends them upstream: hop-by-hop headers (and those
-    its Connection header names), Host, Content-Length and the caller's own Authorization
-    dropped (the proxy sets Host and Authorization; the body's framing is its own)."""
+def _without(items: Iterable[tuple[str, str]], dropped: frozenset[str] | set[str]) -> list[tuple[str, str]]:
+    """``items`` less the headers named in ``dropped`` and those their Connection header
+    names (RFC 9110 §7.6.1: hop-by-hop by the sender's word)."""
     items = list(items)
     named = {
         part.strip().lower()
@@ -145,19 +144,20 @@ def forwarded_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]
         if name.lower() == "connection"
         for part in value.split(",")
     }
-    return [(name, value) for name, value in items if name.lower() not in NOT_FORWARDED | named]
+    return [(name, value) for name, value in items if name.lower() not in dropped | named]
+
+
+def forwarded_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The caller's headers as the proxy sends them upstream: hop-by-hop headers (and those
+    its Connection header names), Host, Content-Length, Expect and the caller's own
+    Authorization dropped (the proxy sets Host and Authorization; the body's framing and
+    its 100-continue are its own)."""
+    return _without(items, NOT_FORWARDED)
 
 
 def response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The upstream's headers as the caller gets them: hop-by-hop ones dropped."""
-    items = list(items)
-    named = {
-        part.strip().lower()
-        for name, value in items
-        if name.lower() == "connection"
-        for part in value.split(",")
-    }
-    return [(name, value) for name, value in items if name.lower() not in HOP_BY_HOP | named]
+    return _without(items, HOP_BY_HOP)
 
 
 def invalid_token(status: int, www_authenticate: Iterable[str]) -> bool:
@@ -169,18 +169,16 @@ def invalid_token(status: int, www_authenticate: Iterable[str]) -> bool:
     )
 
 
-def scheme(token: Token) -> str:
-    # RFC 6750 spells it "Bearer"; servers often say "bearer".
-    return "Bearer" if token.token_type.lower() == "bearer" else token.token_type
-
-
 def token_answer(token: Token, now: float, fmt: str) -> tuple[str, bytes]:
     """The endpoint's answer for a valid token: (content type, body). ``json`` as the json
     sink writes its fields; ``raw`` and ``header`` as the raw and header sinks' lines."""
     if fmt == "raw":
         return "text/plain", f"{token.access_token}\n".encode("ascii")
     if fmt == "header":
-        return "text/plain", f"Authorization: {scheme(token)} {token.access_token}\n".encode("ascii")
+        return (
+            "text/plain",
+            f"Authorization: {authorization_scheme(token.token_type)} {token.access_token}\n".encode("ascii"),
+        )
     body = {
         "access_token": token.access_token,
         "token_type": token.token_type,

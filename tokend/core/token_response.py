@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from tokend.core.limits import MAX_EXPIRES_IN
 from tokend.core.scrub import scrub
-from tokend.core.tokens import Token, unsafe_reason, valid_token_type
+from tokend.core.tokens import Token, authorization_scheme, unsafe_reason, valid_token_type
 
 MAX_BODY_BYTES = 1024 * 1024  # of an answer: more is read no further
 
@@ -156,7 +156,7 @@ def parse_token_response(
         raise malformed("token_type is not a single word")
     if assume_token_type is not None:
         token_type = assume_token_type
-    elif token_type.lower() == "bearer":
+    elif authorization_scheme(token_type) == "Bearer":
         token_type = "Bearer"
     else:
         # RFC 6749 §7.1: a client must not use a token whose type it does not understand;

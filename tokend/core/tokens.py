@@ -37,6 +37,12 @@ def unsafe_reason(token: str) -> str | None:
     return None
 
 
+def authorization_scheme(token_type: str) -> str:
+    """The scheme a token goes with in an Authorization header: RFC 6750 spells it
+    "Bearer", servers often say "bearer"; any other type as the answer named it."""
+    return "Bearer" if token_type.lower() == "bearer" else token_type
+
+
 def valid_token_type(token_type: str) -> bool:
     return bool(_TOKEN_TYPE.fullmatch(token_type))
 

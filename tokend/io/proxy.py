@@ -36,10 +36,9 @@ from tokend.core.local_access import (
     invalid_token,
     response_headers,
     retry_after,
-    scheme,
     tcp_refusal,
 )
-from tokend.core.tokens import Token
+from tokend.core.tokens import Token, authorization_scheme
 from tokend.io.local_http import Changes
 
 access_log = logging.getLogger("tokend.access")
@@ -183,7 +182,7 @@ class Proxy:
     ) -> aiohttp.ClientResponse:
         assert self.session is not None
         headers = forwarded_headers(request.headers.items())
-        headers.append(("Authorization", f"{scheme(token)} {token.access_token}"))
+        headers.append(("Authorization", f"{authorization_scheme(token.token_type)} {token.access_token}"))
         data: bytes | AsyncIterator[bytes] | None = body
         if streamed:
             data = request.content.iter_chunked(CHUNK)

@@ -18,7 +18,7 @@ from pathlib import Path
 from tokend.config import SinkConfig
 from tokend.core import templates
 from tokend.core.timestamps import rfc3339
-from tokend.core.tokens import Token, unsafe_reason
+from tokend.core.tokens import Token, authorization_scheme, unsafe_reason
 from tokend.io.files import file_kind, sweep_once, unsafe_directory_chain, write_atomic
 
 
@@ -29,11 +29,6 @@ class SinkError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-
-
-def authorization_scheme(token_type: str) -> str:
-    # RFC 6750 spells it "Bearer"; servers often say "bearer".
-    return "Bearer" if token_type.lower() == "bearer" else token_type
 
 
 def render(token: Token, sink: SinkConfig) -> bytes:
