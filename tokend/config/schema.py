@@ -133,6 +133,7 @@ class Key:
     identity: bool = False  # part of the token's identity: the token cache's key
     refetch: bool = False  # a change on reload asks for a new token at once
     only_with: str | None = None  # the one client_auth its keys apply to (any other refuses them)
+    doc: str = ""  # one line of meaning: the generated reference and tokend.toml(5) print it
     field: str = ""  # the field's name, and its default (NO_DEFAULT: none, or a factory),
     default: Any = NO_DEFAULT  # both filled in from the dataclass when the class is made
 
@@ -150,10 +151,11 @@ def key(
     identity: bool = False,
     refetch: bool = False,
     only_with: str | None = None,
+    doc: str = "",
 ) -> Any:
     """Declare a field of a config value: the schema's one declaration of its key."""
     high = DEFAULT_HIGH.get(kind) if high is None else high
-    spec = Key(kind, keys, choices, low, high, required, identity, refetch, only_with)
+    spec = Key(kind, keys, choices, low, high, required, identity, refetch, only_with, doc)
     return field(default=default, default_factory=default_factory, metadata={SCHEMA: spec})
 
 
