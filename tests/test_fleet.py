@@ -18,22 +18,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pytest_httpserver import HTTPServer
 
 from tokend.config import ConfigError, CredentialConfig, FleetConfig, load, parse
 from tokend.core.fleet import (
+    LEASES_DROPPED,
     MAX_BLOB_BYTES,
     NOT_NEWER,
+    Fault,
+    FleetEvent,
     Role,
     Shared,
     decode,
     encode,
+    fault_of,
     follow_deadline,
     follow_until,
     jitter_for,
     judge,
     localize,
     may_follow,
+    meaning,
     redis_keys,
 )
 from tokend.core.health import FleetWait
@@ -45,7 +51,7 @@ from tokend.daemon.refresher import Refresher
 from tokend.daemon.token_source import ASK, Offer, TokenSource
 from tokend.io.cache import TokenCache, cache_key
 from tokend.io.fleet_crypto import MAGIC, Undecryptable, key_material, seal, unseal
-from tokend.io.fleet_store import DRAIN_MESSAGES, FleetStore, PubSubLost, TooLarge
+from tokend.io.fleet_store import DRAIN_MESSAGES, FleetStore, PubSubLost, RedisDown, TooLarge
 from tokend.io.token_client import TokenClient
 
 from .support.clock import FakeClock, ManualJobs, runner_on
@@ -1204,3 +1210,150 @@ def test_under_lease_churn_a_joining_daemon_and_tokend_token_get_a_token_within_
     finally:
         stop.set()
         attacker.join(5)
+
+
+# --------------------------------------------------------------------------- fail-over
+
+
+def test_every_failover_error_has_a_meaning_for_the_lease_and_the_token() -> None:
+    """READONLY and MASTERDOWN are a fail-over in progress (ended only by an accepted
+    write, since PING still answers there), LOADING a node coming up, a reset or a
+    timeout a primary gone or cut off; anything else (NOPERM) is not a fail-over. Each
+    drops the leases and sends the credentials on their own."""
+    cases = {
+        ("ReadOnlyError", "You can't write against a read only replica."): Fault.READONLY,
+        ("ResponseError", "READONLY You can't write against a read only replica."): Fault.READONLY,
+        (
+            "ResponseError",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        ): (Fault.MASTERDOWN),
+        ("MasterDownError", "Link with MASTER is down and replica-serve-stale-data is set to 'no'."): (
+            Fault.MASTERDOWN
+        ),
+        ("BusyLoadingError", "Redis is loading the dataset in memory"): Fault.LOADING,
+        ("ResponseError", "LOADING Redis is loading the dataset in memory"): Fault.LOADING,
+        ("ConnectionError", "Error 111 connecting to 127.0.0.1:6379. Connection refused."): Fault.RESET,
+        ("ConnectionError", "Connection closed by server."): Fault.RESET,
+        ("ConnectionResetError", "[Errno 104] Connection reset by peer"): Fault.RESET,
+        ("MasterNotFoundError", "No master found for 'tokend'"): Fault.RESET,
+        ("TimeoutError", "Timeout reading from 127.0.0.1:6379"): Fault.TIMEOUT,
+        ("ConnectionError", "Error while reading from 127.0.0.1:6379 : timed out"): Fault.TIMEOUT,
+        ("NoPermissionError", "NOPERM User tokend has no permissions to run the 'set' command"): Fault.OTHER,
+        ("AuthenticationError", "invalid username-password pair"): Fault.OTHER,
+        ("ResponseError", ""): Fault.OTHER,
+    }
+    for (name, message), fault in cases.items():
+        assert fault_of(name, message) is fault, (name, message)
+    for fault in Fault:
+        means = meaning(fault)
+        assert means.lease == LEASES_DROPPED and means.token.startswith("on its own")
+        assert means.what.startswith("Redis unreachable") is (
+            fault in (Fault.RESET, Fault.TIMEOUT, Fault.OTHER)
+        )
+        assert means.failover is (fault is not Fault.OTHER)
+        assert means.needs_write is (fault in (Fault.READONLY, Fault.MASTERDOWN, Fault.LOADING))
+
+
+@pytest.fixture
+def other_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A second redis-server with the same password: a primary to demote the first under."""
+    home = tmp_path / "other-redis"
+    home.mkdir()
+    server = RedisServer(home, password=PASSWORD)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_demoted_primary_refusing_writes_is_one_failover_until_a_write_is_accepted(
+    tmp_path: Path, redis_server: RedisServer, other_redis: RedisServer, fleet_log: pytest.LogCaptureFixture
+) -> None:
+    """The primary demoted with REPLICAOF answers READONLY to every write but still
+    answers PING: the leader's renewal fails with READONLY (a fail-over, not a lost
+    lease to take again at once), the lease is dropped, the credential is on its own, and
+    that is one episode (one log line with the primary's address and no password, one
+    ``failover`` event) however many PINGs answer meanwhile; it ends when the node
+    accepts writes again, within a lease, and the credential leads again."""
+    config = parse(fleet_block(tmp_path, redis_server) + INLINE, tmp_path / "tokend.toml", environ={})
+    assert config.fleet is not None
+    events: list[FleetEvent] = []
+    fleet = Fleet(config.fleet, config.path, environ={}, report=lambda event, name: events.append(event))
+    cred = config.credentials["api"]
+    admin = redis_server.client()
+    try:
+        fleet.start(lambda name: None)
+        assert fleet.offer(cred, ID, None, time.time(), due=True) == ASK and fleet.store.holds(ID)
+        admin.config_set("masterauth", PASSWORD)
+        admin.replicaof("127.0.0.1", other_redis.port)
+        wait_for(lambda: not fleet.state.reachable, 3 * LEASE, "the renewal to meet READONLY")
+        assert not fleet.store.holds(ID) and fleet.role("api") is Role.STANDALONE
+        with pytest.raises(RedisDown) as refused:
+            fleet.store.lead(ID)
+        assert refused.value.fault is Fault.READONLY
+        fleet.store.ping()  # PING answers on the demoted node: not the end of the episode
+        deadline = time.monotonic() + 2 * LEASE  # several probes, each answered by PING
+        while time.monotonic() < deadline:
+            assert not fleet.state.reachable
+            time.sleep(0.05)
+        assert events.count(FleetEvent.FAILOVER) == 1 and events.count(FleetEvent.FALLBACK) == 1
+        lines = [r.getMessage() for r in fleet_log.records if "fail-over in progress" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert redis_server.url in lines[0] and "readonly" in lines[0] and PASSWORD not in fleet_log.text
+        admin.replicaof("NO", "ONE")
+        promoted = time.monotonic()
+        wait_for(lambda: fleet.state.reachable, LEASE + 1, "the node to accept writes again")
+        assert time.monotonic() - promoted <= LEASE + 1
+        assert fleet.offer(cred, ID, None, time.time(), due=True) == ASK and fleet.store.holds(ID)
+        assert events.count(FleetEvent.FAILOVER) == 1
+    finally:
+        fleet.stop()
+
+
+def test_real_redis_failures_are_told_apart(tmp_path: Path, other_redis: RedisServer) -> None:
+    """What a fail-over looks like from a client, produced for real: a primary cut off
+    (DEBUG SLEEP) times out, a demoted one answers READONLY, a replica whose primary is
+    gone answers MASTERDOWN (``replica-serve-stale-data no``), a stopped one is a reset."""
+    SECRETS.add(PASSWORD)
+    node = RedisServer(tmp_path, password=PASSWORD, extra=("--enable-debug-command", "yes"))
+    node.start()
+    store = FleetStore(FleetConfig(redis_url=node.url, lease=1.0), PASSWORD)
+    admin = node.client()
+
+    def fault(call: Any) -> Fault:
+        with pytest.raises(RedisDown) as failed:
+            call()
+        return failed.value.fault
+
+    try:
+        assert store.lead(ID)
+        slow = redis.Redis(host="127.0.0.1", port=node.port, password=PASSWORD, socket_timeout=5)
+        sleeper = threading.Thread(target=lambda: slow.execute_command("DEBUG", "SLEEP", "1.5"))  # type: ignore[no-untyped-call]
+        sleeper.start()
+
+        def times_out() -> bool:  # False until the DEBUG SLEEP has begun
+            try:
+                store.ping()
+            except RedisDown as exc:
+                assert exc.fault is Fault.TIMEOUT, exc
+                return True
+            return False
+
+        wait_for(times_out, 1.4, "PING to time out while Redis sleeps")
+        sleeper.join()
+        store.client.connection_pool.disconnect()
+        admin.config_set("masterauth", PASSWORD)
+        admin.replicaof("127.0.0.1", other_redis.port)
+        assert fault(lambda: store.publish(ID, b"blob", 5)) is Fault.READONLY
+        assert fault(lambda: store.probe(write=True)) is Fault.READONLY
+        store.ping()  # PING still answers: only a write tells
+        admin.config_set("replica-serve-stale-data", "no")
+        other_redis.stop()
+        wait_for(
+            lambda: node.client().info("replication")["master_link_status"] == "down", 5, "the link down"
+        )
+        assert fault(lambda: store.get(ID)) is Fault.MASTERDOWN
+        node.stop()
+        assert fault(store.ping) is Fault.RESET
+    finally:
+        store.close()
+        node.stop()

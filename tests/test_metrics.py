@@ -217,7 +217,7 @@ def test_fleet_events_are_counted_from_the_first_event() -> None:
     metrics.fleet_event("leader_change")
     metrics.fleet_reachable(False)
     counted = fleet_samples(metrics, "tokend_fleet_events_total")
-    assert counted == {"received": 2.0, "leader_change": 1.0, "fallback": 0.0}
+    assert counted == {"received": 2.0, "leader_change": 1.0, "fallback": 0.0, "failover": 0.0}
     assert fleet_samples(metrics, "tokend_fleet_redis_up") == {"": 0.0}
 
 

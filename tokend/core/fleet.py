@@ -42,6 +42,82 @@ class FleetEvent(StrEnum):
     LEADER_CHANGE = "leader_change"  # this daemon took or lost a lease
     FALLBACK = "fallback"  # Redis became unreachable: every credential on its own
     RECEIVED = "received"  # a token from the fleet went into the sinks
+    FAILOVER = "failover"  # a fail-over episode began (READONLY, MASTERDOWN, LOADING, reset, timeout)
+
+
+class Fault(StrEnum):
+    """The kind of a Redis failure, as far as a fail-over is concerned (:func:`fault_of`)."""
+
+    READONLY = "readonly"  # the node we write to is a replica now: promoted elsewhere, or demoted
+    MASTERDOWN = "masterdown"  # a replica that lost its primary refuses to answer
+    LOADING = "loading"  # a restarted (or newly promoted) node still loading its data
+    RESET = "reset"  # the connection was refused, reset or closed: the primary died or moved
+    TIMEOUT = "timeout"  # no answer in time: the primary cut off (or paused)
+    OTHER = "other"  # anything else (NOPERM, a wrong password): not a fail-over
+
+
+@dataclass(frozen=True, slots=True)
+class FaultMeaning:
+    """What a Redis failure means for the lease and the token (:func:`meaning`)."""
+
+    what: str  # what it says about Redis, for the one log line of the episode
+    failover: bool  # part of a fail-over episode (counted once per episode as ``failover``)
+    needs_write: bool  # the episode ends only when a write is accepted, not when PING answers
+    lease: str  # what becomes of the leases we hold, for the log and the docs
+    token: str  # what the credentials do meanwhile
+
+
+LEASES_DROPPED = (
+    "dropped: a lease we cannot renew may be another's on the new primary; "
+    "left unrenewed, it lapses within one lease"
+)
+
+
+def fault_of(error_class: str, message: str) -> Fault:
+    """The kind of a Redis failure, from the exception's class name and its message (the
+    first word of an error reply is its code: ``READONLY You can't write...``). Pure: the
+    IO side passes ``type(exc).__name__`` and ``str(exc)``."""
+    code = message.strip().split(" ", 1)[0].upper() if message.strip() else ""
+    if code == "READONLY" or error_class == "ReadOnlyError":
+        return Fault.READONLY
+    if code == "MASTERDOWN" or error_class == "MasterDownError":
+        return Fault.MASTERDOWN
+    if code == "LOADING" or error_class == "BusyLoadingError":
+        return Fault.LOADING
+    if "Timeout" in error_class or "timed out" in message.lower():
+        return Fault.TIMEOUT
+    if error_class in {
+        "ConnectionError",
+        "ConnectionResetError",
+        "ConnectionRefusedError",
+        "BrokenPipeError",
+        "ConnectionAbortedError",
+        "MasterNotFoundError",
+    }:
+        return Fault.RESET
+    return Fault.OTHER
+
+
+def meaning(fault: Fault) -> FaultMeaning:
+    """What each kind of failure means for the lease and the token.
+
+    Every one drops the leases we hold (we cannot renew them, and after a fail-over the
+    lease we wrote may be lost, or another's) and sends every credential on its own until
+    Redis answers: availability first, at most one extra request per identity. A
+    ``READONLY`` or ``MASTERDOWN`` answer is a fail-over in progress, not a dead Redis and
+    not a lost lease to take again at once: ``PING`` still answers there, so the episode
+    ends only when a write is accepted (else each PING that answers would start a new
+    episode, and a log line, at every look)."""
+    if fault in (Fault.READONLY, Fault.MASTERDOWN):
+        what = "Redis refuses writes: a fail-over in progress"
+        return FaultMeaning(what, True, True, LEASES_DROPPED, "on its own until a primary accepts writes")
+    if fault is Fault.LOADING:
+        what = "Redis is loading its data: a restart or a fail-over"
+        return FaultMeaning(what, True, True, LEASES_DROPPED, "on its own until the node has loaded its data")
+    if fault in (Fault.RESET, Fault.TIMEOUT):
+        what = "Redis unreachable: the primary gone, moved or cut off (an outage or a fail-over)"
+        return FaultMeaning(what, True, False, LEASES_DROPPED, "on its own until a primary answers")
+    return FaultMeaning("Redis unreachable", False, False, LEASES_DROPPED, "on its own until Redis answers")
 
 
 @dataclass(frozen=True, slots=True)

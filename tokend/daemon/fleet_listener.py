@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from tokend.config import FleetConfig
-from tokend.core.fleet import Role, judge, localize
+from tokend.core.fleet import Role, judge, localize, meaning
 from tokend.daemon.clock import Clock
 from tokend.daemon.fleet_state import FleetState
 from tokend.io import fleet_crypto
@@ -52,8 +52,9 @@ class FleetListener:
         while not self.stopping.is_set():
             try:
                 if not state.reachable:
-                    self.store.ping()
-                    state.up()
+                    self.store.probe(write=state.needs_write)  # after READONLY: a write, not a PING
+                    self.store.reset_pubsub()  # subscribe again, on the node that answers now
+                    state.up(written=True)
                 if clock.monotonic() >= next_renew:
                     next_renew = clock.monotonic() + interval
                     with state.lock:
@@ -78,9 +79,16 @@ class FleetListener:
                     self.deliver(identity, blob)
                 pause = PROBE_BACKOFF[0]
             except RedisDown as exc:
-                state.down(str(exc))
+                state.down(str(exc), exc.fault)
                 self.stopping.wait(pause)
-                pause = min(PROBE_BACKOFF[1], pause * 2)
+                # A fail-over ends within seconds: look at least every half lease, so every
+                # host is back on the shared token within a lease of the new primary.
+                longest = (
+                    min(PROBE_BACKOFF[1], self.fleet.lease / 2)
+                    if meaning(exc.fault).failover
+                    else PROBE_BACKOFF[1]
+                )
+                pause = min(longest, pause * 2)
             except Exception:
                 log.exception("fleet: listener failed; carrying on")
                 self.store.reset_pubsub()

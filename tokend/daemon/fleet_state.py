@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from tokend.config import CredentialConfig, FleetConfig
-from tokend.core.fleet import FleetEvent, Role
+from tokend.core.fleet import Fault, FleetEvent, Role, meaning
 from tokend.core.health import FleetHealth, FleetWait
 from tokend.daemon.clock import Clock
 
@@ -44,6 +44,7 @@ class FleetState:
         self.reachable = True
         self.changed_at = clock.time()
         self.last_error: str | None = None
+        self.needs_write = False  # the episode ends only with an accepted write (READONLY...)
         self.counts = dict.fromkeys(FleetEvent, 0)
 
     def redis_name(self) -> str:
@@ -105,14 +106,20 @@ class FleetState:
 
     # ----------------------------------------------------------------- Redis's reachability
 
-    def down(self, reason: str) -> None:
-        """Redis is unreachable: everyone on their own, said once until it returns."""
+    def down(self, reason: str, fault: Fault = Fault.OTHER) -> None:
+        """Redis is unreachable (or refuses writes: a fail-over): everyone on their own,
+        said once, with the primary's address, until it returns; a fail-over's first
+        failure is counted once per episode (``failover``), whatever follows in it."""
+        means = meaning(fault)
         with self.lock:
             was = self.reachable
             self.reachable, self.last_error = False, reason
+            self.needs_write = self.needs_write or means.needs_write
             if was:
                 self.changed_at = self.clock.time()
                 self.counts[FleetEvent.FALLBACK] += 1
+                if means.failover:
+                    self.counts[FleetEvent.FAILOVER] += 1
             names = [n for n, r in self.roles.items() if r is Role.LEADER]
             for name in self.roles:
                 self.roles[name] = Role.STANDALONE
@@ -120,18 +127,34 @@ class FleetState:
         self.drop(held)
         if was:
             self.report(FleetEvent.FALLBACK, None)
-            log.warning(
-                "fleet: Redis unreachable (%s); every credential refreshes on its own until it returns",
-                reason,
-            )
+            if means.failover:
+                self.report(FleetEvent.FAILOVER, None)
+                log.warning(
+                    "fleet: %s, at %s (%s: %s); leases %s; every credential %s",
+                    means.what,
+                    self.redis_name(),
+                    fault,
+                    reason,
+                    means.lease,
+                    means.token,
+                )
+            else:
+                log.warning(
+                    "fleet: Redis unreachable (%s); every credential refreshes on its own until it returns",
+                    reason,
+                )
             for name in names:
                 self.leader_change(name, "no longer the fleet's leader (Redis unreachable)")
 
-    def up(self) -> None:
+    def up(self, *, written: bool = False) -> None:
+        """Redis answers again. After READONLY, MASTERDOWN or LOADING only ``written`` (a
+        write accepted) ends the episode: a demoted primary still answers PING and still
+        relays publications."""
         with self.lock:
-            if self.reachable:
+            if self.reachable or (self.needs_write and not written):
                 return
             self.reachable, self.last_error, self.changed_at = True, None, self.clock.time()
+            self.needs_write = False
         log.info("fleet: Redis %s answers again; rejoining the fleet", self.redis_name())
 
     # ----------------------------------------------------------------- health

@@ -142,7 +142,7 @@ class LeaderWait:
                 return ASK
             return self.wait_for_leader(cred, identity, material)
         except RedisDown as exc:
-            state.down(str(exc))
+            state.down(str(exc), exc.fault)
             state.set_role(name, Role.STANDALONE)
             return ASK
 
@@ -228,9 +228,9 @@ class LeaderWait:
             with state.lock:
                 state.waiting.pop(cred.name, None)
 
-    def wait_ended(self, cred: CredentialConfig, started: float, exc: Exception) -> Offer:
+    def wait_ended(self, cred: CredentialConfig, started: float, exc: RedisDown) -> Offer:
         """Redis went away while we waited for the leader: on our own, at once."""
-        self.state.down(str(exc))
+        self.state.down(str(exc), exc.fault)
         self.state.set_role(cred.name, Role.STANDALONE)
         return Offer(waited=self.clock.monotonic() - started)
 
@@ -249,7 +249,7 @@ class LeaderWait:
                 self.state.sent[identity] = blob  # before it echoes back through our own subscription
             self.store.publish(identity, blob, remaining)
         except RedisDown as exc:
-            self.state.down(str(exc))
+            self.state.down(str(exc), exc.fault)
             self.state.set_role(cred.name, Role.STANDALONE)
             return
         log.info("%s: published token %s to the fleet", cred.name, token.fingerprint)

@@ -47,7 +47,7 @@ from redis.retry import Retry
 from redis.utils import SENTINEL
 
 from tokend.config import FleetConfig
-from tokend.core.fleet import MAX_BLOB_BYTES, redis_keys
+from tokend.core.fleet import MAX_BLOB_BYTES, Fault, fault_of, meaning, redis_keys
 
 log = logging.getLogger("tokend.fleet")
 
@@ -59,7 +59,17 @@ DRAIN_SECONDS = 0.1
 
 
 class RedisDown(Exception):
-    """Redis cannot be reached or did not answer; the message is one line, no secret."""
+    """Redis cannot be reached or did not answer; the message is one line, no secret.
+    ``fault`` is its kind (:func:`tokend.core.fleet.fault_of`): a fail-over's or not."""
+
+    def __init__(self, message: str, fault: Fault = Fault.OTHER) -> None:
+        super().__init__(message)
+        self.fault = fault
+
+
+def fault_from(exc: BaseException) -> Fault:
+    """The kind of this Redis (or socket) failure: the decision is :func:`fault_of`'s."""
+    return fault_of(type(exc).__name__, str(exc))
 
 
 class PubSubLost(Exception):
@@ -148,9 +158,9 @@ class FleetStore:
         try:
             return fn(*args, **kwargs)  # type: ignore[operator]
         except RedisError as exc:
-            raise RedisDown(f"{what}: {describe_error(exc)}") from None
+            raise RedisDown(f"{what}: {describe_error(exc)}", fault_from(exc)) from None
         except OSError as exc:
-            raise RedisDown(f"{what}: {exc.strerror or type(exc).__name__}") from None
+            raise RedisDown(f"{what}: {exc.strerror or type(exc).__name__}", fault_from(exc)) from None
 
     def keys(self, identity: str) -> tuple[str, str, str]:
         return redis_keys(self.fleet.key_prefix, identity)
@@ -164,6 +174,19 @@ class FleetStore:
         pipe.ping()
         pipe.time()
         self._call("PING+TIME", pipe.execute)
+
+    def probe(self, *, write: bool) -> None:
+        """The outage probe: PING+TIME, and with ``write`` also one short-lived write under
+        the prefix (``SET {prefix}:probe 1 PX 1000``). After READONLY or MASTERDOWN a
+        demoted primary still answers PING: only an accepted write says a primary is back.
+        Connections are dropped first, so the next one goes to wherever the address (or
+        Sentinel) now points."""
+        if write:
+            with contextlib.suppress(Exception):
+                self.client.connection_pool.disconnect()
+        self.ping()
+        if write:
+            self._call("SET PX (probe)", self.client.set, f"{self.fleet.key_prefix}:probe", b"1", px=1000)
 
     def time(self) -> float:
         """Redis's clock (TIME), seconds since the epoch: the one clock the fleet shares."""
@@ -187,8 +210,11 @@ class FleetStore:
             "STRLEN+GETRANGE+PTTL+TIME", pipe.execute, raise_on_error=False
         )
         size, value, pttl, clock = answers
+        for answer in answers:  # MASTERDOWN, LOADING: a fail-over, not "no token here"
+            if isinstance(answer, Exception) and meaning(fault_from(answer)).failover:
+                raise RedisDown(f"STRLEN+GETRANGE+PTTL+TIME: {describe_error(answer)}", fault_from(answer))
         if isinstance(clock, Exception):  # NOPERM for TIME (an ACL without +time): no age
-            raise RedisDown(f"TIME: {describe_error(clock)}")
+            raise RedisDown(f"TIME: {describe_error(clock)}", fault_from(clock))
         if isinstance(size, ResponseError) or not isinstance(size, int) or not isinstance(value, bytes):
             return None  # absent, or not a string (WRONGTYPE): nothing to use
         if not size:
@@ -266,7 +292,7 @@ class FleetStore:
                 lost.append(identity)
             except (RedisError, OSError) as exc:
                 self.drop(held)
-                raise RedisDown(f"renewing a lease: {describe_error(exc)}") from None
+                raise RedisDown(f"renewing a lease: {describe_error(exc)}", fault_from(exc)) from None
         self.drop(lost)
         return sorted(lost)
 

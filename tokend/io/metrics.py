@@ -25,7 +25,7 @@ from tokend import __version__
 log = logging.getLogger("tokend.metrics")
 
 RESULTS = ("success", "retryable_error", "fatal_error")
-FLEET_EVENTS = ("leader_change", "fallback", "received")
+FLEET_EVENTS = ("leader_change", "fallback", "received", "failover")
 
 
 class Metrics:
@@ -71,7 +71,8 @@ class Metrics:
         )
         self.fleet_events = Counter(
             "tokend_fleet_events",
-            "Fleet mode: leader changes, fallbacks to standalone (Redis unreachable), tokens received.",
+            "Fleet mode: leader changes, fallbacks to standalone (Redis unreachable), tokens received,"
+            " fail-over episodes.",
             ["event"],
             registry=r,
         )
