@@ -47,6 +47,7 @@ from .harness import (
     workdir,
     write_config,
 )
+from .proxy import proxy_figures
 
 CLIENTS = {"bench": "bench-secret"}
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -463,6 +464,9 @@ def table(results: list[dict[str, Any]]) -> str:
     rows = [("figure", "tokend (median [min..max])", "baseline", "ratio", "target", "met")]
     for r in results:
         unit = r["unit"]
+        if "skipped" in r:
+            rows.append((r["figure"], r["skipped"], "", "", "", MET[None]))
+            continue
         if r["figure"].startswith("reader storm"):
             v, b = r["value"], r["baseline"]
             value = (
@@ -488,12 +492,37 @@ def shown(path: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
+def merged(path: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The figures of an earlier run's file that this run did not measure, then this run's.
+    A kept figure says which run it came from (``from_run``: that run's date and install)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return results
+    fresh = {r["figure"] for r in results}
+    kept = []
+    for old in earlier.get("figures", []):
+        if old.get("figure") in fresh:
+            continue
+        old.setdefault(
+            "from_run",
+            {"date": earlier.get("date"), "source_sha256": earlier.get("install", {}).get("source_sha256")},
+        )
+        kept.append(old)
+    return kept + results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 10,000 credentials")
     parser.add_argument("--only", help="run only figures whose name contains this")
     parser.add_argument(
         "--out", type=Path, default=RESULTS, help=f"where the JSON goes (default: {shown(RESULTS)})"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the figures in --out that this run does not measure (each marked with its run's date)",
     )
     args = parser.parse_args()
     steps: list[tuple[str, Callable[[IdentityProvider], Any]]] = [
@@ -507,6 +536,7 @@ def main() -> int:
         ("storm", lambda idp: reader_storm(5 if args.quick else 15)),
         ("fleet", lambda idp: fleet_figures(idp, args.quick)),
         ("fleet-sim", lambda idp: fleet_simulation(args.quick)),
+        ("proxy", lambda idp: proxy_figures(idp, args.quick)),  # and the endpoint; needs nginx, wrk
     ]
     results: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -529,6 +559,8 @@ def main() -> int:
         "install": installed.describe(),
         "figures": results,
     }
+    if args.merge:
+        report["figures"] = merged(args.out, results)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"tokend benchmark, {report['date']}, {machine()['cpus']} CPUs ({machine()['cpu']}), "

@@ -142,8 +142,9 @@ def make_venv(venv: Path, source: Path) -> None:
     else:
         run_quietly([PYTHON, "-m", "venv", str(venv)])
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
-    # [fleet]: redis-py and cryptography, for the fleet figures; imported only by [fleet].
-    run_quietly([*pip, "install", "--quiet", "--disable-pip-version-check", f"{source}[fleet]"])
+    # [fleet]: redis-py and cryptography, for the fleet figures; [proxy]: aiohttp, for the
+    # endpoint and proxy figures; each imported only when configured.
+    run_quietly([*pip, "install", "--quiet", "--disable-pip-version-check", f"{source}[fleet,proxy]"])
 
 
 def run_quietly(command: Sequence[str]) -> None:
