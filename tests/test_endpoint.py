@@ -5,8 +5,10 @@ throwaway user) and requests, over a unix socket and over TCP."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -230,3 +232,35 @@ def test_with_an_endpoint_aiohttp_is_imported(tmp_path: Path, run_dir: Path) -> 
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "True"
+
+
+def test_a_credential_name_cannot_forge_an_access_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The endpoint logs the path as it came (percent-escapes kept), not decoded: a name
+    holding ``%20`` or ``%0d`` cannot write a status or a control character into the log."""
+    from tokend.config.schema import Listen
+    from tokend.io.local_http import LocalHttp, Site
+    from tokend.io.token_endpoint import endpoint_app
+
+    from .support.local import FixedBoard, poll
+
+    caplog.set_level(logging.INFO, logger="tokend.access")
+    local = LocalHttp()
+    listen = Listen(host="127.0.0.1", port=free_port())
+    board = FixedBoard()
+    assert (
+        local.start([Site("endpoint", listen, lambda bound: endpoint_app(board, bound, log_requests=True))])
+        == []
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", listen.port), timeout=5) as conn:
+            conn.sendall(
+                b"GET /v1/token/x%20200%22%0d?format=raw HTTP/1.1\r\n"
+                + f"Host: 127.0.0.1:{listen.port}\r\nX-Tokend-Request: true\r\n\r\n".encode()
+            )
+            assert conn.recv(65536).startswith(b"HTTP/1.1 404")
+        assert poll(lambda: any(r.name == "tokend.access" for r in caplog.records), 5)
+    finally:
+        local.stop()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "tokend.access"]
+    assert line.startswith("GET /v1/token/x%20200%22%0d 404 "), line
+    assert "\r" not in line and "format" not in line

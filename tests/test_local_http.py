@@ -178,3 +178,70 @@ def test_too_many_headers_are_refused() -> None:
             assert b"hello" in request(conn, head + b"\r\n")
     finally:
         local.stop()
+
+
+def test_one_local_user_cannot_take_every_connection_of_a_unix_socket(tmp_path: Path) -> None:
+    """Connections to a unix socket are counted by the caller's uid (SO_PEERCRED): past the
+    per-peer cap a caller's next connection is answered 503 and closed, and each one it
+    closes gives its slot back."""
+    path = tmp_path / "s.sock"
+    local = LocalHttp(peer_limit=3)
+    assert local.start([Site("unix", Listen(path=path), hello_app, 0o600)]) == []
+    held: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            conn = socket.socket(socket.AF_UNIX)
+            conn.connect(str(path))
+            held.append(conn)
+        assert b"hello" in request(held[0], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with socket.socket(socket.AF_UNIX) as extra:
+            extra.connect(str(path))
+            extra.settimeout(5)
+            assert extra.recv(1024).startswith(b"HTTP/1.1 503")
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # a bounded poll: the server sees the close on its loop
+            with socket.socket(socket.AF_UNIX) as again:
+                again.connect(str(path))
+                again.settimeout(5)
+                answer = request(again, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            if b"hello" in answer or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert b"hello" in answer
+    finally:
+        for conn in held:
+            conn.close()
+        local.stop()
+
+
+def test_a_sticky_world_writable_socket_directory_is_refused(tmp_path: Path) -> None:
+    """In a directory like /tmp another user could bind the socket's name first."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    with pytest.raises(BindError, match="writable by others"):
+        bind_unix(sticky / "s.sock", 0o600, None, None)
+    assert not (sticky / "s.sock").exists()
+    with pytest.raises(BindError, match="writable by others"):
+        bind_unix(Path("/tmp/tokend-test.sock"), 0o600, None, None)
+    group = tmp_path / "group"
+    group.mkdir()
+    group.chmod(0o1770)
+    with pytest.raises(BindError, match="writable by its group"):
+        bind_unix(group / "s.sock", 0o600, None, None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a socket as another uid")
+def test_a_live_socket_of_another_user_is_named_and_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen()
+    os.chown(path, 65534, 65534)
+    try:
+        with pytest.raises(BindError, match="live socket of uid 65534, not tokend's"):
+            bind_unix(path, 0o600, None, None)
+    finally:
+        live.close()
+    assert path.exists()

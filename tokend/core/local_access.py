@@ -188,6 +188,22 @@ def token_answer(token: Token, now: float, fmt: str) -> tuple[str, bytes]:
     return "application/json", json.dumps(body).encode("ascii")
 
 
+def loggable_path(raw_target: str) -> str:
+    """A request target as an access log shows it: the raw path as it came (never
+    percent-decoded: a ``%0a`` stays three characters, so no caller can forge a log line),
+    without the query (it may carry anything), every byte outside printable ASCII, and
+    ``%`` itself when not an escape, written as ``%XX``."""
+    path = raw_target.partition("?")[0]
+    out = []
+    for i, char in enumerate(path):
+        escape = char == "%" and not re.fullmatch(r"%[0-9A-Fa-f]{2}", path[i : i + 3])
+        if escape or not (0x21 <= ord(char) <= 0x7E) or char in '"\\':
+            out.append("".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogateescape")))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def error_body(error: str, description: str) -> bytes:
     """A JSON error (never a token in it: callers pass fixed words and names)."""
     return json.dumps({"error": error, "error_description": description}).encode("utf-8")

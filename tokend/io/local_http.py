@@ -28,6 +28,7 @@ import os
 import pwd
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,12 +38,13 @@ from typing import Any
 from aiohttp import web
 
 from tokend.config.schema import Listen
-from tokend.io.files import unsafe_directory_chain
+from tokend.io.files import trusted_uids, unsafe_directory_chain
 from tokend.io.socket_activation import Activation, ActivationError, adopt
 
 log = logging.getLogger("tokend.http")
 
 MAX_CONNECTIONS = 256  # per listener; more are answered 503 and closed
+MAX_PEER_CONNECTIONS = 64  # per caller's uid on a unix socket: one local user cannot take all 256
 IDLE_TIMEOUT = 15.0  # an idle keep-alive connection, or a request head not in by then, is closed
 MAX_LINE = 8190  # bytes in the request line or one header line
 MAX_FIELD = 8190
@@ -80,6 +82,30 @@ def _id(value: str | int | None, *, group: bool) -> int:
         raise BindError(f"no {'group' if group else 'user'} named {value!r}") from None
 
 
+def socket_directory_problem(directory: Path) -> str | None:
+    """Why a unix socket may not be made in ``directory``, or None. Its path must be safe as
+    a sink's (StrictModes), and the directory itself must be tokend's user's or root's and
+    writable by no one else, sticky or not: in a sticky world-writable directory such as
+    /tmp another user can bind the name first and have the callers talk to them."""
+    reason = unsafe_directory_chain(directory)
+    if reason is not None:
+        return f"directory path is not safe: {reason}"
+    try:
+        st = os.stat(directory)  # noqa: PTH116 (the directory the chain above resolved)
+    except OSError as exc:
+        return f"directory {directory}: {exc.strerror}"
+    if st.st_uid not in trusted_uids():
+        return f"directory {directory} is owned by uid {st.st_uid}, not tokend's user or root"
+    if st.st_mode & 0o022:
+        who = "others" if st.st_mode & 0o002 else "its group"
+        return (
+            f"directory {directory} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): "
+            "another user could take the socket's name first; use a directory of tokend's own "
+            "(e.g. RuntimeDirectory=, /run/tokend)"
+        )
+    return None
+
+
 def _clear_stale(path: Path) -> None:
     """Remove a socket nobody listens on (a previous tokend's); refuse anything else."""
     try:
@@ -97,14 +123,18 @@ def _clear_stale(path: Path) -> None:
         return
     finally:
         probe.close()
+    if st.st_uid != os.geteuid():
+        raise BindError(
+            f"{path} is a live socket of uid {st.st_uid}, not tokend's: another user holds its name"
+        )
     raise BindError(f"{path} is in use by another process")
 
 
 def bind_unix(path: Path, mode: int, owner: str | int | None, group: str | int | None) -> socket.socket:
     """A unix socket at ``path``, its owner, group and mode set, not yet listening."""
-    reason = unsafe_directory_chain(path.parent)
+    reason = socket_directory_problem(path.parent)
     if reason is not None:
-        raise BindError(f"{path}: directory path is not safe: {reason}")
+        raise BindError(f"{path}: {reason}")
     uid, gid = _id(owner, group=False), _id(group, group=True)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -140,6 +170,64 @@ class _Busy(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         transport.write(BUSY)
         transport.close()
+
+
+def peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED), or None."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        return int(struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1])
+    except OSError:
+        return None
+
+
+class _PerPeer(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted against its caller's uid: over the
+    cap, one 503 and closed before aiohttp sees it (so it holds no slot of the listener's)."""
+
+    def __init__(self, inner: asyncio.Protocol, counts: dict[int, int], limit: int) -> None:
+        self.inner, self.counts, self.limit = inner, counts, limit
+        self.uid: int | None = None
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        uid = peer_uid(transport)
+        if uid is not None and self.counts.get(uid, 0) >= self.limit:
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(BUSY)
+            transport.close()
+            self.refused = True  # aiohttp never saw it: nothing of it to tell
+            return
+        if uid is not None:
+            self.uid = uid
+            self.counts[uid] = self.counts.get(uid, 0) + 1
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
+        if self.uid is not None:
+            left = self.counts.get(self.uid, 1) - 1
+            if left:
+                self.counts[self.uid] = left
+            else:
+                self.counts.pop(self.uid, None)
+            self.uid = None
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class _OneLine(logging.Filter):
@@ -188,7 +276,8 @@ class Changes:
         """Until the next word about ``name``, at most ``timeout`` seconds; False: none came."""
         event = self.events.setdefault(name, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancel
+                await event.wait()
         except TimeoutError:
             return False
         return True
@@ -197,9 +286,10 @@ class Changes:
 class LocalHttp:
     """The loop's thread and its listeners; :meth:`start` opens them, :meth:`stop` ends it all."""
 
-    def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT, peer_limit: int = MAX_PEER_CONNECTIONS) -> None:
         # idle_timeout: a keyword for tests, which cut a slow client in a fraction of a second.
         self.idle_timeout = idle_timeout
+        self.peer_limit = peer_limit
         self.loop = asyncio.new_event_loop()
         self.changes = Changes(self.loop)
         self.thread = threading.Thread(target=self._run, name="local-http", daemon=True)
@@ -275,6 +365,9 @@ class LocalHttp:
             access_log=None,
             logger=SERVER_LOG,
             shutdown_timeout=STOP_GRACE,
+            # A caller who disconnects cancels its handler: a proxied request waiting on a
+            # silent upstream lets go of its upstream connection at once.
+            handler_cancellation=True,
             keepalive_timeout=self.idle_timeout,
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,
@@ -284,9 +377,14 @@ class LocalHttp:
         handlers = runner.server
         assert handlers is not None
 
+        per_peer: dict[int, int] = {}  # this listener's open connections by the caller's uid
+        unix = sock.family == socket.AF_UNIX
+
         def factory() -> asyncio.BaseProtocol:
             if len(handlers.connections) >= MAX_CONNECTIONS:
                 return _Busy()
+            if unix:
+                return _PerPeer(handlers(), per_peer, self.peer_limit)
             return handlers()
 
         sock.setblocking(False)

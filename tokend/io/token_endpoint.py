@@ -29,6 +29,7 @@ from tokend.core.local_access import (
     Board,
     Peer,
     error_body,
+    loggable_path,
     may_read,
     may_read_over_tcp,
     retry_after,
@@ -101,7 +102,7 @@ def endpoint_app(board: Board, listen: Listen, *, log_requests: bool = False) ->
             access_log.info(
                 "%s %s %d %.1fms token %s",
                 request.method,
-                request.path,
+                loggable_path(request.raw_path),  # as it came: a decoded path could forge a line
                 response.status,
                 (time.monotonic() - started) * 1000,
                 fingerprint or "none",
