@@ -97,3 +97,63 @@ def test_the_claims_are_whole_seconds_and_short_lived() -> None:
     claims = assertion_claims("c", "a", now=1_700_000_000.9, jti="j")
     assert claims["iat"] == claims["nbf"] == 1_700_000_000 and type(claims["iat"]) is int
     assert claims["exp"] == 1_700_000_000 + ASSERTION_LIFETIME and 0 < ASSERTION_LIFETIME <= 300
+
+
+# --------------------------------------------------------------------------- the platform's JWT
+
+
+def _jwt(payload: object, header: object = None) -> str:
+    import base64
+    import json
+
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part(header or {'alg': 'RS256'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+def test_a_platform_jwt_is_judged_by_its_exp_with_a_small_skew() -> None:
+    from tokend.core.assertion import ASSERTION_SKEW, assertion_expired, expires_before
+    from tokend.core.assertion import judge_platform_assertion as judge
+
+    judged = judge(_jwt({"sub": "x", "exp": 1000}) + "\n")  # a trailing newline is fine
+    assert judged.exp == 1000 and "c2ln" not in repr(judged)  # never in a repr
+    assert not assertion_expired(judged, 1000 - ASSERTION_SKEW - 1)
+    assert assertion_expired(judged, 1000 - ASSERTION_SKEW)
+    assert expires_before(judged, 1000) and not expires_before(judged, 999)
+    timeless = judge(_jwt({"sub": "x"}))
+    assert (
+        timeless.exp is None
+        and not assertion_expired(timeless, 10**12)
+        and not expires_before(timeless, 10**12)
+    )
+
+
+def test_the_platform_jwt_parser_never_raises_but_its_own_error_and_never_quotes_its_input() -> None:
+    """Fuzz: truncations, byte flips and inserted characters of a valid JWT, and JSON of
+    every type in each part, give a PlatformAssertion or a MalformedAssertion."""
+    import random
+
+    from tokend.core.assertion import MalformedAssertion, PlatformAssertion, judge_platform_assertion
+
+    rng = random.Random(7523)
+    valid = _jwt({"sub": "system:serviceaccount:ns:sa", "exp": 1_900_000_000, "aud": ["a"]})
+    alphabet = 'A-_.=+/ \n\t\x00é{}"[]0123456789eyJ'
+    cases = [valid[: rng.randrange(len(valid))] for _ in range(200)]
+    for _ in range(400):
+        chars = list(valid)
+        for _ in range(rng.randint(1, 4)):
+            chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+        cases.append("".join(chars))
+    for value in (None, True, 1.5, -1, 2**63, "x", [], [1], {"exp": "soon"}, {"exp": True}, {"exp": 1e300}):
+        cases += [_jwt(value), _jwt({"exp": 1}, value)]
+    for case in cases:
+        try:
+            judged = judge_platform_assertion(case)
+        except MalformedAssertion as exc:
+            text = str(exc)
+            assert "\n" not in text and len(text) < 120, text
+            assert not any(len(part) > 8 and part in text for part in case.split(".")), (case, text)
+        else:
+            assert isinstance(judged, PlatformAssertion)
+            assert judged.exp is None or 0 < judged.exp < 2**40

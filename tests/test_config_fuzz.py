@@ -982,3 +982,46 @@ def test_fuzz_cases_are_reproducible() -> None:
     base = base_config()
     assert [fuzz_case(s, base).data for s in range(50)] == [fuzz_case(s, base).data for s in range(50)]
     assert len({fuzz_case(s, base).data for s in range(50)}) > 45
+
+
+FEDERATION = """\
+# workload identity federation: the platform's JWT is the client's proof
+[tokend]
+state_dir = "state"
+
+[credentials.entra]
+token_url = "@URL@"
+client_id = "00000000-0000-0000-0000-000000000000"
+client_assertion_file = "tokens/token"
+scope = "https://graph.microsoft.com/.default"
+fleet = false
+
+[credentials.k8s]
+token_url = "@URL@"
+client_id = "system:serviceaccount:payments:api"
+client_assertion_credential = "sa-token"
+client_auth = "private_key_jwt"
+audience = "https://idp.example"
+
+[[credentials.k8s.sink]]
+path = "out/k8s.token"
+"""
+
+
+def test_fuzzed_federation_configs_give_a_config_or_a_one_line_config_error(
+    tmp_path: Path, fuzz_env: dict[str, str]
+) -> None:
+    """The client assertion keys under the same fuzzer: never a crash, never a long error."""
+    base = FEDERATION.replace("@URL@", URL)
+    path = tmp_path / "tokend.toml"
+    assert load_case(path, base.encode(), fuzz_env).kind == "config", "the base config must be valid"
+    kinds: dict[str, int] = {}
+    broken = []
+    for seed in range(30_000, 30_000 + 150):
+        case = fuzz_case(seed, base)
+        outcome = load_case(path, case.data, fuzz_env)
+        kinds[outcome.kind] = kinds.get(outcome.kind, 0) + 1
+        if outcome.kind in ("crash", "bad-error"):
+            broken.append(f"{case.describe(160)} -> {outcome.message[:200]!r}")
+    assert kinds.get("config", 0) >= 5 and kinds.get("error", 0) >= 30, kinds
+    assert not broken, "\n".join(broken[:10])

@@ -65,8 +65,9 @@ def tomllib_toml(text: str) -> object:
 
 
 def test_the_identity_it_computes_is_the_schemas() -> None:
-    # The identity: the fast path passes these six, in this order (the seventh, the
-    # client certificate's thumbprint, it never passes: it gives up on a certificate).
+    # The identity: the fast path passes these six, in this order (the seventh and eighth,
+    # the client certificate's and the DPoP key's thumbprints, it never passes: it gives up
+    # on a certificate and on DPoP).
     assert list(inspect.signature(identity.cache_key).parameters) == [
         "token_url",
         "client_id",
@@ -75,6 +76,7 @@ def test_the_identity_it_computes_is_the_schemas() -> None:
         "default_expires_in",
         "issuer",
         "tls_cert",
+        "dpop_jkt",
     ]
     assert tokend.config.IDENTITY_FIELDS == (
         "token_url",
@@ -84,6 +86,7 @@ def test_the_identity_it_computes_is_the_schemas() -> None:
         "default_expires_in",
         "issuer",
         "tls_cert_file",
+        "dpop_key",
     )
     assert keys_of(CredentialConfig, "client_id") == fp.SECRET_KEYS
     presets = {name: preset["token_url"] for name, preset in PRESET_VALUES.items()}
@@ -116,6 +119,7 @@ VOUCHED_BY_THE_MEMO = {
     (CredentialConfig, "extra_params"),
     (CredentialConfig, "provider"),  # one of the presets, which the fast path checks itself
     (CredentialConfig, "tls_cert_file"),  # the fast path gives up on a client certificate
+    (CredentialConfig, "dpop_key"),  # and on DPoP (`tokend token` cannot serve a bound token)
 }
 
 
@@ -1164,3 +1168,17 @@ def test_a_client_certificate_goes_the_validated_way(
             {},
         )
     assert run_main(["token", "api", "-c", str(seeded.path)], capsys) == (0, "tok-cert\n", "")
+
+
+def test_a_credential_proved_by_the_platforms_assertion_has_the_validated_paths_key(tmp_path: Path) -> None:
+    """client_assertion_file is no part of the identity (as a private key is not): the fast
+    path computes the same cache key without reading the platform's JWT."""
+    from tokend.io.cache import cache_key as validated_key
+
+    text = (
+        '[credentials.a]\ntoken_url = "https://idp.example.com/t"\nclient_id = "app"\n'
+        f'client_assertion_file = "{tmp_path}/absent-token"\nscope = "api://x/.default"\n'
+    )
+    cred = tokend.config.parse(text, tmp_path / "t.toml", environ={}).credentials["a"]
+    tbl = tomllib.loads(text)["credentials"]["a"]
+    assert fp.credential_key(tbl, str(tmp_path / "t.toml"), {}) == validated_key(cred, "app")

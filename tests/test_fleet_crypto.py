@@ -132,3 +132,19 @@ def test_a_credential_with_neither_secret_nor_key_has_no_material(tmp_path: Path
     cred = dataclasses.replace(secret_credential(tmp_path), client_secret=None)
     with pytest.raises(ConfigError, match="fleet mode needs a client secret or a private key"):
         key_material(cred, {})
+
+
+def test_a_platforms_rotating_assertion_is_no_material_and_fleet_mode_refuses_it(tmp_path: Path) -> None:
+    """The platform's JWT rotates and differs between hosts: no key only the fleet holds."""
+    base = (
+        '[credentials.wi]\ntoken_url = "https://idp.example.com/t"\nclient_id = "a"\n'
+        f'client_assertion_file = "{tmp_path}/token"\n'
+    )
+    cred = parse(base, tmp_path / "tokend.toml", environ={}).credentials["wi"]
+    with pytest.raises(ConfigError, match="cannot seal a token with a rotating platform token"):
+        key_material(cred, {})
+    fleet = '[fleet]\nredis_url = "redis://127.0.0.1:6379/0"\n'
+    with pytest.raises(ConfigError, match=r"credentials\.wi\.fleet: fleet mode cannot seal tokens"):
+        parse(fleet + base, tmp_path / "tokend.toml", environ={})
+    parsed = parse(fleet + base + "fleet = false\n", tmp_path / "tokend.toml", environ={})
+    assert parsed.credentials["wi"].fleet is False

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
 import socket
 import subprocess
 import threading
@@ -17,8 +19,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from tokend.core.local_access import loggable_path
+
 from .support.configs import credential_toml, write_config
 from .support.endpoint import TokenEndpoint
+from .support.local import RawUpstream, local_proxy, poll
 from .support.processes import DaemonProcess, Start, wait_for
 from .support.resource import ResourceServer, free_port
 
@@ -347,3 +352,109 @@ def test_oversize_request_heads_are_refused_before_the_upstream(
     fine = b"GET /ok HTTP/1.1\r\n" + host + b"X-Big: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
     assert ask(fine).split(b" ", 2)[1] == b"200"
     assert [s.path for s in resource.seen] == ["/ok"]
+
+
+# ------------------------------------------------------------------ in process: callers who leave or stall
+
+
+@pytest.fixture
+def upstream() -> Iterator[RawUpstream]:
+    server = RawUpstream()
+    yield server
+    server.stop()
+
+
+def raw_client(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_callers_who_leave_mid_request_release_their_upstream_connections(upstream: RawUpstream) -> None:
+    """150 callers (more than the pool's 100) leave while the upstream is silent, before its
+    answer and in the middle of its body, or mid-upload: each one's upstream connection is
+    closed at once, and a normal request after them passes quickly."""
+    with local_proxy(upstream.url) as base:
+        host = base.removeprefix("http://")
+        heads = {
+            "silent": b"GET /silent HTTP/1.1\r\nHost: %s\r\n\r\n",
+            "stall": b"GET /stall HTTP/1.1\r\nHost: %s\r\n\r\n",
+            "upload": b"POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: 1048576\r\n\r\n" + b"u" * 65536,
+        }
+        for what, head in heads.items():
+            clients = [raw_client(base) for _ in range(150)]
+            for client in clients:
+                client.sendall(head % host.encode())
+            assert poll(lambda: upstream.open >= 100, 10), (what, upstream.open)
+            if what == "stall":
+                assert clients[0].recv(65536).startswith(b"HTTP/1.1 200")
+            for client in clients:
+                client.close()
+            assert poll(lambda: upstream.open == 0, 5), (what, upstream.open)
+            started = time.monotonic()
+            assert requests.get(f"{base}/ok", timeout=5).text == "ok", what
+            assert time.monotonic() - started < 2, what
+
+
+def test_a_stalled_upload_is_cut_and_its_upstream_request_aborted(upstream: RawUpstream) -> None:
+    with local_proxy(upstream.url, body_idle_timeout=0.5) as base:
+        host = base.removeprefix("http://").encode()
+        for body in (b"s" * 100, b"s" * 100_000):  # held to be replayable, and streamed
+            with raw_client(base) as client:
+                client.sendall(
+                    b"POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (host, len(body) + 1)
+                    + body[:-1]
+                )
+                started = time.monotonic()
+                answer = b""
+                while b"request_timeout" not in answer and (chunk := client.recv(65536)):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+                assert b"tok-fixed" not in answer
+                assert time.monotonic() - started < 5
+            assert poll(lambda: upstream.open == 0, 5), upstream.open
+        assert requests.post(f"{base}/upload", data=b"fine", timeout=5).text == "ok"
+
+
+def test_a_caller_who_stops_reading_a_download_is_cut_and_the_upstream_closed(upstream: RawUpstream) -> None:
+    with local_proxy(upstream.url, body_idle_timeout=0.5) as base:
+        client = raw_client(base)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.sendall(b"GET /big HTTP/1.1\r\nHost: %s\r\n\r\n" % base.removeprefix("http://").encode())
+        assert client.recv(1024).startswith(b"HTTP/1.1 200")
+        assert poll(lambda: upstream.open == 1, 5)
+        # the caller takes nothing more: the proxy gives up on it and closes the upstream
+        assert poll(lambda: upstream.open == 0, 10), upstream.open
+        client.close()
+        assert requests.get(f"{base}/ok", timeout=5).text == "ok"
+
+
+# ------------------------------------------------------------------ the access log
+
+
+def test_the_access_log_shows_the_raw_path_escaped_and_never_the_query() -> None:
+    assert loggable_path("/v1/token/a%0aFAKE%20line?secret=1") == "/v1/token/a%0aFAKE%20line"
+    assert loggable_path('/a"b\\c%zz/é\x7f') == "/a%22b%5Cc%25zz/%C3%A9%7F"
+    rng = random.Random(7)
+    alphabet = '/%?aZ09.-_~"\\ \t\r\n\x00\x7fé€' + "".join(map(chr, range(32)))
+    for case in range(2000):
+        target = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        shown = loggable_path(target)
+        assert all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in shown), (case, target, shown)
+        assert "?" not in shown, (case, target)
+
+
+def test_a_path_cannot_forge_an_access_log_line(
+    upstream: RawUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tokend.access")
+    with local_proxy(upstream.url, log_requests=True) as base:
+        with raw_client(base) as client:
+            host = base.removeprefix("http://").encode()
+            client.sendall(
+                b"GET /ok%0a%0dapi%20GET%20/forged%20200?q=secret HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+            )
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        assert poll(lambda: any(r.name == "tokend.access" for r in caplog.records), 5)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "tokend.access"]
+    assert line.startswith("api GET /ok%0a%0dapi%20GET%20/forged%20200 200 ")
+    assert "\n" not in line and "secret" not in line and "tok-fixed" not in line

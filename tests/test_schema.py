@@ -135,6 +135,7 @@ def test_the_known_keys_of_each_table_are_the_schemas() -> None:
         "client_id": tuple(f"client_id{s}" for s in ("", "_env", "_file", "_credential")),
         "client_secret": tuple(f"client_secret{s}" for s in ("", "_env", "_file", "_credential")),
         "private_key": ("private_key_file", "private_key_credential"),
+        "client_assertion": ("client_assertion_file", "client_assertion_credential"),
         "extra_params": ("audience", "resource", "extra_params"),
         "sinks": ("sink",),
         "metrics_listen": ("metrics_listen", "metrics_allow_remote"),
@@ -236,6 +237,7 @@ def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime()
         "default_expires_in",
         "issuer",  # instead of token_url, for a credential that discovers its endpoint
         "tls_cert_file",  # by the certificate's thumbprint, read when the key is wanted
+        "dpop_key",  # by the DPoP key's RFC 7638 thumbprint: a token is bound to one key
     )
     # ...in the order identity.cache_key takes them (`params` being the extra parameters).
     parameters = list(inspect.signature(identity.cache_key).parameters)
@@ -247,6 +249,7 @@ def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime()
         "default_expires_in",
         "issuer",
         "tls_cert",
+        "dpop_jkt",
     ]
     cred = api()
     assert cache_key(cred, "id") == identity.cache_key(
@@ -279,8 +282,15 @@ CHANGES: dict[str, Any] = {  # a different value for every field of a credential
     "key_id": "other",
     "signing_alg": "ES256",
     "assertion_audience": "https://other.example.com",
+    "client_assertion": SecretRef("client_assertion_file", "file", "/var/run/secrets/tokens/other"),
     "tls_cert_file": Path("/etc/tokend/other.crt"),
     "tls_key_file": Path("/etc/tokend/other.key"),
+    "dpop": True,
+    "dpop_key_file": Path("/etc/tokend/other-dpop.pem"),
+    "dpop_signing_alg": "ES384",
+    "dpop_allow_bearer": True,
+    "dpop_key": Path("/etc/tokend/other-dpop.pem"),  # (a made one in the cache-key test)
+    "endpoint_dpop": True,
     "sinks": (SinkConfig(path=Path("/run/other")),),
     "on_rotate": HookConfig(command=("true",)),
     "fleet": False,
@@ -321,8 +331,15 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "key_id",
         "signing_alg",
         "assertion_audience",
+        "client_assertion",
         "tls_cert_file",
         "tls_key_file",
+        # the key a DPoP token is bound to, and how it is asked for and judged
+        "dpop",
+        "dpop_key_file",
+        "dpop_key",
+        "dpop_signing_alg",
+        "dpop_allow_bearer",
         # what is asked for
         "scope",
         "extra_params",
@@ -345,6 +362,7 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "endpoint_users",  # who may read it from the endpoint, and proxies: not the token
         "endpoint_groups",
         "endpoint_tcp",
+        "endpoint_dpop",
         "proxies",
     }
     assert set(CHANGES) == {f.name for f in dataclasses.fields(CredentialConfig)}
@@ -360,6 +378,8 @@ def test_each_field_changes_the_cache_key_exactly_when_it_is_of_the_identity(tmp
         after = changed(cred, f.name)
         if f.name == "tls_cert_file":
             after = dataclasses.replace(cred, tls_cert_file=cert)
+        if f.name == "dpop_key":  # a key counts by its thumbprint: a real one, made now
+            after = dataclasses.replace(cred, dpop_key=tmp_path / "dpop" / "api.pem")
         client_id = "other-id" if f.name == "client_id" else "id"
         assert (cache_key(after, client_id) != key_before) == (f.name in IDENTITY_FIELDS), f.name
 

@@ -206,6 +206,27 @@ def test_a_dead_observer_is_restarted(tmp_path: Path) -> None:
         watcher.stop()
 
 
+def test_a_directory_that_vanishes_before_the_watch_starts_costs_only_its_own_watch(tmp_path: Path) -> None:
+    """kubelet removes the old ``..TIMESTAMP`` directory right after its ``..data`` swap:
+    a directory listed for the watch may be gone when watchdog adds its inotify watch (it
+    does so only when the observer starts). That once made the daemon die of the reload."""
+    target = tmp_path / "tokend.toml"
+    target.write_text("x")
+    watcher, hits = watcher_on(target)
+    try:
+        gone = tmp_path / "..2026_12_02_20_05_37.1"
+        gone.mkdir()
+        with watcher.lock:
+            watcher.directories = frozenset({str(tmp_path), str(gone)})
+        gone.rmdir()  # listed, then removed before the watch starts
+        watcher.restart()
+        assert watcher.alive() and watcher.directories == frozenset({str(tmp_path)})
+        target.write_text("y")
+        wait_for(lambda: hits, 5, "events in the directory still there")
+    finally:
+        watcher.stop()
+
+
 # --------------------------------------------------------------------------- the daemon
 
 

@@ -48,13 +48,24 @@ def cmd_check(config: Config, *, online: bool) -> int:
 
 
 def check_keys(cred: CredentialConfig) -> list[str]:
-    """The private key and client certificate parse, suit signing_alg and belong together."""
+    """The private key and client certificate parse, suit signing_alg and belong together;
+    the platform's client assertion file holds one JWT (an expired one is warned about)."""
+    import time
+
+    from tokend.core.assertion import assertion_expired
     from tokend.io.token_client import key_auth
 
     try:
-        key_auth(cred)
+        keys = key_auth(cred)
     except ConfigError as exc:
         return [str(exc)]
+    if keys.platform is not None and assertion_expired(keys.platform, time.time()):
+        # Not a config error: the platform rotates the file; until then nothing is sent.
+        print(
+            f"tokend: warning: {cred.name}: {keys.platform_file}: the client assertion has expired "
+            f"(exp {keys.platform.exp}); tokend sends nothing until the platform writes a fresh one",
+            file=sys.stderr,
+        )
     return []
 
 

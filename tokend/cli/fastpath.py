@@ -219,6 +219,8 @@ def credential_key(tbl: dict[str, Any], file: str, environ: Mapping[str, str]) -
     thumbprint is part of the key, and reading it needs ``cryptography``."""
     if "tls_cert_file" in tbl:
         raise GiveUp("a client certificate")
+    if "dpop" in tbl:  # its key's thumbprint is of the identity, and `token` refuses DPoP anyway
+        raise GiveUp("DPoP")
     provider = tbl.get("provider")
     if provider is not None and (not isinstance(provider, str) or provider not in PRESETS):
         raise GiveUp("unknown provider")

@@ -43,6 +43,7 @@ from tokend.config.kinds import (
 )
 from tokend.config.paths import default_state_dir
 from tokend.config.schema import (
+    CLIENT_ASSERTION_KEYS,
     CREDENTIAL_KEYS,
     ENDPOINT_KEYS,
     FLEET_KEYS,
@@ -68,6 +69,7 @@ from tokend.config.schema import (
     secret_keys,
 )
 from tokend.config.urls import check_token_url, redis_url_problem
+from tokend.core.dpop import KEY_DIR as DPOP_KEY_DIR
 from tokend.core.limits import MAX_CONFIG_BYTES, PRESETS, SECRET_SUFFIXES, kind_of, shown
 from tokend.core.templates import TemplateError
 from tokend.core.templates import check as check_template
@@ -178,6 +180,18 @@ class _Parser:
         # [fleet] first: its password_file is as protected as a client secret's file.
         fleet = self.fleet(data["fleet"]) if "fleet" in data else None
         endpoint = self.endpoint(data["endpoint"]) if "endpoint" in data else None
+        for cred in credentials.values() if fleet is not None else ():
+            if cred.fleet and cred.client_assertion is not None:
+                # Nothing to seal with that only the fleet's hosts hold: the platform's JWT
+                # rotates, and differs between hosts (tokend.io.fleet_crypto.key_material).
+                raise self.fail(
+                    cred.where("fleet"),
+                    f"fleet mode cannot seal tokens for a credential whose proof is the platform's "
+                    f"rotating {cred.client_assertion.key}; set fleet = false for it",
+                )
+        credentials = {
+            name: self.dpop(cred, values["state_dir"], fleet) for name, cred in credentials.items()
+        }
         self.check_listeners(values.get("metrics_listen"), endpoint, credentials.values())
         check_socket_paths(
             self.file, endpoint, credentials.values(), values["state_dir"], self.environ, fleet=fleet
@@ -348,12 +362,15 @@ class _Parser:
         if not isinstance(proxies, list):
             raise self.fail(f"{where}.proxy", "must be an array of tables ([[credentials.NAME.proxy]])")
         allows_http = bool(values.get("allow_insecure_http", False))
+        if any(name in tbl for name in CLIENT_ASSERTION_KEYS) and "client_auth" not in tbl:
+            values["client_auth"] = "private_key_jwt"  # the platform's JWT is the client's proof
         cred = CredentialConfig(
             name=name,
             source=self.file,
             client_id=self.secret_ref(tbl, "client_id", where),
+            private_key=self.key_file_ref(tbl, PRIVATE_KEY_KEYS, where),
+            client_assertion=self.key_file_ref(tbl, CLIENT_ASSERTION_KEYS, where),
             client_secret=self.client_secret_ref(tbl, values.get("client_auth", "basic"), where),
-            private_key=self.private_key_ref(tbl, where),
             sinks=tuple(self.sink(name, item, f"{where}.sink[{i}]") for i, item in enumerate(sinks)),
             on_rotate=on_rotate,
             proxies=tuple(
@@ -375,6 +392,30 @@ class _Parser:
             self.warn_readable(cred.env_file, f"{where}.env_file")
         return cred
 
+    def dpop(self, cred: CredentialConfig, state_dir: Path, fleet: FleetConfig | None) -> CredentialConfig:
+        """A DPoP credential's rules, and the key it uses: ``dpop_key_file``, else the one
+        tokend makes in the state directory. A DPoP token is useless without the key, so
+        nothing that hands the token itself to a reader is allowed beside it."""
+        if not cred.dpop:
+            for name in ("dpop_key_file", "dpop_signing_alg", "dpop_allow_bearer", "endpoint_dpop"):
+                if getattr(cred, name) not in (None, False):
+                    raise self.fail(cred.where(name), "applies only with dpop = true")
+            return cred
+        if cred.sinks:
+            raise self.fail(
+                cred.where("sink"),
+                "a DPoP-bound token is useless without tokend's key: no file sink for a DPoP "
+                "credential; give programs its [[credentials.NAME.proxy]], which makes the proofs",
+            )
+        if fleet is not None and cred.fleet:
+            raise self.fail(
+                cred.where("fleet"),
+                "DPoP credentials are not shared through [fleet] (their key would have to be); "
+                "set fleet = false for it",
+            )
+        key = cred.dpop_key_file or state_dir / DPOP_KEY_DIR / f"{cred.name}.pem"
+        return replace(cred, dpop_key=key)
+
     def client_secret_ref(self, tbl: Mapping[str, Any], client_auth: str, where: str) -> SecretRef | None:
         """Required for the secret-based methods; refused for the key-based ones, whose
         key or certificate is the secret (a secret beside it would never be sent)."""
@@ -387,16 +428,17 @@ class _Parser:
                 )
         return None
 
-    def private_key_ref(self, tbl: Mapping[str, Any], where: str) -> SecretRef | None:
-        """``private_key_file`` or ``private_key_credential`` (a PEM key: never inline, never
-        in the environment), located here and read at request time."""
-        given = [name for name in PRIVATE_KEY_KEYS if name in tbl]
+    def key_file_ref(self, tbl: Mapping[str, Any], keys: tuple[str, ...], where: str) -> SecretRef | None:
+        """``private_key_file`` or ``private_key_credential`` (a PEM key), likewise
+        ``client_assertion_file`` or ``_credential`` (the platform's JWT): never inline,
+        never in the environment, located here and read at request time."""
+        given = [name for name in keys if name in tbl]
         if not given:
             return None
         if len(given) > 1:
             raise self.fail(f"{where}.{given[1]}", f"conflicts with {given[0]}; set only one")
         value = self.string(tbl, given[0], where) or ""
-        if given[0] == "private_key_file":
+        if given[0].endswith("_file"):
             return SecretRef(given[0], "file", str(self.resolve(value, f"{where}.{given[0]}")))
         if "/" in value or value in (".", "..") or not value.isprintable():
             raise self.fail(f"{where}.{given[0]}", "must be a systemd credential name, not a path")
@@ -404,8 +446,19 @@ class _Parser:
 
     def check_key_auth(self, cred: CredentialConfig, tbl: Mapping[str, Any], where: str) -> None:
         """The keys of private_key_jwt and mutual TLS go with their method, and only with it."""
-        if cred.client_auth == "private_key_jwt" and cred.private_key is None:
-            raise self.fail(f"{where}.private_key_file", 'is required with client_auth = "private_key_jwt"')
+        proofs = (cred.private_key, cred.client_assertion)
+        if cred.client_auth == "private_key_jwt" and proofs == (None, None):
+            raise self.fail(
+                f"{where}.private_key_file",
+                'is required with client_auth = "private_key_jwt" (or client_assertion_file)',
+            )
+        if cred.client_assertion is not None:
+            # The platform's JWT is the whole proof: a key beside it would never sign.
+            for name in KEY_JWT_KEYS:
+                if name in tbl and name not in CLIENT_ASSERTION_KEYS:
+                    raise self.fail(
+                        f"{where}.{name}", f"conflicts with {cred.client_assertion.key}; set only one"
+                    )
         if cred.client_auth != "private_key_jwt":
             for name in KEY_JWT_KEYS:
                 if name in tbl:

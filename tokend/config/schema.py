@@ -20,6 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, dataclass_transform, get_args
 
+from tokend.core.dpop import DPOP_ALGS
 from tokend.core.limits import (
     DEFAULT_EXPIRES_IN,
     DEFAULT_MIN_TTL_MARGIN,
@@ -332,10 +333,47 @@ class CredentialConfig:
     assertion_audience: str | None = key(
         kind="string", default=None, refetch=True, only_with="private_key_jwt"
     )
+    # A JWT the platform writes and rotates (Kubernetes, Azure workload identity), sent as
+    # the client assertion instead of one tokend signs: read at every request, never deleted.
+    client_assertion: SecretRef | None = key(
+        kind="secret",
+        default=None,
+        keys=("client_assertion_file", "client_assertion_credential"),
+        refetch=True,
+        only_with="private_key_jwt",
+        doc="a file (or systemd credential) holding the JWT the platform writes and rotates, sent as "
+        "client_assertion",
+    )
     # Mutual TLS (RFC 8705): the client certificate, with any client_auth.
     # Of the identity by its certificate's thumbprint (tokend.io.cache), not by its path.
     tls_cert_file: Path | None = key(kind="path", default=None, identity=True, refetch=True)
     tls_key_file: Path | None = key(kind="path", default=None, refetch=True)  # unless the cert file holds it
+    # DPoP (RFC 9449): tokens bound to a key tokend holds, usable only through its proxy.
+    dpop: bool = key(
+        kind="flag", default=False, refetch=True, doc="ask for DPoP-bound tokens (RFC 9449); proxy only"
+    )
+    dpop_key_file: Path | None = key(
+        kind="path",
+        default=None,
+        refetch=True,
+        doc="the DPoP private key (PEM, 0600); default: made on first use in STATE_DIR/dpop/NAME.pem",
+    )
+    dpop_signing_alg: str | None = key(
+        kind="choice",
+        default=None,
+        choices=DPOP_ALGS,
+        refetch=True,
+        doc="the algorithm a made DPoP key is for; default: the server's list decides, else ES256",
+    )
+    dpop_allow_bearer: bool = key(
+        kind="flag",
+        default=False,
+        refetch=True,
+        doc="accept a Bearer answer to a DPoP request (a server that ignored the proof)",
+    )
+    # The key actually used (dpop_key_file or the made one's path, set by parse), of the
+    # identity by its RFC 7638 thumbprint (tokend.io.cache): a new key is a new token.
+    dpop_key: Path | None = key(kind="internal", default=None, identity=True, refetch=True)
     sinks: tuple[SinkConfig, ...] = key(kind="sinks", default=(), keys=("sink",))
     on_rotate: HookConfig | None = key(kind="hook", default=None)
     # Share this credential's token through [fleet] (when that table exists): the default.
@@ -347,6 +385,10 @@ class CredentialConfig:
     # Over a TCP [endpoint] the caller's user is not known: every local program that passes
     # the guards could read the token. Off unless the credential says so (a 404 otherwise).
     endpoint_tcp: bool = key(kind="flag", default=False)
+    # A DPoP token is useless without tokend's key: served by the endpoint only when asked.
+    endpoint_dpop: bool = key(
+        kind="flag", default=False, doc="serve this DPoP credential's token on [endpoint] (it needs the key)"
+    )
     proxies: tuple[ProxyConfig, ...] = key(kind="proxies", default=(), keys=("proxy",))
 
     @property
@@ -363,8 +405,9 @@ class CredentialConfig:
         return found
 
     def secret_refs(self) -> tuple[SecretRef, ...]:
-        """Every secret this credential reads: client id, client secret, private key."""
-        refs = (self.client_id, self.client_secret, self.private_key)
+        """Every secret this credential reads: client id, client secret, private key,
+        the platform's client assertion."""
+        refs = (self.client_id, self.client_secret, self.private_key, self.client_assertion)
         return tuple(ref for ref in refs if ref is not None)
 
     def secret_variables(self) -> set[str]:
@@ -439,6 +482,7 @@ def keys_only_with(client_auth: str) -> tuple[str, ...]:
 
 
 PRIVATE_KEY_KEYS = keys_of(CredentialConfig, "private_key")  # private_key_file, private_key_credential
+CLIENT_ASSERTION_KEYS = keys_of(CredentialConfig, "client_assertion")  # client_assertion_file, _credential
 KEY_JWT_KEYS = keys_only_with("private_key_jwt")
 
 IDENTITY_FIELDS = tuple(spec.field for spec in schema(CredentialConfig) if spec.identity)

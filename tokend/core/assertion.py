@@ -1,13 +1,21 @@
 """Key-based client authentication, the pure part: which JWS algorithm a private key signs
-a client assertion with, and the assertion's claims (RFC 7523). Reading the key and
-signing is :mod:`tokend.io.assertion`'s.
+a client assertion with, and the assertion's claims (RFC 7523); and judging a JWT the
+platform wrote for tokend to send (``client_assertion_file``): its shape and its ``exp``.
+Reading the key and signing is :mod:`tokend.io.assertion`'s, reading the platform's file
+:mod:`tokend.io.platform_token`'s.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 ASSERTION_LIFETIME = 60  # seconds; RFC 7523 wants it short, the issue at most 5 minutes
 
 
@@ -70,3 +78,62 @@ def assertion_claims(client_id: str, audience: str, *, now: float, jti: str) -> 
         "nbf": issued,
         "exp": issued + ASSERTION_LIFETIME,
     }
+
+
+# --------------------------------------------------------------------------- the platform's JWT
+
+ASSERTION_SKEW = 10  # seconds: a JWT this close to its `exp` counts as expired (clocks differ)
+MAX_ASSERTION_BYTES = 16 * 1024  # a projected service-account token is 1-2 KiB
+
+
+class MalformedAssertion(ValueError):
+    """A client assertion file that does not hold one JWT (the message never quotes it)."""
+
+
+@dataclass(frozen=True)
+class PlatformAssertion:
+    """A JWT the platform wrote (a projected service-account token, say), as read: the
+    compact form to send and its ``exp``, the one claim tokend judges (the IdP judges the rest)."""
+
+    value: str = field(repr=False)
+    exp: int | None
+
+
+def judge_platform_assertion(text: str) -> PlatformAssertion:
+    """The JWT in a client assertion file: one line of three base64url parts (a trailing
+    newline allowed), a JSON header and payload, an integer ``exp`` if any. Raises
+    MalformedAssertion saying what is wrong, never showing the content."""
+    value = text.strip()
+    if not value:
+        raise MalformedAssertion("is empty")
+    if any(ch.isspace() for ch in value) or not value.isascii():
+        raise MalformedAssertion("holds more than one JWT or stray characters, not one compact JWT")
+    parts = value.split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        raise MalformedAssertion(f"is not a compact JWT (three dot-separated parts; found {len(parts)})")
+    for name, part in (("header", parts[0]), ("payload", parts[1])):
+        if not BASE64URL.fullmatch(part):
+            raise MalformedAssertion(f"is not a JWT: its {name} is not base64url")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        raise MalformedAssertion("is not a JWT: its header or payload is not JSON") from None
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise MalformedAssertion("is not a JWT: its header or payload is not a JSON object")
+    exp = payload.get("exp")
+    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float) or not 0 < exp < 2**40):
+        raise MalformedAssertion("is not a usable JWT: its exp is not a number of seconds")
+    return PlatformAssertion(value, None if exp is None else int(exp))
+
+
+def assertion_expired(assertion: PlatformAssertion, now: float, skew: float = ASSERTION_SKEW) -> bool:
+    """Whether the JWT is past (or within ``skew`` of) its ``exp``: not worth sending, the
+    IdP would refuse it (Entra ID's AADSTS700024)."""
+    return assertion.exp is not None and now >= assertion.exp - skew
+
+
+def expires_before(assertion: PlatformAssertion, when: float) -> bool:
+    """Whether the JWT runs out before ``when`` (the next planned refresh): worth a warning,
+    since that refresh needs the platform to have written a fresh one by then."""
+    return assertion.exp is not None and assertion.exp <= when

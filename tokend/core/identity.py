@@ -22,6 +22,7 @@ def cache_key(
     default_expires_in: float = DEFAULT_EXPIRES_IN,
     issuer: str | None = None,
     tls_cert: str | None = None,
+    dpop_jkt: str | None = None,
 ) -> str:
     """Endpoint, client, scope and parameters, never the secret: renaming a credential
     keeps its token, and two credentials asking for the same thing share one.
@@ -46,4 +47,6 @@ def cache_key(
         identity.append({"issuer": issuer})
     if tls_cert is not None:
         identity.append({"tls_cert_sha256": tls_cert})
+    if dpop_jkt is not None:
+        identity.append({"dpop_jkt": dpop_jkt})
     return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]

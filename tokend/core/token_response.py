@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 
+from tokend.core.dpop import bound_type_ok
 from tokend.core.limits import MAX_EXPIRES_IN
 from tokend.core.scrub import scrub
 from tokend.core.tokens import Token, authorization_scheme, unsafe_reason, valid_token_type
@@ -130,10 +131,14 @@ def parse_token_response(
     default_expires_in: float,
     status: int = 200,
     assume_token_type: str | None = None,
+    dpop: bool = False,
+    dpop_allow_bearer: bool = False,
 ) -> Token:
     """Validate a 2xx token response. A malformed one is an error no retry will fix.
     ``assume_token_type`` (the credential's ``token_type``) replaces whatever type the
-    server named, for servers known to mislabel their tokens."""
+    server named, for servers known to mislabel their tokens. ``dpop``: the request carried
+    a DPoP proof, so the answer must be a DPoP token (RFC 9449 §5), or Bearer only if
+    ``dpop_allow_bearer`` says a downgrade is acceptable."""
 
     def malformed(what: str) -> TokenRequestError:
         return TokenRequestError(
@@ -154,7 +159,14 @@ def parse_token_response(
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or not valid_token_type(token_type):
         raise malformed("token_type is not a single word")
-    if assume_token_type is not None:
+    if dpop:
+        if not bound_type_ok(token_type, dpop=True, allow_bearer=dpop_allow_bearer):
+            raise malformed(
+                f"token_type {token_type!r} to a DPoP request: the server did not bind the token "
+                "to the key (a downgrade to a bearer token; dpop_allow_bearer = true accepts it)"
+            )
+        token_type = "DPoP" if token_type.lower() == "dpop" else "Bearer"
+    elif assume_token_type is not None:
         token_type = assume_token_type
     elif authorization_scheme(token_type) == "Bearer":
         token_type = "Bearer"

@@ -91,6 +91,7 @@ def local_servers(config: Config, board: TokenBoard, environ: Mapping[str, str])
                     listen,
                     ca_bundle=config.credentials[name].ca_bundle,
                     log_requests=log,
+                    dpop=config.credentials[name] if config.credentials[name].dpop else None,
                 ).app()
 
             sites.append(

@@ -34,6 +34,10 @@ def cache_key(cred: CredentialConfig, client_id: str) -> str:
         from tokend.io.assertion import certificate_thumbprint
 
         values["tls_cert_file"] = certificate_thumbprint(cred)
+    if cred.dpop_key is not None:
+        from tokend.io.dpop import credential_key
+
+        values["dpop_key"] = credential_key(cred).thumbprint  # made now if it is the first use
     return identity.cache_key(*values.values())
 
 

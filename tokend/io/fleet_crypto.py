@@ -38,13 +38,23 @@ def key_material(cred: CredentialConfig, environ: Mapping[str, str] | None = Non
     (:func:`tokend.io.assertion.private_key_digest`), known only to those hosts. Not from
     the public key's fingerprint, which was once suggested:
     a public key is published (JWKS, certificates), and whoever reads Redis could then
-    derive the key too.
+    derive the key too. A client whose proof is the platform's rotating JWT
+    (``client_assertion_file``) has nothing of the kind: refused, with a one-line error.
     """
     if cred.client_secret is not None:
         return b"secret:" + read_secret(cred, cred.client_secret, environ).encode("utf-8")
     from tokend.io import assertion  # only the key-based auths need it
 
     digest = assertion.private_key_digest(cred, environ)
+    if digest is None and cred.client_assertion is not None:
+        # The platform's JWT rotates and is readable by whatever reads the platform's files:
+        # no key to seal with that only the fleet's hosts hold, and the same on all of them.
+        raise ConfigError(
+            cred.source,
+            f"fleet mode cannot seal a token with a rotating platform token ({cred.client_assertion.key}); "
+            "set fleet = false for this credential",
+            where=cred.where("fleet"),
+        )
     if digest is None:
         raise ConfigError(
             cred.source, "fleet mode needs a client secret or a private key", where=cred.where("fleet")

@@ -18,6 +18,7 @@ cannot be reached is a 502 with a JSON error that holds no token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -28,20 +29,25 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from tokend.config import ConfigError, CredentialConfig
 from tokend.config.schema import Listen
+from tokend.core.dpop import nonce_request
 from tokend.core.local_access import (
     Board,
     error_body,
     forwarded_headers,
     invalid_token,
+    loggable_path,
     response_headers,
     retry_after,
     tcp_refusal,
 )
 from tokend.core.tokens import Token, authorization_scheme
+from tokend.io.dpop import NONCES, DpopKey, credential_key
 from tokend.io.local_http import Changes
 
 access_log = logging.getLogger("tokend.access")
+log = logging.getLogger("tokend.proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REPLAY_LIMIT = 64 * 1024  # a body up to this is held in memory, so a refused token's request can be replayed
@@ -50,6 +56,14 @@ POOL = 100  # upstream connections kept per proxy
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0  # an upstream silent this long mid-answer is given up on
 REFRESH_WAIT = 15.0  # how long a refused request waits for the new token
+# A caller's body that stalls this long (no byte of an upload comes, or a download's bytes
+# are not taken) is cut and its upstream request aborted: a stalled caller never holds one
+# of the POOL upstream connections for longer.
+BODY_IDLE_TIMEOUT = 30.0
+
+
+class BodyStalled(Exception):
+    """The caller's side of a body went quiet for longer than the body idle timeout."""
 
 
 def json_error(
@@ -76,19 +90,26 @@ class Proxy:
         *,
         ca_bundle: Path | None = None,
         log_requests: bool = False,
+        body_idle_timeout: float = BODY_IDLE_TIMEOUT,
+        dpop: CredentialConfig | None = None,
     ) -> None:
+        # body_idle_timeout: a keyword for tests, which cut a stalled body in a fraction of a second.
+        self.body_idle_timeout = body_idle_timeout
         self.board, self.changes, self.credential = board, changes, credential
         self.upstream = URL(upstream.rstrip("/"))
         self.listen = listen
         self.ca_bundle = ca_bundle
         self.log_requests = log_requests
         self.session: aiohttp.ClientSession | None = None
+        # A DPoP credential: each request carries a proof signed by its key (RFC 9449 §7).
+        self.dpop_credential = dpop
+        self._dpop_key: DpopKey | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=REPLAY_LIMIT, middlewares=[self.guard])
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)  # any path, a decoded newline too
         return app
 
     async def _open(self, app: web.Application) -> None:
@@ -126,7 +147,7 @@ class Proxy:
                 "%s %s %s %d %.1fms token %s",
                 self.credential,
                 request.method,
-                request.raw_path.partition("?")[0],  # never the query: it may carry anything
+                loggable_path(request.raw_path),  # never the query, never decoded
                 response.status,
                 (time.monotonic() - started) * 1000,
                 token.fingerprint if token else "none",
@@ -156,12 +177,29 @@ class Proxy:
             request.content_length is None or request.content_length > REPLAY_LIMIT
         )
         if request.body_exists and not streamed:
-            body = await request.read()
-        for replay in (False, True):
             try:
-                upstream = await self.send(request, token, body, streamed)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                async with asyncio.timeout(self.body_idle_timeout):
+                    body = await request.read()
+            except TimeoutError:
+                return self.stalled(request), None
+        for replay in (False, True):
+            stalled: list[bool] = []
+            try:
+                upstream = await self.send(request, token, body, streamed, stalled)
+            except ConfigError as exc:  # the DPoP key could not be read: no proof, no request
+                log.error("%s: cannot sign a DPoP proof: %s", self.credential, exc)
+                return json_error(502, "bad_gateway", "tokend cannot sign a DPoP proof (see its log)"), token
+            except (aiohttp.ClientError, TimeoutError, OSError, BodyStalled) as exc:
+                if stalled:  # the caller's upload stalled: the upstream request was aborted
+                    return self.stalled(request), token
                 return self.unreachable(exc), token
+            if self.dpop_credential is not None:
+                NONCES.note(str(self.upstream), upstream.headers)
+                if not replay and not streamed and nonce_request(upstream.status, upstream.headers):
+                    # The resource server wants its nonce in the proof (§9): once more with it.
+                    await upstream.content.read(REPLAY_LIMIT)
+                    upstream.release()
+                    continue
             if (
                 replay
                 or streamed
@@ -177,20 +215,54 @@ class Proxy:
             token = newer
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def upload(self, request: web.Request, stalled: list[bool]) -> AsyncIterator[bytes]:
+        """The caller's body in chunks, each awaited at most the body idle timeout: a
+        stalled upload raises, which aborts the upstream request (and ``stalled`` says so)."""
+        while True:
+            try:
+                async with asyncio.timeout(self.body_idle_timeout):
+                    chunk = await request.content.read(CHUNK)
+            except TimeoutError:
+                stalled.append(True)
+                raise BodyStalled from None
+            if not chunk:
+                return
+            yield chunk
+
+    def stalled(self, request: web.Request) -> web.Response:
+        """408, and the connection closed: the rest of a stalled body is never read."""
+        response = json_error(408, "request_timeout", "the request body stalled; the request was cut")
+        response.force_close()
+        return response
+
     async def send(
-        self, request: web.Request, token: Token, body: bytes | None, streamed: bool
+        self, request: web.Request, token: Token, body: bytes | None, streamed: bool, stalled: list[bool]
     ) -> aiohttp.ClientResponse:
         assert self.session is not None
         headers = forwarded_headers(request.headers.items())
         headers.append(("Authorization", f"{authorization_scheme(token.token_type)} {token.access_token}"))
         data: bytes | AsyncIterator[bytes] | None = body
         if streamed:
-            data = request.content.iter_chunked(CHUNK)
+            data = self.upload(request, stalled)
             if request.content_length is not None:
                 headers.append(("Content-Length", str(request.content_length)))
         url = URL(str(self.upstream) + request.raw_path, encoded=True)
+        if self.dpop_credential is not None:
+            headers = [(name, value) for name, value in headers if name.lower() != "dpop"]
+            headers.append(("DPoP", self.proof(request.method, str(url), token)))
         return await self.session.request(
             request.method, url, headers=headers, data=data, allow_redirects=False
+        )
+
+    def proof(self, method: str, url: str, token: Token) -> str:
+        """A fresh DPoP proof for one upstream request: ``htm``, ``htu`` (no query), ``ath``
+        of the token, and the upstream's newest nonce. The key is read once (tokend made it,
+        or checked the configured file, when it asked for the token)."""
+        if self._dpop_key is None:
+            assert self.dpop_credential is not None
+            self._dpop_key = credential_key(self.dpop_credential)
+        return self._dpop_key.proof(
+            method, url, access_token=token.access_token, nonce=NONCES.get(str(self.upstream))
         )
 
     async def newer_token(self, refused: Token) -> Token | None:
@@ -207,23 +279,37 @@ class Proxy:
             await self.changes.wait(self.credential, left)
 
     async def relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """The upstream's answer, streamed to the caller; a caller gone mid-stream ends it."""
+        """The upstream's answer, streamed to the caller; a caller gone mid-stream, or one
+        that takes no byte for the body idle timeout, ends it and the upstream connection
+        (closed, never back in the pool half-read). A caller who disconnects while the
+        upstream is silent cancels this handler (aiohttp's handler cancellation, on in
+        :mod:`tokend.io.local_http`): the ``finally`` closes the upstream connection too.
+        Timeouts are ``asyncio.timeout``, never ``wait_for``: Python 3.11's ``wait_for``
+        swallows a cancellation that lands as its inner await completes, which left a
+        handler of a departed caller waiting on a stalled upstream for good."""
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in response_headers(upstream.headers.items()):
             out.headers.add(name, value)
+        complete = False
         try:
             await out.prepare(request)
             async for chunk in upstream.content.iter_chunked(CHUNK):
-                await out.write(chunk)
+                async with asyncio.timeout(self.body_idle_timeout):
+                    await out.write(chunk)
             await out.write_eof()
+            complete = True
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass  # the caller left: the upstream connection is closed, not reused
         except (aiohttp.ClientError, TimeoutError, OSError):
-            # The upstream failed mid-answer: the caller must not take a cut body as whole.
+            # The upstream failed mid-answer, or the caller stalled: the caller must not
+            # take a cut body as whole.
             if request.transport is not None:
                 request.transport.abort()
         finally:
-            upstream.release()
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()
         return out
 
     def held_401(self, upstream: aiohttp.ClientResponse, body: bytes) -> web.Response:

@@ -20,8 +20,12 @@ from typing import TYPE_CHECKING, cast
 import requests
 
 from tokend.config import CredentialConfig, shown_url
+from tokend.core import policy
+from tokend.core.assertion import PlatformAssertion, assertion_expired, expires_before
+from tokend.core.dpop import error_code, nonce_request
 from tokend.core.scrub import scrub, secret_forms
 from tokend.core.styles import auth_order, basic_hint, final_error, next_style, wire_order
+from tokend.core.timestamps import rfc3339
 from tokend.core.token_request import Style, TokenRequest, build_request
 from tokend.core.token_response import (
     MAX_BODY_BYTES,
@@ -35,6 +39,7 @@ from tokend.io.http import DeadlineExceeded, NoNetrc, deadline_session
 if TYPE_CHECKING:
     from tokend.core.discovery import Discovered
     from tokend.io.assertion import SigningKey, TlsIdentity
+    from tokend.io.dpop import DpopKey
 
 log = logging.getLogger("tokend.oauth")
 
@@ -48,18 +53,49 @@ class KeyAuth:
 
     signer: SigningKey | None = None
     tls: TlsIdentity | None = None
+    platform: PlatformAssertion | None = None  # client_assertion_file's JWT, as read now
+    platform_file: Path | None = None  # where it was read from, for errors and warnings
+    dpop: DpopKey | None = None  # the key DPoP proofs are signed with (RFC 9449)
 
 
 def key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -> KeyAuth:
-    """Read the credential's key and certificate now (a rotated file is used at once).
+    """Read the credential's keys and certificate now (a rotated file is used at once).
     Raises ConfigError; imports nothing for a credential without them."""
+    keys = _key_auth(cred, environ)
+    if cred.dpop_key is None:
+        return keys
+    from tokend.io.dpop import credential_key
+
+    return dataclasses.replace(keys, dpop=credential_key(cred))
+
+
+def _key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None) -> KeyAuth:
+    platform, platform_file = None, None
+    if cred.client_assertion is not None:
+        from tokend.io.platform_token import read_platform_assertion
+
+        platform_file, platform = read_platform_assertion(cred, environ)
     if cred.private_key is None and cred.tls_cert_file is None:
-        return KeyAuth()
+        return KeyAuth(platform=platform, platform_file=platform_file)
     from tokend.io.assertion import signing_key, tls_identity
 
-    signer = signing_key(cred, environ) if cred.client_auth == "private_key_jwt" else None
+    signer = signing_key(cred, environ) if cred.private_key is not None else None
     tls = tls_identity(cred) if cred.tls_cert_file is not None else None
-    return KeyAuth(signer, tls)
+    return KeyAuth(signer, tls, platform, platform_file)
+
+
+def unexpired_platform_assertion(keys: KeyAuth, now: float) -> None:
+    """Refuse to send the platform's JWT past its ``exp``: the IdP would refuse it, and
+    the request would cost a round trip and a log line at the IdP. Not retryable by
+    waiting: the retry comes when the file changes (it is watched), or at the cap."""
+    if keys.platform is None or not assertion_expired(keys.platform, now):
+        return
+    exp = keys.platform.exp or 0
+    raise TokenRequestError(
+        f"{keys.platform_file}: the client assertion expired at {rfc3339(exp)} (exp {exp}); "
+        "not sent: waiting for the platform to write a fresh one",
+        retryable=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +139,35 @@ class TokenClient:
         be); a credential with an ``issuer`` finds its token endpoint by discovery, its
         metadata kept in ``state_dir``, and fetched again if the endpoint answers 404."""
         keys = key_auth(cred, environ)
+        unexpired_platform_assertion(keys, self.clock())
+        answer = self._obtain_from(cred, client_id, client_secret, refresh_token, learned, keys, state_dir)
+        if keys.platform is not None:
+            token = answer.token
+            planned = policy.refresh_due_at(
+                token, refresh_at=cred.refresh_at, min_ttl_margin=cred.min_ttl_margin
+            )
+            if expires_before(keys.platform, planned):
+                log.warning(
+                    "%s: the client assertion in %s expires at %s, before the next refresh at %s; "
+                    "the platform must have written a fresh one by then",
+                    cred.name,
+                    keys.platform_file,
+                    rfc3339(keys.platform.exp or 0),
+                    rfc3339(planned),
+                )
+        return answer
+
+    def _obtain_from(
+        self,
+        cred: CredentialConfig,
+        client_id: str,
+        client_secret: str | None,
+        refresh_token: str | None,
+        learned: Style | None,
+        keys: KeyAuth,
+        state_dir: Path | None,
+    ) -> TokenResponse:
+        """:meth:`obtain` at the configured endpoint, or the discovered one (again on a 404)."""
         if cred.issuer is None:
             return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, None)
         found, fetched = self.discover(cred, state_dir, tls=keys.tls)
@@ -193,6 +258,8 @@ class TokenClient:
             if style.auth == "private_key_jwt" and keys.signer is not None:
                 audience = cred.assertion_audience or endpoint or cred.token_url or ""
                 assertion = keys.signer.sign(client_id, audience, now=self.clock())
+            elif style.auth == "private_key_jwt" and keys.platform is not None:
+                assertion = keys.platform.value  # the platform signed it; sent as read
             request = build_request(
                 cred,
                 client_id=client_id,
@@ -204,7 +271,7 @@ class TokenClient:
             )
             secrets = secret_forms((client_secret or "", refresh_token or "", assertion or ""), request)
             try:
-                return TokenResponse(self._send(cred, request, secrets, keys.tls), style)
+                return TokenResponse(self._send(cred, request, secrets, keys.tls, keys.dpop), style)
             except TokenRequestError as exc:
                 failed.append((style, exc))
                 tried = [done for done, _ in failed]
@@ -219,18 +286,39 @@ class TokenClient:
         request: TokenRequest,
         secrets: tuple[str, ...],
         tls: TlsIdentity | None = None,
+        dpop: DpopKey | None = None,
     ) -> Token:
-        """One exchange, judged: a token, or the error the answer amounts to."""
-        sent_at = self.clock()  # expires_at counts from here, so it errs early, never late
-        status, headers, body = self._exchange(cred, request, secrets, tls)
-        if 200 <= status < 300:
-            return parse_token_response(
-                body,
-                sent_at=sent_at,
-                status=status,
-                default_expires_in=cred.default_expires_in,
-                assume_token_type=cred.token_type,
-            )
+        """One exchange, judged: a token, or the error the answer amounts to. With DPoP,
+        the request carries a fresh proof with the server's newest nonce, and a server
+        that asks for a (new) nonce is asked once more with it (RFC 9449 §8)."""
+        for asked_again in (False, True):
+            sent = request
+            if dpop is not None:
+                from tokend.io.dpop import NONCES
+
+                proof = dpop.proof("POST", request.url, nonce=NONCES.get(request.url), now=self.clock())
+                sent = dataclasses.replace(request, headers={**request.headers, "DPoP": proof})
+                secrets = (*secrets, proof)
+            sent_at = self.clock()  # expires_at counts from here, so it errs early, never late
+            status, headers, body = self._exchange(cred, sent, secrets, tls)
+            if dpop is not None:
+                from tokend.io.dpop import NONCES
+
+                NONCES.note(request.url, headers)  # a server may give the next nonce in any answer
+            if 200 <= status < 300:
+                return parse_token_response(
+                    body,
+                    sent_at=sent_at,
+                    status=status,
+                    default_expires_in=cred.default_expires_in,
+                    assume_token_type=cred.token_type,
+                    dpop=dpop is not None,
+                    dpop_allow_bearer=cred.dpop_allow_bearer,
+                )
+            if dpop is not None and not asked_again and nonce_request(status, headers, error_code(body)):
+                log.info("%s: the token endpoint asked for a DPoP nonce; asking again with it", cred.name)
+                continue
+            break
         raise classify_failure(status, headers, body, now=self.clock(), secrets=secrets)
 
     def _http(

@@ -12,6 +12,7 @@ overflows and filesystems without inotify.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -203,17 +204,33 @@ class Watcher:
         return self.observer is not None and self.observer.is_alive()
 
     def restart(self) -> None:
+        """A new observer on the directories. One of them may vanish between being listed
+        and being watched (watchdog adds the inotify watches only when it starts): kubelet
+        removes the previous ``..TIMESTAMP`` directory right after its ``..data`` swap. Then
+        the directories still there are tried again; a watch that cannot start costs the
+        watch (the 30 s poll stays, the heartbeat restarts it), never the daemon."""
         self.stop()
-        observer = Observer()
-        handler = _Handler(self)
-        for directory in sorted(self.directories):
+        for _ in range(3):
+            observer = Observer()
+            handler = _Handler(self)
+            for directory in sorted(self.directories):
+                try:
+                    observer.schedule(handler, directory, recursive=False, event_filter=EVENT_FILTER)
+                except OSError as exc:
+                    log.warning("cannot watch %s (%s); relying on the 30 s poll", directory, exc.strerror)
+            observer.daemon = True
             try:
-                observer.schedule(handler, directory, recursive=False, event_filter=EVENT_FILTER)
+                observer.start()
             except OSError as exc:
-                log.warning("cannot watch %s (%s); relying on the 30 s poll", directory, exc.strerror)
-        observer.daemon = True
-        observer.start()
-        self.observer = observer
+                with contextlib.suppress(Exception):  # the emitters started before the failure
+                    observer.stop()
+                log.debug("the watch did not start (%s); trying the directories still there", exc.strerror)
+                with self.lock:
+                    self.directories = frozenset(d for d in self.directories if Path(d).is_dir())
+                continue
+            self.observer = observer
+            return
+        log.warning("the file watcher cannot start; relying on the 30 s poll")
 
     def ensure_alive(self) -> bool:
         """Restart a dead observer; True if it had to."""
