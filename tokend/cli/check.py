@@ -146,11 +146,21 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str | None]]) -> 
             token = answer.token
             print(
                 f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
-                f"valid {round(token.lifetime)}s ({answer.style})"
+                f"valid {round(token.lifetime)}s ({answer.style}){dpop_words(cred)}"
             )
     finally:
         client.close()
     return max(worst, check_fleet(config))
+
+
+def dpop_words(cred: CredentialConfig) -> str:
+    """The key a DPoP token is bound to, by its RFC 7638 thumbprint (public: it is the
+    token's ``cnf.jkt``, what the IdP's introspection shows), never the key."""
+    if not cred.dpop:
+        return ""
+    from tokend.io.dpop import credential_key
+
+    return f", bound to DPoP key {credential_key(cred).thumbprint}"
 
 
 def check_local_servers(config: Config) -> list[str]:
@@ -195,11 +205,11 @@ def check_fleet(config: Config) -> int:
     try:
         store.ping()
     except RedisDown as exc:
-        print(f"tokend: fleet: {config.fleet.redis_url.split('?', 1)[0]}: {exc}", file=sys.stderr)
+        print(f"tokend: fleet: {config.fleet.shown()}: {exc}", file=sys.stderr)
         return ExitCode.FAILED
     finally:
         store.close()
-    print(f"online: fleet: Redis {config.fleet.redis_url.split('?', 1)[0]} answers")
+    print(f"online: fleet: Redis {config.fleet.shown()} answers")
     return ExitCode.OK
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from tokend.cli.selection import UsageError, select
+from tokend.cli.selection import UsageError, bearer_usable, select
 from tokend.cli.token import valid_token
 from tokend.config import ENV_NAME_RE, Config, CredentialConfig, default_env_name
 from tokend.core.exit_codes import ExitCode, exec_failure
@@ -33,6 +33,7 @@ def cmd_exec(
     """Run CMD with the token in its environment: by ``execvpe`` (``--on-rotate none``), or
     as its parent, restarting or signalling it on each new token (see daemon/supervisor)."""
     (cred,) = select(config, [name])
+    bearer_usable(cred, "exec")
     variable = env_name or default_env_name(cred.name)
     if not ENV_NAME_RE.fullmatch(variable):
         raise UsageError(f"--env-name {variable!r} is not a valid variable name")

@@ -32,6 +32,16 @@ def select(config: Config, names: Sequence[str]) -> list[CredentialConfig]:
     return [config.credentials[n] for n in names] if names else list(config.credentials.values())
 
 
+def bearer_usable(cred: CredentialConfig, command: str) -> None:
+    """Refuse to hand a DPoP token to a program: bound to tokend's key, it is useless (and
+    refused) without a fresh proof per request, which only tokend's proxy signs."""
+    if cred.dpop:
+        raise UsageError(
+            f"{command}: credential {cred.name!r} has DPoP tokens (dpop = true), bound to tokend's key: "
+            "a program reaches its API through the credential's proxy (docs/dpop.md)"
+        )
+
+
 def cached_token(config: Config, cred: CredentialConfig) -> Token | None:
     """The cached token while it is fresh, else None (from the validated config)."""
     from tokend.core import policy

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from tokend.cli.console import setup_logging
-from tokend.cli.selection import cached_token, select
+from tokend.cli.selection import bearer_usable, cached_token, select
 from tokend.config import Config, CredentialConfig
 from tokend.core.exit_codes import ExitCode
 from tokend.core.tokens import Token
@@ -32,6 +32,7 @@ def valid_token(config: Config, cred: CredentialConfig) -> Token | None:
 
 def cmd_token(config: Config, name: str) -> int:
     (cred,) = select(config, [name])
+    bearer_usable(cred, "token")
     token = valid_token(config, cred)
     if token is None:
         return ExitCode.FAILED

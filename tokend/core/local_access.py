@@ -57,17 +57,19 @@ class Peer:
 @dataclass(frozen=True, slots=True)
 class Access:
     """Who may read one credential: over the unix socket (besides root and tokend's user),
-    and whether over TCP at all, where the caller is not known (``endpoint_tcp``)."""
+    and whether over TCP at all, where the caller is not known (``endpoint_tcp``). A DPoP
+    credential's token is served only when it says so (``endpoint_dpop``): ``served``."""
 
     uids: frozenset[int] = frozenset()
     gids: frozenset[int] = frozenset()
     tcp: bool = False
+    served: bool = True
 
 
 def may_read(access: Access | None, peer: Peer, own_uid: int) -> bool:
     """Root and tokend's own user always may; others by uid or by one of their groups.
     ``access`` None: no such credential (which answers the same as a refusal)."""
-    if access is None:
+    if access is None or not access.served:
         return False
     if peer.uid in (0, own_uid):
         return True
@@ -78,7 +80,7 @@ def may_read_over_tcp(access: Access | None) -> bool:
     """Over TCP nothing tells who asks: every local program that passes the guards is the
     same caller, so a credential is served there only when it opted in (``endpoint_tcp``);
     one that did not answers as one that does not exist."""
-    return access is not None and access.tcp
+    return access is not None and access.served and access.tcp
 
 
 def host_matches(host: str | None, listen_host: str, port: int) -> bool:

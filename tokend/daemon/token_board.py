@@ -63,6 +63,7 @@ def access_for(cred: CredentialConfig) -> Access:
         uids=resolve_ids(cred.endpoint_users, groups=False, where=cred.where("endpoint_users")),
         gids=resolve_ids(cred.endpoint_groups, groups=True, where=cred.where("endpoint_groups")),
         tcp=cred.endpoint_tcp,
+        served=not cred.dpop or cred.endpoint_dpop,  # a DPoP token needs the key: on request only
     )
 
 
