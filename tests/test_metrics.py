@@ -234,3 +234,41 @@ def fleet_samples(metrics: object, name: str) -> dict[str, float]:
         for s in family.samples
         if s.name == name
     }
+
+
+def test_metrics_listen_answers_the_health_probes_and_ready_recovers_after_an_outage(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Start
+) -> None:
+    """An orchestrator's liveness and readiness probes without [endpoint] (nor aiohttp):
+    ``/livez``, ``/readyz`` and ``/readyz/NAME`` on ``metrics_listen``, beside /metrics."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    idp.fault = answer(503, "down")
+    config = metrics_config(idp, tmp_path, port, credential_toml(idp.url, tmp_path, "api"))
+    daemons(config, tmp_path)
+
+    def status(path: str) -> int | None:
+        try:
+            return requests.get(base + path, timeout=5).status_code
+        except requests.ConnectionError:
+            return None
+
+    wait_for(lambda: status("/readyz") == 503, 15, "not ready while the IdP is down")
+    assert status("/livez") == 200
+    named = requests.get(f"{base}/readyz/api", timeout=5)
+    assert named.status_code == 503 and named.json()["state"] == "expired" and "503" in named.json()["reason"]
+    assert named.headers["Content-Type"] == "application/json"
+    idp.fault = None
+    wait_for(lambda: status("/readyz") == 200, 20, "ready again once the IdP answers")
+    body = requests.get(f"{base}/readyz", timeout=5).json()
+    assert body["status"] == "ready" and body["credentials"]["api"]["state"] == "ok"
+    assert SECRET not in json.dumps(body) and "tok-" not in json.dumps(body)
+    assert requests.get(f"{base}/readyz/nosuch", timeout=5).status_code == 404
+    assert "tokend_refreshes_total" in requests.get(f"{base}/metrics", timeout=5).text
+    probe = (
+        "import sys; from tokend.config import load; from tokend.daemon.loop import Daemon;"
+        f"Daemon(load({str(config)!r}), environ={{}});"
+        "print('aiohttp' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

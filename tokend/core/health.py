@@ -237,3 +237,29 @@ def readiness(credentials: Mapping[str, CredentialStatus | None], now: float) ->
         states[name] = entry
     ready = all(entry["state"] in ("ok", "failing") for entry in states.values())
     return ready, {"status": "ready" if ready else "not ready", "credentials": states}
+
+
+HEALTH_PATHS = ("/livez", "/readyz", "/readyz/{name}")
+
+
+def _error(error: str, description: str) -> bytes:
+    return json.dumps({"error": error, "error_description": description}).encode("utf-8")
+
+
+def health_answer(health: tuple[bool, dict[str, Any]], path: str) -> tuple[int, bytes]:
+    """``/livez``, ``/readyz`` or ``/readyz/NAME`` given :func:`readiness`'s answer: (status,
+    JSON body); 404 for another path. Plain bytes, so the endpoint (aiohttp) and the metrics
+    listener (WSGI, no aiohttp) serve the same answers."""
+    if path == "/livez":
+        return 200, b'{"status":"alive"}'
+    ready, body = health
+    if path == "/readyz":
+        return (200 if ready else 503), json.dumps(body).encode("utf-8")
+    if path.startswith("/readyz/"):
+        name = path.removeprefix("/readyz/")
+        entry = body["credentials"].get(name)
+        if entry is None:
+            return 404, _error("not_found", "no such credential")
+        ok = entry["state"] in ("ok", "failing")
+        return (200 if ok else 503), json.dumps({"name": name, **entry}).encode("utf-8")
+    return 404, _error("not_found", "no such path")

@@ -88,7 +88,11 @@ class Daemon(MainLoop):
         if config.serves_http():
             http_imports(config)
         self.observers = Observers(
-            [*standard_observers(config, self.notifier, self.environ), self.board, *observers]
+            [
+                *standard_observers(config, self.notifier, self.environ, self.board.health),
+                self.board,
+                *observers,
+            ]
         )
         self.source = token_source(config, self.environ, self.observers, self.clock)
         self.runner = Runner(

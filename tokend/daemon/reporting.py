@@ -26,7 +26,7 @@ from tokend.io.status_file import write_status
 from tokend.io.systemd import Notifier
 
 if TYPE_CHECKING:
-    from tokend.io.metrics import Metrics
+    from tokend.io.metrics import Health, Metrics
 
 log = logging.getLogger("tokend.daemon")
 
@@ -195,12 +195,14 @@ class SystemdNotify(Observer):
 class MetricsReporter(Observer):
     """Prometheus: counters and gauges per credential, and reloads; flushed with the status."""
 
-    def __init__(self, metrics: Metrics, listen: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics, listen: tuple[str, int] | None = None, health: Health | None = None
+    ) -> None:
         self.metrics = metrics
         if listen is not None:
             host, port = listen
             try:
-                metrics.serve(host, port)
+                metrics.serve(host, port, health)
             except OSError as exc:  # tokens matter more than their metrics: carry on
                 log.error("cannot serve metrics on %s:%d: %s", host, port, exc.strerror)
 
@@ -256,14 +258,18 @@ class Hooks(Observer):
 
 
 def standard_observers(
-    config: Config, notifier: Notifier, environ: Mapping[str, str] | None = None
+    config: Config,
+    notifier: Notifier,
+    environ: Mapping[str, str] | None = None,
+    health: Health | None = None,
 ) -> list[Observer]:
     """The daemon's own: the event log, the status file, systemd, hooks, and metrics when
-    the config asks for them (otherwise prometheus_client is never imported)."""
+    the config asks for them (otherwise prometheus_client is never imported), with the
+    health probes on ``metrics_listen`` when ``health`` is given."""
     hooks = Hooks(HookRunner(environ=environ))
     observers: list[Observer] = [EventLog(), StatusFile(config.state_dir), SystemdNotify(notifier), hooks]
     if config.metrics_listen is not None or config.metrics_textfile is not None:
         from tokend.io.metrics import Metrics
 
-        observers.append(MetricsReporter(Metrics(config.metrics_textfile), config.metrics_listen))
+        observers.append(MetricsReporter(Metrics(config.metrics_textfile), config.metrics_listen, health))
     return observers

@@ -13,19 +13,52 @@ import logging
 import platform
 import socket
 import threading
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from pathlib import Path
 from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import make_wsgi_app, write_to_textfile
 
 from tokend import __version__
+from tokend.core.health import health_answer
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse
+    from wsgiref.types import WSGIApplication as WSGIApp
 
 log = logging.getLogger("tokend.metrics")
 
 RESULTS = ("success", "retryable_error", "fatal_error")
 FLEET_EVENTS = ("leader_change", "fallback", "received", "failover")
+
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+"""The token board's readiness (:func:`tokend.core.health.readiness`), asked per probe."""
+
+
+def with_health(app: WSGIApp, health: Health) -> WSGIApp:
+    """``app``, with ``/livez``, ``/readyz`` and ``/readyz/NAME`` answered first (GET/HEAD)."""
+
+    def dispatch(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/livez" or path == "/readyz" or path.startswith("/readyz/"):
+            status, body = health_answer(health(), path)
+            start_response(
+                f"{status} {HTTPStatus(status).phrase}",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                    ("Cache-Control", "no-store"),
+                ],
+            )
+            return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+        return app(environ, start_response)
+
+    return dispatch
 
 
 class Metrics:
@@ -85,8 +118,9 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)  # both series exist from the start, at 0
 
-    def serve(self, host: str, port: int) -> None:
-        """Serve /metrics from a thread that sleeps between scrapes.
+    def serve(self, host: str, port: int, health: Health | None = None) -> None:
+        """Serve /metrics (and, given ``health``, ``/livez`` and ``/readyz``: an orchestrator's
+        probes for a daemon without [endpoint]) from a thread that sleeps between scrapes.
 
         prometheus_client's own start_http_server polls for shutdown twice a second, which
         alone cost 15 ms of CPU a minute on an idle daemon (the benchmark measured it).
@@ -101,7 +135,10 @@ class Metrics:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        httpd = make_server(host, port, make_wsgi_app(self.registry), Server, handler_class=Quiet)
+        app = make_wsgi_app(self.registry)
+        if health is not None:
+            app = with_health(app, health)
+        httpd = make_server(host, port, app, Server, handler_class=Quiet)
         threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 3600}, name="metrics", daemon=True
         ).start()

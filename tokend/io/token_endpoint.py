@@ -13,7 +13,6 @@ kernel (SO_PEERCRED, and SO_PEERGROUPS for its supplementary groups) and judged 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from tokend.config.schema import Listen
+from tokend.core.health import HEALTH_PATHS, health_answer
 from tokend.core.local_access import (
     FORMATS,
     Board,
@@ -137,29 +137,10 @@ def endpoint_app(board: Board, listen: Listen, *, log_requests: bool = False) ->
     return app
 
 
-def health_answer(board: Board, path: str) -> tuple[int, bytes]:
-    """``/livez``, ``/readyz`` or ``/readyz/NAME``: (status, JSON body); 404 for another path.
-    Plain bytes, so the metrics server (WSGI) can serve the same answers."""
-    if path == "/livez":
-        return 200, b'{"status":"alive"}'
-    if path == "/readyz":
-        ready, body = board.health()
-        return (200 if ready else 503), json.dumps(body).encode("utf-8")
-    if path.startswith("/readyz/"):
-        name = path.removeprefix("/readyz/")
-        _, body = board.health()
-        entry = body["credentials"].get(name)
-        if entry is None:
-            return 404, error_body("not_found", "no such credential")
-        ok = entry["state"] in ("ok", "failing")
-        return (200 if ok else 503), json.dumps({"name": name, **entry}).encode("utf-8")
-    return 404, error_body("not_found", "no such path")
-
-
 def add_health(app: web.Application, board: Board) -> None:
     async def health(request: web.Request) -> web.Response:
-        status, body = health_answer(board, request.path)
+        status, body = health_answer(board.health(), request.path)
         return json_response(status, body)
 
-    for path in ("/livez", "/readyz", "/readyz/{name}"):
+    for path in HEALTH_PATHS:
         app.router.add_get(path, health)
