@@ -458,3 +458,44 @@ def test_a_path_cannot_forge_an_access_log_line(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "tokend.access"]
     assert line.startswith("api GET /ok%0a%0dapi%20GET%20/forged%20200 200 ")
     assert "\n" not in line and "secret" not in line and "tok-fixed" not in line
+
+
+def test_the_proxys_requests_are_counted_by_status_class_with_the_upstreams_latency(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics_port = free_port()
+    port = free_port()
+    config = proxy_config(tmp_path, idp, resource.url, port)
+    head = f'[tokend]\nmetrics_listen = "127.0.0.1:{metrics_port}"\n'
+    config.write_text(config.read_text().replace("[tokend]\n", head, 1))
+    daemon = daemons(config, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{base}/echo", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(up, 15, "the proxy to answer with a token")
+    for _ in range(4):
+        assert requests.get(f"{base}/echo", timeout=5).status_code == 200
+    assert requests.request("TRACE", f"{base}/echo", timeout=5).status_code == 405
+
+    def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    found = scraped()
+    ok = found[("tokend_proxy_requests_total", (("code", "2xx"), ("credential", "api")))]
+    assert ok == 5  # the first request that found the proxy up, and four more
+    assert found[("tokend_proxy_requests_total", (("code", "4xx"), ("credential", "api")))] == 1
+    assert found[("tokend_proxy_upstream_seconds_count", (("credential", "api"),))] == 5
+    assert 0 < found[("tokend_proxy_upstream_seconds_sum", (("credential", "api"),))] < 5
+    daemon.stop()

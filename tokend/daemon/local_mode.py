@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from tokend.io.local_http import LocalHttp
+    from tokend.io.proxy import RequestMetrics
 
 
 def first_listener(config: Config) -> str:
@@ -47,7 +48,9 @@ def local_sites(config: Config) -> tuple[object, ...]:
     return (config.endpoint, tuple(p for p in proxies if p[1]))
 
 
-def local_servers(config: Config, board: TokenBoard, environ: Mapping[str, str]) -> LocalHttp | None:
+def local_servers(
+    config: Config, board: TokenBoard, environ: Mapping[str, str], metrics: RequestMetrics | None = None
+) -> LocalHttp | None:
     """The token endpoint and the proxies, when the config has any (only then is aiohttp
     imported: ``tokend[proxy]``); a listener that cannot open is logged and left out.
     Sockets systemd passed are taken here, once: those no listener names are closed, even
@@ -92,6 +95,7 @@ def local_servers(config: Config, board: TokenBoard, environ: Mapping[str, str])
                     ca_bundle=config.credentials[name].ca_bundle,
                     log_requests=log,
                     dpop=config.credentials[name] if config.credentials[name].dpop else None,
+                    metrics=metrics,
                 ).app()
 
             sites.append(

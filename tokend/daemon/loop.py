@@ -134,7 +134,7 @@ class Daemon(MainLoop):
         self.source.start(self.runner.wake)
         self.reloader.watch(self.config)
         self.observers.configured(self.config)
-        self.local = local_servers(self.config, self.board, self.environ)
+        self.local = local_servers(self.config, self.board, self.environ, self.observers.metrics())
         self.starting = set(self.config.credentials)
         for cred in self.config.credentials.values():
             self.runner.add(cred)

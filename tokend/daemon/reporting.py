@@ -68,6 +68,10 @@ class Observers(Observer):
     def __init__(self, observers: Iterable[Observer]) -> None:
         self.observers = list(observers)
 
+    def metrics(self) -> Metrics | None:
+        """The Prometheus metrics, when the config asks for them (the proxies count there)."""
+        return next((o.metrics for o in self.observers if isinstance(o, MetricsReporter)), None)
+
     def _each(self, event: str, call: Callable[[Observer], None]) -> None:
         for observer in self.observers:
             try:

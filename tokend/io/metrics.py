@@ -112,6 +112,19 @@ class Metrics:
         self.fleet_up = Gauge(
             "tokend_fleet_redis_up", "Fleet mode: 1 while Redis answers, 0 while on our own.", registry=r
         )
+        self.proxy_requests = Counter(
+            "tokend_proxy_requests",
+            "Requests through a credential's proxy, by the status class of the answer (2xx..5xx).",
+            ["credential", "code"],
+            registry=r,
+        )
+        self.proxy_upstream = Histogram(
+            "tokend_proxy_upstream_seconds",
+            "A proxied request's time to the upstream's answer head (the upstream's latency).",
+            ["credential"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
         Info("tokend_build", "tokend's version.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )
@@ -161,6 +174,14 @@ class Metrics:
             self.expiry.labels(name).set(expires_at)
         if success_at is not None:
             self.last_success.labels(name).set(success_at)
+        self.dirty.set()
+
+    def proxy_request(self, credential: str, status: int, upstream_seconds: float | None) -> None:
+        """From the local servers' thread (prometheus_client is thread-safe); the textfile
+        follows at the next status flush."""
+        self.proxy_requests.labels(credential, f"{status // 100}xx").inc()
+        if upstream_seconds is not None:
+            self.proxy_upstream.labels(credential).observe(upstream_seconds)
         self.dirty.set()
 
     def credential_added(self, name: str) -> None:

@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -77,6 +78,15 @@ def json_error(
     )
 
 
+UPSTREAM_SECONDS = "tokend.upstream_seconds"  # a request's key: the upstream's time to its head
+
+
+class RequestMetrics(Protocol):
+    """Where the proxy counts its requests (:class:`tokend.io.metrics.Metrics`)."""
+
+    def proxy_request(self, credential: str, status: int, upstream_seconds: float | None) -> None: ...
+
+
 class Proxy:
     """One proxy: its credential, its upstream and its client session (made on the loop)."""
 
@@ -92,7 +102,9 @@ class Proxy:
         log_requests: bool = False,
         body_idle_timeout: float = BODY_IDLE_TIMEOUT,
         dpop: CredentialConfig | None = None,
+        metrics: RequestMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         # body_idle_timeout: a keyword for tests, which cut a stalled body in a fraction of a second.
         self.body_idle_timeout = body_idle_timeout
         self.board, self.changes, self.credential = board, changes, credential
@@ -134,6 +146,8 @@ class Proxy:
         """The refusals, before routing has its say (a CONNECT target matches no route)."""
         refused = self.refusal(request)
         if refused is not None:
+            if self.metrics is not None:
+                self.metrics.proxy_request(self.credential, refused.status, None)
             if self.log_requests:
                 access_log.info("%s %s refused %d", self.credential, request.method, refused.status)
             return refused
@@ -142,6 +156,8 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         response, token = await self.serve(request)
+        if self.metrics is not None:
+            self.metrics.proxy_request(self.credential, response.status, request.get(UPSTREAM_SECONDS))
         if self.log_requests:
             access_log.info(
                 "%s %s %s %d %.1fms token %s",
@@ -185,7 +201,9 @@ class Proxy:
         for replay in (False, True):
             stalled: list[bool] = []
             try:
+                sent = time.monotonic()
                 upstream = await self.send(request, token, body, streamed, stalled)
+                request[UPSTREAM_SECONDS] = time.monotonic() - sent  # to the answer's head
             except ConfigError as exc:  # the DPoP key could not be read: no proof, no request
                 log.error("%s: cannot sign a DPoP proof: %s", self.credential, exc)
                 return json_error(502, "bad_gateway", "tokend cannot sign a DPoP proof (see its log)"), token
