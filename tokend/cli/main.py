@@ -153,6 +153,15 @@ def _demo(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _example_config(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    sub.add_parser(
+        "example-config",
+        help="print an example tokend.toml to start from",
+        description="Print the example config shipped with tokend (every key, commented) on "
+        "stdout: tokend example-config > /etc/tokend/tokend.toml, then edit and run tokend check.",
+    )
+
+
 SUBCOMMANDS = {
     "run": _run,
     "fetch": _fetch,
@@ -161,6 +170,7 @@ SUBCOMMANDS = {
     "status": _status,
     "check": _check,
     "demo": _demo,
+    "example-config": _example_config,
 }
 
 
@@ -178,9 +188,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="config file (default: $TOKEND_CONFIG, "
         "$CONFIGURATION_DIRECTORY/tokend.toml, /etc/tokend/tokend.toml)",
     )
+    from tokend.cli.manual import epilog
+
     parser = argparse.ArgumentParser(
         prog="tokend",
         description="Keep OAuth2 client-credentials access tokens fresh on disk.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tokend {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -285,6 +299,10 @@ def dispatch(args: argparse.Namespace, command: list[str]) -> int:
         from tokend.devtools.demo import run_demo
 
         return run_demo(args.dir, lifetime=args.lifetime, duration=args.duration)
+    if args.command == "example-config":
+        from tokend.cli.manual import cmd_example_config
+
+        return cmd_example_config()
     path: Path = args.config or default_config_path(os.environ)
     if args.command == "run":
         from tokend.daemon.loop import run

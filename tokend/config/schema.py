@@ -215,18 +215,52 @@ class SecretRef:
 
 @config_value
 class SinkConfig:
-    path: Path = key(kind="path", required=True)
-    format: SinkFormat = key(kind="choice", default="raw", choices=SINK_FORMATS)
-    mode: int = key(kind="mode", default=0o600)
-    owner: str | int | None = key(kind="owner", default=None)
-    group: str | int | None = key(kind="owner", default=None)
-    env_name: str | None = key(kind="string", default=None)  # format = "env" only: <NAME>_ACCESS_TOKEN
-    remove_on_stop: bool = key(kind="flag", default=False)
-    allow_shared_dir: bool = key(kind="flag", default=False)  # a dir chain others can write (no StrictModes)
+    path: Path = key(kind="path", required=True, doc="the file the token is written to, atomically")
+    format: SinkFormat = key(
+        kind="choice",
+        default="raw",
+        choices=SINK_FORMATS,
+        doc="raw (the token and a newline), json, env (NAME='…' lines), header or template",
+    )
+    mode: int = key(
+        kind="mode",
+        default=0o600,
+        doc='the file\'s mode, an octal string such as "0640"; group or other write is refused',
+    )
+    owner: str | int | None = key(
+        kind="owner", default=None, doc="the file's user, a name or uid (needs root or CAP_CHOWN)"
+    )
+    group: str | int | None = key(
+        kind="owner", default=None, doc="the file's group, a name or gid: the consuming service's group"
+    )
+    # format = "env" only: <NAME>_ACCESS_TOKEN
+    env_name: str | None = key(
+        kind="string",
+        default=None,
+        doc='format = "env" only: the variable\'s name; default <NAME>_ACCESS_TOKEN',
+    )
+    remove_on_stop: bool = key(
+        kind="flag", default=False, doc="delete the file when the sink leaves the config (on reload)"
+    )
+    # a dir chain others can write (no StrictModes)
+    allow_shared_dir: bool = key(
+        kind="flag",
+        default=False,
+        doc="accept a directory path others than its user or root could change (StrictModes off)",
+    )
     # format = "template" only, one of the two (tokend.core.templates). The file's text is
     # read when the config is loaded, and watched: an edit reloads, re-rendering with no request.
-    template: str | None = key(kind="string", default=None, high=MAX_TEMPLATE_BYTES)
-    template_file: Path | None = key(kind="path", default=None)
+    template: str | None = key(
+        kind="string",
+        default=None,
+        high=MAX_TEMPLATE_BYTES,
+        doc='format = "template": the text, with ${access_token} and the other placeholders; $$ is $',
+    )
+    template_file: Path | None = key(
+        kind="path",
+        default=None,
+        doc='format = "template": a file holding the template instead (read at load, watched)',
+    )
     template_text: str | None = key(kind="internal", default=None)  # the template, checked
     credential: str | None = key(kind="internal", default=None)  # its credential, for ${credential}
 
@@ -258,66 +292,216 @@ class Listen:
 class ProxyConfig:
     """``[[credentials.NAME.proxy]]``: a reverse proxy that adds the credential's token."""
 
-    listen: Listen = key(kind="address", keys=("listen", "allow_remote"))
-    upstream: str = key(kind="url", required=True)  # https (http only to loopback), no query
-    socket_mode: int = key(kind="socket_mode", default=0o660)  # unix sockets only, as the three below
-    socket_owner: str | int | None = key(kind="owner", default=None)
-    socket_group: str | int | None = key(kind="owner", default=None)
-    access_log: bool = key(kind="flag", default=False)  # a line per request: never a token, a fingerprint
+    listen: Listen = key(
+        kind="address",
+        keys=("listen", "allow_remote"),
+        doc="unix:/PATH, HOST:PORT or systemd:NAME, as in [endpoint]; allow_remote as there",
+    )
+    # https (http only to loopback), no query
+    upstream: str = key(
+        kind="url",
+        required=True,
+        doc="where requests go: https (TLS verified), http only to loopback; the caller's path appended",
+    )
+    # unix sockets only, as the three below
+    socket_mode: int = key(
+        kind="socket_mode",
+        default=0o660,
+        doc="unix only: the socket's mode, an octal string; connecting needs write permission",
+    )
+    socket_owner: str | int | None = key(
+        kind="owner", default=None, doc="unix only: the socket's user, a name or uid"
+    )
+    socket_group: str | int | None = key(
+        kind="owner",
+        default=None,
+        doc="unix only: the socket's group, a name or gid (with 0660: who may connect)",
+    )
+    # a line per request: never a token, a fingerprint
+    access_log: bool = key(
+        kind="flag",
+        default=False,
+        doc="a log line per request: method, path, status, the token's fingerprint",
+    )
 
 
 @config_value
 class EndpointConfig:
     """``[endpoint]``: the local token endpoint (``GET /v1/token/NAME``) and health."""
 
-    listen: Listen = key(kind="address", keys=("listen", "allow_remote"))
-    socket_mode: int = key(kind="socket_mode", default=0o660)
-    socket_owner: str | int | None = key(kind="owner", default=None)
-    socket_group: str | int | None = key(kind="owner", default=None)
-    access_log: bool = key(kind="flag", default=False)
+    listen: Listen = key(
+        kind="address",
+        keys=("listen", "allow_remote"),
+        doc="unix:/PATH, HOST:PORT or systemd:NAME; allow_remote = true: TCP beyond loopback",
+    )
+    socket_mode: int = key(
+        kind="socket_mode",
+        default=0o660,
+        doc="unix only: the socket's mode, an octal string; connecting needs write permission",
+    )
+    socket_owner: str | int | None = key(
+        kind="owner", default=None, doc="unix only: the socket's user, a name or uid"
+    )
+    socket_group: str | int | None = key(
+        kind="owner",
+        default=None,
+        doc="unix only: the socket's group, a name or gid (with 0660: who may connect)",
+    )
+    access_log: bool = key(
+        kind="flag",
+        default=False,
+        doc="a log line per request: path without query, status, the token's fingerprint",
+    )
 
 
 @config_value
 class HookConfig:
-    command: tuple[str, ...] = key(kind="argv", default=())
-    timeout: float = key(kind="duration", default=30.0, high=MAX_HOOK_TIMEOUT)
-    pid_file: Path | None = key(kind="path", default=None)
-    signal: str | None = key(kind="signal", default=None)
-    pass_token: bool = key(kind="flag", default=False)
+    command: tuple[str, ...] = key(
+        kind="argv",
+        default=(),
+        doc="a program and its arguments (argv, never a shell), run after the sinks changed",
+    )
+    timeout: float = key(
+        kind="duration",
+        default=30.0,
+        high=MAX_HOOK_TIMEOUT,
+        doc="how long the command may run before it is killed",
+    )
+    pid_file: Path | None = key(
+        kind="path",
+        default=None,
+        doc="signal the process whose pid this file holds (one others could write is refused)",
+    )
+    signal: str | None = key(
+        kind="signal", default=None, doc='the signal sent to pid_file\'s process, such as "SIGHUP"'
+    )
+    pass_token: bool = key(kind="flag", default=False, doc="put the token in the command's environment")
 
 
 @config_value
 class CredentialConfig:
     name: str = key(kind="internal")
     source: Path = key(kind="internal")  # the config file it came from, for error messages
-    token_url: str | None = key(kind="url", identity=True, refetch=True)  # None: discovered from issuer
-    client_id: SecretRef = key(kind="secret", keys=secret_keys("client_id"), identity=True, refetch=True)
+    # None: discovered from issuer
+    token_url: str | None = key(
+        kind="url",
+        identity=True,
+        refetch=True,
+        doc="the token endpoint: https, http only to loopback (unset: the preset's, or from issuer)",
+    )
+    client_id: SecretRef = key(
+        kind="secret",
+        keys=secret_keys("client_id"),
+        identity=True,
+        refetch=True,
+        doc="the client id: inline, or from a variable, a file or a systemd credential",
+    )
     # None with client_auth = "private_key_jwt" or "tls_client_auth": the key is the secret.
-    client_secret: SecretRef | None = key(kind="secret", keys=secret_keys("client_secret"), refetch=True)
-    provider: str | None = key(kind="string", default=None)  # a preset: see tokend.core.limits.PRESETS
-    env_file: Path | None = key(kind="path", default=None, refetch=True)
-    scope: tuple[str, ...] = key(kind="scope", default=(), identity=True, refetch=True)
+    client_secret: SecretRef | None = key(
+        kind="secret",
+        keys=secret_keys("client_secret"),
+        refetch=True,
+        doc="the client secret, from the same places (none with a key-based client_auth)",
+    )
+    # a preset: see tokend.core.limits.PRESETS
+    provider: str | None = key(
+        kind="string",
+        default=None,
+        doc='a preset of keys such as "eventbookings"; the keys the credential sets win over it',
+    )
+    env_file: Path | None = key(
+        kind="path",
+        default=None,
+        refetch=True,
+        doc="a dotenv file the *_env keys are looked up in before the environment (read literally)",
+    )
+    scope: tuple[str, ...] = key(
+        kind="scope", default=(), identity=True, refetch=True, doc="the scope asked for: a string or a list"
+    )
     # Sorted (name, value) pairs; a name may repeat (RFC 8707: several `resource`). Holds
     # `audience` and `resource` too, whichever key they were given with.
     extra_params: tuple[tuple[str, str], ...] = key(
-        kind="params", default=(), keys=("audience", "resource", "extra_params"), identity=True, refetch=True
+        kind="params",
+        default=(),
+        keys=("audience", "resource", "extra_params"),
+        identity=True,
+        refetch=True,
+        doc="audience, resource (RFC 8707) and more body parameters; a list repeats one",
     )
-    request_format: RequestFormat = key(kind="choice", default="form", choices=REQUEST_FORMATS, refetch=True)
-    client_auth: ClientAuth = key(kind="choice", default="basic", choices=CLIENT_AUTHS, refetch=True)
-    use_refresh_token: bool = key(kind="flag", default=True, refetch=True)
+    request_format: RequestFormat = key(
+        kind="choice",
+        default="form",
+        choices=REQUEST_FORMATS,
+        refetch=True,
+        doc="the request body: form (RFC 6749), json, or auto (form, then json once; remembered)",
+    )
+    client_auth: ClientAuth = key(
+        kind="choice",
+        default="basic",
+        choices=CLIENT_AUTHS,
+        refetch=True,
+        doc="basic, body, auto (Basic, then the body; remembered), private_key_jwt or tls_client_auth",
+    )
+    use_refresh_token: bool = key(
+        kind="flag",
+        default=True,
+        refetch=True,
+        doc="use the refresh_token grant when one was issued; on refusal, client credentials",
+    )
     refresh_at: float = key(
-        kind="number", default=DEFAULT_REFRESH_AT, low=REFRESH_AT_LOW, high=REFRESH_AT_HIGH
+        kind="number",
+        default=DEFAULT_REFRESH_AT,
+        low=REFRESH_AT_LOW,
+        high=REFRESH_AT_HIGH,
+        doc="refresh after this fraction of the token's lifetime",
     )
-    min_ttl_margin: float = key(kind="duration", default=DEFAULT_MIN_TTL_MARGIN, low=0, high=MAX_TTL_MARGIN)
-    default_expires_in: float = key(kind="duration", default=DEFAULT_EXPIRES_IN, identity=True, refetch=True)
-    timeout: float = key(kind="duration", default=10.0, high=MAX_REQUEST_TIMEOUT, refetch=True)
+    min_ttl_margin: float = key(
+        kind="duration",
+        default=DEFAULT_MIN_TTL_MARGIN,
+        low=0,
+        high=MAX_TTL_MARGIN,
+        doc="never refresh later than this before expiry",
+    )
+    default_expires_in: float = key(
+        kind="duration",
+        default=DEFAULT_EXPIRES_IN,
+        identity=True,
+        refetch=True,
+        doc="the token's lifetime when the server omits expires_in",
+    )
+    timeout: float = key(
+        kind="duration",
+        default=10.0,
+        high=MAX_REQUEST_TIMEOUT,
+        refetch=True,
+        doc="per request, start to last byte",
+    )
     # Taken as the token's type whatever the server answers: for servers known to mislabel
     # Bearer tokens (idpyoidc 5.0.0 answers "access_token"). Unset, an unknown type is refused.
-    token_type: str | None = key(kind="choice", default=None, choices=TOKEN_TYPES, refetch=True)
-    ca_bundle: Path | None = key(kind="path", default=None, refetch=True)
-    allow_insecure_http: bool = key(kind="flag", default=False, refetch=True)
+    token_type: str | None = key(
+        kind="choice",
+        default=None,
+        choices=TOKEN_TYPES,
+        refetch=True,
+        doc="taken as the token's type whatever the server says (for servers that mislabel Bearer)",
+    )
+    ca_bundle: Path | None = key(
+        kind="path",
+        default=None,
+        refetch=True,
+        doc="a private CA to verify the server with (TLS is always verified)",
+    )
+    allow_insecure_http: bool = key(
+        kind="flag", default=False, refetch=True, doc="allow http:// to a host that is not loopback"
+    )
     # Discovery (RFC 8414 / OIDC Discovery) instead of token_url; part of the identity.
-    issuer: str | None = key(kind="url", default=None, identity=True, refetch=True)
+    issuer: str | None = key(
+        kind="url",
+        default=None,
+        identity=True,
+        refetch=True,
+        doc="instead of token_url: the token endpoint from the issuer's metadata (OIDC, RFC 8414)",
+    )
     # private_key_jwt (RFC 7523): a PEM key, read at request time like a secret.
     private_key: SecretRef | None = key(
         kind="secret",
@@ -325,13 +509,30 @@ class CredentialConfig:
         keys=("private_key_file", "private_key_credential"),
         refetch=True,
         only_with="private_key_jwt",
+        doc="private_key_jwt: the PEM key that signs the client assertion (a file or credential)",
     )
-    key_id: str | None = key(kind="string", default=None, high=256, refetch=True, only_with="private_key_jwt")
+    key_id: str | None = key(
+        kind="string",
+        default=None,
+        high=256,
+        refetch=True,
+        only_with="private_key_jwt",
+        doc='private_key_jwt: the JWS "kid" header, the key\'s id at the identity provider',
+    )
     signing_alg: SigningAlg | None = key(
-        kind="choice", default=None, choices=SIGNING_ALGS, refetch=True, only_with="private_key_jwt"
+        kind="choice",
+        default=None,
+        choices=SIGNING_ALGS,
+        refetch=True,
+        only_with="private_key_jwt",
+        doc="private_key_jwt: the assertion's algorithm; default by key (RS256, ES256…, EdDSA)",
     )
     assertion_audience: str | None = key(
-        kind="string", default=None, refetch=True, only_with="private_key_jwt"
+        kind="string",
+        default=None,
+        refetch=True,
+        only_with="private_key_jwt",
+        doc='private_key_jwt: the assertion\'s "aud"; default: the token endpoint URL',
     )
     # A JWT the platform writes and rotates (Kubernetes, Azure workload identity), sent as
     # the client assertion instead of one tokend signs: read at every request, never deleted.
@@ -346,8 +547,19 @@ class CredentialConfig:
     )
     # Mutual TLS (RFC 8705): the client certificate, with any client_auth.
     # Of the identity by its certificate's thumbprint (tokend.io.cache), not by its path.
-    tls_cert_file: Path | None = key(kind="path", default=None, identity=True, refetch=True)
-    tls_key_file: Path | None = key(kind="path", default=None, refetch=True)  # unless the cert file holds it
+    tls_cert_file: Path | None = key(
+        kind="path",
+        default=None,
+        identity=True,
+        refetch=True,
+        doc="a PEM client certificate for mutual TLS (RFC 8705), with any client_auth",
+    )
+    tls_key_file: Path | None = key(
+        kind="path",
+        default=None,
+        refetch=True,
+        doc="the client certificate's private key, unless tls_cert_file holds it",
+    )
     # DPoP (RFC 9449): tokens bound to a key tokend holds, usable only through its proxy.
     dpop: bool = key(
         kind="flag", default=False, refetch=True, doc="ask for DPoP-bound tokens (RFC 9449); proxy only"
@@ -374,22 +586,52 @@ class CredentialConfig:
     # The key actually used (dpop_key_file or the made one's path, set by parse), of the
     # identity by its RFC 7638 thumbprint (tokend.io.cache): a new key is a new token.
     dpop_key: Path | None = key(kind="internal", default=None, identity=True, refetch=True)
-    sinks: tuple[SinkConfig, ...] = key(kind="sinks", default=(), keys=("sink",))
-    on_rotate: HookConfig | None = key(kind="hook", default=None)
+    sinks: tuple[SinkConfig, ...] = key(
+        kind="sinks",
+        default=(),
+        keys=("sink",),
+        doc="[[credentials.NAME.sink]]: zero or more files the token is written to",
+    )
+    on_rotate: HookConfig | None = key(
+        kind="hook",
+        default=None,
+        doc="[credentials.NAME.on_rotate]: a command run or a process signalled after the sinks changed",
+    )
     # Share this credential's token through [fleet] (when that table exists): the default.
-    fleet: bool = key(kind="flag", default=True)
+    fleet: bool = key(
+        kind="flag",
+        default=True,
+        doc="with [fleet]: share this credential's token through Redis; false opts out",
+    )
     # Who may read it from [endpoint]'s unix socket, by the caller's uid and gids (SO_PEERCRED);
     # root and tokend's own user always may.
-    endpoint_users: tuple[str | int, ...] = key(kind="owners", default=())
-    endpoint_groups: tuple[str | int, ...] = key(kind="owners", default=())
+    endpoint_users: tuple[str | int, ...] = key(
+        kind="owners",
+        default=(),
+        doc="who may read the token from [endpoint]'s unix socket, by the caller's user",
+    )
+    endpoint_groups: tuple[str | int, ...] = key(
+        kind="owners",
+        default=(),
+        doc="who may read the token from [endpoint]'s unix socket, by the caller's groups",
+    )
     # Over a TCP [endpoint] the caller's user is not known: every local program that passes
     # the guards could read the token. Off unless the credential says so (a 404 otherwise).
-    endpoint_tcp: bool = key(kind="flag", default=False)
+    endpoint_tcp: bool = key(
+        kind="flag",
+        default=False,
+        doc="serve the token on a TCP [endpoint] to any local program sending the guard header",
+    )
     # A DPoP token is useless without tokend's key: served by the endpoint only when asked.
     endpoint_dpop: bool = key(
         kind="flag", default=False, doc="serve this DPoP credential's token on [endpoint] (it needs the key)"
     )
-    proxies: tuple[ProxyConfig, ...] = key(kind="proxies", default=(), keys=("proxy",))
+    proxies: tuple[ProxyConfig, ...] = key(
+        kind="proxies",
+        default=(),
+        keys=("proxy",),
+        doc="[[credentials.NAME.proxy]]: zero or more reverse proxies adding the token to requests",
+    )
 
     @property
     def scope_string(self) -> str | None:
@@ -419,26 +661,65 @@ class CredentialConfig:
 class FleetConfig:
     """``[fleet]``: daemons on many hosts share one token per identity through Redis."""
 
-    redis_url: str = key(kind="url", required=True)  # redis://, rediss:// or unix://
+    redis_url: str = key(
+        kind="url",
+        required=True,
+        doc="redis://, rediss:// (TLS) or unix://; no user or password in it, no query but ?db=N",
+    )
     # The Redis password: from a file or the environment, never inline (never logged).
-    password_file: Path | None = key(kind="path", default=None)
-    password_env: str | None = key(kind="string", default=None, high=256)
-    username: str | None = key(kind="string", default=None, high=256)  # a Redis 6 ACL user
-    lease: float = key(kind="duration", default=15.0, low=MIN_LEASE, high=MAX_LEASE)
-    key_prefix: str = key(kind="string", default="tokend", high=64)
+    password_file: Path | None = key(
+        kind="path", default=None, doc="a file holding the Redis password (never inline, never logged)"
+    )
+    password_env: str | None = key(
+        kind="string",
+        default=None,
+        high=256,
+        doc="the variable holding the Redis password, instead of password_file",
+    )
+    # a Redis 6 ACL user
+    username: str | None = key(
+        kind="string", default=None, high=256, doc="a Redis 6 ACL user (default: the default user)"
+    )
+    lease: float = key(
+        kind="duration",
+        default=15.0,
+        low=MIN_LEASE,
+        high=MAX_LEASE,
+        doc="the leader's lease, renewed every third of it",
+    )
+    key_prefix: str = key(
+        kind="string", default="tokend", high=64, doc='every Redis key and channel is under "<key_prefix>:"'
+    )
 
 
 @config_value
 class Config:
     path: Path = key(kind="internal")  # the config file
-    state_dir: Path = key(kind="path")  # default: $STATE_DIRECTORY and so on (paths.default_state_dir)
-    log_level: str = key(kind="choice", default="info", choices=LOG_LEVELS)
-    log_format: str = key(kind="choice", default="text", choices=LOG_FORMATS)
-    metrics_listen: tuple[str, int] | None = key(
-        kind="listen", default=None, keys=("metrics_listen", "metrics_allow_remote")
+    # default: $STATE_DIRECTORY and so on (paths.default_state_dir)
+    state_dir: Path = key(kind="path", doc="the token cache, status and lock (0600 files)")
+    log_level: str = key(
+        kind="choice", default="info", choices=LOG_LEVELS, doc="debug, info, warning or error"
     )
-    metrics_textfile: Path | None = key(kind="path", default=None)
-    credentials: Mapping[str, CredentialConfig] = key(kind="credentials", default_factory=dict, keys=())
+    log_format: str = key(
+        kind="choice", default="text", choices=LOG_FORMATS, doc="text, or json: one JSON object a line"
+    )
+    metrics_listen: tuple[str, int] | None = key(
+        kind="listen",
+        default=None,
+        keys=("metrics_listen", "metrics_allow_remote"),
+        doc="HOST:PORT serving Prometheus metrics at /metrics; loopback unless metrics_allow_remote",
+    )
+    metrics_textfile: Path | None = key(
+        kind="path",
+        default=None,
+        doc="a file the metrics are written to, for node_exporter's textfile collector",
+    )
+    credentials: Mapping[str, CredentialConfig] = key(
+        kind="credentials",
+        default_factory=dict,
+        keys=(),
+        doc="one [credentials.NAME] table per token to keep fresh",
+    )
     fleet: FleetConfig | None = key(kind="internal", default=None)  # the [fleet] table, read by parse
     endpoint: EndpointConfig | None = key(kind="internal", default=None)  # [endpoint], read by parse
     warnings: tuple[str, ...] = key(kind="internal", default=())  # worth a log line, not a refusal
