@@ -227,6 +227,34 @@ def test_a_directory_that_vanishes_before_the_watch_starts_costs_only_its_own_wa
         watcher.stop()
 
 
+def test_a_reschedule_asks_for_a_look_since_a_change_between_observers_is_unseen(tmp_path: Path) -> None:
+    """When the watched directories move (kubelet's next ``..TIMESTAMP``), one observer
+    stops and another starts: a rotation in between has no observer. The watcher asks the
+    reloader to compare hashes once after each reschedule, and not when nothing moved."""
+    tokens = tmp_path / "tokens"
+    first = tokens / "..1"
+    first.mkdir(parents=True)
+    (first / "token").write_text("a")
+    (tokens / "..data").symlink_to("..1")
+    (tokens / "token").symlink_to("..data/token")
+    watcher, hits = watcher_on(tokens / "token")
+    try:
+        assert hits == []  # the first start: nothing to catch up on
+        watcher.update([tokens / "token"])
+        assert hits == []  # the same directories: no reschedule, no look
+        second = tokens / "..2"
+        second.mkdir()
+        (second / "token").write_text("b")
+        (tokens / "..data_tmp").symlink_to("..2")
+        (tokens / "..data_tmp").rename(tokens / "..data")
+        wait_for(lambda: hits, 5, "the old observer's event of the swap")
+        hits.clear()  # what follows comes from the reschedule alone
+        watcher.update([tokens / "token"])  # the chain now runs through ..2
+        assert len(hits) >= 1 and str(second) in watcher.directories
+    finally:
+        watcher.stop()
+
+
 # --------------------------------------------------------------------------- the daemon
 
 

@@ -190,7 +190,12 @@ class Watcher:
         self.lock = threading.Lock()
 
     def update(self, files: Iterable[Path]) -> None:
-        """Watch these files from now on (rescheduling only if the directories changed)."""
+        """Watch these files from now on (rescheduling only if the directories changed).
+
+        A reschedule stops one observer and starts another: a change in between (kubelet
+        rotating again right after the swap that moved the directories) has no observer to
+        see it. So after a reschedule ``notify`` is called once: the reloader compares the
+        content hashes, which costs nothing when nothing changed."""
         points = {p for f in files for p in watch_points(f)}
         directories = {str(p.parent) for p in points if p.parent.is_dir()}
         with self.lock:
@@ -198,7 +203,10 @@ class Watcher:
             if frozenset(directories) == self.directories and self.alive():
                 return
             self.directories = frozenset(directories)
+            rescheduled = self.observer is not None
         self.restart()
+        if rescheduled:
+            self.notify()
 
     def alive(self) -> bool:
         return self.observer is not None and self.observer.is_alive()
