@@ -400,6 +400,8 @@ def beyond(table: str, spec: Key, name: str) -> list[str]:
         assert high is not None
         return [str(int(high) + 1)]
     assert high is not None, f"{table}.{name} is not bounded"
+    if spec.kind == "addresses":  # `high` entries at most
+        return ["[" + ", ".join(f'"h{n}:26379"' for n in range(int(high) + 1)) + "]"]
     long = "x" * (int(high) + 1)
     if spec.kind == "argv":
         return [f'["{long}"]']

@@ -182,10 +182,11 @@ def check_fleet_password(config: Config) -> list[str]:
     """Offline too: the Redis password can be read (``run`` would exit 78 on it)."""
     if config.fleet is None:
         return []
-    from tokend.io.fleet_secret import read_password
+    from tokend.io.fleet_secret import read_password, read_sentinel_password
 
     try:
         read_password(config.fleet, config.path, os.environ)
+        read_sentinel_password(config.fleet, config.path, os.environ)
     except ConfigError as exc:
         return [str(exc)]
     return []
@@ -198,18 +199,24 @@ def check_fleet(config: Config) -> int:
     from tokend.daemon.fleet_mode import fleet_imports
 
     fleet_imports(config.path)
-    from tokend.io.fleet_secret import read_password
+    from tokend.io.fleet_secret import read_password, read_sentinel_password
     from tokend.io.fleet_store import FleetStore, RedisDown
 
-    store = FleetStore(config.fleet, read_password(config.fleet, config.path, os.environ))
+    store = FleetStore(
+        config.fleet,
+        read_password(config.fleet, config.path, os.environ),
+        read_sentinel_password(config.fleet, config.path, os.environ),
+    )
     try:
         store.ping()
+        primary = store.primary()
     except RedisDown as exc:
         print(f"tokend: fleet: {config.fleet.shown()}: {exc}", file=sys.stderr)
         return ExitCode.FAILED
     finally:
         store.close()
-    print(f"online: fleet: Redis {config.fleet.shown()} answers")
+    shown = config.fleet.shown() + (f" (primary {primary})" if primary else "")
+    print(f"online: fleet: Redis {shown} answers")
     return ExitCode.OK
 
 

@@ -76,6 +76,8 @@ def protected_files(
                 add(Path(directory) / ref.value, "a systemd credential")
     if fleet is not None and fleet.password_file is not None:
         add(fleet.password_file, "[fleet]'s password_file")
+    if fleet is not None and fleet.sentinel_password_file is not None:
+        add(fleet.sentinel_password_file, "[fleet]'s sentinel_password_file")
     return protected
 
 

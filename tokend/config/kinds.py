@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tokend.config.schema import Key, Kind, Listen
-from tokend.config.urls import is_loopback_host
+from tokend.config.urls import host_port_problem, is_loopback_host
 from tokend.core.limits import MAX_ID, MAX_STRING, kind_of, parse_duration, shown
 
 # Every pattern is used with fullmatch: `$` also matches before a final "\n", which let
@@ -178,6 +178,23 @@ def _argv(value: object, key: Key) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _addresses(value: object, key: Key) -> tuple[str, ...]:
+    """``["HOST:PORT", ...]``: at least one, at most ``high``, none twice; a refusal names
+    the entry by its place, never by its text (a password pasted there)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of "HOST:PORT" strings')
+    if not value:
+        raise ValueError("must name at least one; leave it out instead")
+    if key.high is not None and len(value) > key.high:
+        raise ValueError(f"may name at most {key.high:g}")
+    for n, entry in enumerate(value, 1):
+        if (problem := host_port_problem(entry)) is not None:
+            raise ValueError(f"entry {n}: {problem}")
+    if len(set(value)) != len(value):
+        raise ValueError("names the same address twice")
+    return tuple(value)
+
+
 def _signal(value: object, key: Key) -> str:
     name = string(value, key.high).upper()
     name = name if name.startswith("SIG") else f"SIG{name}"
@@ -201,6 +218,7 @@ READERS: Mapping[Kind, Callable[[object, Key], Any]] = {
     "scope": _scope,
     "argv": _argv,
     "signal": _signal,
+    "addresses": _addresses,
 }
 """How the schema reads a key of each of its SIMPLE_KINDS by itself."""
 

@@ -226,21 +226,42 @@ class _Parser:
         ``tokend status``); the password comes from password_file or password_env."""
         tbl = self.table(body, "fleet", FLEET_KEYS)
         fleet = FleetConfig(**self.values(FleetConfig, tbl, "fleet"))
-        if (problem := redis_url_problem(fleet.redis_url)) is not None:
+        if fleet.sentinels is not None:
+            self.sentinel(fleet)
+        elif fleet.redis_url is None:
+            raise self.fail("fleet.redis_url", "is required (or sentinels with service_name)")
+        elif (problem := redis_url_problem(fleet.redis_url)) is not None:
             raise self.fail("fleet.redis_url", problem)
-        if fleet.password_file is not None and fleet.password_env is not None:
-            raise self.fail("fleet.password_env", "conflicts with password_file; set only one")
-        if fleet.password_file is not None:
-            self.warn_readable(fleet.password_file, "fleet.password_file")
-        if fleet.password_env is not None and not ENV_NAME_RE.fullmatch(fleet.password_env):
-            raise self.fail(
-                "fleet.password_env",
-                "is not an environment variable name (the value is not shown: it may be a "
-                "password pasted here by mistake)",
-            )
+        for name in ("service_name", "sentinel_password_file", "sentinel_password_env", "sentinel_username"):
+            if fleet.sentinels is None and getattr(fleet, name) is not None:
+                raise self.fail(f"fleet.{name}", "applies only with sentinels")
+        for prefix in ("", "sentinel_"):
+            password_file, password_env = (getattr(fleet, f"{prefix}password_{k}") for k in ("file", "env"))
+            if password_file is not None and password_env is not None:
+                raise self.fail(
+                    f"fleet.{prefix}password_env", f"conflicts with {prefix}password_file; set only one"
+                )
+            if password_file is not None:
+                self.warn_readable(password_file, f"fleet.{prefix}password_file")
+            if password_env is not None and not ENV_NAME_RE.fullmatch(password_env):
+                raise self.fail(
+                    f"fleet.{prefix}password_env",
+                    "is not an environment variable name (the value is not shown: it may be a "
+                    "password pasted here by mistake)",
+                )
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", fleet.key_prefix):
             raise self.fail("fleet.key_prefix", "may only use letters, digits, '_', '.' and '-'")
         return fleet
+
+    def sentinel(self, fleet: FleetConfig) -> None:
+        """``sentinels`` (read by their kind: HOST:PORT each) instead of ``redis_url``, with
+        the ``service_name`` they monitor the primary under."""
+        if fleet.redis_url is not None:
+            raise self.fail("fleet.sentinels", "conflicts with redis_url; set only one")
+        if fleet.service_name is None:
+            raise self.fail("fleet.service_name", "is required with sentinels")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", fleet.service_name):
+            raise self.fail("fleet.service_name", "may only use letters, digits, '_', '.' and '-'")
 
     def endpoint(self, body: object) -> EndpointConfig:
         """``[endpoint]``: the local token endpoint."""

@@ -77,6 +77,7 @@ SimpleKind = Literal[
     "argv",  # a list of strings: a program and its arguments, never a shell line
     "signal",  # a signal name, with or without "SIG"
     "url",  # a string; tokend.config.parse adds the preset and refuses http to remote hosts
+    "addresses",  # a non-empty list of "HOST:PORT" strings (a DNS name, IPv4 or [IPv6]); `high`: how many
 ]
 ComposedKind = Literal[
     # Read from several keys of the table by tokend.config.kinds:
@@ -108,6 +109,7 @@ DEFAULT_HIGH: Mapping[Kind, float] = {
     ),
     "duration": MAX_EXPIRES_IN,
     "owner": MAX_ID,
+    "addresses": 16,  # entries (each HOST:PORT at most 255 + 6 characters)
 }
 SCHEMA = "tokend.config.schema"  # the key of a field's metadata that holds its Key
 
@@ -661,9 +663,10 @@ class CredentialConfig:
 class FleetConfig:
     """``[fleet]``: daemons on many hosts share one token per identity through Redis."""
 
-    redis_url: str = key(
+    # Exactly one of redis_url, or sentinels with service_name.
+    redis_url: str | None = key(
         kind="url",
-        required=True,
+        default=None,
         doc="redis://, rediss:// (TLS) or unix://; no user or password in it, no query but ?db=N",
     )
     # The Redis password: from a file or the environment, never inline (never logged).
@@ -680,6 +683,22 @@ class FleetConfig:
     username: str | None = key(
         kind="string", default=None, high=256, doc="a Redis 6 ACL user (default: the default user)"
     )
+    # Redis Sentinel, instead of redis_url: the primary of service_name, as the sentinels say.
+    sentinels: tuple[str, ...] | None = key(
+        kind="addresses", default=None, doc='the Sentinels to ask for the primary, ["HOST:PORT", ...]'
+    )
+    service_name: str | None = key(
+        kind="string", default=None, high=64, doc="the name the sentinels monitor the primary under"
+    )
+    sentinel_password_file: Path | None = key(
+        kind="path", default=None, doc="a file holding the sentinels' own password (their requirepass)"
+    )
+    sentinel_password_env: str | None = key(
+        kind="string", default=None, high=256, doc="the variable holding the sentinels' own password"
+    )
+    sentinel_username: str | None = key(
+        kind="string", default=None, high=256, doc="an ACL user on the sentinels (Redis 6.2 or later)"
+    )
     lease: float = key(
         kind="duration",
         default=15.0,
@@ -690,6 +709,13 @@ class FleetConfig:
     key_prefix: str = key(
         kind="string", default="tokend", high=64, doc='every Redis key and channel is under "<key_prefix>:"'
     )
+
+    def shown(self) -> str:
+        """Where the fleet's Redis is, as tokend prints it: the URL without its query (the
+        parser refuses a user or password in it), or the service and its sentinels."""
+        if self.sentinels is not None:
+            return f"sentinel {self.service_name} via {','.join(self.sentinels)}"
+        return (self.redis_url or "").split("?", 1)[0]
 
 
 @config_value
@@ -730,6 +756,8 @@ class Config:
         found = {v for cred in self.credentials.values() for v in cred.secret_variables()}
         if self.fleet is not None and self.fleet.password_env is not None:
             found.add(self.fleet.password_env)  # the Redis password is a secret too
+        if self.fleet is not None and self.fleet.sentinel_password_env is not None:
+            found.add(self.fleet.sentinel_password_env)  # and so is Sentinel's
         return frozenset(found)
 
     def serves_http(self) -> bool:

@@ -122,3 +122,35 @@ def redis_url_problem(url: str) -> str | None:
     if db is not None and not (db.isascii() and db.isdigit() and len(db) <= 9):
         return "the database must be a number (redis://HOST:PORT/0)"
     return None
+
+
+def host_port_problem(text: str) -> str | None:
+    """What is wrong with one ``HOST:PORT`` (a Sentinel's address), or None; never the
+    text itself. The host is a DNS name, an IPv4 address or ``[an IPv6 address]``."""
+    import ipaddress
+
+    if len(text) > 255 + 8 or any(ch.isspace() or not ch.isprintable() for ch in text):
+        return "must be HOST:PORT, without whitespace or control characters"
+    if "@" in text or "/" in text or "?" in text or "#" in text or "%" in text:
+        return "must be HOST:PORT only (no scheme, user, password, path or query)"
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        return "must be HOST:PORT (the port is not optional: Sentinel's is usually 26379)"
+    if host.startswith("["):
+        try:
+            valid = host.endswith("]") and ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            valid = False
+        if not valid:
+            return "the host in brackets must be an IPv6 address ([::1]:26379)"
+    elif not REDIS_HOST_RE.fullmatch(host):
+        return "must name a host (a DNS name, an IPv4 address or [an IPv6 address]) and a port"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return "the port must be a number from 1 to 65535"
+    return None
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (checked by :func:`host_port_problem`) as a host and a port."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -78,7 +78,8 @@ def fault_of(error_class: str, message: str) -> Fault:
     first word of an error reply is its code: ``READONLY You can't write...``). Pure: the
     IO side passes ``type(exc).__name__`` and ``str(exc)``."""
     code = message.strip().split(" ", 1)[0].upper() if message.strip() else ""
-    if code == "READONLY" or error_class == "ReadOnlyError":
+    if code == "READONLY" or error_class == "ReadOnlyError" or "previous master is now a" in message:
+        # The last: redis-py's Sentinel pool turns READONLY into a ConnectionError of its own.
         return Fault.READONLY
     if code == "MASTERDOWN" or error_class == "MasterDownError":
         return Fault.MASTERDOWN

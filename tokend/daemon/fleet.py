@@ -49,7 +49,7 @@ from tokend.daemon.fleet_state import FleetState
 from tokend.daemon.fleet_wait import LeaderWait
 from tokend.daemon.token_source import ASK, Offer, TokenSource
 from tokend.io import fleet_crypto
-from tokend.io.fleet_secret import read_password
+from tokend.io.fleet_secret import read_password, read_sentinel_password
 from tokend.io.fleet_store import SOCKET_TIMEOUT, FleetStore
 
 log = logging.getLogger("tokend.fleet")
@@ -68,9 +68,12 @@ class Fleet(TokenSource):
         self.fleet = fleet
         self.environ = environ
         self.clock = clock or SystemClock()
-        password = read_password(fleet, config_path, os.environ if environ is None else environ)
-        self.store = FleetStore(fleet, password)  # a password it cannot read: ConfigError above
+        env = os.environ if environ is None else environ
+        password = read_password(fleet, config_path, env)
+        sentinel_password = read_sentinel_password(fleet, config_path, env)
+        self.store = FleetStore(fleet, password, sentinel_password)  # unreadable: ConfigError above
         self.state = FleetState(fleet, self.clock, report, self.store.drop)
+        self.state.primary = self.store.primary
         host = socket.gethostname()
         self.wait = LeaderWait(fleet, self.store, self.state, clock=self.clock, host=host, environ=environ)
         self.listener = FleetListener(fleet, self.store, self.state, self.clock)

@@ -15,7 +15,7 @@ from tokend.core.fleet import Role, judge, localize, meaning
 from tokend.daemon.clock import Clock
 from tokend.daemon.fleet_state import FleetState
 from tokend.io import fleet_crypto
-from tokend.io.fleet_store import FleetStore, PubSubLost, RedisDown
+from tokend.io.fleet_store import FleetStore, PubSubLost, RedisDown, Stored
 
 log = logging.getLogger("tokend.fleet")
 
@@ -57,6 +57,8 @@ class FleetListener:
                     state.up(written=True)
                 if clock.monotonic() >= next_renew:
                     next_renew = clock.monotonic() + interval
+                    if (moved := self.store.follow_primary()) is not None:
+                        state.moved(*moved)
                     with state.lock:
                         wanted = set(state.identities.values())
                     for identity in self.store.renew(wanted):
@@ -75,6 +77,12 @@ class FleetListener:
                     state.warn("", "pubsub", f"fleet: {exc}; subscribing again (the leases are kept)")
                     self.stopping.wait(PUBSUB_PAUSE)
                     continue
+                for identity in sorted(self.store.take_rejoined()):
+                    # Subscribed again (after a fail-over, on the new primary): what was
+                    # published meanwhile is read once, before what came since.
+                    stored = self.store.get(identity)  # RedisDown: an outage
+                    if stored is not None:
+                        self.deliver(identity, stored.blob, stored)
                 for identity, blob in found.items():
                     self.deliver(identity, blob)
                 pause = PROBE_BACKOFF[0]
@@ -95,10 +103,11 @@ class FleetListener:
                 self.stopping.wait(pause)
                 pause = min(PROBE_BACKOFF[1], pause * 2)
 
-    def deliver(self, identity: str, blob: bytes) -> None:
-        """A publication: wake the identity's credentials only for a token they would take
-        (it opens with our key, is for this identity, fresh and unexpired); anything else
-        costs one unseal and, at most once a minute, a warning."""
+    def deliver(self, identity: str, blob: bytes, stored: Stored | None = None) -> None:
+        """A publication (or, with ``stored``, the token key read after subscribing again):
+        wake the identity's credentials only for a token they would take (it opens with
+        our key, is for this identity, fresh and unexpired); anything else costs one
+        unseal and, at most once a minute, a warning."""
         state = self.state
         with state.lock:
             if state.sent.get(identity) == blob:
@@ -111,7 +120,10 @@ class FleetListener:
         now = self.clock.time()
         try:
             opened = fleet_crypto.unseal(blob, material, identity)
-            shared = localize(opened, now, redis_now=self.store.time())  # RedisDown: an outage
+            if stored is None:
+                shared = localize(opened, now, redis_now=self.store.time())  # RedisDown: an outage
+            else:
+                shared = localize(opened, now, redis_now=stored.redis_now, ttl=stored.ttl)
         except ValueError as exc:  # Undecryptable included: garbage, or another secret
             state.warn(
                 identity, "published", f"{cred.name}: ignoring a publication on the fleet's channel: {exc}"
@@ -125,6 +137,11 @@ class FleetListener:
             refresh_at=cred.refresh_at,
             min_ttl_margin=cred.min_ttl_margin,
         )
+        if reason is not None and stored is not None:
+            # Read back after subscribing again: an old token there (the one before the
+            # fail-over, its leader's last) is what is expected, not worth a warning.
+            log.debug("%s: the fleet's stored token, read after subscribing again: %s", cred.name, reason)
+            return
         if reason is not None:
             state.warn(
                 identity, "published", f"{cred.name}: ignoring a publication on the fleet's channel: {reason}"

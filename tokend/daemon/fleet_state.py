@@ -46,10 +46,13 @@ class FleetState:
         self.last_error: str | None = None
         self.needs_write = False  # the episode ends only with an accepted write (READONLY...)
         self.counts = dict.fromkeys(FleetEvent, 0)
+        self.primary: Callable[[], str | None] = lambda: None  # Sentinel's primary, when known
 
     def redis_name(self) -> str:
-        """The Redis URL (the parser refuses a password, any user and any query in it)."""
-        return self.fleet.redis_url.split("?", 1)[0]
+        """The Redis URL (the parser refuses a password, any user and any query in it), or
+        the Sentinel service, with the primary it last named."""
+        primary = self.primary()
+        return self.fleet.shown() + (f" (primary {primary})" if primary else "")
 
     def names_of(self, identity: str) -> list[str]:
         with self.lock:
@@ -145,6 +148,20 @@ class FleetState:
                 )
             for name in names:
                 self.leader_change(name, "no longer the fleet's leader (Redis unreachable)")
+
+    def moved(self, before: str, after: str) -> None:
+        """The sentinels name another primary than the one we use (``SENTINEL FAILOVER``,
+        before the old one is demoted): a fail-over without an outage, counted as one."""
+        with self.lock:
+            self.counts[FleetEvent.FAILOVER] += 1
+        self.report(FleetEvent.FAILOVER, None)
+        log.warning(
+            "fleet: the sentinels (%s) name a new primary, %s (was %s): moving to it; the leases "
+            "held are renewed there if they were replicated, else lost (each then lapses within a lease)",
+            self.fleet.shown(),
+            after,
+            before,
+        )
 
     def up(self, *, written: bool = False) -> None:
         """Redis answers again. After READONLY, MASTERDOWN or LOADING only ``written`` (a

@@ -44,9 +44,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError, ResponseError
 from redis.lock import Lock
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 from redis.utils import SENTINEL
 
 from tokend.config import FleetConfig
+from tokend.config.urls import split_host_port
 from tokend.core.fleet import MAX_BLOB_BYTES, Fault, fault_of, meaning, redis_keys
 
 log = logging.getLogger("tokend.fleet")
@@ -133,8 +135,11 @@ def describe_error(exc: BaseException) -> str:
 class FleetStore:
     """One Redis connection pool, the leases this daemon holds, and a pub/sub listener."""
 
-    def __init__(self, fleet: FleetConfig, password: str | None) -> None:
-        """``password``: from :func:`tokend.io.fleet_secret.read_password`."""
+    def __init__(
+        self, fleet: FleetConfig, password: str | None, sentinel_password: str | None = None
+    ) -> None:
+        """``password``: from :func:`tokend.io.fleet_secret.read_password`;
+        ``sentinel_password`` from :func:`~tokend.io.fleet_secret.read_sentinel_password`."""
         self.fleet = fleet
         settings: dict[str, Any] = {
             "username": fleet.username,
@@ -144,15 +149,32 @@ class FleetStore:
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
-        self.client = redis.Redis.from_url(fleet.redis_url, **settings)
-        # Pub/sub on its own pool, whose parser never reads a reply over MAX_BLOB_BYTES.
-        self.subscriber = redis.Redis.from_url(
-            fleet.redis_url, **settings, parser_class=BoundedParser, protocol=2
-        )
+        self.sentinel: Sentinel | None = None
+        if fleet.sentinels is not None and fleet.service_name is not None:
+            # Each new connection asks the sentinels (in turn, 1 s each at most) for the
+            # service's primary: after a fail-over the next connection goes to the new one;
+            # a connection still on the demoted node meets READONLY and is dropped.
+            own = {"username": fleet.sentinel_username, "password": sentinel_password}
+            self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                [split_host_port(address) for address in fleet.sentinels],
+                sentinel_kwargs={**settings, **own},
+                **settings,
+            )
+            self.client: redis.Redis = self.sentinel.master_for(fleet.service_name)  # type: ignore[no-untyped-call]
+            # Pub/sub on its own pool, whose parser never reads a reply over MAX_BLOB_BYTES.
+            self.subscriber: redis.Redis = self.sentinel.master_for(  # type: ignore[no-untyped-call]
+                fleet.service_name, parser_class=BoundedParser, protocol=2
+            )
+        else:
+            url = fleet.redis_url or ""
+            self.client = redis.Redis.from_url(url, **settings)
+            self.subscriber = redis.Redis.from_url(url, **settings, parser_class=BoundedParser, protocol=2)
         self.held: dict[str, Lock] = {}
         self.lock = threading.Lock()
         self.pubsub: redis.client.PubSub | None = None
         self.subscribed: set[str] = set()
+        self.lost: set[str] = set()  # channels subscribed when the subscription was dropped
+        self.rejoined: set[str] = set()  # identities subscribed again: their token key to read once
 
     def _call(self, what: str, fn: object, *args: object, **kwargs: object) -> object:
         try:
@@ -161,6 +183,40 @@ class FleetStore:
             raise RedisDown(f"{what}: {describe_error(exc)}", fault_from(exc)) from None
         except OSError as exc:
             raise RedisDown(f"{what}: {exc.strerror or type(exc).__name__}", fault_from(exc)) from None
+
+    def primary(self) -> str | None:
+        """The primary the sentinels named last (HOST:PORT), None without Sentinel or
+        before the first connection."""
+        if self.sentinel is None:
+            return None
+        address = getattr(self.client.connection_pool, "master_address", None)
+        if not isinstance(address, tuple) or len(address) != 2:
+            return None
+        host, port = address
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+    def follow_primary(self) -> tuple[str, str] | None:
+        """With Sentinel: ask the sentinels which primary they name now (SENTINEL MASTERS).
+        After ``SENTINEL FAILOVER`` the old primary goes on accepting writes until the
+        sentinels demote it, seconds later: a client that only asks at connect time would
+        stay there. When they name another, the idle connections are dropped (one in use
+        is dropped when it is put back: redis-py's pool no longer owns it) and so is the
+        subscription, so everything goes to the new primary; returns (old, new). None when
+        nothing moved, without Sentinel, or when no sentinel answers (the connections we
+        have carry on: the sentinels down is not the primary down)."""
+        if self.sentinel is None:
+            return None
+        before = self.primary()
+        try:
+            self.client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+            self.subscriber.connection_pool.get_master_address()  # type: ignore[attr-defined]
+        except (RedisError, OSError):
+            return None
+        after = self.primary()
+        if before is None or after is None or before == after:
+            return None
+        self.reset_pubsub()
+        return before, after
 
     def keys(self, identity: str) -> tuple[str, str, str]:
         return redis_keys(self.fleet.key_prefix, identity)
@@ -329,6 +385,12 @@ class FleetStore:
             gone = self.subscribed - set(wanted)
             if new:
                 pubsub.subscribe(*sorted(new))
+                # Subscribed again after a drop (a fail-over, a restart, a slow reader cut
+                # off): what was published meanwhile is not replayed, so the caller reads
+                # each such identity's token key once (take_rejoined), after this wait.
+                self.lost &= set(wanted)
+                self.rejoined |= {wanted[channel] for channel in new & self.lost}
+                self.lost -= new
             if gone:
                 pubsub.unsubscribe(*sorted(gone))
             self.subscribed = set(wanted)
@@ -357,7 +419,13 @@ class FleetStore:
             self.reset_pubsub()
             raise PubSubLost(f"pub/sub: {describe_error(exc)}") from None
 
+    def take_rejoined(self) -> set[str]:
+        """The identities subscribed again since the last call: read their token key once."""
+        rejoined, self.rejoined = self.rejoined, set()
+        return rejoined
+
     def reset_pubsub(self) -> None:
+        self.lost |= self.subscribed
         pubsub, self.pubsub, self.subscribed = self.pubsub, None, set()
         if pubsub is not None:
             with contextlib.suppress(Exception):  # a broken connection may fail to close: dropped
@@ -368,3 +436,6 @@ class FleetStore:
         for client in (self.client, self.subscriber):
             with contextlib.suppress(Exception):
                 client.close()
+        if self.sentinel is not None:
+            with contextlib.suppress(Exception):
+                self.sentinel.close()
