@@ -27,7 +27,7 @@ from tokend.io.fleet_crypto import key_material, seal, unseal
 
 from .support.configs import credential_toml, write_config
 from .support.endpoint import SECRETS, TokenEndpoint
-from .support.processes import DaemonProcess, Start, wait_for
+from .support.processes import DaemonProcess, Start, clean_env, run_tokend, wait_for
 from .support.redis import REDIS_SERVER, RedisServer, free_port
 from .support.sinks import read_token
 
@@ -350,6 +350,15 @@ def test_a_fleet_keeps_one_shared_token_through_sentinel_failovers(
         # the ~2 rotations it lasts), then the shared token's.
         kill = cluster.nodes[victim].proc.kill  # type: ignore[union-attr]
         fail_over("kill -9 of the primary", kill, len(fleet) + 2)
+        # `tokend status` names the service, its sentinels and the primary they name now.
+        now_primary = cluster.primary()
+        shown = f"fleet: Redis sentinel svc via 127.0.0.1:{cluster.sentinels[0].port},"
+
+        def status_names_it() -> bool:
+            out = run_tokend("status", "-c", configs[0], tmp=tmp_path, env=clean_env(tmp_path)).stdout
+            return shown in out and f"(primary 127.0.0.1:{now_primary}) reachable" in out
+
+        wait_for(status_names_it, 5, "tokend status to name the new primary")
     finally:
         watch.stopping.set()
         watcher.join(5)
