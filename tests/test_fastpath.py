@@ -65,9 +65,9 @@ def tomllib_toml(text: str) -> object:
 
 
 def test_the_identity_it_computes_is_the_schemas() -> None:
-    # The identity: the fast path passes these six, in this order (the seventh and eighth,
-    # the client certificate's and the DPoP key's thumbprints, it never passes: it gives up
-    # on a certificate and on DPoP).
+    # The identity: the fast path passes these six, in this order (the rest, the client
+    # certificate's and the DPoP key's thumbprints and a token exchange's inputs, it never
+    # passes: it gives up on a certificate, on DPoP and on a grant_type).
     assert list(inspect.signature(identity.cache_key).parameters) == [
         "token_url",
         "client_id",
@@ -77,6 +77,10 @@ def test_the_identity_it_computes_is_the_schemas() -> None:
         "issuer",
         "tls_cert",
         "dpop_jkt",
+        "grant",
+        "subject_token",
+        "actor_token",
+        "requested_token_type",
     ]
     assert tokend.config.IDENTITY_FIELDS == (
         "token_url",
@@ -87,6 +91,10 @@ def test_the_identity_it_computes_is_the_schemas() -> None:
         "issuer",
         "tls_cert_file",
         "dpop_key",
+        "grant_type",
+        "subject_token",
+        "actor_token",
+        "requested_token_type",
     )
     assert keys_of(CredentialConfig, "client_id") == fp.SECRET_KEYS
     presets = {name: preset["token_url"] for name, preset in PRESET_VALUES.items()}
@@ -120,6 +128,10 @@ VOUCHED_BY_THE_MEMO = {
     (CredentialConfig, "provider"),  # one of the presets, which the fast path checks itself
     (CredentialConfig, "tls_cert_file"),  # the fast path gives up on a client certificate
     (CredentialConfig, "dpop_key"),  # and on DPoP (`tokend token` cannot serve a bound token)
+    (CredentialConfig, "grant_type"),  # and on any grant_type (a token exchange's identity)
+    (CredentialConfig, "subject_token"),
+    (CredentialConfig, "actor_token"),
+    (CredentialConfig, "requested_token_type"),
 }
 
 

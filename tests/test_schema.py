@@ -136,6 +136,8 @@ def test_the_known_keys_of_each_table_are_the_schemas() -> None:
         "client_secret": tuple(f"client_secret{s}" for s in ("", "_env", "_file", "_credential")),
         "private_key": ("private_key_file", "private_key_credential"),
         "client_assertion": ("client_assertion_file", "client_assertion_credential"),
+        "subject_token": ("subject_token_file", "subject_token_credential"),
+        "actor_token": ("actor_token_file", "actor_token_credential"),
         "extra_params": ("audience", "resource", "extra_params"),
         "sinks": ("sink",),
         "metrics_listen": ("metrics_listen", "metrics_allow_remote"),
@@ -238,6 +240,10 @@ def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime()
         "issuer",  # instead of token_url, for a credential that discovers its endpoint
         "tls_cert_file",  # by the certificate's thumbprint, read when the key is wanted
         "dpop_key",  # by the DPoP key's RFC 7638 thumbprint: a token is bound to one key
+        "grant_type",  # a token exchange: the grant, where its tokens come from, what it asks
+        "subject_token",
+        "actor_token",
+        "requested_token_type",
     )
     # ...in the order identity.cache_key takes them (`params` being the extra parameters).
     parameters = list(inspect.signature(identity.cache_key).parameters)
@@ -250,6 +256,10 @@ def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime()
         "issuer",
         "tls_cert",
         "dpop_jkt",
+        "grant",
+        "subject_token",
+        "actor_token",
+        "requested_token_type",
     ]
     cred = api()
     assert cache_key(cred, "id") == identity.cache_key(
@@ -291,6 +301,12 @@ CHANGES: dict[str, Any] = {  # a different value for every field of a credential
     "dpop_allow_bearer": True,
     "dpop_key": Path("/etc/tokend/other-dpop.pem"),  # (a made one in the cache-key test)
     "endpoint_dpop": True,
+    "grant_type": "token_exchange",
+    "subject_token": SecretRef("subject_token_file", "file", "/var/run/secrets/tokens/other"),
+    "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+    "actor_token": SecretRef("actor_token_file", "file", "/var/run/secrets/tokens/actor"),
+    "actor_token_type": "urn:ietf:params:oauth:token-type:id_token",
+    "requested_token_type": "urn:ietf:params:oauth:token-type:id_token",
     "sinks": (SinkConfig(path=Path("/run/other")),),
     "on_rotate": HookConfig(command=("true",)),
     "fleet": False,
@@ -340,6 +356,13 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "dpop_key",
         "dpop_signing_alg",
         "dpop_allow_bearer",
+        # a token exchange's grant and its inputs
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "actor_token",
+        "actor_token_type",
+        "requested_token_type",
         # what is asked for
         "scope",
         "extra_params",
@@ -380,8 +403,13 @@ def test_each_field_changes_the_cache_key_exactly_when_it_is_of_the_identity(tmp
             after = dataclasses.replace(cred, tls_cert_file=cert)
         if f.name == "dpop_key":  # a key counts by its thumbprint: a real one, made now
             after = dataclasses.replace(cred, dpop_key=tmp_path / "dpop" / "api.pem")
+        before = key_before
+        if f.name in ("subject_token", "actor_token", "requested_token_type"):  # a token exchange's
+            exchange = dataclasses.replace(cred, grant_type="token_exchange")
+            before = cache_key(exchange, "id")
+            after = dataclasses.replace(exchange, **{f.name: CHANGES[f.name]})
         client_id = "other-id" if f.name == "client_id" else "id"
-        assert (cache_key(after, client_id) != key_before) == (f.name in IDENTITY_FIELDS), f.name
+        assert (cache_key(after, client_id) != before) == (f.name in IDENTITY_FIELDS), f.name
 
 
 # --------------------------------------------------------------------------- bounds

@@ -221,6 +221,8 @@ def credential_key(tbl: dict[str, Any], file: str, environ: Mapping[str, str]) -
         raise GiveUp("a client certificate")
     if "dpop" in tbl:  # its key's thumbprint is of the identity, and `token` refuses DPoP anyway
         raise GiveUp("DPoP")
+    if "grant_type" in tbl:  # a token exchange's identity counts its subject token's source
+        raise GiveUp("a grant_type")
     provider = tbl.get("provider")
     if provider is not None and (not isinstance(provider, str) or provider not in PRESETS):
         raise GiveUp("unknown provider")

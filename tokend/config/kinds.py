@@ -245,6 +245,11 @@ RESERVED_PARAMS = frozenset(
         "scope",
         "client_assertion",
         "client_assertion_type",
+        "subject_token",
+        "subject_token_type",
+        "actor_token",
+        "actor_token_type",
+        "requested_token_type",
     }
 )
 

@@ -43,18 +43,21 @@ from tokend.config.kinds import (
 )
 from tokend.config.paths import default_state_dir
 from tokend.config.schema import (
+    ACTOR_TOKEN_KEYS,
     CLIENT_ASSERTION_KEYS,
     CREDENTIAL_KEYS,
     ENDPOINT_KEYS,
+    EXCHANGE_KEYS,
     FLEET_KEYS,
     GLOBAL_KEYS,
     HOOK_KEYS,
-    KEY_AUTHS,
     KEY_JWT_KEYS,
+    NO_SECRET_AUTHS,
     PRIVATE_KEY_KEYS,
     PROXY_KEYS,
     ROOT_KEYS,
     SINK_KEYS,
+    SUBJECT_TOKEN_KEYS,
     Config,
     CredentialConfig,
     EndpointConfig,
@@ -181,6 +184,12 @@ class _Parser:
         fleet = self.fleet(data["fleet"]) if "fleet" in data else None
         endpoint = self.endpoint(data["endpoint"]) if "endpoint" in data else None
         for cred in credentials.values() if fleet is not None else ():
+            if cred.fleet and cred.client_auth == "none":
+                raise self.fail(
+                    cred.where("fleet"),
+                    "fleet mode cannot seal tokens for a client without a secret or a key "
+                    '(client_auth = "none"); set fleet = false for it',
+                )
             if cred.fleet and cred.client_assertion is not None:
                 # Nothing to seal with that only the fleet's hosts hold: the platform's JWT
                 # rotates, and differs between hosts (tokend.io.fleet_crypto.key_material).
@@ -391,6 +400,8 @@ class _Parser:
             client_id=self.secret_ref(tbl, "client_id", where),
             private_key=self.key_file_ref(tbl, PRIVATE_KEY_KEYS, where),
             client_assertion=self.key_file_ref(tbl, CLIENT_ASSERTION_KEYS, where),
+            subject_token=self.key_file_ref(tbl, SUBJECT_TOKEN_KEYS, where),
+            actor_token=self.key_file_ref(tbl, ACTOR_TOKEN_KEYS, where),
             client_secret=self.client_secret_ref(tbl, values.get("client_auth", "basic"), where),
             sinks=tuple(self.sink(name, item, f"{where}.sink[{i}]") for i, item in enumerate(sinks)),
             on_rotate=on_rotate,
@@ -408,6 +419,7 @@ class _Parser:
         if cred.issuer is not None and ("?" in cred.issuer or "#" in cred.issuer):
             raise self.fail(f"{where}.issuer", "must have no query or fragment (RFC 8414 §2)")
         self.check_key_auth(cred, tbl, where)
+        self.check_grant(cred, tbl, where)
         secret_from_env = cred.client_secret is not None and cred.client_secret.source == "env"
         if cred.env_file is not None and secret_from_env:  # it may hold the secret
             self.warn_readable(cred.env_file, f"{where}.env_file")
@@ -440,7 +452,7 @@ class _Parser:
     def client_secret_ref(self, tbl: Mapping[str, Any], client_auth: str, where: str) -> SecretRef | None:
         """Required for the secret-based methods; refused for the key-based ones, whose
         key or certificate is the secret (a secret beside it would never be sent)."""
-        if client_auth not in KEY_AUTHS:
+        if client_auth not in NO_SECRET_AUTHS:
             return self.secret_ref(tbl, "client_secret", where)
         for name in secret_keys("client_secret"):
             if name in tbl:
@@ -488,6 +500,29 @@ class _Parser:
             raise self.fail(f"{where}.tls_cert_file", 'is required with client_auth = "tls_client_auth"')
         if cred.tls_key_file is not None and cred.tls_cert_file is None:
             raise self.fail(f"{where}.tls_key_file", "needs tls_cert_file (the certificate for this key)")
+
+    def check_grant(self, cred: CredentialConfig, tbl: Mapping[str, Any], where: str) -> None:
+        """Token exchange's keys go with it, and it needs its subject token; a public client
+        (client_auth = "none") only with it, where the subject token is the proof."""
+        if cred.grant_type == "token_exchange":
+            if cred.subject_token is None:
+                raise self.fail(
+                    f"{where}.subject_token_file", 'is required with grant_type = "token_exchange"'
+                )
+            if "actor_token_type" in tbl and cred.actor_token is None:
+                raise self.fail(
+                    f"{where}.actor_token_type", "needs actor_token_file (the actor token it types)"
+                )
+        else:
+            for name in EXCHANGE_KEYS:
+                if name in tbl:
+                    raise self.fail(f"{where}.{name}", 'only applies to grant_type = "token_exchange"')
+            if cred.client_auth == "none":
+                raise self.fail(
+                    f"{where}.client_auth",
+                    '"none" only applies to grant_type = "token_exchange" (a client credentials grant '
+                    "needs the client's own proof)",
+                )
 
     def secret_ref(self, tbl: Mapping[str, Any], base: str, where: str) -> SecretRef:
         keys = secret_keys(base)

@@ -47,15 +47,21 @@ _C = TypeVar("_C")
 SinkFormat = Literal["raw", "json", "env", "header", "template"]
 RequestFormat = Literal["form", "json", "auto"]
 WireFormat = Literal["form", "json"]
-ClientAuth = Literal["basic", "body", "auto", "private_key_jwt", "tls_client_auth"]
-AuthStyle = Literal["basic", "body", "private_key_jwt", "tls_client_auth"]
+ClientAuth = Literal["basic", "body", "auto", "private_key_jwt", "tls_client_auth", "none"]
+AuthStyle = Literal["basic", "body", "private_key_jwt", "tls_client_auth", "none"]
+Grant = Literal["client_credentials", "token_exchange"]
 # RFC 7518 §3.1, the asymmetric ones: what a private key may sign a client assertion with.
 SigningAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
 SINK_FORMATS: tuple[SinkFormat, ...] = ("raw", "json", "env", "header", "template")
 REQUEST_FORMATS: tuple[RequestFormat, ...] = ("form", "json", "auto")
-CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body", "auto", "private_key_jwt", "tls_client_auth")
+CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body", "auto", "private_key_jwt", "tls_client_auth", "none")
 KEY_AUTHS: tuple[ClientAuth, ...] = ("private_key_jwt", "tls_client_auth")  # no client secret
+# "none": a public client (RFC 6749 §2.1), only for token exchange, where the subject token
+# is the proof (RFC 8693 §2.1: client authentication is optional there; GCP's STS has none).
+NO_SECRET_AUTHS: tuple[ClientAuth, ...] = (*KEY_AUTHS, "none")
+GRANTS: tuple[Grant, ...] = ("client_credentials", "token_exchange")
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 SIGNING_ALGS: tuple[SigningAlg, ...] = get_args(SigningAlg)
 TOKEN_TYPES = ("Bearer",)  # the types a token_type override may name
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -577,7 +583,7 @@ class CredentialConfig:
         default=None,
         choices=DPOP_ALGS,
         refetch=True,
-        doc="the algorithm a made DPoP key is for; default: the server's list decides, else ES256",
+        doc="the algorithm a made DPoP key is for: ES256 (the default), ES384, EdDSA or RS256",
     )
     dpop_allow_bearer: bool = key(
         kind="flag",
@@ -588,6 +594,56 @@ class CredentialConfig:
     # The key actually used (dpop_key_file or the made one's path, set by parse), of the
     # identity by its RFC 7638 thumbprint (tokend.io.cache): a new key is a new token.
     dpop_key: Path | None = key(kind="internal", default=None, identity=True, refetch=True)
+    # Token exchange (RFC 8693): a token the platform wrote (a Kubernetes service-account
+    # token, a cloud's OIDC token) exchanged for an access token. Of the identity: the grant,
+    # where the subject and actor tokens come from (by path: a rotation is the same
+    # workload), and the token type asked for.
+    grant_type: Grant = key(
+        kind="choice",
+        default="client_credentials",
+        choices=GRANTS,
+        identity=True,
+        refetch=True,
+        doc="client_credentials, or token_exchange (RFC 8693: subject_token_file exchanged)",
+    )
+    subject_token: SecretRef | None = key(
+        kind="secret",
+        default=None,
+        keys=("subject_token_file", "subject_token_credential"),
+        identity=True,
+        refetch=True,
+        doc="token_exchange: a file (or systemd credential) holding the subject token, read at every request",
+    )
+    subject_token_type: str = key(
+        kind="string",
+        default=TOKEN_TYPE_JWT,
+        refetch=True,
+        high=256,
+        doc="token_exchange: the subject token's type URI (RFC 8693 §3)",
+    )
+    actor_token: SecretRef | None = key(
+        kind="secret",
+        default=None,
+        keys=("actor_token_file", "actor_token_credential"),
+        identity=True,
+        refetch=True,
+        doc="token_exchange: a file (or systemd credential) holding the actor token (delegation)",
+    )
+    actor_token_type: str = key(
+        kind="string",
+        default=TOKEN_TYPE_JWT,
+        refetch=True,
+        high=256,
+        doc="token_exchange: the actor token's type URI",
+    )
+    requested_token_type: str | None = key(
+        kind="string",
+        default=None,
+        identity=True,
+        refetch=True,
+        high=256,
+        doc="token_exchange: the type of token asked for; default: the server's (an access token)",
+    )
     sinks: tuple[SinkConfig, ...] = key(
         kind="sinks",
         default=(),
@@ -650,8 +706,15 @@ class CredentialConfig:
 
     def secret_refs(self) -> tuple[SecretRef, ...]:
         """Every secret this credential reads: client id, client secret, private key,
-        the platform's client assertion."""
-        refs = (self.client_id, self.client_secret, self.private_key, self.client_assertion)
+        the platform's client assertion, token exchange's subject and actor tokens."""
+        refs = (
+            self.client_id,
+            self.client_secret,
+            self.private_key,
+            self.client_assertion,
+            self.subject_token,
+            self.actor_token,
+        )
         return tuple(ref for ref in refs if ref is not None)
 
     def secret_variables(self) -> set[str]:
@@ -793,6 +856,15 @@ def keys_only_with(client_auth: str) -> tuple[str, ...]:
 PRIVATE_KEY_KEYS = keys_of(CredentialConfig, "private_key")  # private_key_file, private_key_credential
 CLIENT_ASSERTION_KEYS = keys_of(CredentialConfig, "client_assertion")  # client_assertion_file, _credential
 KEY_JWT_KEYS = keys_only_with("private_key_jwt")
+SUBJECT_TOKEN_KEYS = keys_of(CredentialConfig, "subject_token")  # subject_token_file, _credential
+ACTOR_TOKEN_KEYS = keys_of(CredentialConfig, "actor_token")  # actor_token_file, _credential
+EXCHANGE_KEYS = (
+    *SUBJECT_TOKEN_KEYS,
+    "subject_token_type",
+    *ACTOR_TOKEN_KEYS,
+    "actor_token_type",
+    "requested_token_type",
+)
 
 IDENTITY_FIELDS = tuple(spec.field for spec in schema(CredentialConfig) if spec.identity)
 """The fields of the token's identity, in the order ``tokend.core.identity.cache_key`` takes them."""

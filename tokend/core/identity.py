@@ -23,6 +23,10 @@ def cache_key(
     issuer: str | None = None,
     tls_cert: str | None = None,
     dpop_jkt: str | None = None,
+    grant: str = "client_credentials",
+    subject_token: str | None = None,
+    actor_token: str | None = None,
+    requested_token_type: str | None = None,
 ) -> str:
     """Endpoint, client, scope and parameters, never the secret: renaming a credential
     keeps its token, and two credentials asking for the same thing share one.
@@ -39,6 +43,13 @@ def cache_key(
     key is wanted: an IdP binds the token to the certificate that asked for it (RFC 8705
     §3), so two credentials with different certificates, or one whose certificate was
     replaced, must not share a token. Also tagged; without one the key is as before.
+
+    ``dpop_jkt`` is the DPoP key's RFC 7638 thumbprint: a DPoP token is bound to one key.
+
+    A token exchange (``grant`` other than client credentials) counts with where its
+    subject and actor tokens come from (``"file:PATH"``, ``"credential:NAME"``: a rotated
+    file is the same workload, another file another one) and the token type asked for.
+    Tagged too; a client credentials grant's key is as before.
     """
     identity: list[object] = [token_url, client_id, sorted(scope), [list(p) for p in params]]
     if default_expires_in != DEFAULT_EXPIRES_IN or issuer is not None:
@@ -49,4 +60,13 @@ def cache_key(
         identity.append({"tls_cert_sha256": tls_cert})
     if dpop_jkt is not None:
         identity.append({"dpop_jkt": dpop_jkt})
+    if grant != "client_credentials":
+        identity.append(
+            {
+                "grant": grant,
+                "subject_token": subject_token,
+                "actor_token": actor_token,
+                "requested_token_type": requested_token_type,
+            }
+        )
     return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]

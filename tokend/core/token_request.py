@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
@@ -21,6 +21,32 @@ from tokend.core.assertion import ASSERTION_TYPE
 
 if TYPE_CHECKING:  # annotations only: the request needs no part of config at run time
     from tokend.config.schema import AuthStyle, CredentialConfig, WireFormat
+
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693 §2.1
+
+
+@dataclass(frozen=True)
+class ExchangeTokens:
+    """Token exchange's inputs (RFC 8693 §2.1), as read for one request."""
+
+    subject_token: str = field(repr=False)
+    subject_token_type: str
+    actor_token: str | None = field(default=None, repr=False)
+    actor_token_type: str | None = None
+    requested_token_type: str | None = None
+
+    def params(self) -> list[tuple[str, str]]:
+        params = [
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", self.subject_token),
+            ("subject_token_type", self.subject_token_type),
+        ]
+        if self.actor_token is not None and self.actor_token_type is not None:
+            params += [("actor_token", self.actor_token), ("actor_token_type", self.actor_token_type)]
+        if self.requested_token_type is not None:
+            params.append(("requested_token_type", self.requested_token_type))
+        return params
 
 
 @dataclass(frozen=True)
@@ -68,14 +94,21 @@ def build_request(
     refresh_token: str | None = None,
     token_url: str | None = None,
     client_assertion: str | None = None,
+    exchange: ExchangeTokens | None = None,
 ) -> TokenRequest:
     """The request for ``style``: ``token_url`` is the discovered endpoint when the
-    credential names an issuer; ``client_assertion`` the signed JWT of private_key_jwt."""
+    credential names an issuer; ``client_assertion`` the signed JWT of private_key_jwt;
+    ``exchange`` the subject (and actor) token of a token exchange, read for this request."""
     params: list[tuple[str, str]] = []
     if refresh_token is not None:
         params += [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
     else:
-        params.append(("grant_type", "client_credentials"))
+        if cred.grant_type == "token_exchange":
+            if exchange is None:
+                raise ValueError("token exchange needs its subject token")
+            params += exchange.params()
+        else:
+            params.append(("grant_type", "client_credentials"))
         if cred.scope_string:
             params.append(("scope", cred.scope_string))
         params += cred.extra_params
@@ -93,8 +126,10 @@ def build_request(
             ("client_assertion_type", ASSERTION_TYPE),
             ("client_assertion", client_assertion),
         ]
-    elif style.auth == "tls_client_auth":
-        params.append(("client_id", client_id))  # RFC 8705 §2: the certificate does the rest
+    elif style.auth in ("tls_client_auth", "none"):
+        # RFC 8705 §2: the certificate does the rest; "none": a public client names itself
+        # (RFC 6749 §3.2.1), the subject token being the proof.
+        params.append(("client_id", client_id))
     elif client_secret is None:
         raise ValueError(f"{style.auth} auth needs a client secret")
     elif style.auth == "basic":

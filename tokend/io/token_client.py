@@ -26,7 +26,7 @@ from tokend.core.dpop import error_code, nonce_request
 from tokend.core.scrub import scrub, secret_forms
 from tokend.core.styles import auth_order, basic_hint, final_error, next_style, wire_order
 from tokend.core.timestamps import rfc3339
-from tokend.core.token_request import Style, TokenRequest, build_request
+from tokend.core.token_request import ExchangeTokens, Style, TokenRequest, build_request
 from tokend.core.token_response import (
     MAX_BODY_BYTES,
     TokenRequestError,
@@ -56,12 +56,19 @@ class KeyAuth:
     platform: PlatformAssertion | None = None  # client_assertion_file's JWT, as read now
     platform_file: Path | None = None  # where it was read from, for errors and warnings
     dpop: DpopKey | None = None  # the key DPoP proofs are signed with (RFC 9449)
+    exchange: ExchangeTokens | None = None  # token exchange's subject (and actor) token, read now
+    exchange_jwts: tuple[tuple[Path, PlatformAssertion], ...] = ()  # those that are JWTs, by file
 
 
 def key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -> KeyAuth:
     """Read the credential's keys and certificate now (a rotated file is used at once).
     Raises ConfigError; imports nothing for a credential without them."""
     keys = _key_auth(cred, environ)
+    if cred.grant_type == "token_exchange":
+        from tokend.io.platform_token import read_exchange_tokens
+
+        exchange, jwts = read_exchange_tokens(cred, environ)
+        keys = dataclasses.replace(keys, exchange=exchange, exchange_jwts=jwts)
     if cred.dpop_key is None:
         return keys
     from tokend.io.dpop import credential_key
@@ -85,17 +92,21 @@ def _key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None) -> KeyA
 
 
 def unexpired_platform_assertion(keys: KeyAuth, now: float) -> None:
-    """Refuse to send the platform's JWT past its ``exp``: the IdP would refuse it, and
-    the request would cost a round trip and a log line at the IdP. Not retryable by
-    waiting: the retry comes when the file changes (it is watched), or at the cap."""
-    if keys.platform is None or not assertion_expired(keys.platform, now):
-        return
-    exp = keys.platform.exp or 0
-    raise TokenRequestError(
-        f"{keys.platform_file}: the client assertion expired at {rfc3339(exp)} (exp {exp}); "
-        "not sent: waiting for the platform to write a fresh one",
-        retryable=False,
-    )
+    """Refuse to send the platform's JWT (a client assertion, a token exchange's subject or
+    actor token) past its ``exp``: the IdP would refuse it, and the request would cost a
+    round trip and a log line at the IdP. Not retryable by waiting: the retry comes when
+    the file changes (it is watched), or at the cap."""
+    judged = [("client assertion", keys.platform_file, keys.platform)] if keys.platform else []
+    judged += [("token", path, jwt) for path, jwt in keys.exchange_jwts]
+    for what, path, jwt in judged:
+        if jwt is None or not assertion_expired(jwt, now):
+            continue
+        exp = jwt.exp or 0
+        raise TokenRequestError(
+            f"{path}: the {what} expired at {rfc3339(exp)} (exp {exp}); "
+            "not sent: waiting for the platform to write a fresh one",
+            retryable=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -268,8 +279,14 @@ class TokenClient:
                 refresh_token=refresh_token,
                 token_url=endpoint,
                 client_assertion=assertion,
+                exchange=keys.exchange,
             )
-            secrets = secret_forms((client_secret or "", refresh_token or "", assertion or ""), request)
+            exchanged = (
+                (keys.exchange.subject_token, keys.exchange.actor_token or "") if keys.exchange else ()
+            )
+            secrets = secret_forms(
+                (client_secret or "", refresh_token or "", assertion or "", *exchanged), request
+            )
             try:
                 return TokenResponse(self._send(cred, request, secrets, keys.tls, keys.dpop), style)
             except TokenRequestError as exc:
