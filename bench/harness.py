@@ -24,7 +24,9 @@ PYTHON = sys.executable  # runs the benchmark, the identity provider and the rea
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(__file__).resolve().parent / ".venv-bench"
-SOURCES = ("pyproject.toml", "README.md", "tokend")  # what `pip install .` builds from
+# What `pip install .` builds from: the package data (tokend/data) links to the example, the
+# man pages and the units, which are copied as what they point at.
+SOURCES = ("pyproject.toml", "README.md", "tokend", "tokend.toml.example", "man", "systemd")
 
 
 # --------------------------------------------------------------------------- the install
