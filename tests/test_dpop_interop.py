@@ -162,9 +162,17 @@ def test_a_dpop_token_is_bound_to_tokends_key_and_every_request_through_the_prox
             assert through(port).status_code == 200
             time.sleep(0.2)
         assert set(resource.seen_tokens) - first, "no rotated token reached the resource server"
-        # The token alone, without a proof, is refused by the resource server.
+        # The token alone, without a proof, is refused by the resource server; so is a
+        # proof the proxy sent, replayed with the token it was made for.
         bare = requests.get(f"{resource.url}/data", headers={"Authorization": f"DPoP {token}"}, timeout=5)
-        assert bare.status_code == 401
+        assert bare.status_code == 401 and resource.refusals()[-1] == "0 DPoP headers"
+        assert through(port).status_code == 200
+        proof, current = resource.last_proof, resource.seen_tokens[-1]
+        SECRETS.add(proof)
+        replayed = requests.get(
+            f"{resource.url}/data", headers={"Authorization": f"DPoP {current}", "DPoP": proof}, timeout=5
+        )
+        assert replayed.status_code == 401 and resource.refusals()[-1] == "jti replayed"
         assert daemon.stop() == 0
         log_text = daemon.log
         pem = key_path.read_text()

@@ -123,3 +123,37 @@ def test_the_newest_nonce_is_kept_per_server() -> None:
     book.note("https://api.example/x", {"DPoP-Nonce": "api"})
     assert book.get("https://idp.example/other") == "two"
     assert book.get("https://api.example/y") == "api"
+
+
+def _dpop_credential(tmp_path: Path, extra: str = "") -> object:
+    from tokend.config import parse
+
+    config = parse(
+        f'[tokend]\nstate_dir = "{tmp_path}/state"\n[credentials.api]\ntoken_url = "https://idp.example/t"\n'
+        f'client_id = "c"\nclient_secret = "s"\nfleet = false\ndpop = true\n{extra}',
+        tmp_path / "t.toml",
+        environ={},
+    )
+    return config.credentials["api"]
+
+
+def test_a_made_key_follows_dpop_signing_alg_and_the_servers_list_is_held_to(tmp_path: Path) -> None:
+    """The made key is ES256 unless dpop_signing_alg says otherwise; setting it makes a key
+    for that algorithm in place of the old one (a new thumbprint: a new token); a server
+    whose dpop_signing_alg_values_supported leaves the key's algorithm out is a one-line
+    error naming the key and the list, never a proof the server would refuse."""
+    from tokend.config import ConfigError
+    from tokend.io.dpop import credential_key
+
+    first = credential_key(_dpop_credential(tmp_path))  # type: ignore[arg-type]
+    assert first.alg == "ES256"
+    assert credential_key(_dpop_credential(tmp_path), ("ES256", "RS256")).thumbprint == first.thumbprint  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as refused:
+        credential_key(_dpop_credential(tmp_path), ("RS256", "PS256"))  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "ES256 key" in message and "PS256, RS256" in message and "dpop_signing_alg" in message
+    assert "\n" not in message and "PRIVATE" not in message
+    other = credential_key(_dpop_credential(tmp_path, 'dpop_signing_alg = "ES384"\n'))  # type: ignore[arg-type]
+    assert other.alg == "ES384" and other.thumbprint != first.thumbprint
+    assert read_key(other.path).thumbprint == other.thumbprint  # replaced on disk, still 0600
+    assert os.stat(other.path).st_mode & 0o777 == 0o600

@@ -55,6 +55,7 @@ class DpopResource:
     require_nonce: bool = True
     log: list[tuple[int, str]] = field(default_factory=list)  # (status, reason or "ok")
     seen_tokens: list[str] = field(default_factory=list)
+    last_proof: str = ""  # the newest accepted proof, for a test to replay
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _jtis: set[str] = field(default_factory=set)
     _nonce: str = field(default_factory=lambda: secrets.token_urlsafe(16))
@@ -156,6 +157,7 @@ class DpopResource:
         with self._lock:
             self.log.append((200, "ok"))
             self.seen_tokens.append(token)
+            self.last_proof = (handler.headers.get_all("DPoP") or [""])[0]
         body = b'{"ok": true}'
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")

@@ -583,7 +583,7 @@ class CredentialConfig:
         default=None,
         choices=DPOP_ALGS,
         refetch=True,
-        doc="the algorithm a made DPoP key is for: ES256 (the default), ES384, EdDSA or RS256",
+        doc="the made DPoP key's algorithm: ES256 (default), ES384, EdDSA, RS256; a change makes a new key",
     )
     dpop_allow_bearer: bool = key(
         kind="flag",

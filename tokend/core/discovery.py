@@ -17,6 +17,7 @@ AUTH_METHOD_NAMES: Mapping[str, tuple[str, ...]] = {
     "auto": ("client_secret_basic", "client_secret_post"),
     "private_key_jwt": ("private_key_jwt",),
     "tls_client_auth": ("tls_client_auth",),
+    "none": ("none",),  # RFC 8414 §2: a public client
 }
 
 
@@ -29,6 +30,7 @@ class Discovered:
     mtls_token_endpoint: str | None = None
     auth_methods: tuple[str, ...] | None = None  # token_endpoint_auth_methods_supported
     signing_algs: tuple[str, ...] | None = None  # token_endpoint_auth_signing_alg_values_supported
+    dpop_algs: tuple[str, ...] | None = None  # dpop_signing_alg_values_supported (RFC 9449 §5.1)
 
     def endpoint(self, *, mtls: bool) -> str:
         """RFC 8705 §5: with a client certificate, the mTLS alias when there is one."""
@@ -43,6 +45,7 @@ class Discovered:
             else {},
             "token_endpoint_auth_methods_supported": self.auth_methods,
             "token_endpoint_auth_signing_alg_values_supported": self.signing_algs,
+            "dpop_signing_alg_values_supported": self.dpop_algs,
         }
 
 
@@ -106,6 +109,7 @@ def parse_metadata(data: object, issuer: str) -> Discovered:
         mtls_token_endpoint=mtls if isinstance(mtls, str) and mtls else None,
         auth_methods=_strings(data.get("token_endpoint_auth_methods_supported")),
         signing_algs=_strings(data.get("token_endpoint_auth_signing_alg_values_supported")),
+        dpop_algs=_strings(data.get("dpop_signing_alg_values_supported")),
     )
 
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from tokend.config import ConfigError, CredentialConfig
 from tokend.core.dpop import (
+    ALG_ALIASES,
     KEY_DIR,
     DpopError,
     choose_alg,
@@ -202,12 +203,17 @@ def key_for(state_dir: Path, credential: str, alg: str) -> DpopKey:
     return made_key(generated_key_path(state_dir, credential), alg)
 
 
-def made_key(path: Path, alg: str) -> DpopKey:
+def made_key(path: Path, alg: str, *, exactly: bool = False) -> DpopKey:
     """The key tokend made at ``path``: the one there, or a new one made now and published
     only if no other process published one first (``link`` refuses an existing name, so
-    both end up with the same key)."""
+    both end up with the same key). ``exactly``: the one there must be for ``alg``
+    (``dpop_signing_alg`` was set or changed), else a new one replaces it (a new key is a
+    new token: the thumbprint is of the identity)."""
+    existing = None
     with contextlib.suppress(MissingKey):
-        return read_key(path)
+        existing = read_key(path)
+    if existing is not None and (existing.alg == alg or not exactly):
+        return existing
     serialization = _crypto()
     ensure_private_dir(path.parent)
     pem = new_private_key(alg).private_bytes(
@@ -222,8 +228,11 @@ def made_key(path: Path, alg: str) -> DpopKey:
             os.fsync(fd)
         finally:
             os.close(fd)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
+        if existing is not None:
+            os.replace(tmp, path)  # for another algorithm: this one wins
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -234,19 +243,31 @@ def made_key(path: Path, alg: str) -> DpopKey:
 def credential_key(cred: CredentialConfig, supported: tuple[str, ...] | None = None) -> DpopKey:
     """A DPoP credential's key: its ``dpop_key_file`` (which must exist), else the one
     tokend made for it, made now for ``dpop_signing_alg`` or the first algorithm of the
-    server's list (``supported``) that tokend signs with. Raises ConfigError naming the key."""
+    server's list (``supported``) that tokend signs with. With the server's list, the key's
+    algorithm must be on it. Raises ConfigError naming the key."""
     path = cred.dpop_key
     if path is None:
         raise ConfigError(cred.source, "is not a DPoP credential", where=cred.where("dpop"))
     where = cred.where("dpop_key_file" if cred.dpop_key_file is not None else "dpop")
     try:
         if cred.dpop_key_file is not None:
-            return read_key(path, cred.dpop_signing_alg)
-        return made_key(path, choose_alg(cred.dpop_signing_alg, supported))
+            key = read_key(path, cred.dpop_signing_alg)
+        else:
+            alg = choose_alg(cred.dpop_signing_alg, supported)
+            key = made_key(path, alg, exactly=cred.dpop_signing_alg is not None)
     except (DpopKeyError, DpopError) as exc:
         raise ConfigError(cred.source, str(exc), where=where) from None
     except OSError as exc:
         raise ConfigError(cred.source, f"{path}: cannot make the key: {exc.strerror}", where=where) from None
+    offered = None if supported is None else {ALG_ALIASES.get(a, a) for a in supported}
+    if offered is not None and key.alg not in offered:
+        raise ConfigError(
+            cred.source,
+            f"{path} is an {key.alg} key, which the server's dpop_signing_alg_values_supported "
+            f"({', '.join(sorted(offered)) or 'none'}) leaves out: set dpop_signing_alg to one of them",
+            where=where,
+        )
+    return key
 
 
 def _origin(url: str) -> str:

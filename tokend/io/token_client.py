@@ -182,6 +182,11 @@ class TokenClient:
         if cred.issuer is None:
             return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, None)
         found, fetched = self.discover(cred, state_dir, tls=keys.tls)
+        if keys.dpop is not None and found.dpop_algs is not None:
+            # RFC 9449 §5.1: the key's algorithm must be one the server takes (ConfigError).
+            from tokend.io.dpop import credential_key
+
+            keys = dataclasses.replace(keys, dpop=credential_key(cred, found.dpop_algs))
         endpoint = found.endpoint(mtls=keys.tls is not None)
         try:
             return self._obtain(cred, client_id, client_secret, refresh_token, learned, keys, endpoint)
