@@ -173,6 +173,12 @@ def test_a_dpop_token_is_bound_to_tokends_key_and_every_request_through_the_prox
             f"{resource.url}/data", headers={"Authorization": f"DPoP {current}", "DPoP": proof}, timeout=5
         )
         assert replayed.status_code == 401 and resource.refusals()[-1] == "jti replayed"
+        # `tokend status` names the key the token is bound to by its thumbprint, never the key.
+        config = tmp_path / "tokend.toml"
+        shown = run_tokend("status", "-c", config, tmp=tmp_path)
+        assert f"bound to DPoP key {key.thumbprint}" in shown.stdout, shown.stdout + shown.stderr
+        as_json = json.loads(run_tokend("status", "--json", "-c", config, tmp=tmp_path).stdout)
+        assert as_json["credentials"]["api"]["dpop_key"] == key.thumbprint
         assert daemon.stop() == 0
         log_text = daemon.log
         pem = key_path.read_text()

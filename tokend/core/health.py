@@ -29,6 +29,7 @@ class CredentialStatus:
     last_error_retryable: bool | None = None
     failures: int = 0  # consecutive failed attempts (token request or sink write)
     role: str | None = None  # fleet mode: leader, follower or standalone; None without it
+    dpop_key: str | None = None  # a DPoP credential: its key's RFC 7638 thumbprint (public)
 
     def updated(self, **changes: Any) -> CredentialStatus:
         return replace(self, **changes)
@@ -156,6 +157,8 @@ def describe(cred: CredentialStatus, now: float, *, running: bool = True) -> str
             else f"expired {human_duration(-remaining)} ago"
         )
         parts.append(f"token {cred.token_fingerprint}")
+        if cred.dpop_key:
+            parts.append(f"bound to DPoP key {cred.dpop_key}")
     else:
         parts.append("no token")
     if cred.next_refresh is not None and running:

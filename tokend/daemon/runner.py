@@ -53,6 +53,17 @@ class Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the run in flight
 
 
+def dpop_thumbprint(cred: CredentialConfig) -> str | None:
+    """The DPoP key's thumbprint for the status (the key the token was bound to, read again:
+    it is small, and read at each token request anyway); None if it cannot be read now."""
+    from tokend.io.dpop import credential_key
+
+    try:
+        return credential_key(cred).thumbprint
+    except ConfigError:
+        return None
+
+
 def record(
     status: CredentialStatus, attempt: Attempt, *, now: float, received: bool = False, role: str | None = None
 ) -> CredentialStatus:
@@ -307,6 +318,8 @@ class Runner:
             attempt, duration=clock.monotonic() - started, failures=failures, next_at=when
         )
         slot.status = record(slot.status, attempt, now=now, received=received, role=role)
+        if cred.dpop and attempt.token is not None:
+            slot.status = slot.status.updated(dpop_key=dpop_thumbprint(cred))
         self.observers.attempted(attempt, cred, slot.status)
         if not self.stopping and self.slots.get(cred.name) is slot:
             try:
