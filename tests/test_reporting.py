@@ -11,7 +11,7 @@ import pytest
 
 from tokend.config import CredentialConfig, HookConfig, parse
 from tokend.core.health import CredentialStatus, DaemonStatus
-from tokend.core.results import Attempt, Result
+from tokend.core.results import Attempt, Origin, Result
 from tokend.core.tokens import Token
 from tokend.daemon.reporting import EventLog, Hooks, Observer, Observers, StatusFile
 from tokend.io.hooks import HookRunner
@@ -95,6 +95,28 @@ def test_event_log_writes_one_refresh_line_with_the_fingerprint_never_the_token(
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "refresh"]
     assert record.outcome == "success" and record.token == TOKEN.fingerprint  # type: ignore[attr-defined]
     assert "tok-abc" not in caplog.text
+
+
+def test_a_token_taken_from_the_cache_is_not_logged_as_a_refresh(caplog: pytest.LogCaptureFixture) -> None:
+    attempt = Attempt("api", TOKEN, Result.SUCCESS, origin=Origin.CACHE, next_at=1_999_999_280.0)
+    status = CredentialStatus("api", token_fingerprint=TOKEN.fingerprint)
+    with caplog.at_level(logging.INFO, logger="tokend.daemon"):
+        EventLog().attempted(attempt, cred(), status)
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "refresh"]
+    message = record.getMessage()
+    assert message == (
+        f"api: using the cached token {TOKEN.fingerprint}, valid until 2033-05-18T03:33:20Z, "
+        "next refresh 2033-05-18T03:21:20Z"
+    )
+    assert "refresh success" not in message
+    assert record.outcome == "success" and record.origin == "cache"  # type: ignore[attr-defined]
+
+
+def test_a_token_from_the_identity_provider_is_logged_as_a_refresh(caplog: pytest.LogCaptureFixture) -> None:
+    attempt = Attempt("api", TOKEN, Result.SUCCESS, fetched=True, origin=Origin.IDP, duration=0.012)
+    with caplog.at_level(logging.INFO, logger="tokend.daemon"):
+        EventLog().attempted(attempt, cred(), CredentialStatus("api", token_fingerprint=TOKEN.fingerprint))
+    assert "api: refresh success in 12ms (new token from the identity provider)" in caplog.text
 
 
 def test_status_file_follows_the_state_dir_of_the_applied_config(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import base64
 import email.utils
 import html
 import json
+import logging
 import re
 import socket
 import threading
@@ -238,6 +239,27 @@ def test_invalid_grant_falls_back_to_client_credentials_at_once(
     answer = obtain(client, cred(idp.url), refresh_token="rt-old")
     assert [s.params["grant_type"] for s in idp.seen] == ["refresh_token", "client_credentials"]
     assert answer.token.refresh_token == "refresh-1"
+
+
+@pytest.mark.parametrize("error", ["invalid_client", "unauthorized_client"])
+def test_a_client_refused_on_the_refresh_grant_is_logged_as_the_client_not_the_refresh_token(
+    idp: TokenEndpoint, client: TokenClient, caplog: pytest.LogCaptureFixture, error: str
+) -> None:
+    idp.then(401, {"error": error, "error_description": "bad secret"})
+    with caplog.at_level(logging.INFO, logger="tokend.oauth"):
+        obtain(client, cred(idp.url, client_auth="basic"), refresh_token="rt-old")
+    assert [s.params["grant_type"] for s in idp.seen] == ["refresh_token", "client_credentials"]
+    assert f"api: the client was refused on the refresh grant ({error}" in caplog.text
+    assert "refresh token refused" not in caplog.text
+
+
+def test_an_expired_refresh_token_is_logged_as_the_refresh_token_refused(
+    idp: TokenEndpoint, client: TokenClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    idp.then(400, {"error": "invalid_grant", "error_description": "refresh token expired"})
+    with caplog.at_level(logging.INFO, logger="tokend.oauth"):
+        obtain(client, cred(idp.url), refresh_token="rt-old")
+    assert "api: refresh token refused (invalid_grant" in caplog.text
 
 
 def test_refresh_token_is_not_used_when_disabled(idp: TokenEndpoint, client: TokenClient) -> None:

@@ -129,8 +129,29 @@ class EventLog(Observer):
                 BACKOFF_CAP,
             )
         next_refresh = rfc3339(attempt.next_at) if attempt.next_at is not None else None
+        extra = {
+            "event": "refresh",
+            "credential": cred.name,
+            "outcome": str(attempt.result),
+            "origin": attempt.origin if attempt.token is not None else None,
+            "duration_ms": round(attempt.duration * 1000),
+            "next_refresh": next_refresh,
+            "token": status.token_fingerprint,
+        }
+        token = attempt.token
+        if token is not None and attempt.result is Result.SUCCESS and attempt.origin is Origin.CACHE:
+            # Nobody was asked: "refresh success in 0ms" read as a refresh that never happened.
+            log.info(
+                "%s: using the cached token %s, valid until %s, next refresh %s",
+                cred.name,
+                status.token_fingerprint or token.fingerprint,
+                rfc3339(token.expires_at),
+                next_refresh,
+                extra=extra,
+            )
+            return
         # "success" alone read as "asked the IdP" even when the cached token was kept.
-        source = f" ({ORIGIN_WORDS[attempt.origin]})" if attempt.token is not None else ""
+        source = f" ({ORIGIN_WORDS[attempt.origin]})" if token is not None else ""
         log.info(
             "%s: refresh %s in %dms%s, token %s, next refresh %s",
             cred.name,
@@ -139,15 +160,7 @@ class EventLog(Observer):
             source,
             status.token_fingerprint or "none",
             next_refresh,
-            extra={
-                "event": "refresh",
-                "credential": cred.name,
-                "outcome": str(attempt.result),
-                "origin": attempt.origin if attempt.token is not None else None,
-                "duration_ms": round(attempt.duration * 1000),
-                "next_refresh": next_refresh,
-                "token": status.token_fingerprint,
-            },
+            extra=extra,
         )
 
     def ready(self, summary: str) -> None:

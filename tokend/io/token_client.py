@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokend.oauth")
 
+# The OAuth errors that refuse the client itself (RFC 6749 §5.2), whatever the grant.
+CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 NO_PROXY = ("http", "https", "all")  # named as None for plain http: no proxy at all
 
 
@@ -242,9 +244,13 @@ class TokenClient:
                 # invalid_grant is the normal end of a refresh token's life; anything else
                 # (a bad client, say) will likely fail the fallback too, and is worth a look.
                 level = logging.INFO if exc.error == "invalid_grant" else logging.WARNING
-                log.log(
-                    level, "%s: refresh token refused (%s); asking with client credentials", cred.name, exc
+                # A wrong secret is the client refused, not its refresh token: say which.
+                refused = (
+                    "the client was refused on the refresh grant"
+                    if exc.error in CLIENT_ERRORS
+                    else "refresh token refused"
                 )
+                log.log(level, "%s: %s (%s); asking with client credentials", cred.name, refused, exc)
             else:
                 if answer.token.refresh_token is None:
                     # RFC 6749 §6: no new refresh token means keep using the old one.
