@@ -388,6 +388,42 @@ def test_the_daemon_runs_on_a_config_without_credentials_warns_and_picks_one_up(
     assert daemon.proc.poll() is None
 
 
+def test_status_json_keeps_unix_seconds_and_gives_each_time_an_rfc3339_twin(tmp_path: Path) -> None:
+    """The json sink's expires_at is RFC 3339; status --json's stays unix seconds (scripts
+    subtract `now` from it), with the RFC 3339 form beside it under a name that says so."""
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir(mode=0o700)
+    record = {
+        "name": "api",
+        "token_fingerprint": "sha256:0123456789",
+        "expires_at": 2_000_000_000.0,
+        "obtained_at": 1_999_996_400.0,
+        "next_refresh": 1_999_999_280.0,
+        "last_success": 1_999_996_400.0,
+        "last_attempt": 1_999_996_400.0,
+        "last_error": None,
+        "failures": 0,
+    }
+    (tmp_path / "state" / "status.json").write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "updated_at": 1_999_996_401.0,
+                "config": str(config),
+                "config_error": None,
+                "credentials": {"api": record},
+            }
+        )
+    )
+    data = json.loads(run_tokend("status", "--json", "-c", config, tmp=tmp_path).stdout)
+    api = data["credentials"]["api"]
+    assert api["expires_at"] == 2_000_000_000 and api["expires_at_rfc3339"] == "2033-05-18T03:33:20Z"
+    assert api["obtained_at_rfc3339"] == "2033-05-18T02:33:20Z"
+    assert api["next_refresh_rfc3339"] == "2033-05-18T03:21:20Z"
+    assert data["updated_at"] == 1_999_996_401 and data["updated_at_rfc3339"] == "2033-05-18T02:33:21Z"
+    assert "last_error_rfc3339" not in api  # only times get a twin
+
+
 # --------------------------------------------------------------------------- odd but harmless input
 
 

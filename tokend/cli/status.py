@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokend.config import ConfigError, load, locate_state_dir
 from tokend.core.exit_codes import ExitCode
@@ -55,10 +55,11 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
     if as_json:
         import json
 
-        data = json.loads(status.to_json())
+        data = with_rfc3339(json.loads(status.to_json()), TOP_TIMES)
         data["running"] = running
         data["healthy"] = healthy
         for name, value in verdicts.items():
+            data["credentials"][name] = with_rfc3339(data["credentials"][name], CREDENTIAL_TIMES)
             data["credentials"][name]["verdict"] = value
         print(json.dumps(data, indent=2, sort_keys=True))
         return ExitCode.OK if healthy else ExitCode.FAILED
@@ -72,6 +73,24 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
     for cred in status.credentials.values():
         print(describe(cred, now, running=running))
     return ExitCode.OK if healthy else ExitCode.FAILED
+
+
+# status --json's times are unix seconds, as in status.json (scripts do arithmetic on
+# them); each set one has a twin in RFC 3339, the json sink's form, named for its type:
+# the json sink's `expires_at` is RFC 3339, so the name alone does not say which.
+TOP_TIMES = ("updated_at",)
+CREDENTIAL_TIMES = ("expires_at", "obtained_at", "next_refresh", "last_success", "last_attempt")
+
+
+def with_rfc3339(record: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """``record`` with ``KEY_rfc3339`` next to each of ``keys`` that holds a unix time."""
+    from tokend.core.timestamps import rfc3339
+
+    for key in keys:
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            record[f"{key}_rfc3339"] = rfc3339(value)
+    return record
 
 
 def fleet_line(fleet: FleetHealth, creds: Iterable[CredentialStatus], now: float) -> str:
