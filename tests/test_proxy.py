@@ -143,6 +143,33 @@ def test_absolute_form_connect_and_another_host_are_refused(
     assert len(resource.seen) == before  # none of them reached the upstream
 
 
+def test_dot_segments_a_second_host_and_a_loop_back_to_tokend_are_refused(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    """``/../`` would leave the upstream's base path once the upstream resolves it; two
+    Host headers let two readers see two hosts; a Via naming tokend is a request that came
+    through a tokend proxy already (an upstream pointing back at one: a loop)."""
+    _, base = start_proxy(tmp_path, idp, daemons, resource.url + "/base")
+    host = base.removeprefix("http://")
+    before = len(resource.seen)
+
+    def curl_as_is(path: str, *headers: str) -> str:
+        args = ["curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}"]
+        for header in headers:
+            args += ["-H", header]
+        return subprocess.run([*args, base + path], capture_output=True, text=True, timeout=10).stdout
+
+    for path in ("/../admin", "/a/./b", "/a/%2e%2E/admin", "/a/.."):
+        assert curl_as_is(path) == "400", path
+    with socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=5) as raw:
+        raw.sendall(f"GET /x HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n\r\n".encode())
+        assert raw.recv(65536).split(b" ", 2)[1] == b"400"
+    assert curl_as_is("/x", "Via: 1.1 edge, 1.1 tokend") == "508"
+    assert len(resource.seen) == before  # none of them reached the upstream
+    assert requests.get(f"{base}/a..b/.hidden", timeout=5).status_code == 200  # dots inside a name pass
+    assert resource.seen[-1].headers["Via"] == "1.1 tokend"
+
+
 def test_another_sites_page_cannot_drive_the_proxy_through_a_browser(
     tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
 ) -> None:

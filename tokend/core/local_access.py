@@ -136,6 +136,30 @@ def tcp_refusal(headers: Mapping[str, str], listen_host: str, port: int, *, need
     return None
 
 
+VIA = "1.1 tokend"  # what the proxy adds to Via (RFC 9110 §7.6.3): a request back to itself is a loop
+_DOT_SEGMENT = re.compile(r"^(?:\.|%2e){1,2}$", re.IGNORECASE)
+
+
+def proxy_refusal(raw_path: str, headers: Iterable[tuple[str, str]]) -> tuple[int, str] | None:
+    """Why the proxy refuses a request before it goes upstream, or None: a second ``Host``
+    (two proxies could read two different ones), a dot-segment in the path (``/../``,
+    ``/%2e%2e/``: the upstream would resolve it above the configured base path), or a
+    ``Via`` that already names tokend (its upstream leads back to a tokend proxy: a loop
+    that would eat every connection)."""
+    items = list(headers)
+    if sum(1 for name, _ in items if name.lower() == "host") > 1:
+        return 400, "more than one Host header"
+    path = raw_path.split("?", 1)[0]
+    if any(_DOT_SEGMENT.match(segment) for segment in path.split("/")):
+        return 400, "dot-segments (. and ..) in the path are refused"
+    vias = (
+        part.strip().lower() for name, value in items if name.lower() == "via" for part in value.split(",")
+    )
+    if any(part.endswith(" tokend") or part == "tokend" for part in vias):
+        return 508, "the request came through a tokend proxy already: the upstream leads back to one"
+    return None
+
+
 def _without(items: Iterable[tuple[str, str]], dropped: frozenset[str] | set[str]) -> list[tuple[str, str]]:
     """``items`` less the headers named in ``dropped`` and those their Connection header
     names (RFC 9110 §7.6.1: hop-by-hop by the sender's word)."""
@@ -166,7 +190,7 @@ def invalid_token(status: int, www_authenticate: Iterable[str]) -> bool:
     """An upstream's 401 that says the token itself was refused (RFC 6750 §3.1), which a
     new token may fix; any other 401 is the caller's to see."""
     return status == 401 and any(
-        value.strip().lower().startswith("bearer") and _INVALID_TOKEN.search(value)
+        value.strip().lower().startswith(("bearer", "dpop")) and _INVALID_TOKEN.search(value)
         for value in www_authenticate
     )
 

@@ -34,11 +34,13 @@ from tokend.config import ConfigError, CredentialConfig
 from tokend.config.schema import Listen
 from tokend.core.dpop import nonce_request
 from tokend.core.local_access import (
+    VIA,
     Board,
     error_body,
     forwarded_headers,
     invalid_token,
     loggable_path,
+    proxy_refusal,
     response_headers,
     retry_after,
     tcp_refusal,
@@ -76,9 +78,6 @@ def json_error(
         content_type="application/json",
         headers={"Cache-Control": "no-store", **(headers or {})},
     )
-
-
-UPSTREAM_SECONDS = "tokend.upstream_seconds"  # a request's key: the upstream's time to its head
 
 
 class RequestMetrics(Protocol):
@@ -155,9 +154,10 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        response, token = await self.serve(request)
+        timing: list[float] = []  # the upstream's time to its answer's head, once it answered
+        response, token = await self.serve(request, timing)
         if self.metrics is not None:
-            self.metrics.proxy_request(self.credential, response.status, request.get(UPSTREAM_SECONDS))
+            self.metrics.proxy_request(self.credential, response.status, timing[-1] if timing else None)
         if self.log_requests:
             access_log.info(
                 "%s %s %s %d %.1fms token %s",
@@ -178,13 +178,19 @@ class Proxy:
             return json_error(
                 400, "invalid_request", "this is a reverse proxy: only origin-form targets (/path)"
             )
+        refused = proxy_refusal(target, request.headers.items())
+        if refused is not None:
+            status, reason = refused
+            return json_error(status, "invalid_request" if status == 400 else "loop_detected", reason)
         if self.listen.path is None:
             why = tcp_refusal(request.headers, self.listen.host, self.listen.port, need_flag=False)
             if why is not None:
                 return json_error(403, "forbidden", why)
         return None
 
-    async def serve(self, request: web.Request) -> tuple[web.StreamResponse, Token | None]:
+    async def serve(
+        self, request: web.Request, timing: list[float]
+    ) -> tuple[web.StreamResponse, Token | None]:
         token = self.board.token(self.credential)
         if token is None:
             return self.no_token(), None
@@ -203,7 +209,7 @@ class Proxy:
             try:
                 sent = time.monotonic()
                 upstream = await self.send(request, token, body, streamed, stalled)
-                request[UPSTREAM_SECONDS] = time.monotonic() - sent  # to the answer's head
+                timing.append(time.monotonic() - sent)
             except ConfigError as exc:  # the DPoP key could not be read: no proof, no request
                 log.error("%s: cannot sign a DPoP proof: %s", self.credential, exc)
                 return json_error(502, "bad_gateway", "tokend cannot sign a DPoP proof (see its log)"), token
@@ -258,6 +264,7 @@ class Proxy:
     ) -> aiohttp.ClientResponse:
         assert self.session is not None
         headers = forwarded_headers(request.headers.items())
+        headers.append(("Via", VIA))
         headers.append(("Authorization", f"{authorization_scheme(token.token_type)} {token.access_token}"))
         data: bytes | AsyncIterator[bytes] | None = body
         if streamed:
