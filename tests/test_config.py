@@ -275,6 +275,20 @@ def test_the_shipped_example_is_valid() -> None:
     assert set(config.credentials) == {"eventbookings", "keycloak"}
 
 
+def test_the_example_gives_a_group_only_where_the_shipped_unit_needs_no_chown() -> None:
+    """Under tokend.service a file in its RuntimeDirectory is born in group tokend, and the
+    chown to another group is refused by the unit's system-call filter: "install the example,
+    then edit" ended in an error. A group goes with a setgid directory of that group."""
+    root = Path(__file__).resolve().parent.parent
+    unit = (root / "systemd" / "tokend.service").read_text()
+    assert "RuntimeDirectory=tokend\n" in unit and "SystemCallFilter=~@privileged" in unit
+    config = load(root / "tokend.toml.example", environ={})
+    grouped = [s for c in config.credentials.values() for s in c.sinks if s.group is not None]
+    assert grouped
+    for sink in grouped:
+        assert sink.path.parent != Path("/run/tokend"), f"{sink.path}: group {sink.group} needs a chown"
+
+
 @pytest.mark.parametrize("target", ["secret", "sink", "config"])
 def test_the_metrics_textfile_may_not_sit_on_a_file_tokend_reads_or_writes(
     tmp_path: Path, target: str

@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -486,3 +487,72 @@ def test_a_non_root_daemon_with_cap_chown_can_give_a_sink_to_another_owner(
     assert result.returncode == 0, result.stderr
     st = os.stat(tmp / "out" / "api.token")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1, OTHER_ID, 0o640)
+
+
+# The seccomp filter of tokend.service, in small: fchown and fchownat answer EPERM.
+REFUSE_CHOWN = r"""
+import ctypes, os, struct, sys, time
+from pathlib import Path
+
+def insn(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+
+LD_NR, JEQ, RET = 0x20, 0x15, 0x06
+program = b"".join([
+    insn(LD_NR, 0, 0, 0),  # seccomp_data.nr
+    insn(JEQ, 2, 0, 93),  # fchown (x86_64)
+    insn(JEQ, 1, 0, 260),  # fchownat
+    insn(RET, 0, 0, 0x7FFF0000),  # SECCOMP_RET_ALLOW
+    insn(RET, 0, 0, 0x00050000 | 1),  # SECCOMP_RET_ERRNO | EPERM
+])
+buffer = ctypes.create_string_buffer(program)
+fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(buffer))
+fprog_buffer = ctypes.create_string_buffer(fprog)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.addressof(fprog_buffer), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+
+from tokend.config import SinkConfig
+from tokend.core.tokens import Token
+from tokend.io.sinks import SinkError, write_sink
+
+now = time.time()
+try:
+    sink = SinkConfig(path=Path(sys.argv[1]), group=int(sys.argv[2]), mode=0o640)
+    write_sink(Token("tok", now + 60, now), sink)
+except SinkError as exc:
+    print(exc)
+else:
+    print("written")
+"""
+
+
+def test_a_chown_refused_by_a_system_call_filter_names_the_filter_and_the_setgid_directory(
+    tmp_path: Path,
+) -> None:
+    """tokend.service's SystemCallFilter= refuses chown with EPERM: the error said "need root
+    or CAP_CHOWN", which sent an operator after privileges the unit will never give."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the filter's system-call numbers are x86_64's")
+    other_group = os.stat(tmp_path).st_gid + 4242
+    result = subprocess.run(
+        [sys.executable, "-c", REFUSE_CHOWN, str(tmp_path / "api.header"), str(other_group)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert "cannot give the file group" in line and "Operation not permitted" in line, line
+    assert "a system-call filter refuses chown here" in line and "setgid directory" in line, line
+    assert not (tmp_path / "api.header").exists() and not temp_files(tmp_path)
+
+
+def test_a_chown_refused_without_a_filter_says_what_it_needs(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may give a file any group")
+    other_group = next(g for g in range(60000, 65000) if g not in os.getgroups())
+    with pytest.raises(SinkError) as info:
+        write_sink(token(), sink(tmp_path / "t", group=other_group, mode=0o640))
+    assert "CAP_CHOWN or membership" in str(info.value) and "system-call filter" not in str(info.value)

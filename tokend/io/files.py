@@ -60,10 +60,10 @@ def write_atomic(
             # the token. The owner last: once the file is given away, a daemon with
             # CAP_CHOWN but not CAP_FOWNER can no longer change its mode.
             if needs_chown(st, -1, gid):
-                os.fchown(fd, -1, gid)
+                give(fd, -1, gid)
             os.fchmod(fd, mode)
             if needs_chown(st, uid, -1):
-                os.fchown(fd, uid, -1)
+                give(fd, uid, -1)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -79,6 +79,34 @@ def write_atomic(
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+class ChownRefused(PermissionError):
+    """The kernel refused to give a new file its owner (``owner``) or its group."""
+
+    def __init__(self, errno: int, strerror: str, *, owner: bool) -> None:
+        super().__init__(errno, strerror)
+        self.owner = owner
+
+
+def give(fd: int, uid: int, gid: int) -> None:
+    try:
+        os.fchown(fd, uid, gid)
+    except PermissionError as exc:
+        raise ChownRefused(
+            exc.errno or 1, exc.strerror or "Operation not permitted", owner=uid != -1
+        ) from None
+
+
+def seccomp_filtered() -> bool:
+    """Whether a seccomp filter (systemd's ``SystemCallFilter=``, a container's profile)
+    screens this process's system calls: then an EPERM may be the filter's, not the
+    kernel's permission check. (``Seccomp: 2`` in /proc/self/status.)"""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            return any(line.split() == ["Seccomp:", "2"] for line in status)
+    except OSError:
+        return False
 
 
 def needs_chown(st: os.stat_result, uid: int, gid: int) -> bool:

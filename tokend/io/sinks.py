@@ -19,7 +19,14 @@ from tokend.config import SinkConfig
 from tokend.core import templates
 from tokend.core.timestamps import rfc3339
 from tokend.core.tokens import Token, authorization_scheme, unsafe_reason
-from tokend.io.files import file_kind, sweep_once, unsafe_directory_chain, write_atomic
+from tokend.io.files import (
+    ChownRefused,
+    file_kind,
+    seccomp_filtered,
+    sweep_once,
+    unsafe_directory_chain,
+    write_atomic,
+)
 
 
 class SinkError(Exception):
@@ -168,6 +175,19 @@ def _describe(exc: OSError, sink: SinkConfig) -> str:
     reason = exc.strerror or type(exc).__name__
     if isinstance(exc, FileNotFoundError):
         return f"cannot write: directory {sink.path.parent} does not exist"
+    if isinstance(exc, ChownRefused):
+        given = f"owner {sink.owner}" if exc.owner else f"group {sink.group}"
+        if seccomp_filtered():
+            instead = "drop owner and " if exc.owner else ""
+            return (
+                f"cannot give the file {given} ({reason}): a system-call filter refuses chown here "
+                f"(tokend.service's SystemCallFilter=); {instead}put the sink in a setgid directory "
+                'of the group, where files are born in it (README, "Running under systemd")'
+            )
+        return (
+            f"cannot give the file {given} ({reason}); another owner needs root or CAP_CHOWN, "
+            "another group root, CAP_CHOWN or membership of it"
+        )
     if isinstance(exc, PermissionError) and (sink.owner is not None or sink.group is not None):
         return f"cannot write or chown ({reason}); owner/group need root or CAP_CHOWN"
     return f"cannot write: {reason}"
