@@ -319,3 +319,24 @@ def test_check_and_run_say_in_one_line_that_the_local_servers_need_aiohttp(
         assert_one_line_error(result, str(config), where, "need aiohttp: pip install 'tokend[proxy]'")
     plain = write_config(tmp_path, credential_toml("https://idp.example.com/token", tmp_path))
     assert without_aiohttp(tmp_path, "check", "-c", str(plain)).returncode == 0  # not needed: not asked
+
+
+def test_check_judges_a_sockets_directory_as_run_does_when_it_binds(tmp_path: Path) -> None:
+    """``run`` refuses to bind in a directory another user can write (sticky or not: they
+    could take the name first) and only logs it, the tokens going on; ``check`` says so
+    first, on one line naming the listener, and says nothing of a directory that is fine."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    own = tmp_path / "own"
+    own.mkdir(mode=0o755)
+    block = credential_toml("https://idp.example/token", tmp_path)
+    bad = write_config(tmp_path, f'[endpoint]\nlisten = "unix:{shared}/tokend.sock"\n', block)
+    result = run_tokend("check", "-c", bad, tmp=tmp_path)
+    assert result.returncode == 78
+    assert_one_line_error(result, "endpoint.listen", f"directory {shared} is writable by others")
+    missing = write_config(tmp_path, f'[endpoint]\nlisten = "unix:{tmp_path}/nosuch/t.sock"\n', block)
+    assert_one_line_error(run_tokend("check", "-c", missing, tmp=tmp_path), "does not exist")
+    good = write_config(tmp_path, f'[endpoint]\nlisten = "unix:{own}/tokend.sock"\n', block)
+    fine = run_tokend("check", "-c", good, tmp=tmp_path)
+    assert fine.returncode == 0, fine.stderr

@@ -34,6 +34,7 @@ def cmd_check(config: Config, *, online: bool) -> int:
     problems.extend(check_state_dir(config))
     problems.extend(check_fleet_password(config))
     problems.extend(check_local_servers(config))
+    problems.extend(check_socket_directories(config))
     for problem in problems:
         print(f"tokend: {problem}", file=sys.stderr)
     if problems:
@@ -161,6 +162,29 @@ def dpop_words(cred: CredentialConfig) -> str:
     from tokend.io.dpop import credential_key
 
     return f", bound to DPoP key {credential_key(cred).thumbprint}"
+
+
+def check_socket_directories(config: Config) -> list[str]:
+    """Each unix socket's directory, judged as ``run`` judges it when it binds (where a
+    refusal is only logged, the tokens going on): better said before the start."""
+    from tokend.io.files import socket_directory_problem
+
+    listeners = [("endpoint.listen", config.endpoint.listen)] if config.endpoint is not None else []
+    for cred in config.credentials.values():
+        listeners += [(cred.where(f"proxy[{i}].listen"), p.listen) for i, p in enumerate(cred.proxies)]
+    problems = []
+    for where, listen in listeners:
+        if listen.path is None or listen.fd_name is not None:
+            continue
+        directory = listen.path.parent
+        reason = (
+            f"directory {directory} does not exist"
+            if not directory.is_dir()
+            else socket_directory_problem(directory)
+        )
+        if reason is not None:
+            problems.append(f"{config.path}: {where}: {reason}")
+    return problems
 
 
 def check_local_servers(config: Config) -> list[str]:

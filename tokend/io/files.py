@@ -465,3 +465,27 @@ class FileLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor drops the flock
             self.fd = None
+
+
+def socket_directory_problem(directory: Path) -> str | None:
+    """Why a unix socket may not be made in ``directory``, or None. Its path must be safe as
+    a sink's (StrictModes), and the directory itself must be tokend's user's or root's and
+    writable by no one else, sticky or not: in a sticky world-writable directory such as
+    /tmp another user can bind the name first and have the callers talk to them."""
+    reason = unsafe_directory_chain(directory)
+    if reason is not None:
+        return f"directory path is not safe: {reason}"
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        return f"directory {directory}: {exc.strerror}"
+    if st.st_uid not in trusted_uids():
+        return f"directory {directory} is owned by uid {st.st_uid}, not tokend's user or root"
+    if st.st_mode & 0o022:
+        who = "others" if st.st_mode & 0o002 else "its group"
+        return (
+            f"directory {directory} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): "
+            "another user could take the socket's name first; use a directory of tokend's own "
+            "(e.g. RuntimeDirectory=, /run/tokend)"
+        )
+    return None
