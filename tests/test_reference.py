@@ -188,3 +188,29 @@ def test_the_package_data_is_the_man_pages_the_example_and_every_unit() -> None:
     globs = tomllib.loads(text("pyproject.toml"))["tool"]["setuptools"]["package-data"]["tokend"]
     for inside in shipped:
         assert any(Path("data", inside).match(glob) for glob in globs), inside
+
+
+def test_each_unit_names_the_man_pages_a_package_install_ships() -> None:
+    """`systemctl help tokend` and `systemctl status`'s Docs: line lead to tokend's own pages,
+    and each page named is one pip installs under share/man (CI's systemd-analyze verify runs
+    man(1) on every one)."""
+    data_files = tomllib.loads(text("pyproject.toml"))["tool"]["setuptools"]["data-files"]
+    for unit in sorted((ROOT / "systemd").iterdir()):
+        if unit.suffix not in (".service", ".socket"):
+            continue
+        docs = [
+            url
+            for line in unit.read_text().splitlines()
+            if line.startswith("Documentation=")
+            for url in line.removeprefix("Documentation=").split()
+        ]
+        expected = (
+            ["man:tokend.toml(5)"] if unit.suffix == ".socket" else ["man:tokend(1)", "man:tokend.toml(5)"]
+        )
+        assert docs[: len(expected)] == expected, unit.name
+        for url in docs:
+            page = re.fullmatch(r"man:(tokend[\w.]*)\((\d)\)", url)
+            if page is not None:
+                name, section = page.groups()
+                assert f"man/{name}.{section}" in data_files[f"share/man/man{section}"], url
+                assert f"\n.TH {name.upper()} {section} " in text(f"man/{name}.{section}"), url
