@@ -143,6 +143,22 @@ def test_absolute_form_connect_and_another_host_are_refused(
     assert len(resource.seen) == before  # none of them reached the upstream
 
 
+def test_a_cookie_one_callers_upstream_set_never_reaches_another_caller(
+    tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
+) -> None:
+    """The proxy's one upstream session serves every caller: it keeps no cookie jar. The
+    Set-Cookie goes to the caller who got it, and a caller's own Cookie passes as sent.
+    By the name ``localhost``: aiohttp's default jar keeps no cookie of an IP address, so
+    an upstream by address would hide a shared jar."""
+    _, base = start_proxy(tmp_path, idp, daemons, resource.url.replace("127.0.0.1", "localhost"))
+    first = requests.get(f"{base}/set-cookie", timeout=5)
+    assert first.headers["Set-Cookie"].startswith("session=for-the-first-caller")
+    requests.get(f"{base}/echo", timeout=5)  # another caller, with no cookie of its own
+    assert "Cookie" not in resource.seen[-1].headers
+    requests.get(f"{base}/echo", headers={"Cookie": "mine=1"}, timeout=5)
+    assert resource.seen[-1].headers["Cookie"] == "mine=1"
+
+
 def test_dot_segments_a_second_host_and_a_loop_back_to_tokend_are_refused(
     tmp_path: Path, idp: TokenEndpoint, daemons: Start, resource: ResourceServer
 ) -> None:

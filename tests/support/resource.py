@@ -127,6 +127,9 @@ class ResourceServer:
                 h, 401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
             return
+        if parts.path.endswith("/set-cookie"):  # a session cookie for whoever asked
+            self.reply(h, 200, {"ok": True}, {"Set-Cookie": "session=for-the-first-caller; Path=/"})
+            return
         if parts.path.endswith("/download"):
             size = int(query["size"][0])
             h.send_response(200)

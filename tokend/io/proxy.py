@@ -132,6 +132,9 @@ class Proxy:
             auto_decompress=False,  # bodies pass as they are, Content-Encoding and all
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             trust_env=False,  # never a proxy from the environment
+            # One session serves every caller: a cookie one caller's upstream set must never
+            # ride along on another caller's request. Cookies pass through, as headers.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def _close(self, app: web.Application) -> None:
