@@ -1,0 +1,118 @@
+"""The README's Troubleshooting section quotes what tokend really says: each case is made
+to happen here (a local identity provider, real processes) and its line compared with the
+README's, so a reworded message that leaves the README behind fails. And the Install
+section names what a package install brings, the test command what it costs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from tokend.core.exit_codes import ExitCode
+
+from .support.configs import credential_toml, write_config
+from .support.endpoint import TokenEndpoint
+from .support.processes import DaemonProcess, run_tokend, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")  # the text log's timestamp
+
+
+def section(title: str) -> str:
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+TROUBLE = section("Troubleshooting")
+
+
+def quoted_lines() -> set[str]:
+    """Every line of the section's code blocks."""
+    blocks = re.findall(r"^```\n(.*?)^```$", TROUBLE, flags=re.M | re.S)
+    return {line for block in blocks for line in block.splitlines() if line.strip()}
+
+
+def said(output: str, *, replace: dict[str, str]) -> set[str]:
+    """tokend's lines, as the README writes them: no timestamp, the README's paths."""
+    lines = set()
+    for line in output.splitlines():
+        line = STAMP.sub("", line)
+        for this, that in replace.items():
+            line = line.replace(this, that)
+        lines.add(line)
+    return lines
+
+
+def test_each_troubleshooting_case_quotes_what_tokend_says(
+    idp: TokenEndpoint, tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    quoted = quoted_lines()
+    paths = {str(tmp_path): "/etc/tokend"}
+
+    # A missing secret file: check's one line, exit 78.
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path, name="eventbookings"))
+    (tmp_path / "eventbookings.secret").unlink()
+    check = run_tokend("check", "-c", config, tmp=tmp_path)
+    assert check.returncode == ExitCode.CONFIG
+    assert said(check.stderr, replace=paths) & quoted, check.stderr
+
+    # A config that is not valid TOML (line 11, column 8): tokend token exits 78.
+    broken = tmp_path / "tokend.toml"
+    head = broken.read_text().splitlines()[:10]
+    broken.write_text("\n".join(head + [""] * (10 - len(head)) + ["oops = ", ""]))
+    token = run_tokend("token", "-c", broken, "eventbookings", tmp=tmp_path)
+    assert token.returncode == ExitCode.CONFIG
+    assert said(token.stderr, replace=paths) & quoted, token.stderr
+
+    # No status: the state directory has none.
+    config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
+    status = run_tokend("status", "-c", config, tmp=tmp_path)
+    assert status.returncode == ExitCode.FAILED
+    state = {str(tmp_path / "state"): "/root/.local/state/tokend"}
+    assert said(status.stderr, replace=state) & quoted, status.stderr
+
+    # invalid_client: no token, and retried every 5 minutes, by a daemon.
+    idp.then(401, {"error": "invalid_client", "error_description": "unknown client or wrong secret"})
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: "a retry cannot fix" in daemon.log, 15, "the daemon's first attempt")
+    lines = said(daemon.log, replace={})
+    assert "ERROR api: no token: invalid_client (HTTP 401): unknown client or wrong secret" in quoted
+    assert "ERROR api: no token: invalid_client (HTTP 401): unknown client or wrong secret" in lines
+    retry = "ERROR api: a retry cannot fix invalid_client; trying again every 300s and at once on reload"
+    assert retry in quoted and retry in lines, daemon.log
+
+    # Exit 75: a second daemon on the same state directory.
+    second = run_tokend("run", "-c", config, tmp=tmp_path, timeout=30)
+    assert second.returncode == ExitCode.LOCKED
+    here = {str(tmp_path / "state"): "/var/lib/tokend", f"(pid {daemon.proc.pid})": "(pid 4242)"}
+    assert said(second.stderr, replace=here) & quoted, second.stderr
+
+    # What only a reload or a refresh grant shows: the README's words are the code's.
+    prose = " ".join(TROUBLE.split())
+    code = "\n".join(p.read_text() for p in (ROOT / "tokend").rglob("*.py"))
+    for words, literal in (
+        ("ERROR reload rejected, still running the last good config: …", "reload rejected, still running"),
+        ("config rejected (still running the last good one): …", "config rejected (still running the last"),
+        (
+            "WARNING api: the client was refused on the refresh grant (invalid_client …); asking with "
+            "client credentials",
+            "the client was refused on the refresh grant",
+        ),
+        ("a retry cannot fix this; trying again every 300s and at once on reload", "a retry cannot fix"),
+    ):
+        assert words in prose, words
+        assert literal in code, literal
+    assert daemon.stop() == 0
+
+
+def test_the_install_section_names_the_example_the_man_pages_and_the_reference() -> None:
+    install = section("Install")
+    for words in ("tokend example-config", "`man tokend`", "`man tokend.toml`", "docs/reference.md"):
+        assert words in install, words
+
+
+def test_the_test_command_says_what_it_costs() -> None:
+    tried = section("Try it: two commands")
+    assert "about 30 s to install, then 3\u20134 minutes of tests on 2 cores" in tried
+    assert "skip when not run as root" in tried
