@@ -116,3 +116,11 @@ def test_the_test_command_says_what_it_costs() -> None:
     tried = section("Try it: two commands")
     assert "about 30 s to install, then 3\u20134 minutes of tests on 2 cores" in tried
     assert "skip when not run as root" in tried
+
+
+def test_the_logs_section_tells_a_cached_token_from_a_refresh() -> None:
+    logs = " ".join(section("Logs").split())
+    code = (ROOT / "tokend" / "daemon" / "reporting.py").read_text()
+    assert "api: using the cached token sha256:…, valid until …, next refresh …" in logs
+    assert '"%s: using the cached token %s, valid until %s, next refresh %s"' in code
+    assert "refresh success in 12ms (new token from the identity provider)" in logs
