@@ -81,6 +81,8 @@ def test_the_identity_it_computes_is_the_schemas() -> None:
         "subject_token",
         "actor_token",
         "requested_token_type",
+        "assertion",
+        "assertion_subject",
     ]
     assert tokend.config.IDENTITY_FIELDS == (
         "token_url",
@@ -95,6 +97,8 @@ def test_the_identity_it_computes_is_the_schemas() -> None:
         "subject_token",
         "actor_token",
         "requested_token_type",
+        "assertion",
+        "assertion_subject",
     )
     assert keys_of(CredentialConfig, "client_id") == fp.SECRET_KEYS
     presets = {name: preset["token_url"] for name, preset in PRESET_VALUES.items()}
@@ -132,6 +136,8 @@ VOUCHED_BY_THE_MEMO = {
     (CredentialConfig, "subject_token"),
     (CredentialConfig, "actor_token"),
     (CredentialConfig, "requested_token_type"),
+    (CredentialConfig, "assertion"),
+    (CredentialConfig, "assertion_subject"),
 }
 
 

@@ -138,6 +138,7 @@ def test_the_known_keys_of_each_table_are_the_schemas() -> None:
         "client_assertion": ("client_assertion_file", "client_assertion_credential"),
         "subject_token": ("subject_token_file", "subject_token_credential"),
         "actor_token": ("actor_token_file", "actor_token_credential"),
+        "assertion": ("assertion_file", "assertion_credential"),
         "extra_params": ("audience", "resource", "extra_params"),
         "sinks": ("sink",),
         "metrics_listen": ("metrics_listen", "metrics_allow_remote"),
@@ -244,6 +245,8 @@ def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime()
         "subject_token",
         "actor_token",
         "requested_token_type",
+        "assertion",  # the JWT-bearer grant: where its JWT comes from, whom one tokend signs is for
+        "assertion_subject",
     )
     # ...in the order identity.cache_key takes them (`params` being the extra parameters).
     parameters = list(inspect.signature(identity.cache_key).parameters)
@@ -260,6 +263,8 @@ def test_the_identity_is_endpoint_client_scope_parameters_and_default_lifetime()
         "subject_token",
         "actor_token",
         "requested_token_type",
+        "assertion",
+        "assertion_subject",
     ]
     cred = api()
     assert cache_key(cred, "id") == identity.cache_key(
@@ -307,6 +312,9 @@ CHANGES: dict[str, Any] = {  # a different value for every field of a credential
     "actor_token": SecretRef("actor_token_file", "file", "/var/run/secrets/tokens/actor"),
     "actor_token_type": "urn:ietf:params:oauth:token-type:id_token",
     "requested_token_type": "urn:ietf:params:oauth:token-type:id_token",
+    "assertion": SecretRef("assertion_file", "file", "/var/run/secrets/tokens/grant"),
+    "assertion_subject": "someone@example.com",
+    "assertion_scope_claim": True,
     "sinks": (SinkConfig(path=Path("/run/other")),),
     "on_rotate": HookConfig(command=("true",)),
     "fleet": False,
@@ -363,6 +371,9 @@ def test_refetch_fields_are_what_the_readme_says() -> None:
         "actor_token",
         "actor_token_type",
         "requested_token_type",
+        "assertion",
+        "assertion_subject",
+        "assertion_scope_claim",
         # what is asked for
         "scope",
         "extra_params",
@@ -404,8 +415,14 @@ def test_each_field_changes_the_cache_key_exactly_when_it_is_of_the_identity(tmp
         if f.name == "dpop_key":  # a key counts by its thumbprint: a real one, made now
             after = dataclasses.replace(cred, dpop_key=tmp_path / "dpop" / "api.pem")
         before = key_before
-        if f.name in ("subject_token", "actor_token", "requested_token_type"):  # a token exchange's
-            exchange = dataclasses.replace(cred, grant_type="token_exchange")
+        if f.name in (
+            "subject_token",
+            "actor_token",
+            "requested_token_type",
+            "assertion",
+            "assertion_subject",
+        ):
+            exchange = dataclasses.replace(cred, grant_type="token_exchange")  # counted with a grant
             before = cache_key(exchange, "id")
             after = dataclasses.replace(exchange, **{f.name: CHANGES[f.name]})
         client_id = "other-id" if f.name == "client_id" else "id"

@@ -216,3 +216,107 @@ def test_a_missing_subject_token_file_is_one_line_naming_it(sts: Sts, tmp_path: 
     result = run_tokend("fetch", "-c", config(tmp_path, sts), tmp=tmp_path)
     assert_one_line_error(result, f"{tmp_path}/tokens/token", "subject_token_file")
     assert sts.requests() == []
+
+
+# --------------------------------------------------------------------------- the JWT-bearer grant
+
+SERVICE_ACCOUNT = "svc@project.iam.gserviceaccount.com"
+
+
+def bearer_config(tmp: Path, sts: Sts, source: str, extra: str = "") -> Path:
+    (tmp / "out").mkdir(exist_ok=True)
+    path = tmp / "tokend.toml"
+    path.write_text(
+        f'[tokend]\nstate_dir = "{tmp}/state"\n\n[credentials.google]\n'
+        f'token_url = "{sts.url}"\nclient_id = "{SERVICE_ACCOUNT}"\ngrant_type = "jwt_bearer"\n'
+        f'{source}scope = "read"\n{extra}\n'
+        f'[[credentials.google.sink]]\npath = "{tmp}/out/google.token"\n'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_the_jwt_bearer_grant_with_a_jwt_tokend_signs_as_a_service_account(sts: Sts, tmp_path: Path) -> None:
+    """Google's way: iss = the service account, aud = the token endpoint, scope as a claim,
+    an hour at most (tokend: five minutes), no client authentication."""
+    key = tmp_path / "sa.pem"
+    key.write_bytes(
+        sts.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key.chmod(0o600)
+    extra = 'assertion_scope_claim = true\nassertion_subject = "someone@example.com"\n'
+    config = bearer_config(tmp_path, sts, f'private_key_file = "{key}"\n', extra)
+    for _ in range(2):  # a fresh JWT each time (a new jti)
+        result = run_tokend("fetch", "--force", "-c", config, tmp=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert read_token(tmp_path / "out" / "google.token")
+    requests_seen = sts.requests()
+    assert [r["status"] for r in requests_seen] == [200, 200]
+    first = requests_seen[0]
+    assert first["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    assert first["iss"] == SERVICE_ACCOUNT and first["sub"] == "someone@example.com"
+    assert first["scope_claim"] == "read" and first["scope"] is None  # a claim, not a parameter
+    assert first["client_id"] is None and 0 < int(first["lifetime"]) <= 3600  # type: ignore[call-overload]
+
+
+def test_the_jwt_bearer_grant_with_a_jwt_from_a_file_and_an_expired_one_not_sent(
+    sts: Sts, tmp_path: Path
+) -> None:
+    def grant_jwt(lifetime: float) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": SERVICE_ACCOUNT,
+            "sub": SERVICE_ACCOUNT,
+            "aud": sts.url,
+            "iat": now,
+            "exp": int(now + lifetime),
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(claims, sts.key, algorithm="RS256")
+        SECRETS.add(token, token.split(".")[2])
+        return token
+
+    config = bearer_config(tmp_path, sts, f'assertion_file = "{tmp_path}/grant/token"\n')
+    kubelet_write(tmp_path / "grant", grant_jwt(-60))
+    expired = run_tokend("fetch", "-c", config, tmp=tmp_path)
+    assert (
+        expired.returncode == 1
+        and "expired at" in expired.stderr
+        and f"{tmp_path}/grant/token" in expired.stderr
+    )
+    assert sts.requests() == []
+    kubelet_write(tmp_path / "grant", grant_jwt(600))
+    result = run_tokend("fetch", "-c", config, tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (request,) = sts.requests()
+    assert request["status"] == 200 and request["iss"] == SERVICE_ACCOUNT and request["scope"] == "read"
+
+
+def test_the_jwt_bearer_keys_go_with_their_grant(tmp_path: Path) -> None:
+    base = '[credentials.a]\ntoken_url = "https://oauth2.example/token"\nclient_id = "c"\n'
+    cases = {
+        'grant_type = "jwt_bearer"\n': "needs exactly one of assertion_file",
+        'grant_type = "jwt_bearer"\nassertion_file = "/a"\nprivate_key_file = "/k"\n': "exactly one",
+        'client_secret = "s"\nassertion_file = "/a"\n': 'only applies to grant_type = "jwt_bearer"',
+        'grant_type = "jwt_bearer"\nassertion_file = "/a"\nassertion_subject = "u"\n': "a JWT tokend signs",
+        'grant_type = "jwt_bearer"\nclient_auth = "private_key_jwt"\nprivate_key_file = "/k"\n': (
+            "signs the grant"
+        ),
+    }
+    for body, message in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            parse(base + body, tmp_path / "t.toml", environ={})
+        assert message in str(caught.value), (body, str(caught.value))
+    fleet = '[fleet]\nredis_url = "redis://127.0.0.1:6379"\n'
+    from_file = 'grant_type = "jwt_bearer"\nassertion_file = "/a"\n'
+    with pytest.raises(ConfigError, match=r"set fleet = false"):
+        parse(fleet + base + from_file, tmp_path / "t.toml", environ={})
+    key = tmp_path / "k.pem"
+    key.write_text("x")
+    key.chmod(0o600)
+    signed = (
+        f'grant_type = "jwt_bearer"\nprivate_key_file = "{key}"\n'  # the key seals, as for private_key_jwt
+    )
+    assert parse(fleet + base + signed, tmp_path / "t.toml", environ={}).credentials["a"].fleet

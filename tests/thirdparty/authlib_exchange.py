@@ -1,7 +1,10 @@
 """Authlib's Flask AuthorizationServer with OAuth 2.0 Token Exchange (RFC 8693), as a
-cloud's STS does it: a subject token the platform signed (a Kubernetes service-account
-token, say) exchanged for an access token, optionally with an actor token, by a
-confidential client (client_secret_basic) or a public one (client_auth "none"). For the tests.
+cloud's STS does it, and Authlib's own JWT-bearer grant (RFC 7523 §2.1), as Google's token
+endpoint does it for a service account (client ``SERVICE_ACCOUNT``, its JWT signed by the
+platform's key, the audience this token endpoint). Token exchange: a subject token the
+platform signed (a Kubernetes service-account token, say) exchanged for an access token,
+optionally with an actor token, by a confidential client (client_secret_basic) or a public
+one (client_auth "none"). For the tests.
 
 Usage: python -m tests.thirdparty.authlib_exchange LOG PLATFORM_PUBLIC_PEM AUDIENCE LIFETIME
 
@@ -27,6 +30,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, UnauthorizedClientError
 from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
+from authlib.oauth2.rfc7523 import JWTBearerGrant
 from flask import Flask, request
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -36,7 +40,8 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-CLIENTS = {"exchanger": "exchanger-secret-0123456789", "workload": None}  # None: a public client
+SERVICE_ACCOUNT = "svc@project.iam.gserviceaccount.com"  # the JWT-bearer grant's iss
+CLIENTS = {"exchanger": "exchanger-secret-0123456789", "workload": None, SERVICE_ACCOUNT: None}
 
 log_path, platform_pem, audience, lifetime = sys.argv[1:5]
 with open(platform_pem, "rb") as f:
@@ -60,6 +65,8 @@ class Client(ClientMixin):  # type: ignore[misc]
         return method == ("none" if self.secret is None else "client_secret_basic")
 
     def check_grant_type(self, grant_type: str) -> bool:
+        if self.client_id == SERVICE_ACCOUNT:
+            return grant_type == JWTBearerGrant.GRANT_TYPE
         return grant_type == TOKEN_EXCHANGE
 
     def get_allowed_scope(self, scope: str) -> str:
@@ -112,14 +119,43 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
+class ServiceAccountGrant(JWTBearerGrant):  # type: ignore[misc]
+    """Authlib's grant: the client found by the JWT's iss, its key the platform's."""
+
+    def resolve_issuer_client(self, issuer: str) -> Client | None:
+        return Client(issuer) if issuer == SERVICE_ACCOUNT else None
+
+    def resolve_client_public_key(self, client: Client) -> Any:
+        return platform_key
+
+    def get_audiences(self) -> list[str]:
+        return [request.host_url + "oauth/token"]
+
+    def authenticate_user(self, subject: str) -> str | None:
+        return subject or None
+
+    def has_granted_permission(self, client: Client, user: str) -> bool:
+        return True
+
+    def process_assertion_claims(self, assertion: str) -> Any:
+        claims = super().process_assertion_claims(assertion)
+        seen.update(iss=claims.get("iss"), sub=claims.get("sub"), scope_claim=claims.get("scope"))
+        seen.update(exp=claims.get("exp"), lifetime=claims.get("exp", 0) - claims.get("iat", 0))
+        return claims
+
+
 def query_client(wanted: str) -> Client | None:
     return Client(wanted) if wanted in CLIENTS else None
 
 
 app = Flask(__name__)
-app.config["OAUTH2_TOKEN_EXPIRES_IN"] = {TOKEN_EXCHANGE: int(lifetime)}
+app.config["OAUTH2_TOKEN_EXPIRES_IN"] = {
+    TOKEN_EXCHANGE: int(lifetime),
+    JWTBearerGrant.GRANT_TYPE: int(lifetime),
+}
 server = AuthorizationServer(app, query_client=query_client, save_token=lambda token, req: None)
 server.register_grant(TokenExchangeGrant)
+server.register_grant(ServiceAccountGrant)
 
 
 @app.post("/oauth/token")
@@ -132,6 +168,7 @@ def issue_token() -> Any:
         or (request.authorization.username if request.authorization else None),
         "requested_token_type": request.form.get("requested_token_type"),
         "audience": request.form.get("audience"),
+        "scope": request.form.get("scope"),
         "status": response.status_code,
         "error": (response.get_json(silent=True) or {}).get("error"),
         **seen,

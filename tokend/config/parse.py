@@ -44,6 +44,7 @@ from tokend.config.kinds import (
 from tokend.config.paths import default_state_dir
 from tokend.config.schema import (
     ACTOR_TOKEN_KEYS,
+    ASSERTION_KEYS,
     CLIENT_ASSERTION_KEYS,
     CREDENTIAL_KEYS,
     ENDPOINT_KEYS,
@@ -51,6 +52,7 @@ from tokend.config.schema import (
     FLEET_KEYS,
     GLOBAL_KEYS,
     HOOK_KEYS,
+    JWT_BEARER_KEYS,
     KEY_JWT_KEYS,
     NO_SECRET_AUTHS,
     PRIVATE_KEY_KEYS,
@@ -184,7 +186,7 @@ class _Parser:
         fleet = self.fleet(data["fleet"]) if "fleet" in data else None
         endpoint = self.endpoint(data["endpoint"]) if "endpoint" in data else None
         for cred in credentials.values() if fleet is not None else ():
-            if cred.fleet and cred.client_auth == "none":
+            if cred.fleet and cred.client_auth == "none" and cred.private_key is None:
                 raise self.fail(
                     cred.where("fleet"),
                     "fleet mode cannot seal tokens for a client without a secret or a key "
@@ -394,6 +396,8 @@ class _Parser:
         allows_http = bool(values.get("allow_insecure_http", False))
         if any(name in tbl for name in CLIENT_ASSERTION_KEYS) and "client_auth" not in tbl:
             values["client_auth"] = "private_key_jwt"  # the platform's JWT is the client's proof
+        if values.get("grant_type") == "jwt_bearer" and "client_auth" not in tbl:
+            values["client_auth"] = "none"  # RFC 7523 §2.1: the JWT is the proof (Google, Salesforce)
         cred = CredentialConfig(
             name=name,
             source=self.file,
@@ -402,6 +406,7 @@ class _Parser:
             client_assertion=self.key_file_ref(tbl, CLIENT_ASSERTION_KEYS, where),
             subject_token=self.key_file_ref(tbl, SUBJECT_TOKEN_KEYS, where),
             actor_token=self.key_file_ref(tbl, ACTOR_TOKEN_KEYS, where),
+            assertion=self.key_file_ref(tbl, ASSERTION_KEYS, where),
             client_secret=self.client_secret_ref(tbl, values.get("client_auth", "basic"), where),
             sinks=tuple(self.sink(name, item, f"{where}.sink[{i}]") for i, item in enumerate(sinks)),
             on_rotate=on_rotate,
@@ -492,7 +497,7 @@ class _Parser:
                     raise self.fail(
                         f"{where}.{name}", f"conflicts with {cred.client_assertion.key}; set only one"
                     )
-        if cred.client_auth != "private_key_jwt":
+        if cred.client_auth != "private_key_jwt" and cred.grant_type != "jwt_bearer":
             for name in KEY_JWT_KEYS:
                 if name in tbl:
                     raise self.fail(f"{where}.{name}", 'only applies to client_auth = "private_key_jwt"')
@@ -517,12 +522,46 @@ class _Parser:
             for name in EXCHANGE_KEYS:
                 if name in tbl:
                     raise self.fail(f"{where}.{name}", 'only applies to grant_type = "token_exchange"')
-            if cred.client_auth == "none":
-                raise self.fail(
-                    f"{where}.client_auth",
-                    '"none" only applies to grant_type = "token_exchange" (a client credentials grant '
-                    "needs the client's own proof)",
-                )
+        if cred.grant_type == "jwt_bearer":
+            self.check_jwt_bearer(cred, tbl, where)
+        else:
+            for name in JWT_BEARER_KEYS:
+                if name in tbl:
+                    raise self.fail(f"{where}.{name}", 'only applies to grant_type = "jwt_bearer"')
+        if cred.client_auth == "none" and cred.grant_type == "client_credentials":
+            raise self.fail(
+                f"{where}.client_auth",
+                '"none" only applies to grant_type = "token_exchange" or "jwt_bearer" (a client '
+                "credentials grant needs the client's own proof)",
+            )
+
+    def check_jwt_bearer(self, cred: CredentialConfig, tbl: Mapping[str, Any], where: str) -> None:
+        """The JWT-bearer grant's JWT comes from a file or from tokend's signature with the
+        private key, exactly one; the claims keys go with the signature; and the key signs
+        the grant, so it cannot also sign a client assertion."""
+        if cred.client_auth == "private_key_jwt":
+            raise self.fail(
+                f"{where}.client_auth",
+                'private_key_jwt cannot go with grant_type = "jwt_bearer": its private key signs the grant '
+                '(use "none", or a client secret)',
+            )
+        if cred.client_assertion is not None:
+            raise self.fail(
+                f"{where}.{cred.client_assertion.key}",
+                "is a client's proof of itself; the JWT-bearer grant's JWT is assertion_file",
+            )
+        if (cred.assertion is None) == (cred.private_key is None):
+            raise self.fail(
+                f"{where}.assertion_file",
+                'grant_type = "jwt_bearer" needs exactly one of assertion_file (a JWT to send) and '
+                "private_key_file (to sign one)",
+            )
+        if cred.assertion is not None:
+            for name in ("assertion_subject", "assertion_scope_claim", "key_id", "signing_alg"):
+                if name in tbl:
+                    raise self.fail(
+                        f"{where}.{name}", f"applies to a JWT tokend signs, not to {cred.assertion.key}"
+                    )
 
     def secret_ref(self, tbl: Mapping[str, Any], base: str, where: str) -> SecretRef:
         keys = secret_keys(base)

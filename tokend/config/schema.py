@@ -49,7 +49,7 @@ RequestFormat = Literal["form", "json", "auto"]
 WireFormat = Literal["form", "json"]
 ClientAuth = Literal["basic", "body", "auto", "private_key_jwt", "tls_client_auth", "none"]
 AuthStyle = Literal["basic", "body", "private_key_jwt", "tls_client_auth", "none"]
-Grant = Literal["client_credentials", "token_exchange"]
+Grant = Literal["client_credentials", "token_exchange", "jwt_bearer"]
 # RFC 7518 §3.1, the asymmetric ones: what a private key may sign a client assertion with.
 SigningAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
@@ -60,7 +60,7 @@ KEY_AUTHS: tuple[ClientAuth, ...] = ("private_key_jwt", "tls_client_auth")  # no
 # "none": a public client (RFC 6749 §2.1), only for token exchange, where the subject token
 # is the proof (RFC 8693 §2.1: client authentication is optional there; GCP's STS has none).
 NO_SECRET_AUTHS: tuple[ClientAuth, ...] = (*KEY_AUTHS, "none")
-GRANTS: tuple[Grant, ...] = ("client_credentials", "token_exchange")
+GRANTS: tuple[Grant, ...] = ("client_credentials", "token_exchange", "jwt_bearer")
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 SIGNING_ALGS: tuple[SigningAlg, ...] = get_args(SigningAlg)
 TOKEN_TYPES = ("Bearer",)  # the types a token_type override may name
@@ -604,7 +604,7 @@ class CredentialConfig:
         choices=GRANTS,
         identity=True,
         refetch=True,
-        doc="client_credentials, or token_exchange (RFC 8693: subject_token_file exchanged)",
+        doc="client_credentials; token_exchange (RFC 8693); jwt_bearer (RFC 7523 §2.1: a JWT as the grant)",
     )
     subject_token: SecretRef | None = key(
         kind="secret",
@@ -643,6 +643,31 @@ class CredentialConfig:
         refetch=True,
         high=256,
         doc="token_exchange: the type of token asked for; default: the server's (an access token)",
+    )
+    # The JWT-bearer grant (RFC 7523 §2.1): a JWT as the grant itself, from a file, or
+    # signed by tokend with private_key_file (iss = client_id, as Google's service accounts
+    # and Salesforce want). Of the identity: the file's source, and whom it is about.
+    assertion: SecretRef | None = key(
+        kind="secret",
+        default=None,
+        keys=("assertion_file", "assertion_credential"),
+        identity=True,
+        refetch=True,
+        doc="jwt_bearer: a file (or systemd credential) holding the JWT to send as the grant",
+    )
+    assertion_subject: str | None = key(
+        kind="string",
+        default=None,
+        identity=True,
+        refetch=True,
+        high=256,
+        doc='jwt_bearer, signed by tokend: the JWT\'s "sub" (whom the token is for); default: client_id',
+    )
+    assertion_scope_claim: bool = key(
+        kind="flag",
+        default=False,
+        refetch=True,
+        doc="jwt_bearer, signed by tokend: scope as a claim of the JWT, not a parameter (Google)",
     )
     sinks: tuple[SinkConfig, ...] = key(
         kind="sinks",
@@ -714,6 +739,7 @@ class CredentialConfig:
             self.client_assertion,
             self.subject_token,
             self.actor_token,
+            self.assertion,
         )
         return tuple(ref for ref in refs if ref is not None)
 
@@ -858,6 +884,8 @@ CLIENT_ASSERTION_KEYS = keys_of(CredentialConfig, "client_assertion")  # client_
 KEY_JWT_KEYS = keys_only_with("private_key_jwt")
 SUBJECT_TOKEN_KEYS = keys_of(CredentialConfig, "subject_token")  # subject_token_file, _credential
 ACTOR_TOKEN_KEYS = keys_of(CredentialConfig, "actor_token")  # actor_token_file, _credential
+ASSERTION_KEYS = keys_of(CredentialConfig, "assertion")  # assertion_file, assertion_credential
+JWT_BEARER_KEYS = (*ASSERTION_KEYS, "assertion_subject", "assertion_scope_claim")
 EXCHANGE_KEYS = (
     *SUBJECT_TOKEN_KEYS,
     "subject_token_type",

@@ -80,6 +80,29 @@ def assertion_claims(client_id: str, audience: str, *, now: float, jti: str) -> 
     }
 
 
+GRANT_LIFETIME = 300  # seconds: a JWT-bearer grant's life (RFC 7523 §3; Google allows an hour)
+
+
+def grant_claims(
+    issuer: str, subject: str, audience: str, *, now: float, jti: str, scope: str | None = None
+) -> dict[str, object]:
+    """RFC 7523 §2.1 / §3 claims of a JWT used as the grant itself: issued by the client
+    (a service account), about ``subject`` (itself, or a user it acts for), for the token
+    endpoint; ``scope`` as a claim where the provider wants it there (Google)."""
+    issued = int(now)
+    claims: dict[str, object] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience,
+        "jti": jti,
+        "iat": issued,
+        "exp": issued + GRANT_LIFETIME,
+    }
+    if scope is not None:
+        claims["scope"] = scope
+    return claims
+
+
 # --------------------------------------------------------------------------- the platform's JWT
 
 ASSERTION_SKEW = 10  # seconds: a JWT this close to its `exp` counts as expired (clocks differ)

@@ -27,6 +27,8 @@ def cache_key(
     subject_token: str | None = None,
     actor_token: str | None = None,
     requested_token_type: str | None = None,
+    assertion: str | None = None,
+    assertion_subject: str | None = None,
 ) -> str:
     """Endpoint, client, scope and parameters, never the secret: renaming a credential
     keeps its token, and two credentials asking for the same thing share one.
@@ -46,10 +48,10 @@ def cache_key(
 
     ``dpop_jkt`` is the DPoP key's RFC 7638 thumbprint: a DPoP token is bound to one key.
 
-    A token exchange (``grant`` other than client credentials) counts with where its
-    subject and actor tokens come from (``"file:PATH"``, ``"credential:NAME"``: a rotated
-    file is the same workload, another file another one) and the token type asked for.
-    Tagged too; a client credentials grant's key is as before.
+    Another grant than client credentials (a token exchange, the JWT-bearer grant) counts
+    with where its tokens come from (``"file:PATH"``, ``"credential:NAME"``: a rotated file
+    is the same workload, another file another one), the token type asked for and whom a
+    JWT tokend signs is about. Tagged too; a client credentials grant's key is as before.
     """
     identity: list[object] = [token_url, client_id, sorted(scope), [list(p) for p in params]]
     if default_expires_in != DEFAULT_EXPIRES_IN or issuer is not None:
@@ -67,6 +69,8 @@ def cache_key(
                 "subject_token": subject_token,
                 "actor_token": actor_token,
                 "requested_token_type": requested_token_type,
+                "assertion": assertion,
+                "assertion_subject": assertion_subject,
             }
         )
     return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:32]

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # annotations only: the request needs no part of config at ru
 
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693 §2.1
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,12 @@ def build_request(
     token_url: str | None = None,
     client_assertion: str | None = None,
     exchange: ExchangeTokens | None = None,
+    grant_assertion: str | None = None,
 ) -> TokenRequest:
     """The request for ``style``: ``token_url`` is the discovered endpoint when the
     credential names an issuer; ``client_assertion`` the signed JWT of private_key_jwt;
-    ``exchange`` the subject (and actor) token of a token exchange, read for this request."""
+    ``exchange`` the subject (and actor) token of a token exchange, read for this request;
+    ``grant_assertion`` the JWT of the JWT-bearer grant (read, or signed, for this request)."""
     params: list[tuple[str, str]] = []
     if refresh_token is not None:
         params += [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
@@ -107,10 +110,14 @@ def build_request(
             if exchange is None:
                 raise ValueError("token exchange needs its subject token")
             params += exchange.params()
+        elif cred.grant_type == "jwt_bearer":
+            if grant_assertion is None:
+                raise ValueError("the JWT-bearer grant needs its JWT")
+            params += [("grant_type", JWT_BEARER), ("assertion", grant_assertion)]
         else:
             params.append(("grant_type", "client_credentials"))
-        if cred.scope_string:
-            params.append(("scope", cred.scope_string))
+        if cred.scope_string and not (cred.grant_type == "jwt_bearer" and cred.assertion_scope_claim):
+            params.append(("scope", cred.scope_string))  # (else it is a claim of the JWT)
         params += cred.extra_params
     headers = {
         "Accept": "application/json",
@@ -126,10 +133,13 @@ def build_request(
             ("client_assertion_type", ASSERTION_TYPE),
             ("client_assertion", client_assertion),
         ]
-    elif style.auth in ("tls_client_auth", "none"):
-        # RFC 8705 §2: the certificate does the rest; "none": a public client names itself
-        # (RFC 6749 §3.2.1), the subject token being the proof.
-        params.append(("client_id", client_id))
+    elif style.auth == "tls_client_auth":
+        params.append(("client_id", client_id))  # RFC 8705 §2: the certificate does the rest
+    elif style.auth == "none":
+        # A public client names itself in a token exchange (RFC 6749 §3.2.1), the subject
+        # token being the proof; a JWT-bearer grant names it in the JWT's iss (RFC 7523 §3).
+        if cred.grant_type != "jwt_bearer":
+            params.append(("client_id", client_id))
     elif client_secret is None:
         raise ValueError(f"{style.auth} auth needs a client secret")
     elif style.auth == "basic":

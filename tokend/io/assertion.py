@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tokend.config import ConfigError, CredentialConfig, SecretRef
-from tokend.core.assertion import KeyMismatch, assertion_claims, signing_alg
+from tokend.core.assertion import KeyMismatch, assertion_claims, grant_claims, signing_alg
 from tokend.io.files import OpenedFile, UnreadableFile, read_small, readable_by_others
 
 MAX_KEY_BYTES = 64 * 1024
@@ -48,6 +48,23 @@ class SigningKey:
 
         claims = assertion_claims(
             client_id, audience, now=time.time() if now is None else now, jti=secrets.token_urlsafe(24)
+        )
+        headers = {**self.headers, **({"kid": self.kid} if self.kid is not None else {})}
+        return jwt.encode(claims, self.key, algorithm=self.alg, headers=headers or None)
+
+    def sign_grant(
+        self, issuer: str, subject: str, audience: str, *, scope: str | None = None, now: float | None = None
+    ) -> str:
+        """A fresh JWT-bearer grant (RFC 7523 §2.1), signed like a client assertion."""
+        import jwt
+
+        claims = grant_claims(
+            issuer,
+            subject,
+            audience,
+            now=time.time() if now is None else now,
+            jti=secrets.token_urlsafe(24),
+            scope=scope,
         )
         headers = {**self.headers, **({"kid": self.kid} if self.kid is not None else {})}
         return jwt.encode(claims, self.key, algorithm=self.alg, headers=headers or None)

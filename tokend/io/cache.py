@@ -38,7 +38,7 @@ def cache_key(cred: CredentialConfig, client_id: str) -> str:
         from tokend.io.dpop import credential_key
 
         values["dpop_key"] = credential_key(cred).thumbprint  # made now if it is the first use
-    for name in ("subject_token", "actor_token"):  # by where they come from, never their content
+    for name in ("subject_token", "actor_token", "assertion"):  # by where they come from, not content
         ref = values[name]
         values[name] = None if ref is None else f"{ref.source}:{ref.value}"
     return identity.cache_key(*values.values())

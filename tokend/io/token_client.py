@@ -60,6 +60,7 @@ class KeyAuth:
     dpop: DpopKey | None = None  # the key DPoP proofs are signed with (RFC 9449)
     exchange: ExchangeTokens | None = None  # token exchange's subject (and actor) token, read now
     exchange_jwts: tuple[tuple[Path, PlatformAssertion], ...] = ()  # those that are JWTs, by file
+    grant_file: tuple[Path, PlatformAssertion] | None = None  # jwt_bearer's assertion_file, read now
 
 
 def key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -> KeyAuth:
@@ -71,6 +72,13 @@ def key_auth(cred: CredentialConfig, environ: Mapping[str, str] | None = None) -
 
         exchange, jwts = read_exchange_tokens(cred, environ)
         keys = dataclasses.replace(keys, exchange=exchange, exchange_jwts=jwts)
+    if cred.assertion is not None:
+        import os
+
+        from tokend.io.platform_token import read_jwt_file
+
+        grant = read_jwt_file(cred, cred.assertion, os.environ if environ is None else environ)
+        keys = dataclasses.replace(keys, grant_file=grant, exchange_jwts=(*keys.exchange_jwts, grant))
     if cred.dpop_key is None:
         return keys
     from tokend.io.dpop import credential_key
@@ -282,6 +290,9 @@ class TokenClient:
                 assertion = keys.signer.sign(client_id, audience, now=self.clock())
             elif style.auth == "private_key_jwt" and keys.platform is not None:
                 assertion = keys.platform.value  # the platform signed it; sent as read
+            grant = None
+            if cred.grant_type == "jwt_bearer" and refresh_token is None:
+                grant = self._grant_assertion(cred, client_id, keys, endpoint)
             request = build_request(
                 cred,
                 client_id=client_id,
@@ -291,12 +302,13 @@ class TokenClient:
                 token_url=endpoint,
                 client_assertion=assertion,
                 exchange=keys.exchange,
+                grant_assertion=grant,
             )
             exchanged = (
                 (keys.exchange.subject_token, keys.exchange.actor_token or "") if keys.exchange else ()
             )
             secrets = secret_forms(
-                (client_secret or "", refresh_token or "", assertion or "", *exchanged), request
+                (client_secret or "", refresh_token or "", assertion or "", grant or "", *exchanged), request
             )
             try:
                 return TokenResponse(self._send(cred, request, secrets, keys.tls, keys.dpop), style)
@@ -307,6 +319,25 @@ class TokenClient:
                 if style is not None:
                     log.info("%s: %s refused (%s); trying %s", cred.name, tried[-1], exc, style)
         raise final_error(failed, hint=basic_hint(cred, client_id, client_secret))
+
+    def _grant_assertion(
+        self, cred: CredentialConfig, client_id: str, keys: KeyAuth, endpoint: str | None
+    ) -> str:
+        """The JWT-bearer grant's JWT: the file's, as read, or one signed now with the key."""
+        if keys.grant_file is not None:
+            return keys.grant_file[1].value
+        if keys.signer is None:
+            raise TokenRequestError(
+                "the JWT-bearer grant has no JWT: no assertion_file, no key", retryable=False
+            )
+        audience = cred.assertion_audience or endpoint or cred.token_url or ""
+        return keys.signer.sign_grant(
+            client_id,
+            cred.assertion_subject or client_id,
+            audience,
+            scope=cred.scope_string if cred.assertion_scope_claim else None,
+            now=self.clock(),
+        )
 
     def _send(
         self,
