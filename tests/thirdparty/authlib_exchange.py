@@ -66,7 +66,7 @@ class Client(ClientMixin):  # type: ignore[misc]
 
     def check_grant_type(self, grant_type: str) -> bool:
         if self.client_id == SERVICE_ACCOUNT:
-            return grant_type == JWTBearerGrant.GRANT_TYPE
+            return bool(grant_type == JWTBearerGrant.GRANT_TYPE)
         return grant_type == TOKEN_EXCHANGE
 
     def get_allowed_scope(self, scope: str) -> str:
