@@ -156,7 +156,12 @@ def test_each_rotation_of_the_subject_token_is_used_under_a_running_daemon(
         except AssertionError as exc:
             raise AssertionError(f"{exc}; requests {sts.requests()}; log:\n{daemon.log}") from None
     assert [r["subject_sub"] for r in sts.requests()] == [f"sub-{i}" for i in range(4)]
-    assert [r["status"] for r in sts.requests()] == [200] * 4
+    issued = "issued as urn:ietf:params:oauth:token-type:access_token"  # RFC 8693 §2.2.1
+    shown = run_tokend("status", "-c", tmp_path / "tokend.toml", tmp=tmp_path)
+    assert issued in shown.stdout, shown.stdout + shown.stderr
+    online = run_tokend("check", "--online", "-c", tmp_path / "tokend.toml", tmp=tmp_path)
+    assert online.returncode == 0 and issued in online.stdout, online.stdout + online.stderr
+    assert [r["status"] for r in sts.requests()] == [200] * 5  # check --online asked once more
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log
 

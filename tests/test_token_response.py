@@ -163,3 +163,23 @@ def test_json_nested_too_deep_is_a_malformed_answer_not_a_crash() -> None:
     error = classify_failure(400, {}, deep, now=NOW)
     assert error.status == 400 and not error.retryable and error.error is None
     assert classify_failure(503, {}, b'{"a":' * 100_000, now=NOW).retryable
+
+
+def test_a_token_exchanges_issued_token_type_is_kept_and_a_bad_one_dropped() -> None:
+    """RFC 8693 §2.2.1: what the exchange issued, shown in status; a value that could carry
+    an escape sequence to a terminal is dropped, never an error that costs the token."""
+    from tokend.core.tokens import Token
+
+    access = "urn:ietf:params:oauth:token-type:access_token"
+    body = json.dumps({"access_token": "t" * 20, "expires_in": 60, "issued_token_type": access}).encode()
+    token = parse_token_response(body, sent_at=1000.0, default_expires_in=3600)
+    assert token.issued_token_type == access
+    assert Token.from_dict(token.to_dict()) == token
+    bad = json.dumps({"access_token": "t" * 20, "expires_in": 60, "issued_token_type": "x\x1b[2J"}).encode()
+    assert parse_token_response(bad, sent_at=1000.0, default_expires_in=3600).issued_token_type is None
+    plain = parse_token_response(
+        b'{"access_token": "tttttttttttttttttttt", "expires_in": 60}', sent_at=1.0, default_expires_in=60
+    )
+    assert "issued_token_type" not in plain.to_dict()  # the cache's format, as before
+    with pytest.raises(ValueError, match="issued_token_type"):
+        Token.from_dict({**token.to_dict(), "issued_token_type": "a b"})

@@ -148,6 +148,7 @@ def check_online(config: Config, secrets: dict[str, tuple[str, str | None]]) -> 
             print(
                 f"online: {cred.name}: token {token.fingerprint}, {token.token_type}, "
                 f"valid {round(token.lifetime)}s ({answer.style}){dpop_words(cred)}"
+                + (f", issued as {token.issued_token_type}" if token.issued_token_type else "")
             )
     finally:
         client.close()

@@ -30,6 +30,7 @@ class CredentialStatus:
     failures: int = 0  # consecutive failed attempts (token request or sink write)
     role: str | None = None  # fleet mode: leader, follower or standalone; None without it
     dpop_key: str | None = None  # a DPoP credential: its key's RFC 7638 thumbprint (public)
+    issued_token_type: str | None = None  # a token exchange's answer: what it issued
 
     def updated(self, **changes: Any) -> CredentialStatus:
         return replace(self, **changes)
@@ -159,6 +160,8 @@ def describe(cred: CredentialStatus, now: float, *, running: bool = True) -> str
         parts.append(f"token {cred.token_fingerprint}")
         if cred.dpop_key:
             parts.append(f"bound to DPoP key {cred.dpop_key}")
+        if cred.issued_token_type:
+            parts.append(f"issued as {cred.issued_token_type}")
     else:
         parts.append("no token")
     if cred.next_refresh is not None and running:

@@ -14,7 +14,13 @@ from collections.abc import Iterable, Mapping
 from tokend.core.dpop import bound_type_ok
 from tokend.core.limits import MAX_EXPIRES_IN
 from tokend.core.scrub import scrub
-from tokend.core.tokens import Token, authorization_scheme, unsafe_reason, valid_token_type
+from tokend.core.tokens import (
+    Token,
+    authorization_scheme,
+    unsafe_reason,
+    valid_issued_token_type,
+    valid_token_type,
+)
 
 MAX_BODY_BYTES = 1024 * 1024  # of an answer: more is read no further
 
@@ -190,6 +196,7 @@ def parse_token_response(
         scope = " ".join(str(s) for s in scope)
     if not isinstance(scope, str) or not scope:
         scope = None
+    issued = data.get("issued_token_type")  # RFC 8693 §2.2.1; a bad one is dropped, not fatal
     return Token(
         access_token=access,
         expires_at=sent_at + expires_in,
@@ -197,6 +204,7 @@ def parse_token_response(
         token_type=token_type,
         scope=scope,
         refresh_token=refresh,
+        issued_token_type=issued if isinstance(issued, str) and valid_issued_token_type(issued) else None,
     )
 
 

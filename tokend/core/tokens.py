@@ -47,6 +47,12 @@ def valid_token_type(token_type: str) -> bool:
     return bool(_TOKEN_TYPE.fullmatch(token_type))
 
 
+def valid_issued_token_type(value: object) -> bool:
+    """A token type URI as a server may name it: printable ASCII, no spaces, 256 at most
+    (it reaches a terminal in ``tokend status``)."""
+    return isinstance(value, str) and 0 < len(value) <= 256 and all("!" <= c <= "~" for c in value)
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     access_token: str = field(repr=False)
@@ -55,6 +61,7 @@ class Token:
     token_type: str = "Bearer"
     scope: str | None = None
     refresh_token: str | None = field(default=None, repr=False)
+    issued_token_type: str | None = None  # RFC 8693 §2.2.1: what a token exchange issued
 
     @property
     def lifetime(self) -> float:
@@ -75,6 +82,7 @@ class Token:
             "obtained_at": self.obtained_at,
             "scope": self.scope,
             "refresh_token": self.refresh_token,
+            **({"issued_token_type": self.issued_token_type} if self.issued_token_type else {}),
         }
 
     @classmethod
@@ -98,4 +106,7 @@ class Token:
             raise ValueError("bad scope")
         if refresh is not None and not isinstance(refresh, str):
             raise ValueError("bad refresh_token")
-        return cls(access, float(expires_at), float(obtained_at), token_type, scope, refresh)
+        issued = data.get("issued_token_type")
+        if issued is not None and not valid_issued_token_type(issued):
+            raise ValueError("bad issued_token_type")
+        return cls(access, float(expires_at), float(obtained_at), token_type, scope, refresh, issued)

@@ -82,7 +82,10 @@ def record(
     if token is None:
         return status
     status = status.updated(
-        token_fingerprint=token.fingerprint, expires_at=token.expires_at, obtained_at=token.obtained_at
+        token_fingerprint=token.fingerprint,
+        expires_at=token.expires_at,
+        obtained_at=token.obtained_at,
+        issued_token_type=token.issued_token_type,
     )
     if attempt.fetched or received:
         return status.updated(last_success=now)
