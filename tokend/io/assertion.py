@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokend.config import ConfigError, CredentialConfig, SecretRef
+from tokend.config import ConfigError, CredentialConfig
 from tokend.core.assertion import KeyMismatch, assertion_claims, grant_claims, signing_alg
 from tokend.io.files import OpenedFile, UnreadableFile, read_small, readable_by_others
+from tokend.io.secret_sources import ref_path
 
 MAX_KEY_BYTES = 64 * 1024
 MIN_RSA_BITS = 2048
@@ -82,20 +83,6 @@ def _crypto(cred: CredentialConfig, key: str) -> Any:
     return serialization
 
 
-def _key_path(cred: CredentialConfig, ref: SecretRef, environ: Mapping[str, str]) -> Path:
-    if ref.source == "file":
-        return Path(ref.value)
-    directory = environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        raise ConfigError(
-            cred.source,
-            "$CREDENTIALS_DIRECTORY is not set; load the key with systemd's LoadCredential= "
-            "or use private_key_file",
-            where=cred.where(ref.key),
-        )
-    return Path(directory) / ref.value
-
-
 def _private(opened: OpenedFile) -> str | None:
     """A private key readable by every local user is no longer private: refused, as
     OpenSSH refuses one (judged on the open file, the one then read)."""
@@ -137,7 +124,7 @@ def _load_private_key(cred: CredentialConfig, environ: Mapping[str, str] | None)
     if ref is None:
         raise ConfigError(cred.source, "no private key configured", where=cred.where("private_key_file"))
     serialization = _crypto(cred, ref.key)
-    path = _key_path(cred, ref, environ or {})
+    path = ref_path(cred, ref, environ or {})
     raw = _read(cred, ref.key, path, private=True)
     try:
         return serialization.load_pem_private_key(raw, password=None), raw
@@ -161,7 +148,7 @@ def signing_key(cred: CredentialConfig, environ: Mapping[str, str] | None = None
         # RFC 7518 §3.3 asks for 2048 at least; PyJWT would sign anyway, with a warning.
         raise ConfigError(
             cred.source,
-            f"{_key_path(cred, cred.private_key, environ)}: an RSA key of {key.key_size} bits is too "
+            f"{ref_path(cred, cred.private_key, environ)}: an RSA key of {key.key_size} bits is too "
             f"short to sign with; use one of {MIN_RSA_BITS} bits or more",
             where=cred.where(cred.private_key.key),
         )

@@ -23,27 +23,13 @@ from tokend.core.assertion import (
 )
 from tokend.core.token_request import ExchangeTokens
 from tokend.io.files import UnreadableFile, read_small
-
-
-def assertion_path(cred: CredentialConfig, ref: SecretRef, environ: Mapping[str, str]) -> Path:
-    """The file ``ref`` names: the path, or the systemd credential in $CREDENTIALS_DIRECTORY."""
-    if ref.source == "file":
-        return Path(ref.value)
-    directory = environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        raise ConfigError(
-            cred.source,
-            "$CREDENTIALS_DIRECTORY is not set; load the credential with systemd's LoadCredential= "
-            "or use client_assertion_file",
-            where=cred.where(ref.key),
-        )
-    return Path(directory) / ref.value
+from tokend.io.secret_sources import ref_path
 
 
 def _read_ascii(
     cred: CredentialConfig, ref: SecretRef, environ: Mapping[str, str], what: str
 ) -> tuple[Path, str]:
-    path = assertion_path(cred, ref, environ)
+    path = ref_path(cred, ref, environ)
     try:
         raw = read_small(path, MAX_ASSERTION_BYTES)
     except UnreadableFile as exc:

@@ -23,6 +23,23 @@ _warned_bom: set[Path] = set()
 _Fail = Callable[[str], ConfigError]
 
 
+def ref_path(cred: CredentialConfig, ref: SecretRef, environ: Mapping[str, str]) -> Path:
+    """The file a ``*_file`` or ``*_credential`` reference names: the path, or systemd's
+    credential in ``$CREDENTIALS_DIRECTORY`` (a ConfigError naming the key without it)."""
+    if ref.source == "file":
+        return Path(ref.value)
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        instead = ref.key.removesuffix("_credential") + "_file"
+        raise ConfigError(
+            cred.source,
+            f"$CREDENTIALS_DIRECTORY is not set; load the credential with systemd's LoadCredential= "
+            f"or use {instead}",
+            where=cred.where(ref.key),
+        )
+    return Path(directory) / ref.value
+
+
 def read_secret(
     cred: CredentialConfig,
     ref: SecretRef,
@@ -38,16 +55,8 @@ def read_secret(
         return ref.value
     if ref.source == "env":
         value = _from_env(cred, ref.value, environ, fail)
-    elif ref.source == "file":
-        value = read_secret_file(Path(ref.value), fail)
     else:
-        directory = environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise fail(
-                "$CREDENTIALS_DIRECTORY is not set; load the credential with systemd's "
-                "LoadCredential= or use client_secret_file"
-            )
-        value = read_secret_file(Path(directory) / ref.value, fail)
+        value = read_secret_file(ref_path(cred, ref, environ), fail)
     if not value:
         raise fail("is empty")
     return value
