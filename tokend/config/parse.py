@@ -262,6 +262,14 @@ class _Parser:
                 )
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", fleet.key_prefix):
             raise self.fail("fleet.key_prefix", "may only use letters, digits, '_', '.' and '-'")
+        tls = (fleet.redis_url or "").startswith("rediss://")
+        for name in ("ca_bundle", "tls_cert_file", "tls_key_file"):
+            if getattr(fleet, name) is not None and not tls:
+                raise self.fail(f"fleet.{name}", "applies only to a rediss:// redis_url (TLS)")
+        if fleet.tls_key_file is not None and fleet.tls_cert_file is None:
+            raise self.fail("fleet.tls_key_file", "needs tls_cert_file (the certificate for this key)")
+        if fleet.tls_key_file is not None:
+            self.warn_readable(fleet.tls_key_file, "fleet.tls_key_file")
         return fleet
 
     def sentinel(self, fleet: FleetConfig) -> None:

@@ -772,6 +772,21 @@ class FleetConfig:
     username: str | None = key(
         kind="string", default=None, high=256, doc="a Redis 6 ACL user (default: the default user)"
     )
+    # TLS with rediss://: the CA that signed the server's certificate (a managed Redis's, a
+    # private CA), and a client certificate for servers that ask for one.
+    ca_bundle: Path | None = key(
+        kind="path",
+        default=None,
+        doc="rediss://: the PEM CA bundle the server's certificate must chain to (default: the system's)",
+    )
+    tls_cert_file: Path | None = key(
+        kind="path", default=None, doc="rediss://: a PEM client certificate, for a server that asks for one"
+    )
+    tls_key_file: Path | None = key(
+        kind="path",
+        default=None,
+        doc="rediss://: the client certificate's key (unless the cert file holds it)",
+    )
     # Redis Sentinel, instead of redis_url: the primary of service_name, as the sentinels say.
     sentinels: tuple[str, ...] | None = key(
         kind="addresses", default=None, doc='the Sentinels to ask for the primary, ["HOST:PORT", ...]'

@@ -132,6 +132,19 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
+def tls_settings(fleet: FleetConfig) -> dict[str, Any]:
+    """redis-py's TLS settings for rediss://: the certificate verified and its name checked
+    (redis-py's default leaves the name unchecked), against ``ca_bundle`` or the system's
+    CAs; a client certificate when configured."""
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": str(fleet.ca_bundle) if fleet.ca_bundle is not None else None,
+        "ssl_certfile": str(fleet.tls_cert_file) if fleet.tls_cert_file is not None else None,
+        "ssl_keyfile": str(fleet.tls_key_file) if fleet.tls_key_file is not None else None,
+    }
+
+
 class FleetStore:
     """One Redis connection pool, the leases this daemon holds, and a pub/sub listener."""
 
@@ -149,6 +162,8 @@ class FleetStore:
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
+        if (fleet.redis_url or "").startswith("rediss://"):
+            settings.update(tls_settings(fleet))
         self.sentinel: Sentinel | None = None
         if fleet.sentinels is not None and fleet.service_name is not None:
             # Each new connection asks the sentinels (in turn, 1 s each at most) for the
