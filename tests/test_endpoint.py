@@ -129,6 +129,13 @@ def test_a_caller_not_named_gets_the_same_404_as_for_an_unknown_credential(
     assert curl(sock, "/v1/token/bysupp?format=raw", user=NOBODY, groups=(4242,))[0] == 200
     assert curl(sock, "/v1/token/bysupp?format=raw", user=NOBODY)[0] == 404
     assert curl(sock, "/v1/token/api")[0] == 200  # root always may
+    # Health tells a caller only of what it may read: no names, states or errors of others.
+    hidden, unknown_ready = curl(sock, "/readyz/api", user=NOBODY), curl(sock, "/readyz/nosuch", user=NOBODY)
+    assert hidden[0] == unknown_ready[0] == 404 and hidden[2] == unknown_ready[2]
+    assert curl(sock, "/readyz/open", user=NOBODY)[0] == 200
+    seen = json.loads(curl(sock, "/readyz", user=NOBODY)[2])["credentials"]
+    assert sorted(seen) == ["bygroup", "open"]
+    assert sorted(json.loads(curl(sock, "/readyz")[2])["credentials"]) == ["api", "bygroup", "bysupp", "open"]
 
 
 def test_no_valid_token_is_a_503_with_retry_after_and_ready_recovers(

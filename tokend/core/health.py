@@ -8,7 +8,7 @@ of a record and the clock.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -246,6 +246,18 @@ def readiness(credentials: Mapping[str, CredentialStatus | None], now: float) ->
 
 
 HEALTH_PATHS = ("/livez", "/readyz", "/readyz/{name}")
+
+
+def visible_readiness(
+    health: tuple[bool, dict[str, Any]], shown: Callable[[str], bool]
+) -> tuple[bool, dict[str, Any]]:
+    """:func:`readiness` over the credentials ``shown`` lets a caller see: on a unix socket
+    a caller learns the names, states and errors of only the credentials it may read (a
+    probe run as root or as tokend's user sees them all), and is ready when they are."""
+    _, body = health
+    states = {name: entry for name, entry in body["credentials"].items() if shown(name)}
+    ready = all(entry["state"] in ("ok", "failing") for entry in states.values())
+    return ready, {"status": "ready" if ready else "not ready", "credentials": states}
 
 
 def _error(error: str, description: str) -> bytes:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from tokend.config.schema import Listen
-from tokend.core.health import HEALTH_PATHS, health_answer
+from tokend.core.health import HEALTH_PATHS, health_answer, visible_readiness
 from tokend.core.local_access import (
     FORMATS,
     Board,
@@ -132,14 +132,24 @@ def endpoint_app(board: Board, listen: Listen, *, log_requests: bool = False) ->
         content_type, body = token_answer(current, now, fmt)
         return web.Response(body=body, content_type=content_type, headers=NO_STORE), current.fingerprint
 
-    add_health(app, board)
+    add_health(app, board, listen)
     app.router.add_get("/v1/token/{name}", token)
     return app
 
 
-def add_health(app: web.Application, board: Board) -> None:
+def add_health(app: web.Application, board: Board, listen: Listen | None = None) -> None:
+    """The health paths; on a unix socket each caller sees only the credentials it may read
+    (the same rule as the token's, so /readyz/NAME is no oracle for names and errors)."""
+    own_uid = os.geteuid()
+
     async def health(request: web.Request) -> web.Response:
-        status, body = health_answer(board.health(), request.path)
+        state = board.health()
+        if listen is not None and listen.path is not None:
+            peer = peer_of(request)
+            state = visible_readiness(
+                state, lambda name: peer is not None and may_read(board.access(name), peer, own_uid)
+            )
+        status, body = health_answer(state, request.path)
         return json_response(status, body)
 
     for path in HEALTH_PATHS:
