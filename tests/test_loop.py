@@ -536,7 +536,10 @@ def test_a_wall_clock_stepped_back_leaves_no_expired_token_in_the_sinks(
         wait_for(lambda: len(idp.issued_at) >= 2, 10, "a rotation before the step")
         offset.write_text("-2h\n")
         stepped = len(idp.issued_at)
-        wait_for(lambda: len(idp.issued_at) >= stepped + 3, 15, "three rotations after the step")
+        try:
+            wait_for(lambda: len(idp.issued_at) >= stepped + 3, 15, "three rotations after the step")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the daemon's log:\n{daemon.log}") from None
     assert readers.problems == []
     assert "wall clock moved -7200s" in daemon.log
     assert daemon.proc.poll() is None
