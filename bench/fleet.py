@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.redis import RedisServer
-from tests.support.sinks import read_token
 from tokend.devtools.idp import IdentityProvider
 
 from .harness import Daemon, figure, wait_until, workdir
+from .sink_format import read_token
 
 CLIENT, SECRET = "fleet", "fleet-secret"
 LIFETIME = 4  # seconds: the daemons refresh at 80 %, so a rotation every ~3.2 s

@@ -1,7 +1,6 @@
-"""Reading a sink the way its consumers do, for the benchmark's reader processes.
-
-The same rules as the test suite's parser (``tests/support/sinks.py``), kept here so that
-``bench/`` runs without the test suite. Strict: a partial file is a ValueError, never a token.
+"""Reading a sink the way its consumers do: the one parser, for the benchmark's reader
+processes and (through ``tests/support/sinks.py``) the tests; here so that ``bench/`` runs
+without the test suite. Strict: a partial file is a ValueError, never a token.
 """
 
 from __future__ import annotations
@@ -35,3 +34,12 @@ def token_of(path: Path, data: bytes) -> str:
             raise ValueError(f"{path.name}: not an Authorization header")
         return text[len(HEADER) : -1]
     return text[:-1]
+
+
+def read_token(path: Path) -> str | None:
+    """The token in the sink now, or None when there is no file (yet)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return token_of(path, data)

@@ -27,7 +27,15 @@ from tokend.io.dpop import read_key
 
 from .support.dpop_resource import dpop_resource
 from .support.endpoint import SECRETS
-from .support.processes import REPO, DaemonProcess, Start, clean_env, run_tokend, wait_for
+from .support.processes import (
+    DaemonProcess,
+    Start,
+    clean_env,
+    run_tokend,
+    started_server,
+    stop_server,
+    wait_for,
+)
 from .test_interop import NODE_DIR, install_node_servers
 
 CLIENT = ("dpop-client", "dpop-client-secret-0123456789")
@@ -55,28 +63,12 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
         if failure:
             pytest.skip(f"oidc-provider not installed, and `npm ci` failed: {failure}")
     errors = tmp_path_factory.mktemp("oidc-dpop") / "stderr.log"
-    with open(errors, "wb") as err:
-        proc = subprocess.Popen(
-            ["node", str(NODE_DIR / "oidc_dpop.mjs"), *CLIENT, str(LIFETIME)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            cwd=REPO,
-            text=True,
-        )
-    assert proc.stdout is not None
-    port = None
-    for line in proc.stdout:
-        if line.startswith("PORT "):
-            port = int(line.split()[1])
-            break
-    assert port is not None, errors.read_text()
+    proc, port = started_server(["node", str(NODE_DIR / "oidc_dpop.mjs"), *CLIENT, str(LIFETIME)], errors)
     SECRETS.add(CLIENT[1])
     try:
         yield Idp(f"http://127.0.0.1:{port}", proc)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
+        stop_server(proc)
 
 
 def free_port() -> int:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,15 @@ from pathlib import Path
 import pytest
 
 from .support.endpoint import SECRETS
-from .support.processes import REPO, Start, clean_env, distinct_tokens, run_tokend
+from .support.processes import (
+    REPO,
+    Start,
+    clean_env,
+    distinct_tokens,
+    run_tokend,
+    started_server,
+    stop_server,
+)
 
 NODE_DIR = REPO / "tests" / "thirdparty" / "node"
 LIFETIME = 2  # seconds: short tokens, so rotation shows within a test
@@ -178,34 +185,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     (first_id, first_secret), *rest = CLIENTS.values()
     args = [first_id, first_secret, str(LIFETIME)] + [v for pair in rest for v in pair]
     errors = tmp_path_factory.mktemp(name) / "stderr.log"
-    with open(errors, "wb") as err:
-        proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=err, cwd=REPO, text=True)
+    proc, port = started_server([*command, *args], errors)
     try:
-        yield Server(name, f"http://127.0.0.1:{_port(proc, errors)}{path}")
+        yield Server(name, f"http://127.0.0.1:{port}{path}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
-def _port(proc: subprocess.Popen[str], errors: Path) -> int:
-    """The port from the server's ``PORT <n>`` line (other lines are skipped)."""
-    assert proc.stdout is not None
-    timer = threading.Timer(30, proc.kill)  # a server that never says: its stdout ends
-    timer.start()
-    try:
-        for line in proc.stdout:
-            if line.startswith("PORT "):
-                return int(line.split()[1])
-    finally:
-        timer.cancel()
-    proc.kill()
-    raise AssertionError(f"server did not start: {errors.read_text(errors='replace')}")
+        stop_server(proc)
 
 
 def config(

@@ -28,15 +28,16 @@ from tokend.io.assertion import signing_key
 from .support.configs import credential_toml, write_config
 from .support.endpoint import SECRETS, TokenEndpoint
 from .support.processes import (
-    REPO,
     Start,
     assert_one_line_error,
     clean_env,
     distinct_tokens,
     run_tokend,
+    started_server,
+    stop_server,
     wait_for,
 )
-from .test_interop import _command, _port
+from .test_interop import _command
 from .thirdparty.tls_front import Pki, TlsFront, key_pem, make_key, public_jwk
 
 LIFETIME = 2
@@ -65,22 +66,11 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
     """oidc-provider, once for the module, issuing LIFETIME-second tokens."""
     command, _ = _command("oidc-provider")
     errors = tmp_path_factory.mktemp("oidc") / "stderr.log"
-    with open(errors, "wb") as err:
-        proc = subprocess.Popen(
-            [*command, "unused-client", "unused-secret-1", str(LIFETIME)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            cwd=REPO,
-            text=True,
-        )
+    proc, port = started_server([*command, "unused-client", "unused-secret-1", str(LIFETIME)], errors)
     try:
-        port = _port(proc, errors)
         yield Provider(f"http://127.0.0.1:{port}", port)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -18,13 +16,13 @@ from pathlib import Path
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tokend.core.timestamps import rfc3339
 
 from .support.endpoint import SECRETS
-from .support.processes import REPO, Start, assert_one_line_error, run_tokend, wait_for
+from .support.platform import kubelet_write, platform_key
+from .support.processes import Start, assert_one_line_error, run_tokend, started_server, stop_server, wait_for
 from .support.sinks import read_token
 
 pytest.importorskip("authlib")
@@ -69,62 +67,18 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tmp = tmp_path_factory.mktemp("federation")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = tmp / "platform.pub.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    key, public = platform_key(tmp)
     log = tmp / "requests.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.thirdparty.authlib_federation",
-            str(log),
-            str(public),
-            CLIENT_ID,
-            AUDIENCE,
-            "3600",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("PORT "), line
-    yield Platform(f"http://127.0.0.1:{line.split()[1]}/oauth/token", key, log)
-    proc.terminate()
-    proc.wait(10)
+    command = [sys.executable, "-m", "tests.thirdparty.authlib_federation", str(log), str(public)]
+    proc, port = started_server([*command, CLIENT_ID, AUDIENCE, "3600"])
+    yield Platform(f"http://127.0.0.1:{port}/oauth/token", key, log)
+    stop_server(proc)
 
 
 @pytest.fixture
 def fresh_log(platform: Platform) -> Platform:
     platform.log.unlink(missing_ok=True)
     return platform
-
-
-def kubelet_write(directory: Path, content: str) -> None:
-    """Kubernetes' AtomicWriter: the payload in a new timestamped directory, ``..data_tmp``
-    pointed at it and renamed over ``..data``, ``token -> ..data/token`` made once, the old
-    directory removed. Readers see the old token or the new one, never a mix."""
-    directory.mkdir(exist_ok=True)
-    stamp = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
-    stamp.mkdir(mode=0o755)
-    (stamp / "token").write_text(content)
-    data = directory / "..data"
-    old = data.readlink() if data.is_symlink() else None
-    tmp_link = directory / "..data_tmp"
-    tmp_link.symlink_to(stamp.name)
-    os.rename(tmp_link, data)
-    if not (directory / "token").is_symlink():
-        (directory / "token").symlink_to("..data/token")
-    if old is not None:
-        for child in (directory / old).iterdir():
-            child.unlink()
-        (directory / old).rmdir()
 
 
 def changed(sink: Path, before: str | None) -> bool:

@@ -6,7 +6,6 @@ the subject file rotated the way kubelet rotates it under a running ``tokend run
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 import uuid
@@ -22,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tokend.config import ConfigError, parse
 
 from .support.endpoint import SECRETS
-from .support.processes import REPO, Start, assert_one_line_error, run_tokend, wait_for
+from .support.platform import kubelet_write, platform_key
+from .support.processes import Start, assert_one_line_error, run_tokend, started_server, stop_server, wait_for
 from .support.sinks import read_token
-from .test_platform_token import kubelet_write
 
 pytest.importorskip("authlib")
 
@@ -62,27 +61,13 @@ class Sts:
 @pytest.fixture(scope="module")
 def sts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sts]:
     tmp = tmp_path_factory.mktemp("sts")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = tmp / "platform.pub.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    key, public = platform_key(tmp)
     log = tmp / "requests.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.thirdparty.authlib_exchange", str(log), str(public), AUDIENCE, "3600"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("PORT "), line
+    command = [sys.executable, "-m", "tests.thirdparty.authlib_exchange", str(log), str(public), AUDIENCE]
+    proc, port = started_server([*command, "3600"])
     SECRETS.add(SECRET)
-    yield Sts(f"http://127.0.0.1:{line.split()[1]}/oauth/token", key, log)
-    proc.terminate()
-    proc.wait(10)
+    yield Sts(f"http://127.0.0.1:{port}/oauth/token", key, log)
+    stop_server(proc)
 
 
 @pytest.fixture

@@ -158,3 +158,40 @@ def distinct_tokens(sink: Path, count: int, timeout: float, what: str) -> set[st
 
     wait_for(enough, timeout, what)
     return seen
+
+
+def started_server(command: list[str], errors: Path | None = None) -> tuple[subprocess.Popen[str], int]:
+    """A test server that prints ``PORT <n>`` once it listens (the third-party servers of
+    tests/thirdparty do): the process and its port. A server that dies or says nothing in
+    30 s fails the test with its stderr (kept in ``errors`` if given)."""
+    import threading
+
+    err = open(errors, "wb") if errors is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, cwd=REPO, text=True)
+    finally:
+        if errors is not None:
+            err.close()  # type: ignore[union-attr]
+    assert proc.stdout is not None
+    timer = threading.Timer(30, proc.kill)  # a server that never says: its stdout ends
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("PORT "):
+                return proc, int(line.split()[1])
+    finally:
+        timer.cancel()
+    proc.kill()
+    said = errors.read_text(errors="replace") if errors is not None else ""
+    raise AssertionError(f"{' '.join(command[:3])} did not start: {said}")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
