@@ -65,12 +65,15 @@ def test_each_troubleshooting_case_quotes_what_tokend_says(
     assert token.returncode == ExitCode.CONFIG
     assert said(token.stderr, replace=paths) & quoted, token.stderr
 
-    # No status: the state directory has none.
+    # No status: an operator's shell (no STATE_DIRECTORY, no state_dir) looks in its own
+    # home, then in the shipped unit's /var/lib/tokend, and says both.
+    if not Path("/var/lib/tokend/status.json").exists():
+        config = write_config(tmp_path, credential_toml(idp.url, tmp_path), state=False)
+        status = run_tokend("status", "-c", config, tmp=tmp_path)
+        assert status.returncode == ExitCode.FAILED
+        state = {str(tmp_path / "home"): "/root"}
+        assert said(status.stderr, replace=state) & quoted, status.stderr
     config = write_config(tmp_path, credential_toml(idp.url, tmp_path))
-    status = run_tokend("status", "-c", config, tmp=tmp_path)
-    assert status.returncode == ExitCode.FAILED
-    state = {str(tmp_path / "state"): "/root/.local/state/tokend"}
-    assert said(status.stderr, replace=state) & quoted, status.stderr
 
     # invalid_client: no token, and retried every 5 minutes, by a daemon.
     idp.then(401, {"error": "invalid_client", "error_description": "unknown client or wrong secret"})

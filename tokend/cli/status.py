@@ -3,14 +3,20 @@ Nagios check."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokend.config import ConfigError, load, locate_state_dir
+from tokend.config import ConfigError, default_state_dir, load, locate_state_dir
 from tokend.core.exit_codes import ExitCode
+
+# Where the shipped unit (systemd/tokend.service: StateDirectory=tokend) has the daemon
+# write status.json. An operator's shell (or sudo) has no STATE_DIRECTORY, so the default
+# would be their own ~/.local/state/tokend, where no daemon writes.
+SYSTEM_STATE_DIR = Path("/var/lib/tokend")
 
 if TYPE_CHECKING:
     from tokend.core.health import CredentialStatus, FleetHealth
@@ -29,11 +35,27 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
         # The daemon keeps running the last good config; its report is what matters now.
         print(f"tokend: {exc}", file=sys.stderr)
         state_dir = locate_state_dir(path)
+    looked = candidates(state_dir, os.environ)
+    for state_dir in looked:
+        try:
+            (state_dir / "status.json").stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            pass  # there, but not ours to read (0700 and tokend's): read it to say so
+        break
+    else:
+        state_dir = looked[0]
     problem: str | None
     try:
         status = read_status(state_dir)
     except FileNotFoundError:
-        problem = f"no status in {state_dir}: has `tokend run` started with this config?"
+        places = " or ".join(str(d) for d in looked)
+        problem = (
+            f"no status in {places}: has `tokend run` started with this config? "
+            "(the daemon's state directory is its config's state_dir, else $STATE_DIRECTORY: "
+            "set either to point tokend status there)"
+        )
     except (OSError, ValueError) as exc:
         problem = f"cannot read the status in {state_dir}: {exc}"
     else:
@@ -73,6 +95,15 @@ def cmd_status(path: Path, *, as_json: bool, check: bool = False) -> int:
     for cred in status.credentials.values():
         print(describe(cred, now, running=running))
     return ExitCode.OK if healthy else ExitCode.FAILED
+
+
+def candidates(state_dir: Path, environ: Mapping[str, str]) -> list[Path]:
+    """Where to look for status.json: the state directory the config gives, and, when that
+    is only the per-user default (no state_dir in the config, no $STATE_DIRECTORY), the
+    shipped unit's /var/lib/tokend after it. The config's own choice is never second-guessed."""
+    if environ.get("STATE_DIRECTORY") or state_dir != default_state_dir(environ):
+        return [state_dir]
+    return [state_dir] if state_dir == SYSTEM_STATE_DIR else [state_dir, SYSTEM_STATE_DIR]
 
 
 # status --json's times are unix seconds, as in status.json (scripts do arithmetic on
