@@ -600,13 +600,14 @@ def test_with_a_private_key_the_fleet_key_derives_from_the_private_key_not_the_p
 
 
 def test_the_readmes_redis_acl_is_enough(tmp_path: Path, redis_server: RedisServer) -> None:
-    """README, "Fleet mode": the ACL a deployment should give tokend, applied to a real
-    Redis, lets the store do everything it does, and nothing outside its prefix."""
+    """docs/fleet-internals.md (from the README's "Fleet mode"): the ACL a deployment should
+    give tokend, applied to a real Redis, lets the store do everything it does, and nothing
+    outside its prefix."""
     import re
 
     from redis.exceptions import NoPermissionError
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "fleet-internals.md").read_text()
     acl = re.search(r"^ACL SETUSER tokend (.*)$", readme, re.MULTILINE)
     assert acl is not None
     rules = acl.group(1).replace(">PASSWORD", ">acl-user-pw-42").split()

@@ -9,6 +9,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tokend.core.exit_codes import ExitCode
 
 from .support.configs import credential_toml, write_config
@@ -127,3 +129,53 @@ def test_the_logs_section_tells_a_cached_token_from_a_refresh() -> None:
     assert "api: using the cached token sha256:…, valid until …, next refresh …" in logs
     assert '"%s: using the cached token %s, valid until %s, next refresh %s"' in code
     assert "refresh success in 12ms (new token from the identity provider)" in logs
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but - and _ dropped,
+    spaces as dashes."""
+    text = re.sub(r"`", "", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    outside_code = re.sub(r"(?ms)^```.*?^```$", "", text)
+    found: set[str] = set()
+    for heading in re.findall(r"(?m)^#{1,6} (.+)$", outside_code):
+        anchor, n = github_anchor(heading), 1
+        while anchor in found:  # GitHub numbers a repeated heading's anchor
+            anchor, n = f"{github_anchor(heading)}-{n}", n + 1
+        found.add(anchor)
+    return found
+
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_points_to_a_file_and_anchor_that_exist(document: Path) -> None:
+    text = document.read_text(encoding="utf-8")
+    outside_code = re.sub(r"(?ms)^```.*?^```$", "", text)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", outside_code):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, man:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (document.parent / path).resolve() if path else document
+        missing = not file.exists()
+        if missing or (anchor and file.suffix == ".md" and anchor not in anchors(file.read_text(encoding="utf-8"))):
+            broken.append(target)
+    assert not broken, f"{document.name}: {broken}"
+
+
+def test_the_table_of_contents_is_the_readmes_sections_in_order() -> None:
+    headings = re.findall(r"(?m)^## (.+)$", re.sub(r"(?ms)^```.*?^```$", "", README))
+    assert headings[0] == "Contents"
+    listed = re.findall(r"(?m)^- \[(.+?)\]\(#(.+?)\)$", section("Contents"))
+    assert [title for title, _ in listed] == headings[1:]
+    assert all(anchor == github_anchor(title) for title, anchor in listed)
+
+
+def test_credential_and_sink_are_defined_before_anything_else() -> None:
+    intro = README.split("\n## ", 1)[0]
+    assert "**credential**" in intro and "**sink**" in intro
