@@ -163,7 +163,9 @@ def test_every_relative_link_points_to_a_file_and_anchor_that_exist(document: Pa
         path, _, anchor = target.partition("#")
         file = (document.parent / path).resolve() if path else document
         missing = not file.exists()
-        if missing or (anchor and file.suffix == ".md" and anchor not in anchors(file.read_text(encoding="utf-8"))):
+        if missing or (
+            anchor and file.suffix == ".md" and anchor not in anchors(file.read_text(encoding="utf-8"))
+        ):
             broken.append(target)
     assert not broken, f"{document.name}: {broken}"
 
