@@ -6,7 +6,8 @@ and the caller's own ``Authorization`` dropped, and ``Authorization: Bearer <tok
 with backpressure: memory stays bounded whatever their size. One pooled client session per
 proxy keeps upstream connections alive; it never follows a redirect (a token is never sent
 where the config did not say), never takes a proxy from the environment, and verifies TLS
-(the credential's ``ca_bundle`` for a private CA).
+(the credential's ``ca_bundle`` for a private CA). The client is
+:mod:`tokend.io.upstream_client` (llhttp on asyncio protocols), the server aiohttp's.
 
 It is a reverse proxy only: an absolute-form target (``GET http://x/``), ``CONNECT``, an
 asterisk, and over TCP a ``Host`` other than the listen address or a forwarded request are
@@ -48,6 +49,7 @@ from tokend.core.local_access import (
 from tokend.core.tokens import Token, authorization_scheme
 from tokend.io.dpop import NONCES, DpopKey, credential_key
 from tokend.io.local_http import Changes
+from tokend.io.upstream_client import CertificateError, UpstreamError, UpstreamPool, UpstreamResponse
 
 access_log = logging.getLogger("tokend.access")
 log = logging.getLogger("tokend.proxy")
@@ -57,6 +59,7 @@ REPLAY_LIMIT = 64 * 1024  # a body up to this is held in memory, so a refused to
 CHUNK = 64 * 1024
 POOL = 100  # upstream connections kept per proxy
 CONNECT_TIMEOUT = 10.0
+KEEPALIVE = 30.0  # an idle upstream connection is kept this long (nginx closes its own after 75 s)
 READ_TIMEOUT = 300.0  # an upstream silent this long mid-answer is given up on
 REFRESH_WAIT = 15.0  # how long a refused request waits for the new token
 # A caller's body that stalls this long (no byte of an upload comes, or a download's bytes
@@ -111,7 +114,7 @@ class Proxy:
         self.listen = listen
         self.ca_bundle = ca_bundle
         self.log_requests = log_requests
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: UpstreamPool | None = None
         # A DPoP credential: each request carries a proof signed by its key (RFC 9449 §7).
         self.dpop_credential = dpop
         self._dpop_key: DpopKey | None = None
@@ -124,22 +127,22 @@ class Proxy:
         return app
 
     async def _open(self, app: web.Application) -> None:
+        # Bodies pass as they are (Content-Encoding and all); no proxy is taken from the
+        # environment, no redirect is followed, no cookie is kept: one pool serves every
+        # caller, and cookies pass through as headers.
         context = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
-        connector = aiohttp.TCPConnector(limit=POOL, ssl=context, keepalive_timeout=30)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
-            auto_decompress=False,  # bodies pass as they are, Content-Encoding and all
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-            trust_env=False,  # never a proxy from the environment
-            # One session serves every caller: a cookie one caller's upstream set must never
-            # ride along on another caller's request. Cookies pass through, as headers.
-            cookie_jar=aiohttp.DummyCookieJar(),
+        self.pool = UpstreamPool(
+            self.upstream,
+            ssl_context=context,
+            limit=POOL,
+            keepalive=KEEPALIVE,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
         )
 
     async def _close(self, app: web.Application) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            await self.pool.close()
 
     # ----------------------------------------------------------------------- a request
 
@@ -216,7 +219,7 @@ class Proxy:
             except ConfigError as exc:  # the DPoP key could not be read: no proof, no request
                 log.error("%s: cannot sign a DPoP proof: %s", self.credential, exc)
                 return json_error(502, "bad_gateway", "tokend cannot sign a DPoP proof (see its log)"), token
-            except (aiohttp.ClientError, TimeoutError, OSError, BodyStalled) as exc:
+            except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError, BodyStalled) as exc:
                 if stalled:  # the caller's upload stalled: the upstream request was aborted
                     return self.stalled(request), token
                 return self.unreachable(exc), token
@@ -224,8 +227,7 @@ class Proxy:
                 NONCES.note(str(self.upstream), upstream.headers)
                 if not replay and not streamed and nonce_request(upstream.status, upstream.headers):
                     # The resource server wants its nonce in the proof (§9): once more with it.
-                    await upstream.content.read(REPLAY_LIMIT)
-                    upstream.release()
+                    await self.drop(upstream)
                     continue
             if (
                 replay
@@ -234,8 +236,12 @@ class Proxy:
             ):
                 return await self.relay(request, upstream), token
             # The token was refused: hold this 401 (small), ask for a new token, replay once.
-            held = await upstream.content.read(REPLAY_LIMIT)
-            upstream.release()
+            try:
+                held = await upstream.read(REPLAY_LIMIT)
+            except (UpstreamError, TimeoutError) as exc:
+                upstream.close()
+                return self.unreachable(exc), token
+            upstream.close() if len(held) >= REPLAY_LIMIT else upstream.release()
             newer = await self.newer_token(token)
             if newer is None:
                 return self.held_401(upstream, held), token
@@ -262,24 +268,32 @@ class Proxy:
         response.force_close()
         return response
 
+    async def drop(self, upstream: UpstreamResponse) -> None:
+        """An answer not relayed (a nonce request): read it if it is small, so its
+        connection can serve again, else close it."""
+        try:
+            body = await upstream.read(REPLAY_LIMIT)
+        except (UpstreamError, TimeoutError):
+            body = b"x" * REPLAY_LIMIT
+        upstream.close() if len(body) >= REPLAY_LIMIT else upstream.release()
+
     async def send(
         self, request: web.Request, token: Token, body: bytes | None, streamed: bool, stalled: list[bool]
-    ) -> aiohttp.ClientResponse:
-        assert self.session is not None
+    ) -> UpstreamResponse:
+        assert self.pool is not None
         headers = forwarded_headers(request.headers.items())
         headers.append(("Via", VIA))
         headers.append(("Authorization", f"{authorization_scheme(token.token_type)} {token.access_token}"))
         data: bytes | AsyncIterator[bytes] | None = body
         if streamed:
             data = self.upload(request, stalled)
-            if request.content_length is not None:
-                headers.append(("Content-Length", str(request.content_length)))
-        url = URL(str(self.upstream) + request.raw_path, encoded=True)
+        target = self.upstream.raw_path.rstrip("/") + request.raw_path
         if self.dpop_credential is not None:
+            url = str(self.upstream.with_path("").with_query(None)) + target
             headers = [(name, value) for name, value in headers if name.lower() != "dpop"]
-            headers.append(("DPoP", self.proof(request.method, str(url), token)))
-        return await self.session.request(
-            request.method, url, headers=headers, data=data, allow_redirects=False
+            headers.append(("DPoP", self.proof(request.method, url, token)))
+        return await self.pool.request(
+            request.method, target, headers, data, request.content_length if streamed else None
         )
 
     def proof(self, method: str, url: str, token: Token) -> str:
@@ -306,7 +320,7 @@ class Proxy:
                 return None
             await self.changes.wait(self.credential, left)
 
-    async def relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def relay(self, request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
         """The upstream's answer, streamed to the caller; a caller gone mid-stream, or one
         that takes no byte for the body idle timeout, ends it and the upstream connection
         (closed, never back in the pool half-read). A caller who disconnects while the
@@ -321,14 +335,17 @@ class Proxy:
         complete = False
         try:
             await out.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                async with asyncio.timeout(self.body_idle_timeout):
-                    await out.write(chunk)
+            if upstream.complete:  # all of it is in (most API answers): one write
+                await out.write(upstream.buffered_body())
+            else:
+                async for chunk in upstream.chunks():
+                    async with asyncio.timeout(self.body_idle_timeout):
+                        await out.write(chunk)
             await out.write_eof()
             complete = True
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass  # the caller left: the upstream connection is closed, not reused
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError):
             # The upstream failed mid-answer, or the caller stalled: the caller must not
             # take a cut body as whole.
             if request.transport is not None:
@@ -340,7 +357,7 @@ class Proxy:
                 upstream.close()
         return out
 
-    def held_401(self, upstream: aiohttp.ClientResponse, body: bytes) -> web.Response:
+    def held_401(self, upstream: UpstreamResponse, body: bytes) -> web.Response:
         out = web.Response(status=upstream.status, reason=upstream.reason, body=body)
         for name, value in response_headers(upstream.headers.items()):
             if name.lower() not in ("content-length", "content-type"):
@@ -362,11 +379,12 @@ class Proxy:
     def unreachable(self, exc: BaseException) -> web.Response:
         """502, never with the token: the request did not reach the upstream (or an untrusted
         certificate stopped it before the token was sent), and no token is in the body."""
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        if isinstance(exc, CertificateError):
             return json_error(
                 502,
                 "bad_gateway",
                 "the upstream's TLS certificate is not trusted "
                 "(set the credential's ca_bundle for a private CA)",
             )
-        return json_error(502, "bad_gateway", f"the upstream could not be reached ({type(exc).__name__})")
+        reason = str(exc) if isinstance(exc, UpstreamError) else type(exc).__name__
+        return json_error(502, "bad_gateway", f"the upstream could not be reached ({reason})")
