@@ -244,7 +244,7 @@ class Proxy:
             upstream.close() if len(held) >= REPLAY_LIMIT else upstream.release()
             newer = await self.newer_token(token)
             if newer is None:
-                return self.held_401(upstream, held), token
+                return self.whole(upstream, held), token
             token = newer
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -329,18 +329,18 @@ class Proxy:
         Timeouts are ``asyncio.timeout``, never ``wait_for``: Python 3.11's ``wait_for``
         swallows a cancellation that lands as its inner await completes, which left a
         handler of a departed caller waiting on a stalled upstream for good."""
+        if upstream.complete and request.method != "HEAD" and upstream.status not in (204, 304):
+            # (a HEAD's, 204's or 304's Content-Length is not its body's: those stream, as is)
+            return self.whole(upstream, upstream.buffered_body())
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in response_headers(upstream.headers.items()):
             out.headers.add(name, value)
         complete = False
         try:
             await out.prepare(request)
-            if upstream.complete:  # all of it is in (most API answers): one write
-                await out.write(upstream.buffered_body())
-            else:
-                async for chunk in upstream.chunks():
-                    async with asyncio.timeout(self.body_idle_timeout):
-                        await out.write(chunk)
+            async for chunk in upstream.chunks():
+                async with asyncio.timeout(self.body_idle_timeout):
+                    await out.write(chunk)
             await out.write_eof()
             complete = True
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -357,13 +357,19 @@ class Proxy:
                 upstream.close()
         return out
 
-    def held_401(self, upstream: UpstreamResponse, body: bytes) -> web.Response:
+    def whole(self, upstream: UpstreamResponse, body: bytes) -> web.Response:
+        """An answer whose body is all in hand (a held 401, or most API answers), as one
+        ``web.Response``: aiohttp sends its head and body in one write, where a
+        StreamResponse sends the head at once and the body after (a send call more per
+        request, the largest cost left in ``bench/proxy.py``'s profile)."""
         out = web.Response(status=upstream.status, reason=upstream.reason, body=body)
         for name, value in response_headers(upstream.headers.items()):
             if name.lower() not in ("content-length", "content-type"):
                 out.headers.add(name, value)
         if "Content-Type" in upstream.headers:
             out.headers["Content-Type"] = upstream.headers["Content-Type"]
+        elif not body:  # aiohttp's default type, for a body that is not there
+            del out.headers["Content-Type"]
         return out
 
     def no_token(self) -> web.Response:
